@@ -1,0 +1,308 @@
+"""Command-line interface: one sub-command per stage. Parse, call the library, print."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from bonefrac.errors import BonefracError
+
+app = typer.Typer(
+    help="bonefrac: train, evaluate, explain and serve fracture classifiers for radiographs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Build and inspect dataset manifests.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(func: F) -> F:
+    """Print BonefracError as one red line (no traceback) and exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BonefracError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("PIL", "matplotlib", "fsspec", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# --- data commands (issue: foundation) ---
+
+
+@data_app.command("build")
+@friendly_errors
+def data_build(
+    out: Path = typer.Option(
+        ..., "--out", help="Folder for manifest.csv, quarantine.csv, summary.json."
+    ),
+    fracatlas: Path | None = typer.Option(None, "--fracatlas", help="FracAtlas root folder."),
+    yolo: Path | None = typer.Option(None, "--yolo", help="YOLO detection folder (data.yaml)."),
+    folder: list[Path] | None = typer.Option(
+        None, "--folder", help="Image folder root/<class>/*; repeatable."
+    ),
+    dicom_dir: list[Path] | None = typer.Option(
+        None, "--dicom-dir", help="DICOM files as root/<class>/**; repeatable."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/val/test split."),
+    unlabelled_negative: bool = typer.Option(
+        False, "--unlabelled-negative", help="YOLO images without a label file count as label 0."
+    ),
+    fracture_classes: str | None = typer.Option(
+        None, "--fracture-classes", help='YOLO class names that count as fracture, e.g. "a,b".'
+    ),
+    class_map: str | None = typer.Option(
+        None, "--class-map", help='Extra folder class -> label pairs, e.g. "broken=1,intact=0".'
+    ),
+    freeze_split: Path | None = typer.Option(
+        None, "--freeze-split", help="Older manifest.csv whose split assignments are kept."
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Decode processes (default: CPUs)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing manifest."),
+) -> None:
+    """Validate, de-duplicate and split the sources into DIR/manifest.csv."""
+    from bonefrac.data.manifest import build_manifest
+
+    summary = build_manifest(
+        out=out,
+        fracatlas=fracatlas,
+        yolo=yolo,
+        folders=folder or [],
+        dicom_dirs=dicom_dir or [],
+        seed=seed,
+        unlabelled_negative=unlabelled_negative,
+        fracture_classes=[c for c in fracture_classes.split(",") if c.strip()]
+        if fracture_classes
+        else None,
+        class_map=class_map,
+        freeze_split=freeze_split,
+        force=force,
+        workers=workers,
+        progress=True,
+    )
+    c = summary["counts"]
+    console.print(
+        f"[bold]{c['manifest_rows']}[/] images in {out / 'manifest.csv'} "
+        f"(split {c['by_split']}, labels {c['by_label']}); "
+        f"[bold]{c['quarantined']}[/] quarantined {summary['quarantine_reasons']}; "
+        f"{summary['label_conflicts']['groups']} label-conflict groups; "
+        f"{summary['timing']['build_seconds']:.1f} s",
+        highlight=False,
+    )
+
+
+@data_app.command("report")
+@friendly_errors
+def data_report(
+    manifest: Path = typer.Argument(..., help="Manifest folder or manifest.csv."),
+) -> None:
+    """Counts per split x label x region, duplicate groups, quarantine reasons, bar chart."""
+    from bonefrac.data.report import report
+
+    report(manifest, console=console)
+
+
+# --- train command (issue: training) ---
+
+
+@app.command()
+@friendly_errors
+def train(
+    config: Path = typer.Option(None, "--config", "-c", help="Experiment YAML (configs/*.yaml)."),
+    manifest: Path = typer.Option(None, "--manifest", "-m", help="manifest.csv from 'data build'."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory to create."),
+    overrides: list[str] = typer.Option(
+        None, "--set", help="Override a config field, e.g. --set train.epochs=3 (repeatable)."
+    ),
+    resume: Path = typer.Option(None, "--resume", help="Continue a run from its last.ckpt."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing run directory."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
+) -> None:
+    """Train a model and write a run directory (weights, predictions, metrics, plots)."""
+    from bonefrac.config import load_config
+    from bonefrac.errors import ConfigError
+    from bonefrac.training import fit
+
+    if resume is not None:
+        run = fit.resume(resume, progress=not no_progress)
+    else:
+        cfg = load_config(config, overrides)
+        manifest = manifest or (Path(cfg.data.manifest) if cfg.data.manifest else None)
+        if manifest is None or out is None:
+            raise ConfigError(
+                "train needs --manifest MANIFEST.csv and --out RUN_DIR (or --resume RUN)"
+            )
+        run = fit.train(cfg, manifest, out, force=force, progress=not no_progress)
+    _print_run_summary(run)
+
+
+def _print_run_summary(run: Path) -> None:
+    from bonefrac.fileio import read_json
+
+    metrics_path = run / "metrics.json"
+    if not metrics_path.is_file():
+        console.print(f"run directory: {run} (incomplete; resume with --resume {run})")
+        return
+    metrics = read_json(metrics_path)
+    for split, values in metrics.items():
+        parts = []
+        for key in ("roc_auc", "sensitivity", "specificity", "f1"):
+            v = values.get(key, {}).get("value")
+            parts.append(f"{key}={v:.3f}" if isinstance(v, (int, float)) else f"{key}=n/a")
+        console.print(f"[bold]{split}[/]: " + "  ".join(parts))
+    console.print(f"run directory: [bold]{run}[/]")
+
+
+# --- evaluation commands (issue: evaluation) ---
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    run: Path = typer.Argument(..., help="Run directory (from 'bonefrac train')."),
+    split: str = typer.Option(
+        "test", "--split", help="Which predictions/<split>.csv to score (val, test or a name)."
+    ),
+    manifest: Path = typer.Option(
+        None, "--manifest", help="Predict on this manifest (or a path,label CSV): external data."
+    ),
+    name: str = typer.Option(
+        None, "--name", help="Name for --manifest predictions (predictions/<name>.csv)."
+    ),
+    all_rows: bool = typer.Option(
+        False, "--all-rows", help="With --manifest: use every row, not only split == test."
+    ),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% CIs."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    force: bool = typer.Option(False, "--force", help="Re-predict an existing --name."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Batch size for --manifest."),
+) -> None:
+    """Metrics with bootstrap CIs, plots, subgroup table and report.html for one split."""
+    from bonefrac.evaluation.evaluate import evaluate_run
+    from bonefrac.evaluation.tables import metrics_table
+
+    res = evaluate_run(
+        run, split=split, manifest=manifest, name=name, all_rows=all_rows, n_boot=n_boot,
+        seed=seed, force=force, batch_size=batch_size,
+    )  # fmt: skip
+    st = res.metrics["settings"]
+    console.print(
+        metrics_table(
+            res.metrics, f"{res.key}: threshold {st['threshold']:.3f}, T {st['temperature']:.3f}"
+        )
+    )
+    for note in res.metrics["notes"].values():
+        console.print(f"[yellow]note:[/] {note}")
+    if res.predictions:
+        console.print(f"predictions: {res.predictions}")
+    console.print(f"metrics: {run / 'metrics.json'}  plots: {run / 'plots'}")
+    if res.report:
+        console.print(f"report: [bold]{res.report}[/]")
+
+
+@app.command()
+@friendly_errors
+def threshold(
+    run: Path = typer.Argument(..., help="Run directory."),
+    criterion: str = typer.Option(
+        ..., "--criterion", help="f1 | youden | sensitivity:X | specificity:X (e.g. sens:0.9)"
+    ),
+    on: str = typer.Option("val", "--on", help="Predictions to tune on: val only (test refused)."),
+) -> None:
+    """Choose the decision threshold on validation predictions and store it in model.json."""
+    from bonefrac.evaluation.tables import threshold_table
+    from bonefrac.evaluation.thresholds import tune_threshold
+
+    result = tune_threshold(run, criterion, on=on)
+    console.print(threshold_table(result))
+    if result["temperature"] != 1.0:
+        console.print(f"(on calibrated probabilities, temperature {result['temperature']:.3f})")
+    console.print(
+        f"stored threshold {result['new_threshold']:.4f} in {run / 'model.json'}; "
+        f"run 'bonefrac evaluate {run}' to refresh metrics.json and the report"
+    )
+
+
+@app.command()
+@friendly_errors
+def calibrate(run: Path = typer.Argument(..., help="Run directory.")) -> None:
+    """Fit temperature scaling on validation logits; store the temperature in model.json."""
+    from bonefrac.evaluation.calibration import calibrate_run
+    from bonefrac.evaluation.tables import calibration_table
+
+    summary = calibrate_run(run)
+    console.print(calibration_table(summary))
+    if summary["threshold_after"] != summary["threshold_before"]:
+        console.print(
+            f"threshold moved {summary['threshold_before']:.4f} -> "
+            f"{summary['threshold_after']:.4f} so decisions stay the same"
+        )
+    console.print(f"reliability diagrams: {run / 'plots'}/calibration_*.png")
+    console.print(f"run 'bonefrac evaluate {run}' to refresh metrics.json and the report")
+
+
+@app.command()
+@friendly_errors
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Two or more run directories."),
+    split: str = typer.Option("test", "--split", help="Predictions to compare on."),
+    out: Path = typer.Option(
+        None, "--out", help="Output folder (default: <parent of RUN1>/compare_<split>)."
+    ),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% CIs."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+) -> None:
+    """Compare runs on the same images: metrics with CIs, overlaid ROC, DeLong AUC test."""
+    from bonefrac.evaluation.compare import auc_test_sentence, compare_runs
+    from bonefrac.evaluation.tables import compare_table
+
+    result = compare_runs(runs, split=split, out_dir=out, n_boot=n_boot, seed=seed)
+    console.print(compare_table(result))
+    console.print(auc_test_sentence(result))
+    console.print(f"written: {', '.join(str(p) for p in result.outputs.values())}")
+
+
+@app.command()
+@friendly_errors
+def report(run: Path = typer.Argument(..., help="Run directory.")) -> None:
+    """(Re)build RUN/report.html from what the run directory holds."""
+    from bonefrac.evaluation.report import build_report
+
+    console.print(f"report: [bold]{build_report(run)}[/]")
+
+
+# --- explain command (issue: explainability) ---
+
+# --- tune commands (issue: tuning) ---
+
+# --- inference commands (issue: predict / export / serve) ---
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None

