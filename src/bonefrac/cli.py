@@ -299,7 +299,157 @@ def report(run: Path = typer.Argument(..., help="Run directory.")) -> None:
 
 # --- explain command (issue: explainability) ---
 
+
+@app.command()
+@friendly_errors
+def explain(
+    run: Path = typer.Argument(..., help="Run directory."),
+    more_images: list[Path] = typer.Argument(
+        None, hidden=True, help="Extra --images paths (so '--images dir/*.png' works)."
+    ),
+    split: str = typer.Option("test", "--split", help="Explain predictions/<split>.csv images."),
+    images: list[Path] = typer.Option(
+        None, "--images", help="Image files or folders instead of a split (repeatable)."
+    ),
+    method: str = typer.Option(
+        "gradcam", "--method", help="gradcam | gradcam++ | eigencam | saliency | smoothgrad"
+    ),
+    n: int = typer.Option(16, "--n", help="How many images get an overlay (and the grid)."),
+    layer: str = typer.Option(
+        None, "--layer", help="CAM target layer, a dotted module path, e.g. backbone.stages.3."
+    ),
+    score: bool = typer.Option(
+        False, "--score", help="Score every image with fracture boxes: localization.json."
+    ),
+    out: Path = typer.Option(None, "--out", help="Output folder (default: RUN/explain)."),
+) -> None:
+    """Heatmap overlays for the fracture logit; with --score, a localisation score vs boxes."""
+    from bonefrac.errors import ConfigError
+    from bonefrac.explain.run import explain_run
+
+    if more_images and not images:
+        raise ConfigError(
+            f"unexpected argument(s) {' '.join(map(str, more_images))}; "
+            "to explain image files use --images PATH..."
+        )
+    paths = [*(images or []), *(more_images or [])]
+    res = explain_run(
+        run, split=split, images=paths or None, method=method, n=n, layer=layer, score=score,
+        out_dir=out, progress=True,
+    )  # fmt: skip
+    where = f" @ {res['layer']}" if res["layer"] else ""
+    console.print(
+        f"{res['method']}{where}: {len(res['overlays'])} overlays in "
+        f"{res['out_dir'] / res['method']}",
+        highlight=False,
+    )
+    if res["grid"]:
+        console.print(f"grid: {res['grid']}")
+    loc = res["localization"]
+    if loc is not None:
+        if loc["n_scored"]:
+            console.print(
+                f"localisation on [bold]{loc['n_scored']}[/] boxed images: hit rate "
+                f"[bold]{loc['hit_rate']:.3f}[/] (95% CI {loc['hit_rate_low']:.3f}-"
+                f"{loc['hit_rate_high']:.3f}; chance {loc['chance_hit_rate']:.3f}), energy in box "
+                f"[bold]{loc['energy_in_box']:.3f}[/] (chance {loc['chance_energy_in_box']:.3f})",
+                highlight=False,
+            )
+        else:
+            console.print(f"[yellow]note:[/] {loc.get('note', 'nothing scored')}")
+        console.print(f"localisation: {res['localization_path']}")
+    console.print(f"run 'bonefrac report {run}' to include them in report.html")
+
 # --- tune commands (issue: tuning) ---
+
+tune_app = typer.Typer(
+    help="Hyperparameter search (Optuna): 'tune --config ...' runs trials, 'tune report' ranks them.",
+    invoke_without_command=True,
+)
+app.add_typer(tune_app, name="tune")
+
+
+@tune_app.callback()
+@friendly_errors
+def tune(
+    ctx: typer.Context,
+    config: Path = typer.Option(None, "--config", "-c", help="Base experiment YAML."),
+    manifest: Path = typer.Option(None, "--manifest", "-m", help="manifest.csv from 'data build'."),
+    space: Path = typer.Option(None, "--space", help="Search space YAML (configs/space.yaml)."),
+    trials: int = typer.Option(None, "--trials", "-n", help="How many more trials to run."),
+    storage: str = typer.Option(
+        None, "--storage", help="Optuna storage URL (default sqlite:///runs/tune.db)."
+    ),
+    study: str = typer.Option(None, "--study", help="Study name (default <config name>-tune)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Folder for trial-<k>/ (runs/<study>)."),
+    overrides: list[str] = typer.Option(
+        None, "--set", help="Fix a config field for every trial, e.g. --set train.epochs=5."
+    ),
+    objective: str = typer.Option(
+        None, "--objective", help="val_roc_auc (default) | val_f1 | val_pr_auc | sens_at_spec:X"
+    ),
+) -> None:
+    """Run N more trials of a resumable study; each trial is a run directory."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from bonefrac.errors import ConfigError
+    from bonefrac.tuning.study import run_study
+
+    missing = [f for f, v in (("--space", space), ("--trials", trials)) if v is None]
+    if manifest is None:
+        missing.insert(0, "--manifest")
+    if missing:
+        raise ConfigError(f"tune needs {', '.join(missing)} (see 'bonefrac tune --help')")
+    try:
+        result = run_study(
+            config, manifest, space, trials, storage=storage, study_name=study, out=out,
+            overrides=overrides, objective=objective,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        err_console.print("interrupted; re-run the same command to continue the study")
+        raise typer.Exit(code=130) from None
+    states: dict[str, int] = {}
+    for t in result.trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    console.print(
+        f"study [bold]{result.study_name}[/]: {len(result.trials)} trials {states}", highlight=False
+    )
+    try:
+        best = result.best_trial
+        console.print(
+            f"best: trial {best.number} {result.user_attrs.get('objective')}={best.value:.4f} "
+            f"({best.user_attrs.get('run_dir')})"
+        )
+    except ValueError:
+        console.print("no completed trial yet")
+    console.print(f"ranked table, plots and best.yaml: bonefrac tune report --study {result.study_name}")
+
+
+@tune_app.command("report")
+@friendly_errors
+def tune_report(
+    study: str = typer.Option(..., "--study", help="Study name."),
+    storage: str = typer.Option(
+        None, "--storage", help="Optuna storage URL (default sqlite:///runs/tune.db)."
+    ),
+) -> None:
+    """Trials ranked by sensitivity and by F1, importance/history PNGs, best.yaml."""
+    from bonefrac.tuning.report import importance_table, ranked_table
+    from bonefrac.tuning.report import tune_report as build_tune_report
+
+    rep = build_tune_report(study, storage)
+    console.print(f"study [bold]{study}[/]: {rep.state_counts()} (objective {rep.objective})")
+    if not rep.completed.empty:
+        console.print(ranked_table(rep, "sensitivity", "ranked by sensitivity (val, threshold 0.5)"))
+        console.print(ranked_table(rep, "f1", "ranked by F1 (val, threshold 0.5)"))
+    if rep.importances:
+        console.print(importance_table(rep))
+    for note in rep.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    if rep.best_trial is not None:
+        console.print(f"best trial {rep.best_trial}: {rep.objective}={rep.best_value:.4f}")
+    for what, path in ((k, v) for k, v in (("best config", rep.best_yaml), ("trials", rep.trials_csv), *rep.plots.items()) if v):
+        console.print(f"{what}: {path}")
 
 # --- inference commands (issue: predict / export / serve) ---
 

@@ -1,0 +1,55 @@
+# Quick start:  make demo   (install into .venv, build the data, train, evaluate, explain)
+#               make test   (install into .venv, lint, run the test suite)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Data: $BONEFRAC_DATA (a folder with fracatlas/ and optionally bone_fracture_yolo/),
+# else ../shared/data when it exists.
+BONEFRAC_DATA ?= $(shell [ -d ../shared/data/fracatlas ] && echo ../shared/data)
+DEMO ?= demo
+DEMO_SET ?= --set train.epochs=2 --set data.limit_per_split=1200
+
+.PHONY: install demo test lint format clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch/torchvision first, pinned: on these machines pip takes them from local disk.
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: install
+	@if [ -z "$(BONEFRAC_DATA)" ] || [ ! -d "$(BONEFRAC_DATA)/fracatlas" ]; then \
+	  echo "No data found. Download FracAtlas (figshare, doi:10.6084/m9.figshare.22363012)"; \
+	  echo "and unpack it so that DATA/fracatlas/dataset.csv and DATA/fracatlas/images/ exist;"; \
+	  echo "optionally the Roboflow 'Bone Fracture Detection' v4 YOLO export"; \
+	  echo "(universe.roboflow.com/veda/bone-fracture-detection-daoon) as DATA/bone_fracture_yolo/."; \
+	  echo "Then run: make demo BONEFRAC_DATA=DATA"; exit 1; fi
+	$(BIN)/bonefrac data build --fracatlas $(BONEFRAC_DATA)/fracatlas \
+	  $$( [ -d $(BONEFRAC_DATA)/bone_fracture_yolo ] && echo --yolo $(BONEFRAC_DATA)/bone_fracture_yolo ) \
+	  --out $(DEMO)/data --force
+	$(BIN)/bonefrac data report $(DEMO)/data
+	$(BIN)/bonefrac train --config configs/lite0.yaml --manifest $(DEMO)/data/manifest.csv \
+	  --out $(DEMO)/run --force $(DEMO_SET)
+	$(BIN)/bonefrac evaluate $(DEMO)/run --split test
+	$(BIN)/bonefrac explain $(DEMO)/run --split test --n 8 --score
+	$(BIN)/bonefrac report $(DEMO)/run
+	@echo "Open $(DEMO)/run/report.html in a browser."
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -1,0 +1,169 @@
+"""Temperature scaling, ECE and Brier score.
+
+``bonefrac calibrate RUN`` fits one temperature ``T`` on the validation logits (minimising the
+negative log-likelihood of ``sigmoid(logit / T)``), stores it in model.json and reports ECE and
+Brier score before (``T = 1``, the raw model) and after, on val and test.
+
+Temperature scaling is monotonic, so it never changes ROC-AUC or the ranking of images. To keep
+the run's *decisions* unchanged, the stored threshold is moved onto the new probability scale
+(``t_new = sigmoid(logit(t_old) * T_old / T_new)``): a threshold tuned earlier keeps its
+operating point; 0.5 stays 0.5.
+
+ECE here is the binary reliability ECE on P(fractured): 15 equal-width bins over [0, 1],
+``sum_b n_b / n * |mean(y)_b - mean(p)_b|`` (the same bins as the reliability diagram).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from bonefrac.errors import DataError
+from bonefrac.evaluation.metrics import apply_temperature, logit_from_prob, sigmoid
+
+log = logging.getLogger(__name__)
+
+N_BINS = 15
+_LOG_T_BOUNDS = (np.log(0.01), np.log(100.0))
+
+
+def reliability_bins(y_true: Any, prob: Any, n_bins: int = N_BINS) -> dict[str, Any]:
+    """Equal-width bins over [0, 1]: edges, count, mean_prob, frac_pos (NaN when empty), ece."""
+    y = np.asarray(y_true, dtype=float)
+    p = np.asarray(prob, dtype=float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(float)
+    sum_p = np.bincount(idx, weights=p, minlength=n_bins)
+    sum_y = np.bincount(idx, weights=y, minlength=n_bins)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_p = np.where(count > 0, sum_p / count, np.nan)
+        frac = np.where(count > 0, sum_y / count, np.nan)
+    n = max(len(p), 1)
+    ece = float(np.nansum(count / n * np.abs(frac - mean_p))) if len(p) else float("nan")
+    return {"edges": edges, "count": count, "mean_prob": mean_p, "frac_pos": frac, "ece": ece}
+
+
+def expected_calibration_error(y_true: Any, prob: Any, n_bins: int = N_BINS) -> float:
+    return reliability_bins(y_true, prob, n_bins)["ece"]
+
+
+def brier_score(y_true: Any, prob: Any) -> float:
+    y = np.asarray(y_true, dtype=float)
+    p = np.asarray(prob, dtype=float)
+    return float(np.mean((p - y) ** 2)) if len(y) else float("nan")
+
+
+def binary_nll(y_true: Any, logit: Any, temperature: float = 1.0) -> float:
+    """Mean binary cross-entropy of ``sigmoid(logit / T)`` (computed stably from logits)."""
+    y = np.asarray(y_true, dtype=float)
+    z = np.asarray(logit, dtype=float) / temperature
+    # -[y log s(z) + (1-y) log(1-s(z))] = softplus(z) - y z
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+def fit_temperature(logit: Any, y_true: Any) -> float:
+    """Temperature ``T > 0`` minimising the NLL of ``sigmoid(logit / T)`` (bounded Brent on
+    log T, T in [0.01, 100])."""
+    z = np.asarray(logit, dtype=float)
+    y = np.asarray(y_true, dtype=float)
+    if len(z) == 0 or y.min() == y.max():
+        raise DataError("temperature scaling needs both classes in the validation predictions")
+    res = minimize_scalar(
+        lambda lt: binary_nll(y, z, float(np.exp(lt))),
+        bounds=_LOG_T_BOUNDS,
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
+    t = float(np.exp(res.x))
+    if binary_nll(y, z, t) > binary_nll(y, z, 1.0):  # never worse than doing nothing
+        t = 1.0
+    return t
+
+
+def calibration_summary(y_true: Any, logit: Any, temperature: float, n_bins: int = N_BINS) -> dict:
+    """ECE, Brier and NLL before (T = 1) and after (T = temperature)."""
+    before = sigmoid(logit)
+    after = apply_temperature(logit, temperature)
+    return {
+        "n": len(np.asarray(y_true)),
+        "ece_before": expected_calibration_error(y_true, before, n_bins),
+        "ece_after": expected_calibration_error(y_true, after, n_bins),
+        "brier_before": brier_score(y_true, before),
+        "brier_after": brier_score(y_true, after),
+        "nll_before": binary_nll(y_true, logit, 1.0),
+        "nll_after": binary_nll(y_true, logit, temperature),
+    }
+
+
+def rescale_threshold(threshold: float, old_temperature: float, new_temperature: float) -> float:
+    """The threshold on the new probability scale that makes the same decisions."""
+    if old_temperature == new_temperature or threshold in (0.0, 1.0):
+        return float(threshold)
+    raw = float(logit_from_prob(threshold, eps=1e-12)) * old_temperature
+    return float(sigmoid(raw / new_temperature))
+
+
+def calibrate_run(run_dir: str | Path, n_bins: int = N_BINS) -> dict[str, Any]:
+    """Fit the temperature on ``RUN/predictions/val.csv``; update model.json; write
+    ``plots/calibration_<split>.png``. Returns the summary that is also stored in model.json
+    under ``"calibration"``."""
+    from bonefrac.evaluation import plots, rundir
+
+    run_dir = rundir.check_run_dir(run_dir)
+    model = rundir.load_model_json(run_dir)
+    old_t = rundir.run_temperature(model)
+    old_threshold = rundir.run_threshold(model)
+
+    val = rundir.load_predictions(run_dir, "val")
+    if "logit" not in val.columns:
+        log.warning("predictions/val.csv has no 'logit' column; logits recovered from 'prob'")
+    y_val, z_val = val["label"].to_numpy(), rundir.raw_logits(val)
+    try:
+        temperature = fit_temperature(z_val, y_val)
+    except DataError as exc:
+        raise DataError(f"{rundir.prediction_path(run_dir, 'val')}: {exc}") from exc
+
+    splits: dict[str, Any] = {"val": (y_val, z_val)}
+    if rundir.prediction_path(run_dir, "test").is_file():
+        test = rundir.load_predictions(run_dir, "test")
+        splits["test"] = (test["label"].to_numpy(), rundir.raw_logits(test))
+
+    summary: dict[str, Any] = {
+        "method": "temperature scaling",
+        "fitted_on": "val",
+        "temperature": temperature,
+        "previous_temperature": old_t,
+        "n_bins": n_bins,
+        "threshold_before": old_threshold,
+        "threshold_after": rescale_threshold(old_threshold, old_t, temperature),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "plots": {},
+    }
+    for split, (y, z) in splits.items():
+        summary[split] = calibration_summary(y, z, temperature, n_bins)
+        png = run_dir / "plots" / f"calibration_{split}.png"
+        plots.plot_reliability(
+            y,
+            {
+                "before (T=1)": sigmoid(z),
+                f"after (T={temperature:.2f})": apply_temperature(z, temperature),
+            },
+            png,
+            n_bins=n_bins,
+            title=f"Reliability before/after temperature scaling ({split})",
+        )
+        summary["plots"][split] = str(png.relative_to(run_dir))
+
+    rundir.update_model_json(
+        run_dir,
+        temperature=temperature,
+        threshold=summary["threshold_after"],
+        calibration=summary,
+    )
+    return summary

@@ -1,0 +1,202 @@
+"""``bonefrac evaluate``: metrics with CIs, plots and subgroup table for one set of predictions.
+
+The probabilities scored are the run's: ``sigmoid(logit / temperature)`` (``prob`` as is while the
+temperature is 1) against model.json's ``threshold``. Results are merged into ``RUN/metrics.json``
+under the split (or external name), plots go to ``RUN/plots/<key>_*.png``, the subgroup table to
+``RUN/subgroups/<key>.csv``, and ``RUN/report.html`` is regenerated.
+
+External validation (``manifest=...``): the run's model predicts on the manifest's rows (only
+``split == "test"`` when the manifest has a split column, unless ``all_rows``) and the
+predictions are written to ``RUN/predictions/<name>.csv`` before scoring.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bonefrac.data.schema import SUBGROUP_COLUMNS, read_manifest
+from bonefrac.errors import BonefracError, ConfigError, DataError, RunDirError
+from bonefrac.evaluation import plots, rundir
+from bonefrac.evaluation.metrics import compute_metrics
+from bonefrac.fileio import read_json, write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+RESERVED_NAMES = ("train", "val", "test")
+SUBGROUP_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc")
+PREDICTION_COLUMNS = ("image_id", "path", "label", "logit", "prob", *SUBGROUP_COLUMNS)
+
+
+@dataclass
+class EvaluationResult:
+    key: str
+    metrics: dict[str, Any]
+    subgroups: pd.DataFrame
+    plots: dict[str, Path] = field(default_factory=dict)
+    predictions: Path | None = None
+    report: Path | None = None
+
+
+def subgroup_table(
+    df: pd.DataFrame, prob: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """One row per (column, value) for each subgroup column present: n, n_pos and
+    accuracy/sensitivity/specificity/roc_auc with bootstrap CIs (``<metric>_low/_high``)."""
+    rows: list[dict[str, Any]] = []
+    y = df["label"].to_numpy()
+    for col in SUBGROUP_COLUMNS:
+        if col not in df.columns:
+            continue
+        values = df[col].astype("string").fillna("").str.strip().replace("", "unknown")
+        if (values == "unknown").all():
+            continue
+        for value in sorted(values.unique()):
+            mask = (values == value).to_numpy()
+            m = compute_metrics(y[mask], prob[mask], threshold, n_boot=n_boot, seed=seed)
+            row: dict[str, Any] = {
+                "column": col,
+                "group": value,
+                "n": m["support"]["n"],
+                "n_pos": m["support"]["n_pos"],
+            }
+            for name in SUBGROUP_METRICS:
+                row[name] = m[name]["value"]
+                row[f"{name}_low"] = m[name]["ci_low"]
+                row[f"{name}_high"] = m[name]["ci_high"]
+            rows.append(row)
+    cols = ["column", "group", "n", "n_pos"] + [
+        f"{m}{s}" for m in SUBGROUP_METRICS for s in ("", "_low", "_high")
+    ]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _predict_external(
+    run_dir: Path, manifest: Path, name: str, all_rows: bool, force: bool, batch_size: int
+) -> Path:
+    check = rundir.check_name(name)
+    if check in RESERVED_NAMES:
+        raise ConfigError(
+            f"--name {name}: reserved for the run's own splits; choose another, e.g. --name external"
+        )
+    out = rundir.prediction_path(run_dir, name)
+    if out.exists() and not force:
+        raise RunDirError(
+            f"{out}: already exists; pass --force to predict again, or score the existing file "
+            f"with 'bonefrac evaluate {run_dir} --split {name}'"
+        )
+    df = read_manifest(manifest)
+    if "split" in df.columns and not all_rows:
+        df = df[df["split"].astype(str) == "test"].reset_index(drop=True)
+        if df.empty:
+            raise DataError(
+                f"{manifest}: no rows with split == 'test'; pass --all-rows to use every row"
+            )
+    if df.empty:
+        raise DataError(f"{manifest}: no rows to evaluate")
+    try:
+        from bonefrac.training.predict import predict_manifest_frame
+    except ImportError as exc:
+        raise BonefracError(
+            f"prediction on a manifest is unavailable in this install ({exc}); "
+            "check that bonefrac.training.predict is installed"
+        ) from exc
+    log.info("predicting %d images from %s with %s", len(df), manifest, run_dir)
+    pred = predict_manifest_frame(run_dir, df, batch_size=batch_size)
+    missing = [c for c in ("label", "prob") if c not in pred.columns]
+    if missing:
+        raise BonefracError(f"prediction returned no {', '.join(missing)} column(s)")
+    cols = [c for c in PREDICTION_COLUMNS if c in pred.columns]
+    write_csv(out, pred[cols])
+    return out
+
+
+def merge_metrics(run_dir: Path, key: str, metrics: dict[str, Any]) -> Path:
+    """Set ``metrics.json[key]`` (read-modify-write, atomic)."""
+    path = run_dir / "metrics.json"
+    data: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            data = read_json(path)
+        except ValueError as exc:
+            raise RunDirError(f"{path}: not valid JSON ({exc}); delete it and re-evaluate") from exc
+        if not isinstance(data, dict):
+            raise RunDirError(f"{path}: expected a JSON object; delete it and re-evaluate")
+    data[key] = metrics
+    write_json(path, data)
+    return path
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    split: str = "test",
+    manifest: str | Path | None = None,
+    name: str | None = None,
+    all_rows: bool = False,
+    n_boot: int = 1000,
+    seed: int = 0,
+    force: bool = False,
+    batch_size: int = 32,
+    report: bool = True,
+) -> EvaluationResult:
+    """Score ``predictions/<split>.csv`` (or, with ``manifest``, predict then score
+    ``predictions/<name>.csv``); write metrics.json, plots, subgroup table and report."""
+    run_dir = rundir.check_run_dir(run_dir)
+    if n_boot < 0:
+        raise ConfigError(f"--n-boot {n_boot}: must be >= 0 (1000 or more for a 95% CI)")
+    model = rundir.load_model_json(run_dir)
+    threshold = rundir.run_threshold(model)
+    temperature = rundir.run_temperature(model)
+
+    pred_path = None
+    if manifest is not None:
+        key = name or "external"
+        pred_path = _predict_external(run_dir, Path(manifest), key, all_rows, force, batch_size)
+    else:
+        if name is not None:
+            raise ConfigError("--name only applies with --manifest; use --split to pick a split")
+        key = split
+    df = rundir.load_predictions(run_dir, key)
+    y = df["label"].to_numpy()
+    prob = rundir.run_probabilities(df, temperature)
+
+    metrics = compute_metrics(y, prob, threshold, n_boot=n_boot, seed=seed)
+    metrics["settings"]["temperature"] = temperature
+    metrics["settings"]["threshold_criterion"] = model.get("threshold_criterion", "default")
+    merge_metrics(run_dir, key, metrics)
+
+    sub = subgroup_table(df, prob, threshold, n_boot=n_boot, seed=seed)
+    if len(sub):
+        write_csv(run_dir / "subgroups" / f"{key}.csv", sub)
+
+    class_names = model.get("class_names") or ["not_fractured", "fractured"]
+    pdir = run_dir / "plots"
+    out = {
+        "roc": plots.plot_roc(y, prob, threshold, pdir / f"{key}_roc.png", f"ROC ({key})"),
+        "pr": plots.plot_pr(
+            y, prob, threshold, pdir / f"{key}_pr.png", f"Precision-recall ({key})"
+        ),
+        "confusion": plots.plot_confusion(
+            metrics["confusion_matrix"],
+            pdir / f"{key}_confusion.png",
+            class_names,
+            f"Confusion matrix ({key}, threshold {threshold:.3f})",
+        ),  # fmt: skip
+        "reliability": plots.plot_reliability(
+            y, prob, pdir / f"{key}_reliability.png", title=f"Reliability ({key})"
+        ),
+        "threshold": plots.plot_threshold_curve(
+            y, prob, threshold, pdir / f"{key}_threshold.png", f"Metrics vs threshold ({key})"
+        ),
+    }
+    result = EvaluationResult(key, metrics, sub, out, pred_path)
+    if report:
+        from bonefrac.evaluation.report import build_report
+
+        result.report = build_report(run_dir)
+    return result

@@ -1,0 +1,138 @@
+"""Choosing the decision threshold on validation predictions.
+
+Criteria (``prob >= threshold`` is positive; every candidate threshold is an observed score):
+
+- ``f1``: the threshold with the highest F1 (the highest such threshold on ties);
+- ``youden``: max of sensitivity + specificity - 1 (highest on ties);
+- ``sensitivity:X``: the highest threshold whose sensitivity is >= X (the most specific operating
+  point that still catches a fraction X of fractures);
+- ``specificity:X``: the lowest threshold whose specificity is >= X (the most sensitive operating
+  point that keeps a fraction X of normals negative).
+
+Tuning happens on ``val`` only: choosing the threshold on test would make the test metrics
+optimistic. When model.json has a temperature other than 1, thresholds are chosen on the
+calibrated probabilities ``sigmoid(logit / T)`` -- the scale the stored threshold applies to.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+from bonefrac.errors import ConfigError, DataError
+from bonefrac.evaluation import rundir
+from bonefrac.evaluation.metrics import compute_metrics
+
+CRITERIA_HELP = "f1 | youden | sensitivity:X | specificity:X  (X in (0, 1], e.g. sensitivity:0.90)"
+
+
+def parse_criterion(criterion: str) -> tuple[str, float | None]:
+    """``"sensitivity:0.9"`` -> ``("sensitivity", 0.9)``; ``"f1"`` -> ``("f1", None)``."""
+    text = (criterion or "").strip().lower()
+    name, _, arg = text.partition(":")
+    if name in ("f1", "youden"):
+        if arg:
+            raise ConfigError(f"criterion {criterion!r}: '{name}' takes no value; use {name}")
+        return name, None
+    if name in ("sensitivity", "specificity", "sens", "spec"):
+        name = {"sens": "sensitivity", "spec": "specificity"}.get(name, name)
+        try:
+            target = float(arg)
+        except ValueError:
+            raise ConfigError(
+                f"criterion {criterion!r}: expected {name}:X with X a number, e.g. {name}:0.90"
+            ) from None
+        if target > 1 and target <= 100:
+            target /= 100.0  # sensitivity:90 means 90 %
+        if not 0 < target <= 1:
+            raise ConfigError(f"criterion {criterion!r}: X must be in (0, 1], e.g. {name}:0.90")
+        return name, target
+    raise ConfigError(f"unknown threshold criterion {criterion!r}; choose {CRITERIA_HELP}")
+
+
+def choose_threshold(y_true: Any, prob: Any, criterion: str) -> float:
+    """The threshold ``criterion`` picks on (y_true, prob)."""
+    name, target = parse_criterion(criterion)
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(prob, dtype=float)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise DataError("threshold tuning needs both classes (fractured and not) in the data")
+    # all distinct scores as candidates, highest first; drop roc_curve's leading +inf
+    fpr, tpr, thr = skm.roc_curve(y, p, drop_intermediate=False)
+    fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]
+    if name == "f1":
+        tp, fp = tpr * n_pos, fpr * n_neg
+        f1 = 2 * tp / (2 * tp + fp + (n_pos - tp))
+        return float(thr[int(np.argmax(f1))])
+    if name == "youden":
+        return float(thr[int(np.argmax(tpr - fpr))])
+    eps = 1e-12
+    if name == "sensitivity":
+        ok = np.flatnonzero(tpr >= target - eps)
+        return float(thr[ok[0]])  # tpr reaches 1 at the lowest score, so ok is never empty
+    spec = 1.0 - fpr
+    ok = np.flatnonzero(spec >= target - eps)
+    if len(ok) == 0:  # even the highest score lets a negative through: predict nothing positive
+        return float(np.nextafter(p.max(), np.inf))
+    return float(thr[ok[-1]])
+
+
+def tune_threshold(run_dir: str | Path, criterion: str, on: str = "val") -> dict[str, Any]:
+    """Choose the threshold on ``predictions/val.csv``, store it in model.json, and return
+    val/test metrics at the old and the new threshold (point estimates)."""
+    if on == "test":
+        raise ConfigError(
+            "refusing to tune the threshold on the test split: a threshold chosen on test makes "
+            "every test metric optimistic. Tune on validation predictions instead: "
+            "'bonefrac threshold RUN --criterion ... --on val'"
+        )
+    if on != "val":
+        raise ConfigError(f"--on {on!r}: thresholds are tuned on 'val' only")
+    name, target = parse_criterion(criterion)
+    criterion = name if target is None else f"{name}:{target:g}"
+    run_dir = rundir.check_run_dir(run_dir)
+    model = rundir.load_model_json(run_dir)
+    temperature = rundir.run_temperature(model)
+    old = rundir.run_threshold(model)
+
+    val = rundir.load_predictions(run_dir, "val")
+    y_val = val["label"].to_numpy()
+    p_val = rundir.run_probabilities(val, temperature)
+    try:
+        new = choose_threshold(y_val, p_val, criterion)
+    except DataError as exc:
+        raise DataError(f"{rundir.prediction_path(run_dir, 'val')}: {exc}") from exc
+
+    splits = {"val": (y_val, p_val)}
+    if rundir.prediction_path(run_dir, "test").is_file():
+        test = rundir.load_predictions(run_dir, "test")
+        splits["test"] = (test["label"].to_numpy(), rundir.run_probabilities(test, temperature))
+
+    result: dict[str, Any] = {
+        "criterion": criterion,
+        "tuned_on": "val",
+        "temperature": temperature,
+        "old_threshold": old,
+        "old_criterion": model.get("threshold_criterion"),
+        "new_threshold": new,
+        "metrics": {},
+    }
+    for split, (y, p) in splits.items():
+        result["metrics"][split] = {
+            "old": compute_metrics(y, p, old, n_boot=0),
+            "new": compute_metrics(y, p, new, n_boot=0),
+        }
+    rundir.update_model_json(
+        run_dir,
+        threshold=new,
+        threshold_criterion=criterion,
+        threshold_tuned_on="val",
+        threshold_updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    return result
