@@ -123,6 +123,8 @@ def _load_pillow(
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(label, "not an image", "Pillow cannot identify the format") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own header check, before any decode
+        raise ImageDecodeError(label, "too many pixels", str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure is a decode failure
         raise ImageDecodeError(label, "undecodable", str(exc)) from exc
     width, height = img.size
@@ -166,63 +168,152 @@ def _window_to_uint8(
     return np.round(out).astype(np.uint8)
 
 
+#: Transfer syntax families -> the pip packages that decode them (for error messages).
+_DECODER_HINTS = {
+    "JPEG-LS": "'pylibjpeg pylibjpeg-libjpeg' or 'pyjpegls' or 'python-gdcm'",
+    "JPEG 2000": "'pylibjpeg pylibjpeg-openjpeg' or 'python-gdcm'",
+    "High-Throughput JPEG 2000": "'pylibjpeg pylibjpeg-openjpeg'",
+    "JPEG": "'pylibjpeg pylibjpeg-libjpeg' or 'python-gdcm'",
+    "RLE": "'pylibjpeg pylibjpeg-rle'",
+}
+
+
+def _decoder_hint(ts_name: str) -> str:
+    for key, hint in _DECODER_HINTS.items():
+        if ts_name.startswith(key):
+            return hint
+    return "'pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg' or 'python-gdcm'"
+
+
+def _missing_decoder(label: str, ts: object, extra: str = "") -> ImageDecodeError:
+    name = getattr(ts, "name", str(ts))
+    detail = f"transfer syntax {ts} ({name}) needs a decoder: pip install {_decoder_hint(name)}"
+    if extra:
+        detail += f"; {extra}"
+    return ImageDecodeError(label, "missing decoder", detail)
+
+
 def _load_dicom(data: bytes, label: str, *, max_pixels: int, frame: int | None) -> Image.Image:
+    """DICOM -> 8-bit greyscale as a viewer would show it.
+
+    Order (PS3.3 C.11): decode (one frame) -> modality LUT / rescale slope+intercept ->
+    VOI LUT sequence, else window centre/width (LINEAR, LINEAR_EXACT, SIGMOID), else the full
+    range of the data -> MONOCHROME1 (or an INVERSE presentation LUT) inverted, so bone is
+    always bright. Frame count, pixel count and decoder availability are checked before any
+    pixel data is decoded.
+    """
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
+    from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:  # noqa: BLE001
         raise ImageDecodeError(label, "undecodable", f"not a readable DICOM file: {exc}") from exc
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageDecodeError(label, "no pixel data", "the DICOM dataset has no PixelData element")
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise ImageDecodeError(label, "undecodable", f"bad Rows/Columns/Frames: {exc}") from exc
+    if rows <= 0 or cols <= 0:
+        raise ImageDecodeError(label, "undecodable", "Rows/Columns missing or zero")
     if rows * cols > max_pixels:
         raise ImageDecodeError(
             label, "too many pixels", f"{cols}x{rows} exceeds the limit of {max_pixels} pixels"
         )
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001
-        msg = str(exc)
-        if "decoder" in msg.lower() or "plugin" in msg.lower() or "transfer syntax" in msg.lower():
-            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-            raise ImageDecodeError(
-                label,
-                "missing decoder",
-                f"transfer syntax {ts} needs a decoder plugin; install 'pylibjpeg pylibjpeg-libjpeg"
-                f" pylibjpeg-openjpeg' or 'python-gdcm' ({msg.splitlines()[0]})",
-            ) from exc
-        raise ImageDecodeError(label, "undecodable", msg) from exc
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if n_frames > 1:
-        if frame is None:
-            raise ImageDecodeError(
-                label, "multi-frame", f"{n_frames} frames; choose one with dicom_frame=<index>"
-            )
-        if not 0 <= frame < n_frames:
-            raise ImageDecodeError(
-                label, "multi-frame", f"frame {frame} out of range 0..{n_frames - 1}"
-            )
-        arr = arr[frame]
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour DICOM (RGB/YBR): take luminance
-        if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
+    if n_frames > 1 and frame is None:
+        raise ImageDecodeError(
+            label,
+            "multi-frame",
+            f"{n_frames} frames; choose one with dicom_frame=<index> (--dicom-frame K)",
+        )
+    if frame is not None and not 0 <= frame < n_frames:
+        raise ImageDecodeError(
+            label, "multi-frame", f"frame {frame} out of range 0..{n_frames - 1}"
+        )
 
-            arr = convert_color_space(arr, photometric, "RGB")
-        return Image.fromarray(np.asarray(arr[..., :3], dtype=np.uint8)).convert("L")
-    arr = apply_modality_lut(arr, ds)
-    has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
-    if has_voi:
-        arr = apply_voi_lut(arr, ds, index=0)
-    arr = np.asarray(arr, dtype=np.float32)
-    if has_voi and "WindowCenter" in ds and "VOILUTSequence" not in ds:
-        center = float(np.atleast_1d(ds.WindowCenter)[0])
-        width = float(np.atleast_1d(ds.WindowWidth)[0])
-        out = _window_to_uint8(arr, center - width / 2.0, center + width / 2.0)
-    else:
-        out = _window_to_uint8(arr)
-    if photometric == "MONOCHROME1":
+    file_meta = ds.file_meta
+    ts = file_meta.get("TransferSyntaxUID")
+    if ts is None:  # raw dataset without a file meta header: use the encoding it was read with
+        implicit = ds.original_encoding[0] if ds.original_encoding[0] is not None else True
+        ts = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        file_meta.TransferSyntaxUID = ts
+    ts = UID(str(ts))
+    if ts.is_compressed:
+        try:
+            decoder = get_decoder(ts)
+        except NotImplementedError as exc:
+            raise _missing_decoder(label, ts, "pydicom has no decoder for it") from exc
+        if not decoder.is_available:
+            raise _missing_decoder(label, ts)
+
+    try:
+        arr = pixel_array(ds, index=frame if n_frames > 1 else None)
+    except Exception as exc:  # noqa: BLE001
+        msg = (str(exc).splitlines() or [type(exc).__name__])[0]
+        if ts.is_compressed and any(w in msg.lower() for w in ("decoder", "plugin", "install")):
+            raise _missing_decoder(label, ts, msg) from exc
+        raise ImageDecodeError(label, "undecodable", msg) from exc
+
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper().strip()
+    if int(ds.get("SamplesPerPixel", 1) or 1) > 1 or photometric == "PALETTE COLOR":
+        return _dicom_colour_to_l(arr, ds, photometric)
+
+    arr = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    out = _dicom_voi_to_uint8(arr, ds)
+    shape = str(ds.get("PresentationLUTShape", "")).upper().strip()
+    if photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE"):
         out = 255 - out
     return Image.fromarray(out)
+
+
+def _dicom_colour_to_l(arr: np.ndarray, ds: object, photometric: str) -> Image.Image:
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        arr = apply_color_lut(arr, ds)
+    # pixel_array already converted YBR_* to RGB (raw=False)
+    rgb = np.asarray(arr)[..., :3]
+    if rgb.dtype != np.uint8:
+        rgb = _window_to_uint8(rgb.astype(np.float32))
+    return Image.fromarray(np.ascontiguousarray(rgb), mode="RGB").convert("L")
+
+
+def _dicom_voi_to_uint8(arr: np.ndarray, ds: object) -> np.ndarray:
+    """Apply the first VOI transform present; map its output range to 0..255."""
+    from pydicom.pixels import apply_voi
+
+    voi_seq = ds.get("VOILUTSequence")  # type: ignore[attr-defined]
+    if voi_seq:
+        item = voi_seq[0]
+        lut = np.asarray(item.LUTData, dtype=np.float64).ravel()
+        # LUT entries are indexed by integers; the modality output is float64 here
+        out = np.asarray(apply_voi(np.rint(arr).astype(np.int64), ds, index=0), np.float64)
+        return _window_to_uint8(out, float(lut.min()), float(lut.max()))
+    center = _first_float(ds.get("WindowCenter"))  # type: ignore[attr-defined]
+    width = _first_float(ds.get("WindowWidth"))  # type: ignore[attr-defined]
+    if center is None or width is None or width <= 0:
+        return _window_to_uint8(arr)
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper().strip()  # type: ignore[attr-defined]
+    if function == "SIGMOID":
+        y = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (arr - center) / width, -50, 50)))
+    elif function == "LINEAR_EXACT":
+        y = np.clip((arr - center) / width + 0.5, 0.0, 1.0)
+    elif width <= 1:  # LINEAR with width 1 is a threshold at centre - 0.5
+        y = (arr > center - 0.5).astype(np.float64)
+    else:  # LINEAR (PS3.3 C.11.2.1.2.1)
+        y = np.clip((arr - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    return np.round(y * 255.0).astype(np.uint8)
+
+
+def _first_float(value: object) -> float | None:
+    """First value of a (possibly multi-valued) DS element, or ``None``."""
+    if value is None:
+        return None
+    values = [value] if isinstance(value, str) or not hasattr(value, "__len__") else list(value)
+    try:
+        return float(values[0]) if values else None
+    except (TypeError, ValueError):
+        return None
