@@ -360,11 +360,13 @@ def explain(
         console.print(f"localisation: {res['localization_path']}")
     console.print(f"run 'bonefrac report {run}' to include them in report.html")
 
+
 # --- tune commands (issue: tuning) ---
 
 tune_app = typer.Typer(
     help="Hyperparameter search (Optuna): 'tune --config ...' runs trials, 'tune report' ranks them.",
     invoke_without_command=True,
+    no_args_is_help=True,
 )
 app.add_typer(tune_app, name="tune")
 
@@ -396,8 +398,6 @@ def tune(
     from bonefrac.tuning.study import run_study
 
     missing = [f for f, v in (("--space", space), ("--trials", trials)) if v is None]
-    if manifest is None:
-        missing.insert(0, "--manifest")
     if missing:
         raise ConfigError(f"tune needs {', '.join(missing)} (see 'bonefrac tune --help')")
     try:
@@ -422,7 +422,9 @@ def tune(
         )
     except ValueError:
         console.print("no completed trial yet")
-    console.print(f"ranked table, plots and best.yaml: bonefrac tune report --study {result.study_name}")
+    console.print(
+        f"ranked table, plots and best.yaml: bonefrac tune report --study {result.study_name}"
+    )
 
 
 @tune_app.command("report")
@@ -440,7 +442,9 @@ def tune_report(
     rep = build_tune_report(study, storage)
     console.print(f"study [bold]{study}[/]: {rep.state_counts()} (objective {rep.objective})")
     if not rep.completed.empty:
-        console.print(ranked_table(rep, "sensitivity", "ranked by sensitivity (val, threshold 0.5)"))
+        console.print(
+            ranked_table(rep, "sensitivity", "ranked by sensitivity (val, threshold 0.5)")
+        )
         console.print(ranked_table(rep, "f1", "ranked by F1 (val, threshold 0.5)"))
     if rep.importances:
         console.print(importance_table(rep))
@@ -448,10 +452,110 @@ def tune_report(
         console.print(f"[yellow]note:[/] {note}")
     if rep.best_trial is not None:
         console.print(f"best trial {rep.best_trial}: {rep.objective}={rep.best_value:.4f}")
-    for what, path in ((k, v) for k, v in (("best config", rep.best_yaml), ("trials", rep.trials_csv), *rep.plots.items()) if v):
-        console.print(f"{what}: {path}")
+    outputs = {"best config": rep.best_yaml, "trials": rep.trials_csv, **rep.plots}
+    for what, path in outputs.items():
+        if path is not None:
+            console.print(f"{what}: {path}")
+
 
 # --- inference commands (issue: predict / export / serve) ---
+
+
+@app.command()
+@friendly_errors
+def predict(
+    run: Path = typer.Argument(..., help="Run directory (from 'bonefrac train')."),
+    paths: list[Path] = typer.Argument(..., help="Image/DICOM files or folders (recursive)."),
+    out: Path = typer.Option(..., "--out", "-o", help="CSV to write; re-running resumes it."),
+    backend: str = typer.Option("torch", "--backend", help="torch | onnx (RUN/model.onnx)."),
+    cam_dir: Path = typer.Option(None, "--cam-dir", help="Also save heatmap overlays here."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per model call."),
+    dicom_frame: int = typer.Option(
+        None, "--dicom-frame", help="Frame of multi-frame DICOMs (default: refuse them)."
+    ),
+    workers: int = typer.Option(
+        None, "--workers", help="Decode processes (default: CPUs - 1, at most 4)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Start --out afresh instead of resuming."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+) -> None:
+    """Predict files and folders into a CSV (path, prob, decision, error, ...); resumable.
+
+    Exits 1 when any file could not be read (its row has the error).
+    """
+    import os
+
+    from bonefrac.inference.batch import predict_to_csv
+
+    if workers is None:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        workers = min(4, n - 1) if n > 2 else 0
+    summary = predict_to_csv(
+        run, paths, out, backend=backend, batch_size=batch_size, cam_dir=cam_dir,
+        dicom_frame=dicom_frame, workers=workers, force=force, progress=not no_progress,
+    )  # fmt: skip
+    console.print(
+        f"{summary.total} inputs: [bold]{summary.predicted}[/] predicted "
+        f"({summary.positives} at or above the threshold), [bold]{summary.failed}[/] failed, "
+        f"{summary.skipped} already in {out} ({summary.earlier_failed} of them error rows); "
+        f"{summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s)",
+        highlight=False,
+    )
+    for path, err in summary.errors[:10]:
+        console.print(f"[red]failed:[/] {path}: {err}", highlight=False)
+    if len(summary.errors) > 10:
+        console.print(f"... and {len(summary.errors) - 10} more; see the error column of {out}")
+    if summary.any_failed:
+        n_bad = summary.failed + summary.earlier_failed
+        console.print(f"[bold red]{n_bad} file(s) failed[/]; rows with an error are in {out}")
+        raise typer.Exit(code=1)
+
+
+@app.command()
+@friendly_errors
+def export(
+    run: Path = typer.Argument(..., help="Run directory."),
+    onnx: bool = typer.Option(False, "--onnx", help="Write RUN/model.onnx (dynamic batch)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+    force: bool = typer.Option(False, "--force", help="Re-export even when up to date."),
+) -> None:
+    """Export the model; --onnx writes RUN/model.onnx after a PyTorch parity check."""
+    from bonefrac.errors import ConfigError
+    from bonefrac.inference.onnx import export_onnx
+
+    if not onnx:
+        raise ConfigError("choose an export format: bonefrac export RUN --onnx")
+    result = export_onnx(run, opset=opset, force=force)
+    if result.skipped:
+        console.print(f"{result.path} is up to date (same weights, opset {result.opset})")
+    else:
+        console.print(
+            f"wrote [bold]{result.path}[/] (opset {result.opset}, parity max |Δlogit| "
+            f"{result.max_abs_diff:.2e}, {result.seconds:.1f} s)",
+            highlight=False,
+        )
+
+
+@app.command()
+@friendly_errors
+def serve(
+    run: Path = typer.Argument(..., help="Run directory."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    backend: str = typer.Option("torch", "--backend", help="torch | onnx (RUN/model.onnx)."),
+    max_body_mb: float = typer.Option(32.0, "--max-body-mb", help="Largest upload, in MiB."),
+    max_pixels: int = typer.Option(
+        100_000_000, "--max-pixels", help="Largest image (width x height) accepted."
+    ),
+) -> None:
+    """Serve the model: POST /v1/predict, GET /v1/model, /health, /docs and a page at /."""
+    from bonefrac.serving.app import serve as run_server
+
+    console.print(f"serving {run} on http://{host}:{port}/ (API docs at /docs)")
+    run_server(
+        run, host=host, port=port, backend=backend,
+        max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels,
+    )  # fmt: skip
 
 
 def _path(value: str | None) -> Path | None:

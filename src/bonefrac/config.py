@@ -99,12 +99,46 @@ class TrainConfig(_Strict):
             raise ValueError("must be 'auto', 'none' or a positive number") from exc
 
 
+class TuneConfig(_Strict):
+    """Used by ``bonefrac tune`` only (ignored by ``train``)."""
+
+    objective: str = "val_roc_auc"
+    """Validation metric a study maximises: ``val_roc_auc`` | ``val_f1`` | ``val_pr_auc`` |
+    ``sens_at_spec:<X>`` (sensitivity at specificity >= X, e.g. ``sens_at_spec:0.9``)."""
+    pruning: bool = True
+    """Stop unpromising trials early (median pruner on the per-epoch validation metric)."""
+    prune_startup_trials: int = Field(5, ge=0)
+    """Trials that always run to the end before the pruner starts comparing."""
+    prune_warmup_epochs: int = Field(1, ge=0)
+    """Epochs of every trial that are never pruned."""
+
+    @field_validator("objective")
+    @classmethod
+    def _check_objective(cls, value: str) -> str:
+        text = value.strip().lower()
+        if text in ("val_roc_auc", "val_f1", "val_pr_auc"):
+            return text
+        name, _, arg = text.partition(":")
+        if name == "sens_at_spec":
+            try:
+                target = float(arg)
+            except ValueError:
+                target = -1.0
+            if 0 < target < 1:
+                return f"sens_at_spec:{target:g}"
+        raise ValueError(
+            "must be val_roc_auc, val_f1, val_pr_auc or sens_at_spec:X with 0 < X < 1 "
+            "(e.g. sens_at_spec:0.9)"
+        )
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: int = 42
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
 
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import shutil
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ from bonefrac.training.module import FractureModule
 from bonefrac.training.predict import predict_logits, predictions_frame
 
 log = logging.getLogger(__name__)
+
+# Expected with frozen parts (their BatchNorm stays in eval mode) and harmless: keep logs clean.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
 
 CLASS_NAMES = ["not_fractured", "fractured"]
 
@@ -167,7 +172,7 @@ def _fit(
         num_nodes=cfg.train.num_nodes,
         precision=resolve_precision(cfg),
         deterministic=cfg.train.deterministic,
-        limit_train_batches=cfg.train.max_steps_per_epoch or 1.0,
+        limit_train_batches=cfg.train.max_steps_per_epoch,
         log_every_n_steps=min(cfg.train.log_every_n_steps, max(1, steps)),
         callbacks=all_callbacks,
         logger=False,
