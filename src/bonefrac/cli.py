@@ -305,7 +305,10 @@ def report(run: Path = typer.Argument(..., help="Run directory.")) -> None:
 def explain(
     run: Path = typer.Argument(..., help="Run directory."),
     more_images: list[Path] = typer.Argument(
-        None, hidden=True, help="Extra --images paths (so '--images dir/*.png' works)."
+        None,
+        hidden=True,
+        metavar="IMAGES",
+        help="Extra --images paths (so '--images dir/*.png' works).",
     ),
     split: str = typer.Option("test", "--split", help="Explain predictions/<split>.csv images."),
     images: list[Path] = typer.Option(

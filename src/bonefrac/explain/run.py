@@ -1,0 +1,400 @@
+"""``explain_run``: heatmap overlays (and the localisation score) for a run directory.
+
+Which images (``split`` mode, the default ``test``):
+
+* overlays for ``n`` images: about three quarters positives (label 1), those with fracture boxes
+  first, then by predicted probability, highest first (what the model finds, and whether the
+  map points at the annotated fracture); the remaining quarter are the negatives with the
+  HIGHEST probability (the false-positive candidates: what fools the model). If one side runs
+  short the other fills the gap. Ties are broken by image id, so the choice is reproducible.
+* with ``score=True``: every image of the split that has fracture boxes is scored (not only
+  the ``n`` overlaid), boxes coming from the run's manifest (``model.json``'s ``manifest``).
+
+``images`` mode: the given files (folders are expanded); label and boxes are looked up in the
+run's manifest by path when the file is there, otherwise the label shows as ``?``.
+
+Outputs (``out_dir`` defaults to ``RUN/explain``)::
+
+    <out>/<method>/<image_id>.png    one overlay per image, at the original resolution
+    <out>/<method>/grid.png          captioned grid (id, probability, label)
+    <out>/grid.png                   copy of the latest grid (report.html shows it)
+    <out>/localization.json          with score=True (also copied to <out>/<method>/)
+
+Re-running overwrites these derived files (there is nothing to lose: they are recomputed from
+the run). Probabilities in captions are calibrated: ``sigmoid(logit / temperature)`` with the
+run's temperature, like the threshold stored in ``model.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bonefrac.errors import ConfigError, DataError, RunDirError
+from bonefrac.explain.cam import CAM_METHODS, check_method, explainer
+from bonefrac.explain.localization import (
+    DEFAULT_TOLERANCE,
+    heatmap_to_original,
+    score_image,
+    summarise,
+)
+from bonefrac.fileio import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+NEGATIVE_SHARE = 0.25
+BAR_LABELS = {
+    "saliency": "|gradient| of the fracture logit (relative)",
+    "smoothgrad": "SmoothGrad |gradient| (relative)",
+    "eigencam": "first principal component of the layer (relative)",
+}
+
+
+@dataclass
+class Item:
+    """One image to explain."""
+
+    image_id: str
+    path: str
+    label: int | None = None
+    logit: float | None = None
+    boxes: list[list[float]] = field(default_factory=list)
+    overlay: bool = False
+    score: bool = False
+
+
+def explain_run(
+    run_dir: str | Path,
+    split: str = "test",
+    images: Sequence[str | Path] | None = None,
+    method: str = "gradcam",
+    n: int = 16,
+    layer: str | None = None,
+    score: bool = False,
+    out_dir: str | Path | None = None,
+    *,
+    batch_size: int = 16,
+    tolerance: float = DEFAULT_TOLERANCE,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Write overlays (and ``localization.json`` when ``score``) for a run; return a summary.
+
+    Returns ``{"out_dir", "method", "layer", "overlays": [paths], "grid", "localization"
+    (the localization.json document, or None), "localization_path", "n_processed"}``.
+    """
+    from bonefrac.models.runio import load_run
+
+    method = check_method(method)
+    if n < 0:
+        raise ConfigError(f"--n must be >= 0, got {n}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "explain"
+    manifest = _run_manifest(run.meta, required=score)
+
+    if images:
+        items = _image_items(images, manifest)
+        for item in items[:n]:
+            item.overlay = True
+        source = "images"
+    else:
+        items = _split_items(run_dir, split, manifest)
+        for item in select_for_overlay(items, n):
+            item.overlay = True
+        source = f"split {split}"
+    if score:
+        for item in items:
+            item.score = bool(item.boxes)
+    todo = [it for it in items if it.overlay] + [it for it in items if it.score and not it.overlay]
+    if not todo:
+        raise DataError(
+            f"{run_dir}: nothing to explain ({len(items)} images, n={n}, score={score})"
+        )
+
+    method_dir = out / method.replace("/", "_")
+    overlays: list[Path] = []
+    panels: list[Any] = []
+    scored: list[dict[str, Any]] = []
+    layer_name: str | None = None
+    from rich.progress import Progress
+
+    with (
+        explainer(run.model, method, layer) as ex,
+        Progress(disable=not progress, transient=True) as bar,
+    ):
+        layer_name = ex.layer_name if method in CAM_METHODS else None
+        task = bar.add_task(f"explain ({method})", total=len(todo))
+        for chunk in _batched(todo, batch_size):
+            arrays, sizes = _load_batch(chunk, run.image_size, run.clahe)
+            x = _to_model_input(arrays, run.mean, run.std)
+            exp = ex(x)
+            for item, heat, logit, size in zip(chunk, exp.heat, exp.logits, sizes, strict=True):
+                if item.logit is None:
+                    item.logit = float(logit)
+                prob = _calibrated(item.logit, run.temperature)
+                _handle_item(
+                    item, heat, size, prob, method, method_dir, tolerance,
+                    overlays, panels, scored,
+                )  # fmt: skip
+            bar.advance(task, len(chunk))
+
+    grid = None
+    if panels:
+        from bonefrac.explain.overlay import save_grid
+
+        title = f"{method}" + (f" @ {layer_name}" if layer_name else "") + f" - {source}"
+        grid = save_grid(
+            panels,
+            method_dir / "grid.png",
+            title=title,
+            bar_label=BAR_LABELS.get(method, "evidence for fracture (relative)"),
+        )
+        _copy(grid, out / "grid.png")
+
+    loc = loc_path = None
+    if score:
+        loc = summarise(
+            scored,
+            method=method,
+            layer=layer_name,
+            tolerance=tolerance,
+            source=source,
+            run=str(run_dir),
+            image_size=run.image_size,
+        )
+        if not scored:
+            loc["note"] = f"no {source} image has fracture boxes in the manifest; nothing scored"
+            log.warning(loc["note"])
+        write_json(method_dir / "localization.json", loc)
+        loc_path = out / "localization.json"
+        write_json(loc_path, loc)
+    return {
+        "out_dir": out,
+        "method": method,
+        "layer": layer_name,
+        "overlays": overlays,
+        "grid": grid,
+        "localization": loc,
+        "localization_path": loc_path,
+        "n_processed": len(todo),
+    }
+
+
+# --- selection ----------------------------------------------------------------------------
+
+
+def select_for_overlay(items: Sequence[Item], n: int) -> list[Item]:
+    """Positives (boxed first, then most probable) and the most fracture-like negatives."""
+    if n <= 0:
+        return []
+
+    def key_pos(it: Item) -> tuple:
+        return (not it.boxes, -(it.logit if it.logit is not None else -math.inf), it.image_id)
+
+    def key_neg(it: Item) -> tuple:
+        return (-(it.logit if it.logit is not None else -math.inf), it.image_id)
+
+    pos = sorted((it for it in items if it.label == 1), key=key_pos)
+    neg = sorted((it for it in items if it.label == 0), key=key_neg)
+    other = sorted((it for it in items if it.label not in (0, 1)), key=key_neg)
+    n_neg = min(len(neg), max(1 if n > 1 else 0, round(n * NEGATIVE_SHARE)))
+    n_pos = min(len(pos), n - n_neg)
+    n_neg = min(len(neg), n - n_pos)
+    chosen = pos[:n_pos] + neg[:n_neg]
+    return chosen + other[: n - len(chosen)]
+
+
+# --- records ------------------------------------------------------------------------------
+
+
+def _run_manifest(meta: dict[str, Any], required: bool) -> pd.DataFrame | None:
+    from bonefrac.data.schema import read_manifest
+
+    path = meta.get("manifest")
+    if path and Path(path).is_file():
+        return read_manifest(path)
+    msg = (
+        f"the run's manifest {path!r} (model.json 'manifest') is not there, so fracture boxes "
+        "are unknown"
+    )
+    if required:
+        raise DataError(msg + "; --score needs them: restore the manifest at that path")
+    log.warning("%s; overlays are drawn without boxes", msg)
+    return None
+
+
+def _boxes(value: Any) -> list[list[float]]:
+    from bonefrac.data.schema import parse_boxes
+
+    try:
+        return parse_boxes(value)
+    except (ValueError, TypeError) as exc:
+        log.warning("unreadable boxes %r (%s); ignored", value, exc)
+        return []
+
+
+def _split_items(run_dir: Path, split: str, manifest: pd.DataFrame | None) -> list[Item]:
+    path = run_dir / "predictions" / f"{split}.csv"
+    if not path.is_file():
+        raise RunDirError(
+            f"{path}: not found; explain reads the run's predictions for --split {split} "
+            "(made by 'bonefrac train' for val/test, or 'bonefrac evaluate RUN --manifest ...')"
+        )
+    df = pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False)
+    missing = [c for c in ("image_id", "path") if c not in df.columns]
+    if missing:
+        raise RunDirError(f"{path}: missing column(s) {', '.join(missing)}")
+    boxes_by_id: dict[str, Any] = {}
+    if "boxes" in df.columns:
+        boxes_by_id = dict(zip(df["image_id"], df["boxes"], strict=True))
+    elif manifest is not None:
+        boxes_by_id = dict(zip(manifest["image_id"], manifest["boxes"], strict=False))
+    items = []
+    for row in df.to_dict("records"):
+        logit = _float(row.get("logit"))
+        if logit is None:
+            p = _float(row.get("prob"))
+            if p is not None:
+                p = min(max(p, 1e-7), 1 - 1e-7)
+                logit = math.log(p / (1 - p))
+        label = _float(row.get("label"))
+        items.append(
+            Item(
+                image_id=str(row["image_id"]),
+                path=str(row["path"]),
+                label=None if label is None else int(label),
+                logit=logit,
+                boxes=_boxes(boxes_by_id.get(str(row["image_id"]), "[]")),
+            )
+        )
+    return items
+
+
+def _image_items(images: Sequence[str | Path], manifest: pd.DataFrame | None) -> list[Item]:
+    from bonefrac.data.imageio import is_candidate_image
+
+    paths: list[Path] = []
+    for p in map(Path, images):
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and is_candidate_image(q))
+            if not found:
+                raise DataError(f"{p}: folder holds no images (jpg, png, dcm, ...)")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise DataError(f"{p}: no such image file or folder")
+    by_path: dict[str, dict[str, Any]] = {}
+    if manifest is not None:
+        for row in manifest.to_dict("records"):
+            by_path[str(Path(row["path"]).resolve())] = row
+    items = []
+    for p in paths:
+        row = by_path.get(str(p.resolve()))
+        if row is not None:
+            items.append(
+                Item(str(row["image_id"]), str(p), int(row["label"]), None, _boxes(row["boxes"]))
+            )
+        else:
+            items.append(Item(p.name, str(p)))
+    return items
+
+
+def _float(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+# --- processing ---------------------------------------------------------------------------
+
+
+def _batched(items: Sequence[Item], size: int) -> Iterable[list[Item]]:
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+def _load_batch(
+    chunk: Sequence[Item], size: int, clahe: bool
+) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    from bonefrac.data.transforms import load_prepared
+
+    arrays, sizes = [], []
+    for item in chunk:
+        arr, original = load_prepared(item.path, size, clahe=clahe, name=item.path)
+        arrays.append(arr)
+        sizes.append(original)
+    return arrays, sizes
+
+
+def _to_model_input(arrays: list[np.ndarray], mean: Sequence[float], std: Sequence[float]):
+    from bonefrac.data.transforms import to_input
+
+    batch = torch.from_numpy(np.stack(arrays))[:, None]
+    return to_input(batch, mean, std, channels_last=False)
+
+
+def _calibrated(logit: float | None, temperature: float) -> float | None:
+    if logit is None:
+        return None
+    z = logit / (temperature or 1.0)
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+def _handle_item(
+    item: Item,
+    heat: np.ndarray,
+    size: tuple[int, int],
+    prob: float | None,
+    method: str,
+    method_dir: Path,
+    tolerance: float,
+    overlays: list[Path],
+    panels: list[Any],
+    scored: list[dict[str, Any]],
+) -> None:
+    from bonefrac.explain.overlay import Panel, caption, render_overlay, save_png, thumbnail
+
+    if item.overlay:
+        from bonefrac.data.imageio import load_grayscale
+
+        base = load_grayscale(item.path, name=item.path)  # full resolution, no JPEG draft
+        size = base.size
+    full = heatmap_to_original(heat, size)
+    if item.overlay:
+        img = render_overlay(base, full, item.boxes)
+        path = save_png(img, method_dir / f"{safe_name(item.image_id)}.png")
+        overlays.append(path)
+        panels.append(Panel(thumbnail(img), caption(item.image_id, prob, item.label)))
+    if item.score and item.boxes:
+        res = score_image(full, item.boxes, tolerance)
+        scored.append({"image_id": item.image_id, "label": item.label, "prob": prob, **res})
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_IMAGE_SUFFIX = re.compile(r"\.(jpe?g|png|bmp|tiff?|webp|dcm|dicom)$", re.IGNORECASE)
+
+
+def safe_name(image_id: str) -> str:
+    """A file-name-safe stem from an image id (``a/b c.jpg`` -> ``a_b_c``)."""
+    stem = _IMAGE_SUFFIX.sub("", image_id.strip())
+    return _UNSAFE.sub("_", stem).strip("._") or "image"
+
+
+def _copy(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
