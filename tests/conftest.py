@@ -6,10 +6,15 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.synthetic import FAST_OVERRIDES, make_manifest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The test models are tiny: one thread beats two (thread hand-off costs more than it saves,
+# and much more on a busy 2-core machine).
+torch.set_num_threads(1)
 
 
 def shared_data_dir() -> Path | None:

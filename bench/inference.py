@@ -1,0 +1,172 @@
+"""Inference speed: batch-1 latency of PyTorch eager vs ONNX Runtime, and predict throughput.
+
+1. Latency (always): for each model (default ``simple_cnn`` and ``efficientnet_lite0`` at 224,
+   random init: latency does not depend on the weights), export to a temp ONNX file and time
+   one image at a time: p50/p95 in ms for torch eager (inference_mode) and ONNX Runtime (CPU),
+   same thread count for both, and the ratio torch / ORT (> 1: ORT is faster).
+2. Throughput (with ``--images DIR``): ``bonefrac predict``'s library path
+   (:func:`bonefrac.inference.batch.predict_to_csv`) on the first ``--n`` images of DIR
+   (recursive) with both backends, images/s end to end (decode + letterbox + model + CSV).
+   Without ``--run``, an untrained run of ``--model`` (ImageNet weights where available) is
+   made in a temp folder, so no training is needed.
+
+Run: ``.venv/bin/python bench/inference.py [--models simple_cnn efficientnet_lite0]
+[--iters 200] [--images ../shared/data/fracatlas/images --n 500] [--workers 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bonefrac.inference.onnx import export_model
+from bonefrac.inference.predictor import default_threads
+from bonefrac.models.registry import build_model, resolve_spec
+
+
+def percentiles(times_s: list[float]) -> tuple[float, float]:
+    ms = np.array(times_s) * 1000.0
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
+
+
+def latency(name: str, size: int, iters: int, warmup: int, threads: int) -> dict:
+    import onnxruntime as ort
+
+    model = build_model(name, pretrained="none").float().eval()
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((1, 3, size, size)).astype(np.float32) for _ in range(8)]
+    torch.set_num_threads(threads)
+    torch_times = []
+    with torch.inference_mode():
+        for i in range(warmup + iters):
+            x = torch.from_numpy(xs[i % len(xs)])
+            t = time.perf_counter()
+            model(x)
+            if i >= warmup:
+                torch_times.append(time.perf_counter() - t)
+    tmp = Path(tempfile.mkdtemp(prefix="bonefrac-bench-"))
+    try:
+        path = tmp / "model.onnx"
+        export_model(model, path, size)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        with torch.inference_mode():
+            diff = float(
+                np.abs(
+                    model(torch.from_numpy(xs[0])).numpy() - sess.run(None, {"image": xs[0]})[0]
+                ).max()
+            )  # noqa: E501
+        ort_times = []
+        for i in range(warmup + iters):
+            x = xs[i % len(xs)]
+            t = time.perf_counter()
+            sess.run(None, {"image": x})
+            if i >= warmup:
+                ort_times.append(time.perf_counter() - t)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    tp50, tp95 = percentiles(torch_times)
+    op50, op95 = percentiles(ort_times)
+    return {"model": name, "torch": (tp50, tp95), "ort": (op50, op95), "diff": diff}
+
+
+def make_untrained_run(name: str, size: int, out: Path) -> Path:
+    """A run directory with an untrained head (ImageNet backbone where offline weights exist)."""
+    from bonefrac.fileio import write_json
+    from bonefrac.models.runio import save_weights
+
+    spec = resolve_spec(name)
+    pretrained = "imagenet" if name == "efficientnet_lite0" else "none"
+    model = build_model(name, pretrained=pretrained).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    save_weights(model, out)
+    write_json(
+        out / "model.json",
+        {
+            "architecture": name,
+            "image_size": size,
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "threshold": 0.5,
+            "threshold_criterion": "default",
+            "temperature": 1.0,
+            "preprocess": {"letterbox": True, "jpeg_draft": True, "clahe": False},
+            "dropout": 0.2,
+        },
+    )
+    return out
+
+
+def throughput(run: Path, images: Path, n: int, workers: int, batch_size: int) -> None:
+    from bonefrac.inference.batch import collect_inputs, predict_to_csv
+    from bonefrac.inference.onnx import export_onnx
+
+    files = collect_inputs([images])[:n]
+    export_onnx(run)
+    print(f"\npredict throughput on {len(files)} images from {images} (run {run.name}, "
+          f"batch {batch_size}, {workers} decode workers):")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in ("torch", "onnx"):
+            s = predict_to_csv(
+                run, files, Path(tmp) / f"{backend}.csv", backend=backend,
+                batch_size=batch_size, workers=workers, progress=False,
+            )  # fmt: skip
+            print(
+                f"  {backend:5s}: {s.predicted} predicted, {s.failed} failed, {s.seconds:.1f} s,"
+                f" {s.images_per_second:.1f} images/s"
+            )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=["simple_cnn", "efficientnet_lite0"])
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=default_threads())
+    ap.add_argument("--images", type=Path, help="Folder of images for the throughput run.")
+    ap.add_argument("--n", type=int, default=500, help="Images for the throughput run.")
+    ap.add_argument("--run", type=Path, help="Run directory (default: an untrained --model).")
+    ap.add_argument("--model", default="efficientnet_lite0", help="Model for the throughput run.")
+    ap.add_argument("--workers", type=int, default=max(0, min(4, (os.cpu_count() or 1) - 1)))
+    ap.add_argument("--batch-size", type=int, default=16)
+    args = ap.parse_args()
+
+    print(
+        f"torch {torch.__version__}, python {platform.python_version()}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{args.threads} threads for both backends; batch 1, {args.size}x{args.size}, "
+        f"{args.iters} timed calls after {args.warmup} warm-up"
+    )
+    print(f"{'model':20s} {'torch p50':>10s} {'p95':>8s} {'ORT p50':>9s} {'p95':>8s}"
+          f" {'ratio p50':>10s} {'max|Δ|':>9s}")  # fmt: skip
+    for name in args.models:
+        r = latency(name, args.size, args.iters, args.warmup, args.threads)
+        ratio = r["torch"][0] / r["ort"][0]
+        print(
+            f"{name:20s} {r['torch'][0]:8.2f}ms {r['torch'][1]:6.2f}ms {r['ort'][0]:7.2f}ms"
+            f" {r['ort'][1]:6.2f}ms {ratio:9.2f}x {r['diff']:9.1e}"
+        )
+    if args.images:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = args.run
+            if run is None:
+                run = make_untrained_run(args.model, args.size, Path(tmp) / args.model)
+            else:  # export into a copy: never touch the caller's run directory
+                run = Path(shutil.copytree(run, Path(tmp) / run.name))
+            throughput(run, args.images, args.n, args.workers, args.batch_size)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Export a run's model to ``RUN/model.onnx`` with a parity check against PyTorch.
+
+The export is all-or-nothing: the graph is written to a temp file beside the target, loaded in
+ONNX Runtime and compared with the PyTorch model on sample inputs (two batch sizes, so the
+dynamic batch axis is exercised too); only when ``max |logit_onnx - logit_torch| < atol`` does
+it replace ``model.onnx``. ``model.json`` records the export (opset, the max difference, and the
+SHA-256 of the weights it came from, so a stale ``model.onnx`` is refused at load time).
+Threshold and temperature are NOT baked into the graph: the graph outputs the raw logit and
+the Predictor applies ``model.json``'s calibration, so re-tuning needs no re-export.
+
+Exporter: PyTorch's TorchScript-based exporter (``dynamo=False``). The newer torch.export-based
+exporter needs the ``onnxscript`` package, which is not among the project's dependencies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bonefrac.errors import ModelError
+from bonefrac.fileio import atomic_path
+from bonefrac.inference.predictor import ONNX_FILE, file_sha256
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+PARITY_ATOL = 1e-4
+INPUT_NAME = "image"
+OUTPUT_NAME = "logit"
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    opset: int
+    max_abs_diff: float
+    seconds: float
+    skipped: bool = False  # True when an up-to-date model.onnx was already there
+
+
+def export_model(
+    model: torch.nn.Module, path: str | Path, image_size: int, opset: int = DEFAULT_OPSET
+) -> None:
+    """Write ``model`` (float32, contiguous, eval) as ONNX with a dynamic batch axis."""
+    model = model.float().to(memory_format=torch.contiguous_format).eval()
+    dummy = torch.zeros(1, 3, image_size, image_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True,
+        )
+
+
+def sample_inputs(image_size: int, seed: int = 0) -> list[np.ndarray]:
+    """Parity inputs: a batch of 2 of normal noise, a batch of 3 of uniform 'images'."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((2, 3, image_size, image_size)).astype(np.float32)
+    uniform = rng.uniform(-1.0, 1.0, (3, 1, image_size, image_size)).astype(np.float32)
+    return [noise, np.repeat(uniform, 3, axis=1)]
+
+
+def parity(model: torch.nn.Module, onnx_path: str | Path, inputs: list[np.ndarray]) -> float:
+    """Max |Δlogit| between PyTorch and ONNX Runtime (CPU) over ``inputs``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(
+        str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+    worst = 0.0
+    for x in inputs:
+        with torch.inference_mode():
+            ref = model(torch.from_numpy(x)).float().numpy()
+        got = session.run(None, {INPUT_NAME: x})[0]
+        if got.shape != ref.shape:
+            raise ModelError(f"{onnx_path}: ONNX output shape {got.shape} != PyTorch {ref.shape}")
+        worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - ref))))
+    return worst
+
+
+def export_onnx(
+    run_dir: str | Path,
+    opset: int = DEFAULT_OPSET,
+    *,
+    atol: float = PARITY_ATOL,
+    force: bool = False,
+) -> ExportResult:
+    """Export ``RUN/model.onnx`` (dynamic batch) after a parity check; atomic.
+
+    An existing ``model.onnx`` exported from the same weights with the same opset is kept
+    (``skipped=True``) unless ``force``. Raises :class:`ModelError` when parity fails, leaving
+    any previous ``model.onnx`` and ``model.json`` untouched.
+    """
+    from bonefrac.models.runio import WEIGHTS, load_run, update_model_json
+
+    start = time.perf_counter()
+    run = load_run(run_dir)
+    run_dir = Path(run_dir)
+    target = run_dir / ONNX_FILE
+    weights_sha = file_sha256(run_dir / WEIGHTS)
+    record = run.meta.get("onnx") or {}
+    if (
+        not force
+        and target.is_file()
+        and record.get("weights_sha256") == weights_sha
+        and record.get("opset") == opset
+    ):
+        return ExportResult(target, opset, float(record.get("max_abs_diff", 0.0)), 0.0, True)
+
+    model = run.model.float().to(memory_format=torch.contiguous_format).eval()
+    with atomic_path(target) as tmp:
+        try:
+            export_model(model, tmp, run.image_size, opset)
+        except Exception as exc:  # noqa: BLE001 - report any exporter failure the same way
+            raise ModelError(
+                f"{run_dir}: ONNX export of {run.meta.get('architecture')!r} failed: {exc}"
+            ) from exc
+        diff = parity(model, tmp, sample_inputs(run.image_size))
+        if not diff < atol:
+            raise ModelError(
+                f"{run_dir}: ONNX parity check failed: max |Δlogit| = {diff:.3g} >= {atol:g}; "
+                "model.onnx was not written (try another --opset)"
+            )
+    update_model_json(
+        run_dir,
+        onnx={
+            "file": ONNX_FILE,
+            "opset": opset,
+            "max_abs_diff": diff,
+            "weights_sha256": weights_sha,
+            "input": INPUT_NAME,
+            "output": OUTPUT_NAME,
+            "torch": torch.__version__,
+        },
+    )
+    seconds = time.perf_counter() - start
+    log.info("exported %s (opset %d, max |Δlogit| %.2e, %.1f s)", target, opset, diff, seconds)
+    return ExportResult(target, opset, diff, seconds)

@@ -1,0 +1,103 @@
+"""The page in a real browser: Debian's chromium driven by Playwright (no CDN, offline).
+
+Needs ``apt-get install chromium`` (``/usr/bin/chromium``) and the ``playwright`` Python package;
+no Playwright-downloaded browser is used.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian's chromium is not installed (/usr/bin/chromium missing): "
+        "apt-get install -y chromium",
+    ),
+]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server_url(tiny_run: Path):
+    import uvicorn
+
+    from bonefrac.serving.app import create_app
+
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(tiny_run), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_upload_shows_probability_and_heatmap(server_url, synthetic_manifest, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    image = sorted((synthetic_manifest.parent / "images").glob("test_*.png"))[0]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_page()
+            outside: list[str] = []
+            page.on(
+                "request",
+                lambda r: (
+                    outside.append(r.url) if not r.url.startswith((server_url, "data:")) else None
+                ),
+            )
+            page.goto(server_url + "/")
+            sync_api.expect(page.locator("#caveat")).to_contain_text("not a diagnosis")
+            sync_api.expect(page.locator("#model-info")).to_contain_text("threshold")
+            page.set_input_files("#file", str(image))
+            sync_api.expect(page.locator("#probability")).to_have_text(
+                re.compile(r"^[<>]?\d+(\.\d)?%$"), timeout=30_000
+            )
+            sync_api.expect(page.locator("#decision")).to_have_text(
+                re.compile(r"^(No fracture|Fracture) suspected$")
+            )
+            heat = page.locator("#heatmap")
+            sync_api.expect(heat).to_be_visible()
+            page.wait_for_function(
+                "() => { const i = document.getElementById('heatmap');"
+                " return i.complete && i.naturalWidth > 0; }",
+                timeout=10_000,
+            )
+            assert heat.evaluate("i => i.naturalWidth") == 64
+            page.screenshot(path=str(tmp_path / "page.png"))
+
+            # a bad file shows the server's error and the page keeps working
+            bad = tmp_path / "bad.png"
+            bad.write_bytes(b"not an image")
+            page.set_input_files("#file", str(bad))
+            sync_api.expect(page.locator("#error")).to_contain_text("not a JPEG, PNG or DICOM")
+            page.set_input_files("#file", str(image))
+            sync_api.expect(page.locator("#result")).to_be_visible(timeout=30_000)
+            assert outside == [], f"the page fetched outside resources: {outside}"
+        finally:
+            browser.close()
