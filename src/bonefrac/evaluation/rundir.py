@@ -17,7 +17,7 @@ import pandas as pd
 
 from bonefrac.errors import RunDirError
 from bonefrac.evaluation.metrics import apply_temperature, logit_from_prob
-from bonefrac.fileio import read_json, write_json
+from bonefrac.models.runio import read_model_json, update_model_json  # noqa: F401 (re-export)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -35,22 +35,7 @@ def check_run_dir(run_dir: str | Path) -> Path:
 
 
 def load_model_json(run_dir: str | Path) -> dict[str, Any]:
-    path = check_run_dir(run_dir) / "model.json"
-    try:
-        data = read_json(path)
-    except ValueError as exc:
-        raise RunDirError(f"{path}: not valid JSON ({exc}); re-run training or fix it") from exc
-    if not isinstance(data, dict):
-        raise RunDirError(f"{path}: expected a JSON object")
-    return data
-
-
-def update_model_json(run_dir: str | Path, **changes: Any) -> dict[str, Any]:
-    """Read-modify-write model.json atomically, keeping every key this code does not know."""
-    data = load_model_json(run_dir)
-    data.update(changes)
-    write_json(Path(run_dir) / "model.json", data)
-    return data
+    return read_model_json(check_run_dir(run_dir))
 
 
 def run_threshold(model: dict[str, Any]) -> float:

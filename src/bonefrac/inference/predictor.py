@@ -30,6 +30,7 @@ from PIL import Image
 from bonefrac.data.imageio import MAX_PIXELS, _to_l, _window_to_uint8, load_grayscale
 from bonefrac.data.transforms import letterbox_geometry, prepare_image, to_input
 from bonefrac.errors import ImageDecodeError, RunDirError
+from bonefrac.models.runio import RunMetaView
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def heatmap_for_display(cam: np.ndarray, prepared: PreparedInput) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-class Predictor:
+class Predictor(RunMetaView):
     """A run's model ready to predict. Thread-safe: model calls are serialised by a lock."""
 
     def __init__(
@@ -217,30 +218,6 @@ class Predictor:
     @property
     def architecture(self) -> str:
         return str(self.meta.get("architecture", ""))
-
-    @property
-    def image_size(self) -> int:
-        return int(self.meta["image_size"])
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return tuple(self.meta["mean"])
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return tuple(self.meta["std"])
-
-    @property
-    def clahe(self) -> bool:
-        return bool(self.meta.get("preprocess", {}).get("clahe", False))
-
-    @property
-    def threshold(self) -> float:
-        return float(self.meta.get("threshold", 0.5))
-
-    @property
-    def temperature(self) -> float:
-        return float(self.meta.get("temperature", 1.0) or 1.0)
 
     @property
     def torch_model(self) -> torch.nn.Module:

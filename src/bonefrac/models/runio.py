@@ -61,12 +61,9 @@ def update_model_json(run_dir: str | Path, **changes: Any) -> dict[str, Any]:
     return meta
 
 
-@dataclass
-class LoadedRun:
-    """A run's model in eval mode on CPU, plus its ``model.json``."""
+class RunMetaView:
+    """Read-only accessors for the ``model.json`` settings every consumer needs (``self.meta``)."""
 
-    run_dir: Path
-    model: FractureClassifier
     meta: dict[str, Any]
 
     @property
@@ -92,6 +89,15 @@ class LoadedRun:
     @property
     def temperature(self) -> float:
         return float(self.meta.get("temperature", 1.0) or 1.0)
+
+
+@dataclass
+class LoadedRun(RunMetaView):
+    """A run's model in eval mode on CPU, plus its ``model.json``."""
+
+    run_dir: Path
+    model: FractureClassifier
+    meta: dict[str, Any]
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
