@@ -1,0 +1,111 @@
+"""Model quality on FracAtlas's fixed test split, with 95% CIs, plus external validation.
+
+For each run: ROC-AUC and PR-AUC, and sensitivity / specificity at two operating points chosen
+on the validation split only (max-F1, and sensitivity >= 0.90), applied to test; training wall
+time from model.json; optionally the same metrics on an external manifest (e.g. the Roboflow
+YOLO set for a model trained on FracAtlas only). Nothing is retrained unless ``--train`` is given.
+
+    .venv/bin/python bench/quality.py --runs runs/simple_cnn runs/lite0 \
+        --external /path/to/yolo/manifest.csv
+
+Train first with ``--train MANIFEST`` (uses configs/<name>.yaml for each --runs folder name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from bonefrac.evaluation.metrics import compute_metrics
+from bonefrac.evaluation.thresholds import choose_threshold
+from bonefrac.models.runio import read_model_json
+from bonefrac.training.predict import predict_manifest_frame
+
+REPO = Path(__file__).resolve().parents[1]
+CRITERIA = ("f1", "sensitivity:0.90")
+
+
+def fmt(m: dict) -> str:
+    if m.get("value") is None:
+        return "n/a"
+    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
+def run_rows(run: Path, external: Path | None, n_boot: int) -> list[dict]:
+    meta = read_model_json(run)
+    val = pd.read_csv(run / "predictions" / "val.csv")
+    test = pd.read_csv(run / "predictions" / "test.csv")
+    sets = {"test": test}
+    if external is not None:
+        cache = run / "predictions" / f"bench_{external.parent.name}.csv"
+        if not cache.is_file():
+            ext = pd.read_csv(external)
+            ext_pred = predict_manifest_frame(run, ext)
+            ext_pred.to_csv(cache, index=False)
+        sets[f"external:{external.parent.name}"] = pd.read_csv(cache)
+    rows = []
+    for crit in CRITERIA:
+        thr = choose_threshold(val["label"].to_numpy(), val["prob"].to_numpy(), crit)
+        for name, df in sets.items():
+            m = compute_metrics(df["label"].to_numpy(), df["prob"].to_numpy(), thr, n_boot=n_boot)
+            rows.append(
+                {
+                    "run": run.name,
+                    "model": meta["architecture"],
+                    "pretrained": meta.get("pretrained"),
+                    "image_size": meta["image_size"],
+                    "epochs": meta.get("epochs_trained"),
+                    "train_s": meta.get("train_seconds"),
+                    "set": name,
+                    "n": int(len(df)),
+                    "criterion (val)": crit,
+                    "threshold": round(float(thr), 4),
+                    "roc_auc": fmt(m["roc_auc"]),
+                    "pr_auc": fmt(m["pr_auc"]),
+                    "sensitivity": fmt(m["sensitivity"]),
+                    "specificity": fmt(m["specificity"]),
+                }
+            )
+    return rows
+
+
+def markdown(table: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += [
+        "| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", nargs="+", type=Path, required=True)
+    parser.add_argument("--external", type=Path, help="manifest.csv of an external set")
+    parser.add_argument("--train", type=Path, help="train each run first on this manifest")
+    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--out", type=Path, help="write the table as markdown here")
+    args = parser.parse_args()
+    if args.train:
+        for run in args.runs:
+            config = REPO / "configs" / f"{run.name}.yaml"
+            cmd = ["bonefrac", "train", "--config", str(config), "--manifest", str(args.train)]
+            subprocess.run([*cmd, "--out", str(run), "--force"], check=True)
+    rows = [r for run in args.runs for r in run_rows(run, args.external, args.n_boot)]
+    table = pd.DataFrame(rows)
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    print(f"machine: {platform.machine()} {platform.processor()}, commit {commit}")
+    print(markdown(table))
+    if args.out:
+        args.out.write_text(markdown(table) + "\n")
+    print(json.dumps({"rows": len(rows), "bootstrap": args.n_boot}))
+
+
+if __name__ == "__main__":
+    main()
