@@ -1,6 +1,6 @@
 """Experiment configuration: pydantic models over the YAML files in ``configs/``.
 
-A config has four parts (``seed``, ``data``, ``model``, ``train``). CLI flags override
+A config has ``seed``, ``data``, ``model``, ``train`` and ``tune`` (used by ``bonefrac tune``). Flags override
 fields with dotted ``key=value`` strings (``train.epochs=3``); a typo or a bad value
 is a :class:`ConfigError` naming the field.
 """
