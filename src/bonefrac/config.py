@@ -186,6 +186,19 @@ def build_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfi
         raise ConfigError(f"{source}: {problems}") from exc
 
 
+def read_yaml_mapping(path: Path, missing: str, expected: str) -> dict[str, Any]:
+    """Load a YAML file that must hold a mapping; every failure is a ConfigError naming it."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: {missing}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected {expected}")
+    return loaded
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load a YAML config (or defaults when ``path`` is None) and apply ``key=value`` overrides."""
     raw: dict[str, Any] = {}
@@ -193,15 +206,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        raw = loaded
+        raw = read_yaml_mapping(path, "config file not found", "a mapping at the top level")
     raw = deep_merge(raw, parse_overrides(overrides))
     if overrides:
         source += " + --set " + " ".join(overrides)

@@ -26,7 +26,6 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -36,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from bonefrac.config import ExperimentConfig, build_config, parse_overrides
+from bonefrac.config import ExperimentConfig, build_config, parse_overrides, read_yaml_mapping
 from bonefrac.errors import BonefracError, ConfigError
 
 Scalar = bool | int | float | str | None
@@ -201,14 +200,11 @@ def choice_labels(spec: ParamSpec) -> list[Any]:
 def load_space(path: str | Path) -> SearchSpace:
     """Read and check the shape of a space YAML (field paths are checked by ``validate``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: search space file not found (see configs/space.yaml)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with a 'params' section")
+    raw = read_yaml_mapping(
+        path,
+        "search space file not found (see configs/space.yaml)",
+        "a mapping with a 'params' section",
+    )
     return parse_space(raw, str(path))
 
 
