@@ -31,6 +31,20 @@ SPLITS = ("train", "val", "test")
 SUBGROUP_COLUMNS = ("region", "view", "source", "hardware")
 
 
+def binary_labels(
+    column: pd.Series, source: object, error: type[Exception] = DataError
+) -> pd.Series:
+    """``column`` as int 0/1; anything else raises ``error`` naming ``source``."""
+    try:
+        labels = pd.to_numeric(column, errors="raise").astype(int)
+    except (ValueError, TypeError) as exc:
+        raise error(f"{source}: column 'label' must be 0 or 1 ({exc})") from exc
+    bad = sorted(set(labels.unique()) - {0, 1})
+    if bad:
+        raise error(f"{source}: column 'label' must be 0 or 1, found {bad}")
+    return labels
+
+
 def read_manifest(path: str | Path, *, require_split: bool = False) -> pd.DataFrame:
     """Read a manifest CSV (or any CSV with at least ``path,label``), checking its shape.
 
@@ -53,13 +67,7 @@ def read_manifest(path: str | Path, *, require_split: bool = False) -> pd.DataFr
         )
     if require_split and "split" not in df.columns:
         raise DataError(f"{path}: no 'split' column; build the manifest with 'bonefrac data build'")
-    try:
-        df["label"] = pd.to_numeric(df["label"], errors="raise").astype(int)
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"{path}: column 'label' must be 0 or 1 ({exc})") from exc
-    bad = sorted(set(df["label"].unique()) - {0, 1})
-    if bad:
-        raise DataError(f"{path}: column 'label' must be 0 or 1, found {bad}")
+    df["label"] = binary_labels(df["label"], path, DataError)
     base = path.resolve().parent
     df["path"] = [str(p if Path(p).is_absolute() else (base / p)) for p in df["path"].astype(str)]
     if "image_id" not in df.columns:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bonefrac.data.schema import binary_labels
 from bonefrac.errors import RunDirError
 from bonefrac.evaluation.metrics import apply_temperature, logit_from_prob
 from bonefrac.models.runio import read_model_json, update_model_json  # noqa: F401 (re-export)
@@ -95,13 +96,7 @@ def validate_predictions(df: pd.DataFrame, source: object) -> pd.DataFrame:
             raise RunDirError(f"{source}: needs an 'image_id' or 'path' column")
         df["image_id"] = [Path(str(p)).name for p in df["path"]]
     df["image_id"] = df["image_id"].astype(str)
-    try:
-        df["label"] = pd.to_numeric(df["label"], errors="raise").astype(int)
-    except (ValueError, TypeError) as exc:
-        raise RunDirError(f"{source}: column 'label' must be 0 or 1 ({exc})") from exc
-    bad = sorted(set(df["label"].unique()) - {0, 1})
-    if bad:
-        raise RunDirError(f"{source}: column 'label' must be 0 or 1, found {bad}")
+    df["label"] = binary_labels(df["label"], source, RunDirError)
     for col in ("prob", "logit"):
         if col in df.columns:
             df[col] = pd.to_numeric(df[col], errors="coerce")

@@ -31,15 +31,23 @@ DEFAULT_TOLERANCE = 0.05
 Box = Sequence[float]
 
 
-def heatmap_to_original(heat: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
-    """Square letterboxed heatmap ``(S, S)`` -> ``(H, W)`` of the original ``(W, H)`` image."""
+def heatmap_to_original(
+    heat: np.ndarray,
+    original_size: tuple[int, int],
+    letterboxed_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Square letterboxed heatmap ``(S, S)`` -> ``(H, W)`` of the original ``(W, H)`` image.
+
+    ``letterboxed_size``: the ``(W, H)`` that was letterboxed (e.g. a JPEG-draft decode),
+    when it differs from ``original_size``; it sets where the padding is cut off.
+    """
     import cv2
 
     width, height = original_size
     size = heat.shape[-1]
     if heat.shape != (size, size):
         raise ValueError(f"expected a square heatmap, got shape {heat.shape}")
-    _, left, top, nw, nh = letterbox_geometry(width, height, size)
+    _, left, top, nw, nh = letterbox_geometry(*(letterboxed_size or original_size), size)
     crop = np.ascontiguousarray(heat[top : top + nh, left : left + nw], dtype=np.float32)
     return cv2.resize(crop, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
 

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from bonefrac.data.imageio import MAX_PIXELS, _to_l, _window_to_uint8, load_grayscale
-from bonefrac.data.transforms import letterbox_geometry, prepare_image, to_input
+from bonefrac.data.transforms import prepare_image, to_input
 from bonefrac.errors import ImageDecodeError, RunDirError
 from bonefrac.models.runio import RunMetaView
 
@@ -162,14 +162,10 @@ def _array_to_l(arr: np.ndarray) -> Image.Image:
 
 def heatmap_for_display(cam: np.ndarray, prepared: PreparedInput) -> np.ndarray:
     """Letterboxed ``(S, S)`` CAM -> ``(h, w)`` over ``prepared.display`` (padding cut off)."""
-    import cv2
+    from bonefrac.explain.localization import heatmap_to_original
 
-    size = cam.shape[-1]
-    _, left, top, nw, nh = letterbox_geometry(*prepared.decoded_size, size)
-    crop = np.ascontiguousarray(cam[top : top + nh, left : left + nw], dtype=np.float32)
     target = prepared.display.size if prepared.display is not None else prepared.decoded_size
-    out = cv2.resize(crop, (int(target[0]), int(target[1])), interpolation=cv2.INTER_LINEAR)
-    return np.clip(out, 0.0, 1.0)
+    return np.clip(heatmap_to_original(cam, target, prepared.decoded_size), 0.0, 1.0)
 
 
 class Predictor(RunMetaView):
