@@ -34,8 +34,21 @@ class DataConfig(_Strict):
     """Cached short side = image_size * cache_scale (room for random crops)."""
     clahe: bool = False
     """Per-image contrast-limited adaptive histogram equalisation before the transforms."""
+    sources: list[str] | None = None
+    """Train and validate on these manifest sources only (e.g. ``[fracatlas]``); the test split
+    keeps every source, so the run's predictions show in-domain and cross-source results."""
     limit_per_split: int | None = Field(None, ge=1)
     """Use at most this many images per split (stratified sample; for smoke tests)."""
+
+    @field_validator("sources")
+    @classmethod
+    def _check_sources(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        names = [str(v).strip() for v in value if str(v).strip()]
+        if not names:
+            raise ValueError("must name at least one source (e.g. [fracatlas]) or be null")
+        return names
 
 
 class ModelConfig(_Strict):

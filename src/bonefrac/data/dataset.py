@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -46,17 +48,29 @@ class PreparedImageCache:
         return arr
 
     def fill(
-        self, paths: list[str], description: str = "decoding images", progress: bool = True
+        self,
+        paths: list[str],
+        description: str = "decoding images",
+        progress: bool = True,
+        threads: int | None = None,
     ) -> None:
-        """Decode every path not yet cached (with a progress bar)."""
+        """Decode every path not yet cached (with a progress bar), on ``threads`` threads
+        (default: one per CPU core, at most 16; Pillow and OpenCV release the GIL)."""
         todo = [p for p in dict.fromkeys(paths) if p not in self._store]
         if not todo or not self.keep:
             return
+        threads = threads or min(16, os.cpu_count() or 1)
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task(description, total=len(todo))
-            for path in todo:
-                self._store[path] = self.load(path)
-                bar.advance(task)
+            if threads <= 1 or len(todo) < 64:
+                for path in todo:
+                    self._store[path] = self.load(path)
+                    bar.advance(task)
+                return
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                for path, arr in zip(todo, pool.map(self.load, todo), strict=True):
+                    self._store[path] = arr
+                    bar.advance(task)
 
     def __len__(self) -> int:
         return len(self._store)

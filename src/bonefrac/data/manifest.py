@@ -381,6 +381,7 @@ def build_manifest(
         [dd.group_ids[i] for i in kept],
         [good[i][0].label for i in kept],
         [good[i][0].region for i in kept],
+        sources=[good[i][0].source for i in kept],
         seed=seed,
         ratios=ratios,
         frozen=frozen,

