@@ -34,6 +34,7 @@ import yaml
 
 from bonefrac.config import load_config
 from bonefrac.data.schema import read_manifest
+from bonefrac.evaluation.compare import delong_test
 from bonefrac.evaluation.metrics import compute_metrics
 from bonefrac.evaluation.thresholds import choose_threshold
 from bonefrac.fileio import atomic_open, write_json
@@ -89,15 +90,18 @@ def score(val: pd.DataFrame, test: pd.DataFrame, n_boot: int) -> dict[str, Any]:
 def run_experiment(
     exp: dict[str, Any], defaults: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
+    """Train (unless ``--rescore`` finds the run's predictions already there), then score."""
     name = exp["name"]
     run_dir = args.out / name
     config = REPO / (exp.get("config") or defaults.get("config") or "configs/lite0.yaml")
     overrides = [*defaults.get("set", []), *exp.get("set", []), *(args.set or [])]
     cfg = load_config(config, overrides)
     cfg.name = name
-    start = time.perf_counter()
-    train(cfg, args.manifest, run_dir, force=True, progress=False)
-    wall = time.perf_counter() - start
+    wall = None
+    if not (args.rescore and (run_dir / "predictions" / "test.csv").is_file()):
+        start = time.perf_counter()
+        train(cfg, args.manifest, run_dir, force=True, progress=False)
+        wall = round(time.perf_counter() - start, 1)
     meta = read_model_json(run_dir)
     val = pd.read_csv(run_dir / "predictions" / "val.csv")
     test = pd.read_csv(run_dir / "predictions" / "test.csv")
@@ -113,13 +117,13 @@ def run_experiment(
         "image_size": meta["image_size"],
         "epochs": meta.get("epochs_trained"),
         "train_seconds": meta.get("train_seconds"),
-        "wall_seconds": round(wall, 1),
-        "hardware": hardware(),
+        "wall_seconds": wall,
+        "hardware": args.hardware or hardware(),
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d"),
         "plain": score(val, test, args.n_boot),
     }
-    if not args.no_tta:
+    if not args.no_tta and (run_dir / "model.safetensors").is_file():
         manifest = read_manifest(args.manifest).set_index("path", drop=False)
         tta = {}
         for split, frame in (("val", val), ("test", test)):
@@ -174,6 +178,47 @@ def matrix_markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_markdown(out: Path, results: list[dict[str, Any]], base: str) -> str:
+    """ROC-AUC change of each experiment vs ``base`` per test source: paired DeLong test on
+    the same test images (single training seed each: this is test-set noise only)."""
+    names = [r["name"] for r in results]
+    if base not in names:
+        return ""
+    preds = {
+        n: pd.read_csv(out / n / "predictions" / "test.csv").set_index("image_id") for n in names
+    }
+    ref = preds[base]
+    sources = sorted(ref["source"].astype(str).unique())
+    head = ["experiment"] + [f"{s}: ΔROC-AUC vs {base} [95% CI], p" for s in sources]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n in names:
+        if n == base:
+            continue
+        row = [n]
+        for s in sources:
+            a = ref[ref["source"].astype(str) == s]
+            b = preds[n].reindex(a.index)
+            if b["prob"].isna().any():
+                row.append("n/a (different test images)")
+                continue
+            t = delong_test(a["label"].to_numpy(), b["prob"].to_numpy(), a["prob"].to_numpy())
+            row.append(
+                f"{t['diff']:+.3f} [{t['diff_ci_low']:+.3f}, {t['diff_ci_high']:+.3f}],"
+                f" p={t['p_value']:.2g}"
+            )
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_matrix(out: Path, results: list[dict[str, Any]], base: str) -> None:
+    text = matrix_markdown(results)
+    paired = paired_markdown(out, results, base)
+    if paired:
+        text += "\n" + paired
+    with atomic_open(out / "cross_matrix.md", "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--manifest", type=Path, required=True)
@@ -183,6 +228,16 @@ def main() -> None:
     ap.add_argument("--set", action="append", help="override for every experiment (key=value)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--no-tta", action="store_true")
+    ap.add_argument("--baseline", default="fa", help="experiment the paired table compares to")
+    ap.add_argument(
+        "--hardware", default=None, help="hardware note (with --rescore: the trainer's)"
+    )
+    ap.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score runs whose predictions exist (e.g. copied back from a GPU machine) without"
+        " training again",
+    )
     args = ap.parse_args()
     spec = yaml.safe_load(args.experiments.read_text(encoding="utf-8"))
     defaults = spec.get("defaults", {})
@@ -210,10 +265,12 @@ def main() -> None:
         results.append(result)
         with (args.out / "cross_results.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(result) + "\n")
-        with atomic_open(args.out / "cross_matrix.md", "w", encoding="utf-8") as fh:
-            fh.write(matrix_markdown(results))
+        write_matrix(args.out, results, args.baseline)
         aucs = {s: fmt(v["roc_auc"]) for s, v in result["plain"]["sources"].items()}
         print(f"[done] {exp['name']} in {result['wall_seconds']} s: {aucs}", flush=True)
+    if results:
+        write_matrix(args.out, results, args.baseline)
+        print(f"matrix: {args.out / 'cross_matrix.md'}")
 
 
 if __name__ == "__main__":
