@@ -200,3 +200,29 @@ def test_split_freeze_keeps_old_rows_and_splits_new_ones() -> None:
 def test_bad_ratios_are_rejected() -> None:
     with pytest.raises(DataError):
         assign_splits(["a"], [0], seed=0, ratios=(0.5, 0.5))
+
+
+def test_split_keeps_each_sources_class_balance() -> None:
+    """Two sources with very different fractured rates: each keeps its own rate per split."""
+    rng = np.random.default_rng(0)
+    groups, labels, sources = [], [], []
+    for source, n, rate in (("a", 900, 0.15), ("b", 900, 0.45)):
+        for i in range(n):
+            groups.append(f"{source}{i:04d}")
+            labels.append(int(rng.random() < rate))
+            sources.append(source)
+    res = assign_splits(groups, labels, None, sources=sources, seed=3)
+    df = pd.DataFrame({"label": labels, "source": sources, "split": res.splits})
+    for source, part in df.groupby("source"):
+        rate = part["label"].mean()
+        for split in ("train", "val", "test"):
+            got = part[part["split"] == split]["label"].mean()
+            assert abs(got - rate) <= 0.015, (source, split, got, rate)
+    assert res.stats["stratified_by"].startswith("source")
+
+
+def test_one_source_splits_as_before_sources_were_stratified() -> None:
+    groups, labels, regions = _synthetic_rows(seed=4)
+    plain = assign_splits(groups, labels, regions, seed=4).splits
+    named = assign_splits(groups, labels, regions, sources=["x"] * len(groups), seed=4).splits
+    assert plain == named

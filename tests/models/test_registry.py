@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,3 +133,19 @@ def test_weights_path_loads_backbone_or_whole_model_and_checks_keys(tmp_path) ->
     (tmp_path / "evil.pth").write_bytes(b"\x80\x04not really a torch file")
     with pytest.raises(ModelError, match="evil.pth"):
         build_model("timm:resnet18", weights_path=str(tmp_path / "evil.pth"))
+
+
+def test_lite0_weights_can_come_from_a_file_named_by_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packaged = build_model("efficientnet_lite0", pretrained="imagenet").backbone.state_dict()
+    copy = tmp_path / "lite0.pth"
+    copy.write_bytes(W.lite0_weights_file().read_bytes())
+    monkeypatch.setenv(W.LITE0_WEIGHTS_ENV, str(copy))
+    assert W.lite0_weights_file() == copy
+    from_env = build_model("efficientnet_lite0", pretrained="imagenet").backbone.state_dict()
+    for key, value in packaged.items():
+        assert torch.equal(value, from_env[key]), key
+    monkeypatch.setenv(W.LITE0_WEIGHTS_ENV, str(tmp_path / "missing.pth"))
+    with pytest.raises(ModelError, match="missing.pth"):
+        build_model("efficientnet_lite0", pretrained="imagenet")

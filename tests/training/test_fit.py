@@ -136,3 +136,40 @@ def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path: Path) -> None
     assert all(torch.equal(a[k], b[k]) for k in a)
     hist = pd.read_csv(resumed / "history.csv")
     assert list(hist["epoch"]) == [0, 1]
+
+
+def _two_source_manifest(tmp_path: Path) -> Path:
+    manifest = make_manifest(tmp_path / "data", {"train": 40, "val": 20, "test": 20}, size=32)
+    df = pd.read_csv(manifest)
+    df["source"] = ["alpha" if i % 2 else "beta" for i in range(len(df))]
+    df.to_csv(manifest, index=False)
+    return manifest
+
+
+def test_data_sources_limit_train_and_val_but_test_keeps_every_source(tmp_path: Path) -> None:
+    from bonefrac.data.schema import read_manifest
+    from bonefrac.errors import DataError
+    from bonefrac.training.datamodule import split_frames
+
+    manifest = _two_source_manifest(tmp_path)
+    df = read_manifest(manifest)
+    frames = split_frames(df, "m.csv", sources=["alpha"])
+    assert set(frames["train"]["source"]) == {"alpha"} and len(frames["train"]) == 20
+    assert set(frames["val"]["source"]) == {"alpha"}
+    assert set(frames["test"]["source"]) == {"alpha", "beta"} and len(frames["test"]) == 20
+    with pytest.raises(DataError, match="gamma"):
+        split_frames(df, "m.csv", sources=["gamma"])
+
+    cfg = load_config(None, [*FAST_OVERRIDES, "data.sources=[alpha]", "train.epochs=1"])
+    run = train(cfg, manifest, tmp_path / "run", progress=False)
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["split_sizes"] == {"train": 20, "val": 10, "test": 20}
+    test = pd.read_csv(run / "predictions" / "test.csv")
+    assert set(test["source"]) == {"alpha", "beta"}
+
+
+def test_empty_sources_list_is_a_config_error() -> None:
+    from bonefrac.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.sources"):
+        load_config(None, ["data.sources=[]"])
