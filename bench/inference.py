@@ -1,9 +1,12 @@
 """Inference speed: batch-1 latency of PyTorch eager vs ONNX Runtime, and predict throughput.
 
-1. Latency (always): for each model (default ``simple_cnn`` and ``efficientnet_lite0`` at 224,
-   random init: latency does not depend on the weights), export to a temp ONNX file and time
-   one image at a time: p50/p95 in ms for torch eager (inference_mode) and ONNX Runtime (CPU),
-   same thread count for both, and the ratio torch / ORT (> 1: ORT is faster).
+1. Latency (always): for each model (default ``simple_cnn``, ``efficientnet_lite0``,
+   ``efficientnet_b0`` and ``resnet50`` at 224, random init: latency does not depend on the
+   weights), export to a temp ONNX file and time one image at a time: p50/p95 in ms for torch
+   eager (inference_mode) and ONNX Runtime (CPU), same thread count for both, and the ratio
+   torch / ORT (> 1: ORT is faster). Each model's FLOPs (torch's FlopCounterMode, 2 per
+   multiply-add) over its p50 give the achieved GFLOP/s, shown against a float32 matmul timed
+   in the same run with the same threads (the machine's practical peak).
 2. Throughput (with ``--images DIR``): ``bonefrac predict``'s library path
    (:func:`bonefrac.inference.batch.predict_to_csv`) on the first ``--n`` images of DIR
    (recursive) with both backends, images/s end to end (decode + letterbox + model + CSV).
@@ -78,7 +81,81 @@ def latency(name: str, size: int, iters: int, warmup: int, threads: int) -> dict
         shutil.rmtree(tmp, ignore_errors=True)
     tp50, tp95 = percentiles(torch_times)
     op50, op95 = percentiles(ort_times)
-    return {"model": name, "torch": (tp50, tp95), "ort": (op50, op95), "diff": diff}
+    return {
+        "model": name,
+        "torch": (tp50, tp95),
+        "ort": (op50, op95),
+        "diff": diff,
+        "gflop": model_gflop(model, size),
+    }
+
+
+def matmul_peak(threads: int) -> float:
+    """Best float32 matmul rate over sizes 512/1024/2048, torch and ONNX Runtime."""
+    rates = {}
+    for n in (512, 1024, 2048):
+        rates[f"torch {n}"] = matmul_gflops(threads, n)
+        rates[f"ort {n}"] = ort_matmul_gflops(threads, n)
+    print("  matmul GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()))
+    return max(rates.values())
+
+
+def model_gflop(model: torch.nn.Module, size: int) -> float:
+    """Forward FLOPs of one image (2 per multiply-add), in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
+    """Best-of-``repeats`` float32 ``n x n`` matmul rate: the practical peak for these threads."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def ort_matmul_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
+    """The same matmul through ONNX Runtime's MLAS (on AMD CPUs MKL, torch's BLAS, may not
+    take its fastest path, so the peak is the better of the two)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n]),
+        ],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(
+        model.SerializeToString(),
+        opts,
+        providers=["CPUExecutionProvider"],
+    )
+    rng = np.random.default_rng(0)
+    feeds = {k: rng.standard_normal((n, n)).astype(np.float32) for k in ("a", "b")}
+    for _ in range(3):
+        sess.run(None, feeds)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
 
 
 def make_untrained_run(name: str, size: int, out: Path) -> Path:
@@ -130,7 +207,11 @@ def throughput(run: Path, images: Path, n: int, workers: int, batch_size: int) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=["simple_cnn", "efficientnet_lite0"])
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        default=["simple_cnn", "efficientnet_lite0", "efficientnet_b0", "resnet50"],
+    )
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
@@ -149,15 +230,23 @@ def main() -> None:
         f"{args.threads} threads for both backends; batch 1, {args.size}x{args.size}, "
         f"{args.iters} timed calls after {args.warmup} warm-up"
     )
+    peak = matmul_peak(args.threads)
+    print(f"float32 matmul practical peak, {args.threads} threads: {peak:.1f} GFLOP/s")
     print(f"{'model':20s} {'torch p50':>10s} {'p95':>8s} {'ORT p50':>9s} {'p95':>8s}"
-          f" {'ratio p50':>10s} {'max|Δ|':>9s}")  # fmt: skip
+          f" {'ratio p50':>10s} {'max|Δ|':>9s} {'GFLOP':>7s} {'torch GFLOP/s':>14s}"
+          f" {'ORT GFLOP/s':>12s}")  # fmt: skip
     for name in args.models:
         r = latency(name, args.size, args.iters, args.warmup, args.threads)
         ratio = r["torch"][0] / r["ort"][0]
+        rate_t = r["gflop"] / (r["torch"][0] / 1000)
+        rate_o = r["gflop"] / (r["ort"][0] / 1000)
         print(
             f"{name:20s} {r['torch'][0]:8.2f}ms {r['torch'][1]:6.2f}ms {r['ort'][0]:7.2f}ms"
-            f" {r['ort'][1]:6.2f}ms {ratio:9.2f}x {r['diff']:9.1e}"
+            f" {r['ort'][1]:6.2f}ms {ratio:9.2f}x {r['diff']:9.1e} {r['gflop']:7.2f}"
+            f" {rate_t:6.1f} ({rate_t / peak:4.0%}) {rate_o:6.1f} ({rate_o / peak:4.0%})"
         )
+    again = matmul_peak(args.threads)
+    print(f"matmul peak re-timed after the models: {again:.1f} GFLOP/s")
     if args.images:
         with tempfile.TemporaryDirectory() as tmp:
             run = args.run
