@@ -52,6 +52,14 @@ def cached_rate(paths: list[Path], size: int, epochs: int = 2) -> float:
     return epochs * len(ds) / (time.perf_counter() - start)
 
 
+def fill_rate(paths: list[Path], size: int, threads: int) -> float:
+    """Images/s of the once-per-run cache fill (decode + letterbox) on ``threads`` threads."""
+    cache = PreparedImageCache(round(size * 1.15))
+    start = time.perf_counter()
+    cache.fill([str(p) for p in paths], progress=False, threads=threads)
+    return len(paths) / (time.perf_counter() - start)
+
+
 def model_rate(size: int, batch: int = 16, steps: int = 12, warmup: int = 3) -> float:
     spec = resolve_spec("efficientnet_lite0")
     model = build_model("efficientnet_lite0", pretrained="imagenet")
@@ -88,11 +96,16 @@ def main() -> None:
         rates["full-size decode, no draft"] = decode_rate(full_rep, args.size, draft=False)
         rates["full-size decode, draft"] = decode_rate(full_rep, args.size, draft=True)
     rates["cached dataset + augmentation"] = cached_rate(small, args.size)
+    cores = os.cpu_count() or 1
+    one, many = fill_rate(small, args.size, 1), fill_rate(small, args.size, cores)
+    rates["cache fill, 1 thread"] = one
+    rates[f"cache fill, {cores} threads"] = many
     model = model_rate(args.size)
     print(f"torch threads={torch.get_num_threads()}  size={args.size}")
     print(f"model consumes (lite0 train step, batch 16): {model:8.1f} img/s")
     for name, rate in rates.items():
         print(f"{name:32s} {rate:8.1f} img/s   ratio vs model {rate / model:6.2f}x")
+    print(f"cache fill speed-up from threads: {many / one:.2f}x ({cores} cores)")
     print(
         "goal: the path used each epoch (cached dataset + augmentation) >= 2x model; "
         "decoding happens once per run"
