@@ -158,3 +158,15 @@ def test_cli_evaluate(fake_run, tmp_path, patched_predict):
 
 def test_metric_names_complete():
     assert set(REQUIRED) <= set(METRIC_NAMES)
+
+
+def test_subgroup_flags_with_blanks_are_named_as_integers() -> None:
+
+    from bonefrac.evaluation.evaluate import group_labels, subgroup_table
+
+    hardware = pd.Series([0.0, 1.0, None, 0.0])
+    assert group_labels(hardware).tolist() == ["0", "1", "unknown", "0"]
+    assert group_labels(pd.Series([0.5, None])).tolist() == ["0.5", "unknown"]
+    df = pd.DataFrame({"label": [0, 1, 1, 0, 1, 0], "hardware": [0.0, 1.0, None, 0.0, 1.0, None]})
+    table = subgroup_table(df, np.array([0.1, 0.9, 0.8, 0.2, 0.7, 0.3]), 0.5, n_boot=0)
+    assert sorted(table["group"]) == ["0", "1", "unknown"]

@@ -43,6 +43,16 @@ class EvaluationResult:
     report: Path | None = None
 
 
+def group_labels(column: pd.Series) -> pd.Series:
+    """Subgroup names as text; blanks become ``unknown``. A flag read as float because some
+    rows are blank (``hardware``: 0.0 / 1.0 / NaN) is named ``0`` / ``1``, not ``0.0``."""
+    if pd.api.types.is_float_dtype(column):
+        known = column.dropna()
+        if len(known) and (known == known.round()).all():
+            column = column.astype("Int64")
+    return column.astype("string").fillna("").str.strip().replace("", "unknown")
+
+
 def subgroup_table(
     df: pd.DataFrame, prob: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0
 ) -> pd.DataFrame:
@@ -53,7 +63,7 @@ def subgroup_table(
     for col in SUBGROUP_COLUMNS:
         if col not in df.columns:
             continue
-        values = df[col].astype("string").fillna("").str.strip().replace("", "unknown")
+        values = group_labels(df[col])
         if (values == "unknown").all():
             continue
         for value in sorted(values.unique()):
