@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -31,38 +28,19 @@ from typing import Any
 import pandas as pd
 import torch
 import yaml
+from benchinfo import REPO, git_commit, machine
 
 from bonefrac.config import load_config
 from bonefrac.data.schema import read_manifest
 from bonefrac.evaluation.compare import delong_test
-from bonefrac.evaluation.metrics import compute_metrics
+from bonefrac.evaluation.metrics import compute_metrics, format_ci
 from bonefrac.evaluation.thresholds import choose_threshold
 from bonefrac.fileio import atomic_open, write_json
 from bonefrac.models.runio import read_model_json
 from bonefrac.training.fit import train
 from bonefrac.training.predict import predict_manifest_frame
 
-REPO = Path(__file__).resolve().parents[1]
 CRITERIA = ("f1", "sensitivity:0.90")
-
-
-def git_commit() -> str:
-    """HEAD's short hash, or ``$BENCH_COMMIT`` where the tree was copied without .git."""
-    if os.environ.get("BENCH_COMMIT"):
-        return os.environ["BENCH_COMMIT"]
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        )
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def hardware() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} + {torch.get_num_threads()} CPU threads"
-    return f"CPU only, {torch.get_num_threads()} threads ({platform.processor() or 'x86_64'})"
 
 
 def score(val: pd.DataFrame, test: pd.DataFrame, n_boot: int) -> dict[str, Any]:
@@ -118,7 +96,7 @@ def run_experiment(
         "epochs": meta.get("epochs_trained"),
         "train_seconds": meta.get("train_seconds"),
         "wall_seconds": wall,
-        "hardware": args.hardware or hardware(),
+        "hardware": args.hardware or machine(),
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d"),
         "plain": score(val, test, args.n_boot),
@@ -134,14 +112,6 @@ def run_experiment(
         result["tta"] = score(tta["val"], tta["test"], args.n_boot)
     write_json(run_dir / "cross.json", result)
     return result
-
-
-def fmt(entry: dict[str, Any] | None) -> str:
-    if not entry or entry.get("value") is None:
-        return "n/a"
-    if entry.get("ci_low") is None:
-        return f"{entry['value']:.3f}"
-    return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
 
 
 def matrix_markdown(results: list[dict[str, Any]]) -> str:
@@ -163,8 +133,8 @@ def matrix_markdown(results: list[dict[str, Any]]) -> str:
         for s in sources:
             plain = r["plain"]["sources"].get(s)
             tta = r.get("tta", {}).get("sources", {}).get(s)
-            row.append(fmt(plain["roc_auc"]) if plain else "n/a")
-            row.append(fmt(tta["roc_auc"]) if tta else "n/a")
+            row.append(format_ci(plain["roc_auc"]) if plain else "n/a")
+            row.append(format_ci(tta["roc_auc"]) if tta else "n/a")
             if plain:
                 ss = plain["f1"]
                 row.append(f"{ss['sensitivity']['value']:.2f} / {ss['specificity']['value']:.2f}")
@@ -266,7 +236,7 @@ def main() -> None:
         with (args.out / "cross_results.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(result) + "\n")
         write_matrix(args.out, results, args.baseline)
-        aucs = {s: fmt(v["roc_auc"]) for s, v in result["plain"]["sources"].items()}
+        aucs = {s: format_ci(v["roc_auc"]) for s, v in result["plain"]["sources"].items()}
         print(f"[done] {exp['name']} in {result['wall_seconds']} s: {aucs}", flush=True)
     if results:
         write_matrix(args.out, results, args.baseline)

@@ -25,6 +25,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -109,18 +110,23 @@ def model_gflop(model: torch.nn.Module, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def best_seconds(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    """Fastest of ``repeats`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def matmul_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
     """Best-of-``repeats`` float32 ``n x n`` matmul rate: the practical peak for these threads."""
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / best_seconds(lambda: a @ b, repeats) / 1e9
 
 
 def ort_matmul_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
@@ -148,14 +154,7 @@ def ort_matmul_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
     )
     rng = np.random.default_rng(0)
     feeds = {k: rng.standard_normal((n, n)).astype(np.float32) for k in ("a", "b")}
-    for _ in range(3):
-        sess.run(None, feeds)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        sess.run(None, feeds)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / best_seconds(lambda: sess.run(None, feeds), repeats) / 1e9
 
 
 def make_untrained_run(name: str, size: int, out: Path) -> Path:

@@ -15,25 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 from pathlib import Path
 
 import pandas as pd
+from benchinfo import REPO, git_commit, machine
 
-from bonefrac.evaluation.metrics import compute_metrics
+from bonefrac.evaluation.metrics import compute_metrics, format_ci
 from bonefrac.evaluation.thresholds import choose_threshold
 from bonefrac.models.runio import read_model_json
 from bonefrac.training.predict import predict_manifest_frame
 
-REPO = Path(__file__).resolve().parents[1]
 CRITERIA = ("f1", "sensitivity:0.90")
-
-
-def fmt(m: dict) -> str:
-    if m.get("value") is None:
-        return "n/a"
-    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
 
 
 def run_rows(run: Path, external: Path | None, n_boot: int) -> list[dict]:
@@ -65,10 +58,10 @@ def run_rows(run: Path, external: Path | None, n_boot: int) -> list[dict]:
                     "n": int(len(df)),
                     "criterion (val)": crit,
                     "threshold": round(float(thr), 4),
-                    "roc_auc": fmt(m["roc_auc"]),
-                    "pr_auc": fmt(m["pr_auc"]),
-                    "sensitivity": fmt(m["sensitivity"]),
-                    "specificity": fmt(m["specificity"]),
+                    "roc_auc": format_ci(m["roc_auc"]),
+                    "pr_auc": format_ci(m["pr_auc"]),
+                    "sensitivity": format_ci(m["sensitivity"]),
+                    "specificity": format_ci(m["specificity"]),
                 }
             )
     return rows
@@ -97,10 +90,7 @@ def main() -> None:
             subprocess.run([*cmd, "--out", str(run), "--force"], check=True)
     rows = [r for run in args.runs for r in run_rows(run, args.external, args.n_boot)]
     table = pd.DataFrame(rows)
-    commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    print(f"machine: {platform.machine()} {platform.processor()}, commit {commit}")
+    print(f"machine: {machine()}, commit {git_commit()}")
     print(markdown(table))
     if args.out:
         args.out.write_text(markdown(table) + "\n")
