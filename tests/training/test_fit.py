@@ -159,6 +159,8 @@ def test_data_sources_limit_train_and_val_but_test_keeps_every_source(tmp_path: 
     assert set(frames["test"]["source"]) == {"alpha", "beta"} and len(frames["test"]) == 20
     with pytest.raises(DataError, match="gamma"):
         split_frames(df, "m.csv", sources=["gamma"])
+    with pytest.raises(DataError, match="no 'source' column"):
+        split_frames(df.drop(columns="source"), "m.csv", sources=["alpha"])
 
     cfg = load_config(None, [*FAST_OVERRIDES, "data.sources=[alpha]", "train.epochs=1"])
     run = train(cfg, manifest, tmp_path / "run", progress=False)

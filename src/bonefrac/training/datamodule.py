@@ -27,7 +27,11 @@ def split_frames(
     if "split" not in manifest.columns:
         raise DataError(f"{source}: no 'split' column; build it with 'bonefrac data build'")
     if sources:
-        have = sorted(manifest["source"].astype(str).unique()) if "source" in manifest else []
+        if "source" not in manifest.columns:
+            raise DataError(
+                f"{source}: data.sources is set but the manifest has no 'source' column"
+            )
+        have = sorted(manifest["source"].astype(str).unique())
         unknown = [s for s in sources if s not in have]
         if unknown:
             raise DataError(
