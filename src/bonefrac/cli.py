@@ -290,6 +290,24 @@ def compare(
 
 @app.command()
 @friendly_errors
+def relocate(
+    run: Path = typer.Argument(..., help="Run directory copied from another machine."),
+    manifest: Path = typer.Option(
+        ..., "--manifest", help="Manifest of the same images at this machine's paths."
+    ),
+) -> None:
+    """Point a copied run at this machine's copy of its images (predictions, model.json,
+    config.yaml); rows are matched by source and image_id and must keep their labels."""
+    from bonefrac.evaluation.relocate import relocate_run
+
+    summary = relocate_run(run, manifest)
+    counts = ", ".join(f"{name} ({n} rows)" for name, n in summary["files"].items())
+    console.print(f"relocated {counts}")
+    console.print(f"manifest: {summary['previous_manifest']} -> {summary['manifest']}")
+
+
+@app.command()
+@friendly_errors
 def report(run: Path = typer.Argument(..., help="Run directory.")) -> None:
     """(Re)build RUN/report.html from what the run directory holds."""
     from bonefrac.evaluation.report import build_report

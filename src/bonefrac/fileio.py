@@ -1,8 +1,9 @@
-"""Atomic writes: a temp file in the target folder, then ``os.replace``."""
+"""Atomic writes (a temp file in the target folder, then ``os.replace``) and file hashing."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -34,6 +35,15 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     """Open a temp file for writing; it replaces ``path`` when the block succeeds."""
     with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as fh:
         yield fh
+
+
+def file_sha1(path: str | Path) -> str:
+    """SHA-1 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import time
@@ -17,7 +16,7 @@ import torch
 from bonefrac.config import ExperimentConfig, config_to_yaml, load_config
 from bonefrac.data.schema import read_manifest
 from bonefrac.errors import RunDirError
-from bonefrac.fileio import atomic_open, write_csv, write_json
+from bonefrac.fileio import atomic_open, file_sha1, write_csv, write_json
 from bonefrac.models.registry import build_model, resolve_spec
 from bonefrac.models.runio import MODEL_JSON, library_versions, save_weights
 from bonefrac.training.datamodule import FractureDataModule, split_frames
@@ -33,14 +32,6 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
 
 CLASS_NAMES = ["not_fractured", "fractured"]
-
-
-def file_sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_precision(cfg: ExperimentConfig) -> str:

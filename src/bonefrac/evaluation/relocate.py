@@ -1,0 +1,85 @@
+"""Point a run directory at a moved copy of its images.
+
+A run records absolute paths from the machine that trained it: ``predictions/*.csv`` image
+paths, ``model.json``'s ``manifest`` and ``config.yaml``'s ``data.manifest``. After copying a
+run (say, from a GPU machine) next to a manifest of the same images at other paths,
+:func:`relocate_run` rewrites those paths so ``explain``, ``evaluate`` and ``train --resume``
+work again. Rows are matched by ``(source, image_id)`` and must keep their labels; if any row
+does not match, nothing is written.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bonefrac.data.schema import read_manifest
+from bonefrac.errors import RunDirError
+from bonefrac.evaluation.rundir import check_run_dir
+from bonefrac.fileio import atomic_open, file_sha1, write_csv
+from bonefrac.models.runio import read_model_json, update_model_json
+
+
+def _keys(df: pd.DataFrame, with_source: bool) -> pd.Series:
+    ids = df["image_id"].astype(str)
+    return df["source"].astype(str) + "/" + ids if with_source else ids
+
+
+def relocate_run(run_dir: str | Path, manifest: str | Path) -> dict[str, Any]:
+    """Rewrite the run's image and manifest paths to ``manifest``'s; return a summary."""
+    run_dir = check_run_dir(run_dir)
+    manifest = Path(manifest).resolve()
+    new = read_manifest(manifest)
+    files = sorted((run_dir / "predictions").glob("*.csv"))
+    if not files:
+        raise RunDirError(f"{run_dir / 'predictions'}: no prediction CSVs to relocate")
+    rewritten: dict[Path, pd.DataFrame] = {}
+    for path in files:
+        df = pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False)
+        if "image_id" not in df.columns:
+            raise RunDirError(f"{path}: no image_id column, so rows cannot be matched")
+        with_source = "source" in df.columns and "source" in new.columns
+        lookup = new.assign(_key=_keys(new, with_source)).drop_duplicates("_key", keep=False)
+        lookup = lookup.set_index("_key")
+        keys = _keys(df, with_source)
+        missing = keys[~keys.isin(lookup.index)]
+        if len(missing):
+            raise RunDirError(
+                f"{path}: {len(missing)} of {len(df)} rows have no single match in {manifest}"
+                f" (e.g. {', '.join(missing.head(3))}); nothing was changed"
+            )
+        matched = lookup.loc[keys]
+        if "label" in df.columns:
+            differ = (matched["label"].to_numpy() != df["label"].astype(int).to_numpy()).sum()
+            if differ:
+                raise RunDirError(
+                    f"{path}: {differ} matched rows have another label in {manifest}; "
+                    "is it the same data set? Nothing was changed"
+                )
+        out = df.copy()
+        out["path"] = matched["path"].to_numpy()
+        rewritten[path] = out
+    for path, df in rewritten.items():
+        write_csv(path, df)
+    old = read_model_json(run_dir).get("manifest")
+    moved = {"from": old, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    update_model_json(
+        run_dir, manifest=str(manifest), manifest_sha1=file_sha1(manifest), relocated=moved
+    )
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        from bonefrac.config import config_to_yaml, load_config
+
+        cfg = load_config(config)
+        cfg.data.manifest = str(manifest)
+        with atomic_open(config, "w", encoding="utf-8") as fh:
+            fh.write(config_to_yaml(cfg))
+    return {
+        "run": str(run_dir),
+        "manifest": str(manifest),
+        "previous_manifest": old,
+        "files": {p.name: len(df) for p, df in rewritten.items()},
+    }
