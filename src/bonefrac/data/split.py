@@ -2,9 +2,9 @@
 
 Duplicate groups are the unit: a group never straddles splits. Groups are stratified by
 (source, label, region) -- region only where known -- so every source keeps its own class
-balance in each split when collections are combined; within a stratum, groups are visited in a seeded random
-order; each goes to the split furthest below its target share of what has been assigned so
-far. The same inputs and seed always give the same split (row order does not matter: groups
+balance in each split when collections are combined. Within a stratum, groups are visited in
+a seeded random order; each goes to the split furthest below its target share of what has
+been assigned so far. The same inputs and seed always give the same split (row order does not matter: groups
 are ordered by their id before shuffling).
 
 Freezing: rows whose SHA-1 or path appears in an older manifest keep that manifest's split
@@ -41,6 +41,11 @@ def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
     return tuple(float(r) / total for r in ratios)  # type: ignore[return-value]
 
 
+def _most_common(counts: Counter[str]) -> str:
+    """The most frequent value; ties go to the alphabetically first (deterministic)."""
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+
+
 def assign_splits(
     groups: Sequence[str],
     labels: Sequence[int],
@@ -74,14 +79,14 @@ def assign_splits(
         members[str(g)].append(i)
 
     def stratum(ix: list[int]) -> tuple[str, int, str]:
-        source = sorted(Counter(sources[i] for i in ix).items(), key=lambda kv: (-kv[1], kv[0]))
+        source = _most_common(Counter(sources[i] for i in ix))
         label = Counter(int(labels[i]) for i in ix).most_common(1)[0][0]
         region = ""
         if stratify_region:
             known = Counter(regions[i] for i in ix if regions[i])
             if known:
-                region = sorted(known.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-        return source[0][0], label, region
+                region = _most_common(known)
+        return source, label, region
 
     strata: dict[tuple[str, int, str], list[str]] = defaultdict(list)
     for g in sorted(members):

@@ -36,14 +36,17 @@ def relocate_run(run_dir: str | Path, manifest: str | Path) -> dict[str, Any]:
     files = sorted((run_dir / "predictions").glob("*.csv"))
     if not files:
         raise RunDirError(f"{run_dir / 'predictions'}: no prediction CSVs to relocate")
+    lookups: dict[bool, pd.DataFrame] = {}  # keyed by "match on source too"
     rewritten: dict[Path, pd.DataFrame] = {}
     for path in files:
         df = pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False)
         if "image_id" not in df.columns:
             raise RunDirError(f"{path}: no image_id column, so rows cannot be matched")
         with_source = "source" in df.columns and "source" in new.columns
-        lookup = new.assign(_key=_keys(new, with_source)).drop_duplicates("_key", keep=False)
-        lookup = lookup.set_index("_key")
+        if with_source not in lookups:
+            keyed = new.assign(_key=_keys(new, with_source))
+            lookups[with_source] = keyed.drop_duplicates("_key", keep=False).set_index("_key")
+        lookup = lookups[with_source]
         keys = _keys(df, with_source)
         missing = keys[~keys.isin(lookup.index)]
         if len(missing):
