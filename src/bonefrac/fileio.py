@@ -37,13 +37,21 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
         yield fh
 
 
-def file_sha1(path: str | Path) -> str:
-    """SHA-1 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha1()
+def file_digest(path: str | Path, algorithm: str = "sha1") -> str:
+    """Hex digest of a file's bytes (read in 1 MiB chunks) with ``hashlib``'s ``algorithm``."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_sha1(path: str | Path) -> str:
+    return file_digest(path, "sha1")
+
+
+def file_sha256(path: str | Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from bonefrac.errors import ModelError
-from bonefrac.fileio import atomic_path
-from bonefrac.inference.predictor import ONNX_FILE, file_sha256
+from bonefrac.fileio import atomic_path, file_sha256
+from bonefrac.inference.predictor import ONNX_FILE
 
 log = logging.getLogger(__name__)
 

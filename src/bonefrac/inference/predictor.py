@@ -14,7 +14,6 @@ always use the PyTorch model, loaded on first use with the ONNX backend.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -30,6 +29,7 @@ from PIL import Image
 from bonefrac.data.imageio import MAX_PIXELS, _to_l, _window_to_uint8, load_grayscale
 from bonefrac.data.transforms import prepare_image, to_input
 from bonefrac.errors import ImageDecodeError, RunDirError
+from bonefrac.fileio import file_sha256
 from bonefrac.models.runio import RunMetaView
 
 log = logging.getLogger(__name__)
@@ -89,14 +89,6 @@ def default_threads() -> int:
     except AttributeError:  # pragma: no cover - not Linux
         n = os.cpu_count() or 1
     return max(1, min(8, n))
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def prepare_input(
