@@ -4,8 +4,8 @@ Duplicate groups are the unit: a group never straddles splits. Groups are strati
 (source, label, region) -- region only where known -- so every source keeps its own class
 balance in each split when collections are combined. Within a stratum, groups are visited in
 a seeded random order; each goes to the split furthest below its target share of what has
-been assigned so far. The same inputs and seed always give the same split (row order does not matter: groups
-are ordered by their id before shuffling).
+been assigned so far. The same inputs and seed always give the same split (row order does
+not matter: groups are ordered by their id before shuffling).
 
 Freezing: rows whose SHA-1 or path appears in an older manifest keep that manifest's split
 (the whole group follows them); only the remaining groups are split, filling the targets

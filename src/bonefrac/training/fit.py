@@ -207,7 +207,7 @@ def _write_outputs(
     from bonefrac.evaluation.metrics import compute_metrics
 
     save_weights(model, out)
-    device = "cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu"
+    device = trainer.strategy.root_device  # predict where training ran
     metrics: dict[str, Any] = {}
     for split in ("val", "test"):
         ds = dm.datasets[split]
