@@ -27,13 +27,13 @@ from typing import Any
 
 import pandas as pd
 import torch
-import yaml
 from benchinfo import REPO, git_commit, machine
 
-from bonefrac.config import load_config
+from bonefrac.config import load_config, read_yaml_mapping
 from bonefrac.data.schema import read_manifest
 from bonefrac.evaluation.compare import delong_test
 from bonefrac.evaluation.metrics import compute_metrics, format_ci
+from bonefrac.evaluation.tables import markdown_table
 from bonefrac.evaluation.thresholds import choose_threshold
 from bonefrac.fileio import atomic_open, write_json
 from bonefrac.models.runio import read_model_json
@@ -119,7 +119,7 @@ def matrix_markdown(results: list[dict[str, Any]]) -> str:
     head = ["experiment", "trained on", "model", "px", "epochs", "train s"]
     for s in sources:
         head += [f"{s} ROC-AUC", f"{s} ROC-AUC (TTA)", f"{s} sens/spec @maxF1(val)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for r in results:
         trained = r["train_sources"]
         row = [
@@ -140,12 +140,10 @@ def matrix_markdown(results: list[dict[str, Any]]) -> str:
                 row.append(f"{ss['sensitivity']['value']:.2f} / {ss['specificity']['value']:.2f}")
             else:
                 row.append("n/a")
-        lines.append("| " + " | ".join(row) + " |")
-    hw = sorted({r["hardware"] for r in results})
-    lines.append("")
+        rows.append(row)
+    hw = "; ".join(sorted({r["hardware"] for r in results}))
     commits = ", ".join(sorted({r["commit"] for r in results}))
-    lines.append(f"Hardware: {'; '.join(hw)}. Commit(s): {commits}.")
-    return "\n".join(lines) + "\n"
+    return f"{markdown_table(head, rows)}\n\nHardware: {hw}. Commit(s): {commits}.\n"
 
 
 def paired_markdown(out: Path, results: list[dict[str, Any]], base: str) -> str:
@@ -160,7 +158,7 @@ def paired_markdown(out: Path, results: list[dict[str, Any]], base: str) -> str:
     ref = preds[base]
     sources = sorted(ref["source"].astype(str).unique())
     head = ["experiment"] + [f"{s}: ΔROC-AUC vs {base} [95% CI], p" for s in sources]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for n in names:
         if n == base:
             continue
@@ -176,8 +174,8 @@ def paired_markdown(out: Path, results: list[dict[str, Any]], base: str) -> str:
                 f"{t['diff']:+.3f} [{t['diff_ci_low']:+.3f}, {t['diff_ci_high']:+.3f}],"
                 f" p={t['p_value']:.2g}"
             )
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(row)
+    return markdown_table(head, rows) + "\n"
 
 
 def write_matrix(out: Path, results: list[dict[str, Any]], base: str) -> None:
@@ -209,7 +207,7 @@ def main() -> None:
         " training again",
     )
     args = ap.parse_args()
-    spec = yaml.safe_load(args.experiments.read_text(encoding="utf-8"))
+    spec = read_yaml_mapping(args.experiments, "experiments file not found", "a mapping")
     defaults = spec.get("defaults", {})
     experiments = spec["experiments"]
     if args.only:

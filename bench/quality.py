@@ -22,6 +22,7 @@ import pandas as pd
 from benchinfo import REPO, git_commit, machine
 
 from bonefrac.evaluation.metrics import compute_metrics, format_ci
+from bonefrac.evaluation.tables import markdown_table
 from bonefrac.evaluation.thresholds import choose_threshold
 from bonefrac.models.runio import read_model_json
 from bonefrac.training.predict import predict_manifest_frame
@@ -68,11 +69,7 @@ def run_rows(run: Path, external: Path | None, n_boot: int) -> list[dict]:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += [
-        "| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)
-    ]
-    return "\n".join(lines)
+    return markdown_table(table.columns, table.itertuples(index=False))
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from scipy.stats import norm
 from bonefrac.errors import ConfigError, DataError
 from bonefrac.evaluation import plots, rundir
 from bonefrac.evaluation.metrics import METRIC_NAMES, compute_metrics, format_ci
+from bonefrac.evaluation.tables import markdown_table
 from bonefrac.fileio import atomic_open, write_json
 
 # ---------------------------------------------------------------- DeLong (Sun & Xu 2014)
@@ -264,10 +265,8 @@ def to_markdown(result: CompareResult) -> str:
         "Value [95% CI], stratified bootstrap; best per column in **bold**; "
         "each run at its own threshold.",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join("---" for _ in head) + "|",
+        markdown_table(head, table_rows(result)),
     ]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(result)]
     lines += ["", auc_test_sentence(result), "", "![ROC curves](roc_overlay.png)", ""]
     return "\n".join(lines)
 

@@ -1,13 +1,22 @@
-"""Rich tables for the evaluation commands (presentation only; the CLI prints them)."""
+"""Tables for the evaluation commands (presentation only): rich tables the CLI prints, and
+GitHub-flavoured markdown tables for reports and benches."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
 from bonefrac.evaluation.metrics import METRIC_NAMES, format_ci
+
+
+def markdown_table(head: Sequence[object], rows: Iterable[Sequence[object]]) -> str:
+    """A markdown table: header, ``---`` rule, one line per row (cells via ``str``)."""
+    lines = ["| " + " | ".join(str(h) for h in head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def metrics_table(metrics: dict[str, Any], title: str = "") -> Table:
