@@ -32,3 +32,7 @@ class ModelError(BonefracError):
 
 class RunDirError(BonefracError):
     """A run directory is missing files or would be overwritten."""
+
+
+class ModelOutputError(ModelError):
+    """The model produced a number that cannot be trusted (non-finite logit or probability)."""
