@@ -28,17 +28,17 @@ from typing import Any
 import pandas as pd
 import torch
 from benchinfo import REPO, git_commit, machine
+from bonefrac.training.predict import predict_manifest_frame
 
 from bonefrac.config import load_config, read_yaml_mapping
 from bonefrac.data.schema import read_manifest
 from bonefrac.evaluation.compare import delong_test
-from bonefrac.evaluation.metrics import compute_metrics, format_ci
 from bonefrac.evaluation.tables import markdown_table
 from bonefrac.evaluation.thresholds import choose_threshold
 from bonefrac.fileio import atomic_open, write_json
+from bonefrac.metrics import compute_metrics, format_ci
 from bonefrac.models.runio import read_model_json
 from bonefrac.training.fit import train
-from bonefrac.training.predict import predict_manifest_frame
 
 CRITERIA = ("f1", "sensitivity:0.90")
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 from benchinfo import REPO, git_commit, machine
+from bonefrac.training.predict import predict_manifest_frame
 
-from bonefrac.evaluation.metrics import compute_metrics, format_ci
 from bonefrac.evaluation.tables import markdown_table
 from bonefrac.evaluation.thresholds import choose_threshold
+from bonefrac.metrics import compute_metrics, format_ci
 from bonefrac.models.runio import read_model_json
-from bonefrac.training.predict import predict_manifest_frame
 
 CRITERIA = ("f1", "sensitivity:0.90")
 

@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+import click
 import typer
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperGroup
 
 from bonefrac.errors import BonefracError
 
+
+class _FriendlyGroup(TyperGroup):
+    """Every command: a known bad input (:class:`BonefracError`, an unreadable or unwritable
+    file) is one red line naming the file and the fix, exit status 2, no traceback (``-v``
+    shows it)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (BonefracError, OSError) as exc:
+            if isinstance(exc, OSError) and not exc.filename:
+                raise  # not about a file the user named: a bug, show the traceback
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                err_console.print_exception()
+            error(_describe(exc))
+            raise typer.Exit(code=2) from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, BonefracError):
+        where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        return f"{where}: {exc.strerror or exc}; check the path and its permissions"
+    return str(exc)
+
+
 app = typer.Typer(
+    cls=_FriendlyGroup,
     help="bonefrac: train, evaluate, explain and serve fracture classifiers for radiographs.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -25,21 +52,16 @@ app.add_typer(data_app, name="data")
 
 console = Console()
 err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
 
 
-def friendly_errors(func: F) -> F:
-    """Print BonefracError as one red line (no traceback) and exit 2."""
+def error(message: str) -> None:
+    """One red ``error:`` line on stderr; the message is printed as is (no markup)."""
+    err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except BonefracError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
 
-    return wrapper  # type: ignore[return-value]
+def show(*parts: str | tuple[str, str]) -> None:
+    """Print plain text and ``(text, style)`` parts; text is never read as markup."""
+    console.print(Text.assemble(*parts), soft_wrap=True, highlight=False)
 
 
 @app.callback()
@@ -53,11 +75,10 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-# --- data commands (issue: foundation) ---
+# --- data commands ---
 
 
 @data_app.command("build")
-@friendly_errors
 def data_build(
     out: Path = typer.Option(
         ..., "--out", help="Folder for manifest.csv, quarantine.csv, summary.json."
@@ -118,7 +139,6 @@ def data_build(
 
 
 @data_app.command("report")
-@friendly_errors
 def data_report(
     manifest: Path = typer.Argument(..., help="Manifest folder or manifest.csv."),
 ) -> None:
@@ -128,11 +148,10 @@ def data_report(
     report(manifest, console=console)
 
 
-# --- train command (issue: training) ---
+# --- train command ---
 
 
 @app.command()
-@friendly_errors
 def train(
     config: Path = typer.Option(None, "--config", "-c", help="Experiment YAML (configs/*.yaml)."),
     manifest: Path = typer.Option(None, "--manifest", "-m", help="manifest.csv from 'data build'."),
@@ -162,28 +181,26 @@ def train(
     _print_run_summary(run)
 
 
-def _print_run_summary(run: Path) -> None:
-    from bonefrac.fileio import read_json
+def _print_run_summary(path: Path) -> None:
+    from bonefrac.rundir import RunDir
 
-    metrics_path = run / "metrics.json"
-    if not metrics_path.is_file():
-        console.print(f"run directory: {run} (incomplete; resume with --resume {run})")
+    run = RunDir(path)
+    if not run.meta_path.is_file():
+        show(f"run directory: {path} (incomplete; resume with --resume {path})")
         return
-    metrics = read_json(metrics_path)
-    for split, values in metrics.items():
+    for split, values in run.metrics().items():
         parts = []
         for key in ("roc_auc", "sensitivity", "specificity", "f1"):
             v = values.get(key, {}).get("value")
             parts.append(f"{key}={v:.3f}" if isinstance(v, (int, float)) else f"{key}=n/a")
-        console.print(f"[bold]{split}[/]: " + "  ".join(parts))
-    console.print(f"run directory: [bold]{run}[/]")
+        show((split, "bold"), ": " + "  ".join(parts))
+    show("run directory: ", (str(path), "bold"))
 
 
-# --- evaluation commands (issue: evaluation) ---
+# --- evaluation commands ---
 
 
 @app.command()
-@friendly_errors
 def evaluate(
     run: Path = typer.Argument(..., help="Run directory (from 'bonefrac train')."),
     split: str = typer.Option(
@@ -221,13 +238,15 @@ def evaluate(
         console.print(f"[yellow]note:[/] {note}")
     if res.predictions:
         console.print(f"predictions: {res.predictions}")
-    console.print(f"metrics: {run / 'metrics.json'}  plots: {run / 'plots'}")
+    from bonefrac.rundir import RunDir
+
+    layout = RunDir(run)
+    show(f"metrics: {layout.metrics_path}  plots: {layout.plots_dir}")
     if res.report:
         console.print(f"report: [bold]{res.report}[/]")
 
 
 @app.command()
-@friendly_errors
 def threshold(
     run: Path = typer.Argument(..., help="Run directory."),
     criterion: str = typer.Option(
@@ -243,14 +262,15 @@ def threshold(
     console.print(threshold_table(result))
     if result["temperature"] != 1.0:
         console.print(f"(on calibrated probabilities, temperature {result['temperature']:.3f})")
-    console.print(
-        f"stored threshold {result['new_threshold']:.4f} in {run / 'model.json'}; "
-        f"run 'bonefrac evaluate {run}' to refresh metrics.json and the report"
+    from bonefrac.rundir import RunDir
+
+    show(
+        f"stored threshold {result['new_threshold']:.4f} in {RunDir(run).meta_path}; "
+        f"run 'bonefrac evaluate {run}' to refresh the metrics and the report"
     )
 
 
 @app.command()
-@friendly_errors
 def calibrate(run: Path = typer.Argument(..., help="Run directory.")) -> None:
     """Fit temperature scaling on validation logits; store the temperature in model.json."""
     from bonefrac.evaluation.calibration import calibrate_run
@@ -263,12 +283,13 @@ def calibrate(run: Path = typer.Argument(..., help="Run directory.")) -> None:
             f"threshold moved {summary['threshold_before']:.4f} -> "
             f"{summary['threshold_after']:.4f} so decisions stay the same"
         )
-    console.print(f"reliability diagrams: {run / 'plots'}/calibration_*.png")
-    console.print(f"run 'bonefrac evaluate {run}' to refresh metrics.json and the report")
+    from bonefrac.rundir import RunDir
+
+    show(f"reliability diagrams: {RunDir(run).plots_dir}/calibration_*.png")
+    show(f"run 'bonefrac evaluate {run}' to refresh the metrics and the report")
 
 
 @app.command()
-@friendly_errors
 def compare(
     runs: list[Path] = typer.Argument(..., help="Two or more run directories."),
     split: str = typer.Option("test", "--split", help="Predictions to compare on."),
@@ -289,7 +310,6 @@ def compare(
 
 
 @app.command()
-@friendly_errors
 def relocate(
     run: Path = typer.Argument(..., help="Run directory copied from another machine."),
     manifest: Path = typer.Option(
@@ -298,16 +318,15 @@ def relocate(
 ) -> None:
     """Point a copied run at this machine's copy of its images (predictions, model.json,
     config.yaml); rows are matched by source and image_id and must keep their labels."""
-    from bonefrac.evaluation.relocate import relocate_run
+    from bonefrac.rundir import RunDir
 
-    summary = relocate_run(run, manifest)
+    summary = RunDir.open(run).relocate(manifest)
     counts = ", ".join(f"{name} ({n} rows)" for name, n in summary["files"].items())
     console.print(f"relocated {counts}")
     console.print(f"manifest: {summary['previous_manifest']} -> {summary['manifest']}")
 
 
 @app.command()
-@friendly_errors
 def report(run: Path = typer.Argument(..., help="Run directory.")) -> None:
     """(Re)build RUN/report.html from what the run directory holds."""
     from bonefrac.evaluation.report import build_report
@@ -315,11 +334,10 @@ def report(run: Path = typer.Argument(..., help="Run directory.")) -> None:
     console.print(f"report: [bold]{build_report(run)}[/]")
 
 
-# --- explain command (issue: explainability) ---
+# --- explain command ---
 
 
 @app.command()
-@friendly_errors
 def explain(
     run: Path = typer.Argument(..., help="Run directory."),
     more_images: list[Path] = typer.Argument(
@@ -382,7 +400,7 @@ def explain(
     console.print(f"run 'bonefrac report {run}' to include them in report.html")
 
 
-# --- tune commands (issue: tuning) ---
+# --- tune commands ---
 
 tune_app = typer.Typer(
     help="Hyperparameter search (Optuna): 'tune --config ...' runs trials, 'tune report' ranks them.",
@@ -393,7 +411,6 @@ app.add_typer(tune_app, name="tune")
 
 
 @tune_app.callback()
-@friendly_errors
 def tune(
     ctx: typer.Context,
     config: Path = typer.Option(None, "--config", "-c", help="Base experiment YAML."),
@@ -449,7 +466,6 @@ def tune(
 
 
 @tune_app.command("report")
-@friendly_errors
 def tune_report(
     study: str = typer.Option(..., "--study", help="Study name."),
     storage: str = typer.Option(
@@ -479,11 +495,10 @@ def tune_report(
             console.print(f"{what}: {path}")
 
 
-# --- inference commands (issue: predict / export / serve) ---
+# --- inference commands ---
 
 
 @app.command()
-@friendly_errors
 def predict(
     run: Path = typer.Argument(..., help="Run directory (from 'bonefrac train')."),
     paths: list[Path] = typer.Argument(..., help="Image/DICOM files or folders (recursive)."),
@@ -533,7 +548,6 @@ def predict(
 
 
 @app.command()
-@friendly_errors
 def export(
     run: Path = typer.Argument(..., help="Run directory."),
     onnx: bool = typer.Option(False, "--onnx", help="Write RUN/model.onnx (dynamic batch)."),
@@ -558,7 +572,6 @@ def export(
 
 
 @app.command()
-@friendly_errors
 def serve(
     run: Path = typer.Argument(..., help="Run directory."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
@@ -577,7 +590,3 @@ def serve(
         run, host=host, port=port, backend=backend,
         max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels,
     )  # fmt: skip
-
-
-def _path(value: str | None) -> Path | None:
-    return Path(value) if value else None

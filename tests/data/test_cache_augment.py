@@ -12,7 +12,8 @@ from PIL import Image
 
 from bonefrac.data.dataset import PreparedImageCache, RadiographDataset
 from bonefrac.data.transforms import RandomGamma, train_augment
-from bonefrac.training.predict import predict_logits
+from bonefrac.inference.predictor import Predictor
+from bonefrac.rundir import ModelMeta
 
 
 def _images(root: Path, n: int) -> list[str]:
@@ -66,8 +67,10 @@ def test_tta_averages_the_image_and_its_mirror(tmp_path: Path) -> None:
     frame = pd.DataFrame({"path": paths, "label": [0, 1, 0, 1, 0]})
     ds = RadiographDataset(frame, PreparedImageCache(32))
     model = _LeftHalf()
-    plain = predict_logits(model, ds, (0.0,) * 3, (1.0,) * 3, progress=False)
-    tta = predict_logits(model, ds, (0.0,) * 3, (1.0,) * 3, progress=False, tta=True)
+    meta = ModelMeta(architecture="left_half", image_size=32, mean=(0.0,) * 3, std=(1.0,) * 3)
+    predictor = Predictor.from_model(model, meta)
+    plain = predictor.dataset_logits(ds, progress=False)
+    tta = predictor.dataset_logits(ds, progress=False, tta=True)
     x = torch.stack([ds[i][0] for i in range(5)]).float() / 255.0
     whole = x.mean(dim=(1, 2, 3)).numpy()  # left + right halves = the whole image
     np.testing.assert_allclose(tta, whole, rtol=1e-5)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bonefrac.fileio import write_csv, write_json
+from bonefrac.rundir import RunDir
 
 
 def make_predictions(
@@ -57,12 +57,13 @@ def make_run(
         "custom_key": {"keep": True},
     }
     model.update(extra_model or {})
-    write_json(run / "model.json", model)
-    write_csv(run / "predictions" / "val.csv", make_predictions(300, 100, separation, scale))
+    layout = RunDir.create(run)
+    layout.write_meta(model)
+    layout.write_predictions("val", make_predictions(300, 100, separation, scale))
     test = make_predictions(400, 200 + seed, separation, scale)
     test["image_id"] = [f"t_{i:04d}" for i in range(len(test))]
-    write_csv(run / "predictions" / "test.csv", test)
-    (run / "config.yaml").write_text("model:\n  name: simple_cnn\ntrain:\n  epochs: 2\n")
+    layout.write_predictions("test", test)
+    layout.config_path.write_text("model:\n  name: simple_cnn\ntrain:\n  epochs: 2\n")
     pd.DataFrame(
         {
             "epoch": [0, 1],
@@ -74,7 +75,7 @@ def make_run(
             "val_specificity": [0.7, 0.8],
             "lr": [1e-3, 1e-3],
         }
-    ).to_csv(run / "history.csv", index=False)
+    ).to_csv(layout.history_path, index=False)
     return run
 
 

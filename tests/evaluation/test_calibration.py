@@ -5,16 +5,15 @@ import pytest
 from typer.testing import CliRunner
 
 from bonefrac.cli import app
-from bonefrac.evaluation.calibration import (
-    brier_score,
-    calibrate_run,
-    expected_calibration_error,
-    fit_temperature,
-    reliability_bins,
-    rescale_threshold,
-)
-from bonefrac.evaluation.metrics import apply_temperature, sigmoid
+from bonefrac.evaluation.calibration import calibrate_run, fit_temperature, rescale_threshold
 from bonefrac.fileio import read_json
+from bonefrac.metrics import (
+    apply_temperature,
+    brier_score,
+    expected_calibration_error,
+    reliability_bins,
+    sigmoid,
+)
 from tests.evaluation.conftest import make_run
 
 

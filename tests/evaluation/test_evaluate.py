@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from bonefrac.cli import app
 from bonefrac.errors import ConfigError, DataError, RunDirError
 from bonefrac.evaluation.evaluate import evaluate_run
-from bonefrac.evaluation.metrics import METRIC_NAMES, compute_metrics
 from bonefrac.fileio import read_json, write_json
+from bonefrac.metrics import METRIC_NAMES, compute_metrics
 
 REQUIRED = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
 
@@ -61,18 +61,15 @@ def _fake_predict(run_dir, df, batch_size=32):
 
 @pytest.fixture()
 def patched_predict(monkeypatch):
-    import sys
-    import types
+    from bonefrac.inference import frames
 
     calls = []
 
-    def fake(run_dir, df, batch_size=32):
+    def fake(run_dir, df, batch_size=32, **kwargs):
         calls.append(len(df))
-        return _fake_predict(run_dir, df, batch_size)
+        return frames.FramePrediction(_fake_predict(run_dir, df, batch_size))
 
-    mod = types.ModuleType("bonefrac.training.predict")
-    mod.predict_manifest_frame = fake
-    monkeypatch.setitem(sys.modules, "bonefrac.training.predict", mod)
+    monkeypatch.setattr(frames, "predict_run_frame", fake)
     return calls
 
 

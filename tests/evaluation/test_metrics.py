@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from bonefrac.evaluation.metrics import (
+from bonefrac.metrics import (
     METRIC_NAMES,
     _bootstrap_distribution,
     apply_temperature,

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from bonefrac.cli import app
 from bonefrac.errors import RunDirError
-from bonefrac.evaluation.relocate import relocate_run
+from bonefrac.rundir import RunDir
 
 
 def _moved_copy(run: Path, manifest: Path, tmp_path: Path) -> tuple[Path, Path]:
@@ -55,9 +55,9 @@ def test_relocate_refuses_another_data_set_and_changes_nothing(
     df.loc[df["split"] == "test", "label"] = 1 - df.loc[df["split"] == "test", "label"]
     df.to_csv(moved, index=False)
     with pytest.raises(RunDirError, match="another label"):
-        relocate_run(run, moved)
+        RunDir.open(run).relocate(moved)
     df.iloc[:-5].to_csv(moved, index=False)
     with pytest.raises(RunDirError, match="no single match"):
-        relocate_run(run, moved)
+        RunDir.open(run).relocate(moved)
     assert (run / "predictions" / "test.csv").read_bytes() == before
     assert json.loads((run / "model.json").read_text()).get("relocated") is None

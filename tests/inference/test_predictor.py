@@ -17,7 +17,7 @@ from bonefrac.cli import app
 from bonefrac.errors import ImageDecodeError, ModelError, RunDirError
 from bonefrac.inference.batch import COLUMNS, collect_inputs
 from bonefrac.inference.predictor import Predictor
-from bonefrac.models.runio import read_model_json, update_model_json
+from bonefrac.rundir import RunDir
 from tests.inference.dicom_files import write_dicom
 
 
@@ -28,7 +28,7 @@ def test_torch_predictor_matches_evaluation(tiny_run):
     out = pred.predict(list(df["path"]), batch_size=7)
     logits = np.array([p.logit for p in out])
     np.testing.assert_allclose(logits, df["logit"].to_numpy(), atol=1e-4)
-    meta = read_model_json(tiny_run)
+    meta = RunDir.open(tiny_run).raw_meta()
     temperature = float(meta.get("temperature", 1.0) or 1.0)
     probs = 1 / (1 + np.exp(-logits / temperature))
     np.testing.assert_allclose([p.probability for p in out], probs, rtol=1e-6)
@@ -49,7 +49,7 @@ def test_input_kinds_agree(tiny_run, synthetic_manifest):
 def test_threshold_and_temperature_from_model_json(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    update_model_json(run, threshold=0.3, temperature=2.0)
+    RunDir.open(run).update_meta(threshold=0.3, temperature=2.0)
     img = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
     p = Predictor.from_run(run).predict(img)[0]
     assert p.threshold == 0.3
@@ -81,7 +81,7 @@ def test_onnx_backend_agrees_with_torch(exported_run, synthetic_manifest):
     diff = np.abs(np.array([a.logit for a in torch_out]) - [b.logit for b in onnx_out])
     assert diff.max() < 1e-4
     assert [a.decision for a in torch_out] == [b.decision for b in onnx_out]
-    record = read_model_json(exported_run)["onnx"]
+    record = RunDir.open(exported_run).raw_meta()["onnx"]
     assert record["opset"] == 17 and record["max_abs_diff"] < 1e-4
     heat = onnx_pred.predict(paths[0], heatmap=True)[0].heatmap  # CAM via the torch model
     assert heat.shape == (64, 64)
@@ -93,9 +93,9 @@ def test_export_is_up_to_date_and_stale_export_is_refused(exported_run, tmp_path
     run = tmp_path / "run"
     shutil.copytree(exported_run, run)
     assert export_onnx(run).skipped
-    meta = read_model_json(run)
+    meta = RunDir.open(run).raw_meta()
     meta["onnx"]["weights_sha256"] = "0" * 64
-    update_model_json(run, onnx=meta["onnx"])
+    RunDir.open(run).update_meta(onnx=meta["onnx"])
     with pytest.raises(RunDirError, match="re-run 'bonefrac export"):
         Predictor.from_run(run, backend="onnx")
 
@@ -109,7 +109,7 @@ def test_failed_parity_leaves_nothing_behind(tiny_run, tmp_path):
     with pytest.raises(ModelError, match="parity"):
         export_onnx(run, atol=0.0)  # nothing is < 0: the check must fail
     assert sorted(p.name for p in run.iterdir()) == before
-    assert "onnx" not in read_model_json(run)
+    assert "onnx" not in RunDir.open(run).raw_meta()
     with pytest.raises(RunDirError, match="bonefrac export"):
         Predictor.from_run(run, backend="onnx")
 

@@ -317,3 +317,33 @@ def _first_float(value: object) -> float | None:
         return float(values[0]) if values else None
     except (TypeError, ValueError):
         return None
+
+
+def image_to_grayscale(img: Image.Image) -> Image.Image:
+    """Any PIL image -> 8-bit greyscale (16-bit and float images windowed to their range)."""
+    return _to_l(img)
+
+
+def array_to_grayscale(arr: np.ndarray, label: str = "<array>") -> Image.Image:
+    """A numpy image -> 8-bit greyscale PIL image.
+
+    Greyscale ``(H, W)`` of any numeric type (non-uint8 windowed to its range), ``(H, W, 1)``,
+    or colour ``(H, W, 3|4)``.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        rgb = arr[..., :3]
+        if rgb.dtype != np.uint8:
+            rgb = _window_to_uint8(rgb.astype(np.float32))
+        return Image.fromarray(np.ascontiguousarray(rgb), "RGB").convert("L")
+    if arr.ndim != 2:
+        raise ImageDecodeError(
+            label, "not an image", f"expected (H, W) or (H, W, 3), got shape {arr.shape}"
+        )
+    if arr.dtype == np.uint8:
+        return Image.fromarray(np.ascontiguousarray(arr), "L")
+    if arr.dtype == np.bool_:
+        return Image.fromarray(arr.astype(np.uint8) * 255, "L")
+    return Image.fromarray(_window_to_uint8(arr.astype(np.float32)), "L")

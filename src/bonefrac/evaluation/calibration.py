@@ -24,39 +24,19 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from bonefrac.errors import DataError
-from bonefrac.evaluation.metrics import apply_temperature, logit_from_prob, sigmoid
+from bonefrac.metrics import (
+    N_BINS,
+    apply_temperature,
+    brier_score,
+    expected_calibration_error,
+    logit_from_prob,
+    sigmoid,
+)
+from bonefrac.rundir import RunDir, raw_logits, usable_threshold
 
 log = logging.getLogger(__name__)
 
-N_BINS = 15
 _LOG_T_BOUNDS = (np.log(0.01), np.log(100.0))
-
-
-def reliability_bins(y_true: Any, prob: Any, n_bins: int = N_BINS) -> dict[str, Any]:
-    """Equal-width bins over [0, 1]: edges, count, mean_prob, frac_pos (NaN when empty), ece."""
-    y = np.asarray(y_true, dtype=float)
-    p = np.asarray(prob, dtype=float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
-    count = np.bincount(idx, minlength=n_bins).astype(float)
-    sum_p = np.bincount(idx, weights=p, minlength=n_bins)
-    sum_y = np.bincount(idx, weights=y, minlength=n_bins)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean_p = np.where(count > 0, sum_p / count, np.nan)
-        frac = np.where(count > 0, sum_y / count, np.nan)
-    n = max(len(p), 1)
-    ece = float(np.nansum(count / n * np.abs(frac - mean_p))) if len(p) else float("nan")
-    return {"edges": edges, "count": count, "mean_prob": mean_p, "frac_pos": frac, "ece": ece}
-
-
-def expected_calibration_error(y_true: Any, prob: Any, n_bins: int = N_BINS) -> float:
-    return reliability_bins(y_true, prob, n_bins)["ece"]
-
-
-def brier_score(y_true: Any, prob: Any) -> float:
-    y = np.asarray(y_true, dtype=float)
-    p = np.asarray(prob, dtype=float)
-    return float(np.mean((p - y) ** 2)) if len(y) else float("nan")
 
 
 def binary_nll(y_true: Any, logit: Any, temperature: float = 1.0) -> float:
@@ -113,26 +93,28 @@ def calibrate_run(run_dir: str | Path, n_bins: int = N_BINS) -> dict[str, Any]:
     """Fit the temperature on ``RUN/predictions/val.csv``; update model.json; write
     ``plots/calibration_<split>.png``. Returns the summary that is also stored in model.json
     under ``"calibration"``."""
-    from bonefrac.evaluation import plots, rundir
+    from bonefrac.evaluation import plots
 
-    run_dir = rundir.check_run_dir(run_dir)
-    model = rundir.load_model_json(run_dir)
-    old_t = rundir.run_temperature(model)
-    old_threshold = rundir.run_threshold(model)
+    run = RunDir.open(run_dir)
+    meta = run.meta()
+    old_t = meta.temperature
+    old_threshold = meta.threshold
 
-    val = rundir.load_predictions(run_dir, "val")
+    val = run.predictions("val")
     if "logit" not in val.columns:
-        log.warning("predictions/val.csv has no 'logit' column; logits recovered from 'prob'")
-    y_val, z_val = val["label"].to_numpy(), rundir.raw_logits(val)
+        log.warning(
+            "%s has no 'logit' column; logits recovered from 'prob'", run.prediction_path("val")
+        )
+    y_val, z_val = val["label"].to_numpy(), raw_logits(val)
     try:
         temperature = fit_temperature(z_val, y_val)
     except DataError as exc:
-        raise DataError(f"{rundir.prediction_path(run_dir, 'val')}: {exc}") from exc
+        raise DataError(f"{run.prediction_path('val')}: {exc}") from exc
 
     splits: dict[str, Any] = {"val": (y_val, z_val)}
-    if rundir.prediction_path(run_dir, "test").is_file():
-        test = rundir.load_predictions(run_dir, "test")
-        splits["test"] = (test["label"].to_numpy(), rundir.raw_logits(test))
+    if run.prediction_path("test").is_file():
+        test = run.predictions("test")
+        splits["test"] = (test["label"].to_numpy(), raw_logits(test))
 
     summary: dict[str, Any] = {
         "method": "temperature scaling",
@@ -141,13 +123,13 @@ def calibrate_run(run_dir: str | Path, n_bins: int = N_BINS) -> dict[str, Any]:
         "previous_temperature": old_t,
         "n_bins": n_bins,
         "threshold_before": old_threshold,
-        "threshold_after": rescale_threshold(old_threshold, old_t, temperature),
+        "threshold_after": usable_threshold(rescale_threshold(old_threshold, old_t, temperature)),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "plots": {},
     }
     for split, (y, z) in splits.items():
         summary[split] = calibration_summary(y, z, temperature, n_bins)
-        png = run_dir / "plots" / f"calibration_{split}.png"
+        png = run.plot_path(f"calibration_{split}")
         plots.plot_reliability(
             y,
             {
@@ -158,10 +140,9 @@ def calibrate_run(run_dir: str | Path, n_bins: int = N_BINS) -> dict[str, Any]:
             n_bins=n_bins,
             title=f"Reliability before/after temperature scaling ({split})",
         )
-        summary["plots"][split] = str(png.relative_to(run_dir))
+        summary["plots"][split] = str(png.relative_to(run.path))
 
-    rundir.update_model_json(
-        run_dir,
+    run.update_meta(
         temperature=temperature,
         threshold=summary["threshold_after"],
         calibration=summary,

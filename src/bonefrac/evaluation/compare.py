@@ -21,33 +21,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+from scipy.stats import norm, rankdata
 
 from bonefrac.errors import ConfigError, DataError
-from bonefrac.evaluation import plots, rundir
-from bonefrac.evaluation.metrics import METRIC_NAMES, compute_metrics, format_ci
+from bonefrac.evaluation import plots
 from bonefrac.evaluation.tables import markdown_table
 from bonefrac.fileio import atomic_open, write_json
+from bonefrac.metrics import METRIC_NAMES, compute_metrics, format_ci
+from bonefrac.rundir import RunDir, check_name, run_probabilities
 
 # ---------------------------------------------------------------- DeLong (Sun & Xu 2014)
 
 
 def _midrank(x: np.ndarray) -> np.ndarray:
     """1-based ranks of ``x`` with ties given their average rank."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    n = len(x)
-    ranks_sorted = np.empty(n, dtype=float)
-    i = 0
-    while i < n:
-        j = i
-        while j < n and xs[j] == xs[i]:
-            j += 1
-        ranks_sorted[i:j] = 0.5 * (i + j - 1) + 1.0
-        i = j
-    out = np.empty(n, dtype=float)
-    out[order] = ranks_sorted
-    return out
+    return rankdata(x, method="average")
 
 
 def delong_auc_covariance(y_true: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -129,10 +117,10 @@ def load_aligned(run_dirs: list[Path], split: str) -> tuple[list[str], np.ndarra
     labels: np.ndarray | None = None
     runs: dict[str, tuple[np.ndarray, float]] = {}
     for name, run_dir in zip(names, run_dirs, strict=True):
-        run_dir = rundir.check_run_dir(run_dir)
-        model = rundir.load_model_json(run_dir)
-        df = rundir.load_predictions(run_dir, split)
-        path = rundir.prediction_path(run_dir, split)
+        run = RunDir.open(run_dir)
+        meta = run.meta()
+        df = run.predictions(split)
+        path = run.prediction_path(split)
         dup = df["image_id"][df["image_id"].duplicated()]
         if len(dup):
             raise DataError(
@@ -140,7 +128,7 @@ def load_aligned(run_dirs: list[Path], split: str) -> tuple[list[str], np.ndarra
                 "image_id, so it must be unique"
             )
         df = df.set_index("image_id")
-        prob = rundir.run_probabilities(df, rundir.run_temperature(model))
+        prob = run_probabilities(df, meta)
         s = pd.Series(prob, index=df.index)
         if base_ids is None:
             base_ids, labels = df.index, df["label"].to_numpy()
@@ -163,7 +151,7 @@ def load_aligned(run_dirs: list[Path], split: str) -> tuple[list[str], np.ndarra
                     "the runs were trained on different manifests"
                 )
             s = s.loc[base_ids]
-        runs[name] = (s.to_numpy(dtype=float), rundir.run_threshold(model))
+        runs[name] = (s.to_numpy(dtype=float), meta.threshold)
     assert labels is not None
     return names, labels, runs
 
@@ -181,7 +169,7 @@ def compare_runs(
     dirs = [Path(p) for p in run_dirs]
     if len(dirs) < 2:
         raise ConfigError("compare needs at least two run directories")
-    rundir.check_name(split)
+    check_name(split)
     names, y, runs = load_aligned(dirs, split)
     metrics = {
         name: compute_metrics(y, prob, thr, n_boot=n_boot, seed=seed)

@@ -21,10 +21,11 @@ import numpy as np
 import pandas as pd
 
 from bonefrac.data.schema import SUBGROUP_COLUMNS, read_manifest
-from bonefrac.errors import BonefracError, ConfigError, DataError, RunDirError
-from bonefrac.evaluation import plots, rundir
-from bonefrac.evaluation.metrics import compute_metrics
-from bonefrac.fileio import read_json, write_csv, write_json
+from bonefrac.errors import ConfigError, DataError, RunDirError
+from bonefrac.evaluation import plots
+from bonefrac.fileio import write_csv
+from bonefrac.metrics import compute_metrics
+from bonefrac.rundir import RunDir, check_name, metrics_entry, run_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class EvaluationResult:
     plots: dict[str, Path] = field(default_factory=dict)
     predictions: Path | None = None
     report: Path | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
 def group_labels(column: pd.Series) -> pd.Series:
@@ -87,18 +89,21 @@ def subgroup_table(
 
 
 def _predict_external(
-    run_dir: Path, manifest: Path, name: str, all_rows: bool, force: bool, batch_size: int
-) -> Path:
-    check = rundir.check_name(name)
-    if check in RESERVED_NAMES:
+    run: RunDir, manifest: Path, name: str, all_rows: bool, force: bool, batch_size: int
+) -> tuple[Path, list[tuple[str, str]]]:
+    """Predict the manifest's (test) rows into ``predictions/<name>.csv``; return the path
+    and the images that could not be decoded (skipped and listed)."""
+    from bonefrac.inference import frames
+
+    if check_name(name) in RESERVED_NAMES:
         raise ConfigError(
             f"--name {name}: reserved for the run's own splits; choose another, e.g. --name external"
         )
-    out = rundir.prediction_path(run_dir, name)
+    out = run.prediction_path(name)
     if out.exists() and not force:
         raise RunDirError(
             f"{out}: already exists; pass --force to predict again, or score the existing file "
-            f"with 'bonefrac evaluate {run_dir} --split {name}'"
+            f"with 'bonefrac evaluate {run.path} --split {name}'"
         )
     df = read_manifest(manifest)
     if "split" in df.columns and not all_rows:
@@ -109,37 +114,12 @@ def _predict_external(
             )
     if df.empty:
         raise DataError(f"{manifest}: no rows to evaluate")
-    try:
-        from bonefrac.training.predict import predict_manifest_frame
-    except ImportError as exc:
-        raise BonefracError(
-            f"prediction on a manifest is unavailable in this install ({exc}); "
-            "check that bonefrac.training.predict is installed"
-        ) from exc
-    log.info("predicting %d images from %s with %s", len(df), manifest, run_dir)
-    pred = predict_manifest_frame(run_dir, df, batch_size=batch_size)
-    missing = [c for c in ("label", "prob") if c not in pred.columns]
-    if missing:
-        raise BonefracError(f"prediction returned no {', '.join(missing)} column(s)")
+    log.info("predicting %d images from %s with %s", len(df), manifest, run.path)
+    result = frames.predict_run_frame(run.path, df, batch_size=batch_size)
+    pred = result.predictions
     cols = [c for c in PREDICTION_COLUMNS if c in pred.columns]
-    write_csv(out, pred[cols])
-    return out
-
-
-def merge_metrics(run_dir: Path, key: str, metrics: dict[str, Any]) -> Path:
-    """Set ``metrics.json[key]`` (read-modify-write, atomic)."""
-    path = run_dir / "metrics.json"
-    data: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            data = read_json(path)
-        except ValueError as exc:
-            raise RunDirError(f"{path}: not valid JSON ({exc}); delete it and re-evaluate") from exc
-        if not isinstance(data, dict):
-            raise RunDirError(f"{path}: expected a JSON object; delete it and re-evaluate")
-    data[key] = metrics
-    write_json(path, data)
-    return path
+    run.write_predictions(name, pred[cols])
+    return out, result.skipped
 
 
 def evaluate_run(
@@ -156,57 +136,58 @@ def evaluate_run(
 ) -> EvaluationResult:
     """Score ``predictions/<split>.csv`` (or, with ``manifest``, predict then score
     ``predictions/<name>.csv``); write metrics.json, plots, subgroup table and report."""
-    run_dir = rundir.check_run_dir(run_dir)
+    run = RunDir.open(run_dir)
     if n_boot < 0:
         raise ConfigError(f"--n-boot {n_boot}: must be >= 0 (1000 or more for a 95% CI)")
-    model = rundir.load_model_json(run_dir)
-    threshold = rundir.run_threshold(model)
-    temperature = rundir.run_temperature(model)
+    meta = run.meta()
+    threshold = meta.threshold
 
     pred_path = None
+    skipped: list[tuple[str, str]] = []
     if manifest is not None:
         key = name or "external"
-        pred_path = _predict_external(run_dir, Path(manifest), key, all_rows, force, batch_size)
+        pred_path, skipped = _predict_external(
+            run, Path(manifest), key, all_rows, force, batch_size
+        )
     else:
         if name is not None:
             raise ConfigError("--name only applies with --manifest; use --split to pick a split")
         key = split
-    df = rundir.load_predictions(run_dir, key)
+    df = run.predictions(key)
     y = df["label"].to_numpy()
-    prob = rundir.run_probabilities(df, temperature)
+    prob = run_probabilities(df, meta)
 
-    metrics = compute_metrics(y, prob, threshold, n_boot=n_boot, seed=seed)
-    metrics["settings"]["temperature"] = temperature
-    metrics["settings"]["threshold_criterion"] = model.get("threshold_criterion", "default")
-    merge_metrics(run_dir, key, metrics)
+    metrics = metrics_entry(y, prob, meta, n_boot=n_boot, seed=seed)
+    if skipped:
+        metrics["skipped_images"] = [{"path": p, "reason": r} for p, r in skipped]
+    run.merge_metrics(key, metrics)
 
     sub = subgroup_table(df, prob, threshold, n_boot=n_boot, seed=seed)
     if len(sub):
-        write_csv(run_dir / "subgroups" / f"{key}.csv", sub)
+        write_csv(run.subgroup_path(key), sub)
 
-    class_names = model.get("class_names") or ["not_fractured", "fractured"]
-    pdir = run_dir / "plots"
+    class_names = meta.class_names
     out = {
-        "roc": plots.plot_roc(y, prob, threshold, pdir / f"{key}_roc.png", f"ROC ({key})"),
+        "roc": plots.plot_roc(y, prob, threshold, run.plot_path(f"{key}_roc"), f"ROC ({key})"),
         "pr": plots.plot_pr(
-            y, prob, threshold, pdir / f"{key}_pr.png", f"Precision-recall ({key})"
+            y, prob, threshold, run.plot_path(f"{key}_pr"), f"Precision-recall ({key})"
         ),
         "confusion": plots.plot_confusion(
             metrics["confusion_matrix"],
-            pdir / f"{key}_confusion.png",
+            run.plot_path(f"{key}_confusion"),
             class_names,
             f"Confusion matrix ({key}, threshold {threshold:.3f})",
         ),  # fmt: skip
         "reliability": plots.plot_reliability(
-            y, prob, pdir / f"{key}_reliability.png", title=f"Reliability ({key})"
+            y, prob, run.plot_path(f"{key}_reliability"), title=f"Reliability ({key})"
         ),
         "threshold": plots.plot_threshold_curve(
-            y, prob, threshold, pdir / f"{key}_threshold.png", f"Metrics vs threshold ({key})"
+            y, prob, threshold, run.plot_path(f"{key}_threshold"), f"Metrics vs threshold ({key})"
         ),
     }
-    result = EvaluationResult(key, metrics, sub, out, pred_path)
+    result = EvaluationResult(key, metrics, sub, out, pred_path, skipped=skipped)
     if report:
         from bonefrac.evaluation.report import build_report
 
-        result.report = build_report(run_dir)
+        result.report = build_report(run.path)
     return result

@@ -11,9 +11,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from bonefrac.evaluation.calibration import reliability_bins
-from bonefrac.evaluation.metrics import confusion_counts
 from bonefrac.fileio import atomic_path
+from bonefrac.metrics import confusion_counts, reliability_bins
 
 DPI = 110
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-from bonefrac.evaluation import rundir
-from bonefrac.evaluation.metrics import METRIC_NAMES, format_ci, is_metric_entry
 from bonefrac.fileio import atomic_open, read_json
+from bonefrac.metrics import METRIC_NAMES, format_ci, is_metric_entry
+from bonefrac.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -122,25 +122,25 @@ def _read_json_safe(path: Path) -> Any:
 # ---------------------------------------------------------------- sections
 
 
-def _section_config(run_dir: Path, model: dict[str, Any]) -> str:
+def _section_config(run: RunDir, model: dict[str, Any]) -> str:
     keys = ("architecture", "image_size", "pretrained", "class_names", "mean", "std", "created")
     parts = [_kv_table({k: model[k] for k in keys if k in model})]
     if isinstance(model.get("versions"), dict):
         parts.append("<h3>Versions</h3>" + _kv_table(model["versions"]))
-    cfg = run_dir / "config.yaml"
+    cfg = run.config_path
     if cfg.is_file():
         parts.append("<h3>config.yaml</h3><pre>" + _e(cfg.read_text(encoding="utf-8")) + "</pre>")
     else:
-        parts.append(_na("config.yaml not found"))
+        parts.append(_na(f"{cfg.name} not found"))
     return "".join(parts)
 
 
-def _section_data(run_dir: Path, model: dict[str, Any]) -> str:
+def _section_data(run: RunDir, model: dict[str, Any]) -> str:
     rows = []
     subgroup_counts: list[pd.DataFrame] = []
-    for name in rundir.available_predictions(run_dir):
+    for name in run.available_predictions():
         try:
-            df = rundir.load_predictions(run_dir, name)
+            df = run.predictions(name)
         except Exception as exc:  # noqa: BLE001 - a broken file must not break the report
             rows.append({"predictions": name, "n": f"unreadable: {exc}"})
             continue
@@ -164,19 +164,23 @@ def _section_data(run_dir: Path, model: dict[str, Any]) -> str:
     parts = []
     if "manifest_sha1" in model:
         parts.append(f"<p>Manifest SHA-1: <code>{_e(model['manifest_sha1'])}</code></p>")
-    parts.append(_df_table(pd.DataFrame(rows)) if rows else _na("no predictions/*.csv found"))
+    parts.append(
+        _df_table(pd.DataFrame(rows))
+        if rows
+        else _na(f"no prediction CSVs in {run.predictions_dir}")
+    )
     if subgroup_counts:
         parts.append("<h3>Images per subgroup</h3>")
         parts.append(_df_table(pd.concat(subgroup_counts, ignore_index=True)))
     return "".join(parts)
 
 
-def _section_training(run_dir: Path) -> str:
+def _section_training(run: RunDir) -> str:
     parts = []
-    png = run_dir / "plots" / "training_curves.png"
+    png = run.plot_path("training_curves")
     if png.is_file():
         parts.append('<div class="figs">' + _figure(png, "training curves", wide=True) + "</div>")
-    hist = run_dir / "history.csv"
+    hist = run.history_path
     if hist.is_file():
         try:
             h = pd.read_csv(hist)
@@ -232,8 +236,8 @@ def _section_metrics(metrics: dict[str, Any] | None) -> str:
     )
 
 
-def _section_plots(run_dir: Path, metrics: dict[str, Any] | None) -> str:
-    pdir = run_dir / "plots"
+def _section_plots(run: RunDir, metrics: dict[str, Any] | None) -> str:
+    pdir = run.plots_dir
     keys = [k for k in (metrics or {}) if isinstance((metrics or {})[k], dict)]
     if pdir.is_dir():
         keys += sorted({p.name[: -len("_roc.png")] for p in pdir.glob("*_roc.png")} - set(keys))
@@ -245,7 +249,7 @@ def _section_plots(run_dir: Path, metrics: dict[str, Any] | None) -> str:
     return "".join(parts) or _na("no evaluation plots yet: run 'bonefrac evaluate RUN'")
 
 
-def _section_threshold(run_dir: Path, model: dict[str, Any]) -> str:
+def _section_threshold(run: RunDir, model: dict[str, Any]) -> str:
     info = {
         "threshold": model.get("threshold", 0.5),
         "criterion": model.get("threshold_criterion", "default"),
@@ -268,16 +272,16 @@ def _section_threshold(run_dir: Path, model: dict[str, Any]) -> str:
         )
         if rows:
             parts.append(_df_table(pd.DataFrame(rows), digits=4))
-        pngs = sorted((run_dir / "plots").glob("calibration_*.png"))
+        pngs = sorted(run.plots_dir.glob("calibration_*.png"))
         parts.append(_figs([(p, p.stem.replace("_", " ")) for p in pngs]))
     else:
         parts.append(_na("not calibrated ('bonefrac calibrate RUN' fits a temperature)"))
     return "".join(parts)
 
 
-def _section_subgroups(run_dir: Path) -> str:
+def _section_subgroups(run: RunDir) -> str:
     parts = []
-    for csv in sorted((run_dir / "subgroups").glob("*.csv")):
+    for csv in sorted(run.subgroups_dir.glob("*.csv")):
         try:
             df = pd.read_csv(csv, keep_default_na=False, na_values=[""])
         except Exception:  # noqa: BLE001
@@ -295,8 +299,8 @@ def _section_subgroups(run_dir: Path) -> str:
     return "".join(parts) or _na("no subgroup columns (region, view, source, hardware) found")
 
 
-def _section_explain(run_dir: Path) -> str | None:
-    edir = run_dir / "explain"
+def _section_explain(run: RunDir) -> str | None:
+    edir = run.explain_dir
     if not edir.is_dir():
         return None
     parts = []
@@ -318,20 +322,20 @@ def _section_explain(run_dir: Path) -> str | None:
 
 def render_report(run_dir: str | Path) -> str:
     """The report's HTML text."""
-    run_dir = rundir.check_run_dir(run_dir)
-    model = rundir.load_model_json(run_dir)
-    metrics = _read_json_safe(run_dir / "metrics.json")
+    run = RunDir.open(run_dir)
+    model = run.raw_meta()
+    metrics = _read_json_safe(run.metrics_path)
     bodies = {
-        "config": _section_config(run_dir, model),
-        "data": _section_data(run_dir, model),
-        "training": _section_training(run_dir),
+        "config": _section_config(run, model),
+        "data": _section_data(run, model),
+        "training": _section_training(run),
         "metrics": _section_metrics(metrics),
-        "plots": _section_plots(run_dir, metrics),
-        "threshold": _section_threshold(run_dir, model),
-        "subgroups": _section_subgroups(run_dir),
-        "explain": _section_explain(run_dir),
+        "plots": _section_plots(run, metrics),
+        "threshold": _section_threshold(run, model),
+        "subgroups": _section_subgroups(run),
+        "explain": _section_explain(run),
     }
-    title = f"bonefrac report: {run_dir.resolve().name}"
+    title = f"bonefrac report: {run.name}"
     nav = " ".join(
         f'<a href="#{sid}">{_e(label)}</a>' for sid, label in SECTIONS if bodies[sid] is not None
     )
@@ -351,9 +355,8 @@ def render_report(run_dir: str | Path) -> str:
 
 def build_report(run_dir: str | Path) -> Path:
     """Write ``RUN/report.html`` atomically and return its path."""
-    run_dir = Path(run_dir)
     text = render_report(run_dir)
-    out = run_dir / "report.html"
+    out = RunDir(Path(run_dir)).report_path
     with atomic_open(out, "w", encoding="utf-8") as fh:
         fh.write(text)
     return out

@@ -9,7 +9,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from bonefrac.evaluation.metrics import METRIC_NAMES, format_ci
+from bonefrac.metrics import METRIC_NAMES, format_ci
 
 
 def markdown_table(head: Sequence[object], rows: Iterable[Sequence[object]]) -> str:

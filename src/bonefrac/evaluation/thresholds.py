@@ -24,8 +24,8 @@ import numpy as np
 from sklearn import metrics as skm
 
 from bonefrac.errors import ConfigError, DataError
-from bonefrac.evaluation import rundir
-from bonefrac.evaluation.metrics import compute_metrics
+from bonefrac.metrics import compute_metrics
+from bonefrac.rundir import RunDir, run_probabilities, usable_threshold
 
 CRITERIA_HELP = "f1 | youden | sensitivity:X | specificity:X  (X in (0, 1], e.g. sensitivity:0.90)"
 
@@ -96,30 +96,30 @@ def tune_threshold(run_dir: str | Path, criterion: str, on: str = "val") -> dict
         raise ConfigError(f"--on {on!r}: thresholds are tuned on 'val' only")
     name, target = parse_criterion(criterion)
     criterion = name if target is None else f"{name}:{target:g}"
-    run_dir = rundir.check_run_dir(run_dir)
-    model = rundir.load_model_json(run_dir)
-    temperature = rundir.run_temperature(model)
-    old = rundir.run_threshold(model)
+    run = RunDir.open(run_dir)
+    meta = run.meta()
+    temperature = meta.temperature
+    old = meta.threshold
 
-    val = rundir.load_predictions(run_dir, "val")
+    val = run.predictions("val")
     y_val = val["label"].to_numpy()
-    p_val = rundir.run_probabilities(val, temperature)
+    p_val = run_probabilities(val, meta)
     try:
-        new = choose_threshold(y_val, p_val, criterion)
+        new = usable_threshold(choose_threshold(y_val, p_val, criterion))
     except DataError as exc:
-        raise DataError(f"{rundir.prediction_path(run_dir, 'val')}: {exc}") from exc
+        raise DataError(f"{run.prediction_path('val')}: {exc}") from exc
 
     splits = {"val": (y_val, p_val)}
-    if rundir.prediction_path(run_dir, "test").is_file():
-        test = rundir.load_predictions(run_dir, "test")
-        splits["test"] = (test["label"].to_numpy(), rundir.run_probabilities(test, temperature))
+    if run.prediction_path("test").is_file():
+        test = run.predictions("test")
+        splits["test"] = (test["label"].to_numpy(), run_probabilities(test, meta))
 
     result: dict[str, Any] = {
         "criterion": criterion,
         "tuned_on": "val",
         "temperature": temperature,
         "old_threshold": old,
-        "old_criterion": model.get("threshold_criterion"),
+        "old_criterion": meta.get("threshold_criterion"),
         "new_threshold": new,
         "metrics": {},
     }
@@ -128,8 +128,7 @@ def tune_threshold(run_dir: str | Path, criterion: str, on: str = "val") -> dict
             "old": compute_metrics(y, p, old, n_boot=0),
             "new": compute_metrics(y, p, new, n_boot=0),
         }
-    rundir.update_model_json(
-        run_dir,
+    run.update_meta(
         threshold=new,
         threshold_criterion=criterion,
         threshold_tuned_on="val",

@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from bonefrac.errors import ConfigError, DataError, RunDirError
 from bonefrac.explain.cam import CAM_METHODS, check_method, explainer
@@ -49,6 +48,7 @@ from bonefrac.explain.localization import (
     summarise,
 )
 from bonefrac.fileio import atomic_path, write_json
+from bonefrac.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +92,18 @@ def explain_run(
     Returns ``{"out_dir", "method", "layer", "overlays": [paths], "grid", "localization"
     (the localization.json document, or None), "localization_path", "n_processed"}``.
     """
-    from bonefrac.models.runio import load_run
+    from bonefrac.inference.predictor import Predictor
 
     method = check_method(method)
     if n < 0:
         raise ConfigError(f"--n must be >= 0, got {n}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    run_dir = Path(run_dir)
-    run = load_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir / "explain"
-    manifest = _run_manifest(run.meta, required=score)
+    predictor = Predictor.from_run(run_dir)
+    run = predictor.run
+    assert run is not None
+    out = Path(out_dir) if out_dir is not None else run.explain_dir
+    manifest = _run_manifest(predictor.meta.get("manifest"), required=score)
 
     if images:
         items = _image_items(images, manifest)
@@ -110,7 +111,7 @@ def explain_run(
             item.overlay = True
         source = "images"
     else:
-        items = _split_items(run_dir, split, manifest)
+        items = _split_items(run, split, manifest)
         for item in select_for_overlay(items, n):
             item.overlay = True
         source = f"split {split}"
@@ -120,7 +121,7 @@ def explain_run(
     todo = [it for it in items if it.overlay] + [it for it in items if it.score and not it.overlay]
     if not todo:
         raise DataError(
-            f"{run_dir}: nothing to explain ({len(items)} images, n={n}, score={score})"
+            f"{run.path}: nothing to explain ({len(items)} images, n={n}, score={score})"
         )
 
     method_dir = out / method.replace("/", "_")
@@ -131,21 +132,20 @@ def explain_run(
     from rich.progress import Progress
 
     with (
-        explainer(run.model, method, layer) as ex,
+        explainer(predictor.torch_model, method, layer) as ex,
         Progress(disable=not progress, transient=True) as bar,
     ):
         layer_name = ex.layer_name if method in CAM_METHODS else None
         task = bar.add_task(f"explain ({method})", total=len(todo))
         for chunk in _batched(todo, batch_size):
-            arrays, sizes = _load_batch(chunk, run.image_size, run.clahe)
-            x = _to_model_input(arrays, run.mean, run.std)
-            exp = ex(x)
-            for item, heat, logit, size in zip(chunk, exp.heat, exp.logits, sizes, strict=True):
+            prepared = [predictor.prepare(item.path, name=item.path) for item in chunk]
+            exp = ex(predictor.input_tensor([p.array for p in prepared]))
+            for item, heat, logit, prep in zip(chunk, exp.heat, exp.logits, prepared, strict=True):
                 if item.logit is None:
                     item.logit = float(logit)
-                prob = _calibrated(item.logit, run.temperature)
+                prob = float(predictor.probabilities(item.logit))
                 _handle_item(
-                    item, heat, size, prob, method, method_dir, tolerance,
+                    item, heat, prep.decoded_size, prob, method, method_dir, tolerance,
                     overlays, panels, scored,
                 )  # fmt: skip
             bar.advance(task, len(chunk))
@@ -171,8 +171,8 @@ def explain_run(
             layer=layer_name,
             tolerance=tolerance,
             source=source,
-            run=str(run_dir),
-            image_size=run.image_size,
+            run=str(run.path),
+            image_size=predictor.image_size,
         )
         if not scored:
             loc["note"] = f"no {source} image has fracture boxes in the manifest; nothing scored"
@@ -219,10 +219,9 @@ def select_for_overlay(items: Sequence[Item], n: int) -> list[Item]:
 # --- records ------------------------------------------------------------------------------
 
 
-def _run_manifest(meta: dict[str, Any], required: bool) -> pd.DataFrame | None:
+def _run_manifest(path: str | None, required: bool) -> pd.DataFrame | None:
     from bonefrac.data.schema import read_manifest
 
-    path = meta.get("manifest")
     if path and Path(path).is_file():
         return read_manifest(path)
     msg = (
@@ -245,14 +244,9 @@ def _boxes(value: Any) -> list[list[float]]:
         return []
 
 
-def _split_items(run_dir: Path, split: str, manifest: pd.DataFrame | None) -> list[Item]:
-    path = run_dir / "predictions" / f"{split}.csv"
-    if not path.is_file():
-        raise RunDirError(
-            f"{path}: not found; explain reads the run's predictions for --split {split} "
-            "(made by 'bonefrac train' for val/test, or 'bonefrac evaluate RUN --manifest ...')"
-        )
-    df = pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False)
+def _split_items(run: RunDir, split: str, manifest: pd.DataFrame | None) -> list[Item]:
+    path = run.prediction_path(split)
+    df = run.read_predictions_raw(split)
     missing = [c for c in ("image_id", "path") if c not in df.columns]
     if missing:
         raise RunDirError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -328,37 +322,10 @@ def _batched(items: Sequence[Item], size: int) -> Iterable[list[Item]]:
         yield list(items[i : i + size])
 
 
-def _load_batch(
-    chunk: Sequence[Item], size: int, clahe: bool
-) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
-    from bonefrac.data.transforms import load_prepared
-
-    arrays, sizes = [], []
-    for item in chunk:
-        arr, original = load_prepared(item.path, size, clahe=clahe, name=item.path)
-        arrays.append(arr)
-        sizes.append(original)
-    return arrays, sizes
-
-
-def _to_model_input(arrays: list[np.ndarray], mean: Sequence[float], std: Sequence[float]):
-    from bonefrac.data.transforms import to_input
-
-    batch = torch.from_numpy(np.stack(arrays))[:, None]
-    return to_input(batch, mean, std, channels_last=False)
-
-
-def _calibrated(logit: float | None, temperature: float) -> float | None:
-    if logit is None:
-        return None
-    z = logit / (temperature or 1.0)
-    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
-
-
 def _handle_item(
     item: Item,
     heat: np.ndarray,
-    size: tuple[int, int],
+    decoded_size: tuple[int, int],
     prob: float | None,
     method: str,
     method_dir: Path,
@@ -369,12 +336,13 @@ def _handle_item(
 ) -> None:
     from bonefrac.explain.overlay import Panel, caption, render_overlay, save_png, thumbnail
 
+    size = decoded_size
     if item.overlay:
         from bonefrac.data.imageio import load_grayscale
 
         base = load_grayscale(item.path, name=item.path)  # full resolution, no JPEG draft
         size = base.size
-    full = heatmap_to_original(heat, size)
+    full = heatmap_to_original(heat, size, decoded_size)
     if item.overlay:
         img = render_overlay(base, full, item.boxes)
         path = save_png(img, method_dir / f"{safe_name(item.image_id)}.png")

@@ -25,7 +25,6 @@ import torch
 
 from bonefrac.errors import ModelError
 from bonefrac.fileio import atomic_path, file_sha256
-from bonefrac.inference.predictor import ONNX_FILE
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +105,14 @@ def export_onnx(
     (``skipped=True``) unless ``force``. Raises :class:`ModelError` when parity fails, leaving
     any previous ``model.onnx`` and ``model.json`` untouched.
     """
-    from bonefrac.models.runio import WEIGHTS, load_run, update_model_json
+    from bonefrac.models.runio import load_run
 
     start = time.perf_counter()
-    run = load_run(run_dir)
-    run_dir = Path(run_dir)
-    target = run_dir / ONNX_FILE
-    weights_sha = file_sha256(run_dir / WEIGHTS)
-    record = run.meta.get("onnx") or {}
+    loaded = load_run(run_dir)
+    run, meta = loaded.run, loaded.meta
+    target = run.onnx_path
+    weights_sha = file_sha256(run.weights_path)
+    record = meta.get("onnx") or {}
     if (
         not force
         and target.is_file()
@@ -122,24 +121,25 @@ def export_onnx(
     ):
         return ExportResult(target, opset, float(record.get("max_abs_diff", 0.0)), 0.0, True)
 
-    model = run.model.float().to(memory_format=torch.contiguous_format).eval()
+    model = loaded.model.float().to(memory_format=torch.contiguous_format).eval()
     with atomic_path(target) as tmp:
         try:
-            export_model(model, tmp, run.image_size, opset)
+            export_model(model, tmp, meta.image_size, opset)
         except Exception as exc:  # noqa: BLE001 - report any exporter failure the same way
             raise ModelError(
-                f"{run_dir}: ONNX export of {run.meta.get('architecture')!r} failed: {exc}"
+                f"{run.path}: ONNX export of {meta.architecture!r} failed: {exc}"
             ) from exc
-        diff = parity(model, tmp, sample_inputs(run.image_size))
+        diff = parity(model, tmp, sample_inputs(meta.image_size))
+        onnx_sha = file_sha256(tmp)
         if not diff < atol:
             raise ModelError(
-                f"{run_dir}: ONNX parity check failed: max |Δlogit| = {diff:.3g} >= {atol:g}; "
+                f"{run.path}: ONNX parity check failed: max |Δlogit| = {diff:.3g} >= {atol:g}; "
                 "model.onnx was not written (try another --opset)"
             )
-    update_model_json(
-        run_dir,
+    run.update_meta(
         onnx={
-            "file": ONNX_FILE,
+            "file": target.name,
+            "sha256": onnx_sha,
             "opset": opset,
             "max_abs_diff": diff,
             "weights_sha256": weights_sha,

@@ -26,16 +26,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bonefrac.data.imageio import MAX_PIXELS, _to_l, _window_to_uint8, load_grayscale
+from bonefrac.data.imageio import (
+    MAX_PIXELS,
+    array_to_grayscale,
+    image_to_grayscale,
+    load_grayscale,
+)
 from bonefrac.data.transforms import prepare_image, to_input
 from bonefrac.errors import ImageDecodeError, RunDirError
 from bonefrac.fileio import file_sha256
-from bonefrac.models.runio import RunMetaView
+from bonefrac.rundir import ModelMeta, RunDir, check_finite
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx")
-ONNX_FILE = "model.onnx"
 #: Long side of the greyscale image kept for overlays (heatmap=True).
 DISPLAY_MAX_SIDE = 1024
 
@@ -107,10 +111,10 @@ def prepare_input(
     of any numeric type, or ``(H, W, 3|4)`` colour) or a PIL image.
     """
     if isinstance(source, np.ndarray):
-        img = _array_to_l(source)
+        img = array_to_grayscale(source, name or "<array>")
         label = name or "<array>"
     elif isinstance(source, Image.Image):
-        img = _to_l(source)
+        img = image_to_grayscale(source)
         label = name or "<image>"
     else:
         label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
@@ -132,26 +136,6 @@ def prepare_input(
     return PreparedInput(prepare_image(img, size, clahe=clahe), (w, h), label, display)
 
 
-def _array_to_l(arr: np.ndarray) -> Image.Image:
-    arr = np.asarray(arr)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        rgb = arr[..., :3]
-        if rgb.dtype != np.uint8:
-            rgb = _window_to_uint8(rgb.astype(np.float32))
-        return Image.fromarray(np.ascontiguousarray(rgb), "RGB").convert("L")
-    if arr.ndim != 2:
-        raise ImageDecodeError(
-            "<array>", "not an image", f"expected (H, W) or (H, W, 3), got shape {arr.shape}"
-        )
-    if arr.dtype == np.uint8:
-        return Image.fromarray(np.ascontiguousarray(arr), "L")
-    if arr.dtype == np.bool_:
-        return Image.fromarray(arr.astype(np.uint8) * 255, "L")
-    return Image.fromarray(_window_to_uint8(arr.astype(np.float32)), "L")
-
-
 def heatmap_for_display(cam: np.ndarray, prepared: PreparedInput) -> np.ndarray:
     """Letterboxed ``(S, S)`` CAM -> ``(h, w)`` over ``prepared.display`` (padding cut off)."""
     from bonefrac.explain.localization import heatmap_to_original
@@ -160,21 +144,30 @@ def heatmap_for_display(cam: np.ndarray, prepared: PreparedInput) -> np.ndarray:
     return np.clip(heatmap_to_original(cam, target, prepared.decoded_size), 0.0, 1.0)
 
 
-class Predictor(RunMetaView):
-    """A run's model ready to predict. Thread-safe: model calls are serialised by a lock."""
+class Predictor:
+    """A model ready to predict: the one door from image to logit, probability and decision.
+
+    Built from a run directory (:meth:`from_run`, what predict / serve / explain / evaluate
+    use) or from a model in memory (:meth:`from_model`, what training uses for its val/test
+    predictions). Thread-safe: model calls are serialised by a lock.
+    """
 
     def __init__(
         self,
-        run_dir: Path,
-        meta: dict[str, Any],
-        backend: str,
+        meta: ModelMeta,
+        backend: str = "torch",
         *,
         model: torch.nn.Module | None = None,
         session: Any = None,
+        run: RunDir | None = None,
+        device: str | torch.device = "cpu",
     ) -> None:
-        self.run_dir = Path(run_dir)
+        if backend not in BACKENDS:
+            raise RunDirError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.meta = meta
         self.backend = backend
+        self.run = run
+        self.device = torch.device(device)
         self._model = model
         self._session = session
         self._lock = threading.Lock()  # torch forward, Grad-CAM hooks and ORT calls
@@ -183,29 +176,67 @@ class Predictor(RunMetaView):
     # --- construction ---------------------------------------------------------------------
     @classmethod
     def from_run(
-        cls, run_dir: str | Path, backend: str = "torch", threads: int | None = None
+        cls, run_dir: str | Path | RunDir, backend: str = "torch", threads: int | None = None
     ) -> Predictor:
-        """Load ``run_dir`` for ``backend`` ``torch`` or ``onnx`` (``RUN/model.onnx``)."""
-        from bonefrac.models.runio import load_run, read_model_json
+        """Load a run for ``backend`` ``torch`` or ``onnx`` (``RUN/model.onnx``).
 
-        run_dir = Path(run_dir)
+        Fails closed: invalid model.json, weights that do not match their recorded SHA-256,
+        an unreadable model file, or a model whose output on a fixed input is not finite is a
+        :class:`BonefracError`, never a predictor that answers anyway.
+        """
+        from bonefrac.models.runio import load_model
+
         if backend not in BACKENDS:
             raise RunDirError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+        meta = run.meta()
         if backend == "torch":
-            run = load_run(run_dir)
-            return cls(run_dir, run.meta, backend, model=run.model)
-        meta = read_model_json(run_dir)
-        session = open_onnx_session(run_dir, meta, threads=threads)
-        return cls(run_dir, meta, backend, session=session)
+            predictor = cls(meta, backend, model=load_model(run, meta), run=run)
+        else:
+            session = open_onnx_session(run, meta, threads=threads)
+            predictor = cls(meta, backend, session=session, run=run)
+        predictor.self_check()
+        return predictor
+
+    @classmethod
+    def from_model(
+        cls, model: torch.nn.Module, meta: ModelMeta, device: str | torch.device = "cpu"
+    ) -> Predictor:
+        """A predictor over a model in memory (moved to ``device``, eval mode)."""
+        return cls(meta, "torch", model=model.to(device).eval(), device=device)
 
     # --- settings from model.json ---------------------------------------------------------
     @property
     def name(self) -> str:
-        return self.run_dir.name
+        return self.run.name if self.run is not None else str(self.meta.get("name") or "")
 
     @property
     def architecture(self) -> str:
-        return str(self.meta.get("architecture", ""))
+        return self.meta.architecture
+
+    @property
+    def image_size(self) -> int:
+        return self.meta.image_size
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.meta.mean)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.meta.std)
+
+    @property
+    def clahe(self) -> bool:
+        return self.meta.clahe
+
+    @property
+    def threshold(self) -> float:
+        return self.meta.threshold
+
+    @property
+    def temperature(self) -> float:
+        return self.meta.temperature
 
     @property
     def torch_model(self) -> torch.nn.Module:
@@ -213,9 +244,11 @@ class Predictor(RunMetaView):
         if self._model is None:
             with self._load_lock:
                 if self._model is None:
-                    from bonefrac.models.runio import load_run
+                    from bonefrac.models.runio import load_model
 
-                    self._model = load_run(self.run_dir).model
+                    if self.run is None:
+                        raise RunDirError("this predictor has no PyTorch model to explain with")
+                    self._model = load_model(self.run, self.meta)
         return self._model
 
     # --- steps ----------------------------------------------------------------------------
@@ -238,50 +271,107 @@ class Predictor(RunMetaView):
             keep_display=keep_display,
         )
 
-    def _input(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
-        batch = torch.from_numpy(np.stack(arrays))[:, None]
-        return to_input(batch, self.mean, self.std).contiguous()
+    def input_tensor(self, arrays: Sequence[np.ndarray] | torch.Tensor) -> torch.Tensor:
+        """Letterboxed uint8 ``(S, S)`` arrays (or a ``(B, 1, S, S)`` uint8 tensor) -> the
+        normalised float batch the model takes, on the predictor's device."""
+        if isinstance(arrays, torch.Tensor):
+            batch = arrays
+        else:
+            batch = torch.from_numpy(np.stack(arrays))[:, None]
+        batch = batch.to(self.device)
+        if self.backend == "onnx":
+            return to_input(batch, self.mean, self.std).contiguous()
+        return to_input(batch, self.mean, self.std, channels_last=True)
 
-    def logits(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
-        """Raw logits ``(B,)`` for letterboxed uint8 ``(S, S)`` arrays."""
-        if len(arrays) == 0:
-            return np.zeros(0, dtype=np.float32)
-        x = self._input(arrays)
+    def _forward(self, x: torch.Tensor) -> np.ndarray:
+        n = x.shape[0]
         with self._lock:
             if self.backend == "onnx":
-                out = self._session.run(None, {self._session.get_inputs()[0].name: x.numpy()})[0]
-                return np.asarray(out, dtype=np.float32).reshape(len(arrays), -1)[:, 0]
+                feed = {self._session.get_inputs()[0].name: x.cpu().numpy()}
+                out = self._session.run(None, feed)[0]
+                return np.asarray(out, dtype=np.float32).reshape(n, -1)[:, 0]
             with torch.inference_mode():
-                return self._model(x).float().reshape(len(arrays), -1)[:, 0].numpy()
+                return self._model(x).float().reshape(n, -1)[:, 0].cpu().numpy()
+
+    def logits(self, arrays: Sequence[np.ndarray] | torch.Tensor, tta: bool = False) -> np.ndarray:
+        """Raw logits ``(B,)``; ``tta``: the mean logit of each image and its mirror image."""
+        if len(arrays) == 0:
+            return np.zeros(0, dtype=np.float32)
+        x = self.input_tensor(arrays)
+        out = self._forward(x)
+        if tta:
+            out = 0.5 * (out + self._forward(torch.flip(x, dims=[3])))
+        return out
+
+    def dataset_logits(
+        self,
+        dataset: Any,
+        batch_size: int = 32,
+        *,
+        num_workers: int = 0,
+        progress: bool = True,
+        description: str = "predicting",
+        tta: bool = False,
+    ) -> np.ndarray:
+        """Logits for every item of a :class:`~bonefrac.data.dataset.RadiographDataset`, in
+        order; a non-finite logit is a :class:`ModelOutputError`."""
+        from rich.progress import Progress
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        out: list[np.ndarray] = []
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task(description, total=len(dataset))
+            for x, _ in loader:
+                out.append(self.logits(x, tta=tta))
+                bar.advance(task, len(x))
+        logits = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        check_finite(logits, f"{self.name or self.architecture}: {description}")
+        return logits
 
     def cams(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Grad-CAM of the fracture logit, ``(B, S, S)`` in ``[0, 1]`` (PyTorch model)."""
         from bonefrac.explain.cam import explainer
 
         model = self.torch_model
-        x = self._input(arrays)
+        x = to_input(torch.from_numpy(np.stack(arrays))[:, None], self.mean, self.std)
         with self._lock, explainer(model, "gradcam") as ex:
             return ex(x).heat
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        z = np.asarray(logits, dtype=np.float64) / self.temperature
-        return 1.0 / (1.0 + np.exp(-z))
+        """Calibrated ``sigmoid(logit / temperature)``."""
+        return self.meta.probability(logits)
+
+    def self_check(self) -> None:
+        """Run the model on a fixed input; a non-finite output is a :class:`ModelOutputError`
+        (a model that cannot be trusted refuses to start instead of answering)."""
+        size = self.image_size
+        ramp = np.linspace(0, 255, size, dtype=np.float32)
+        probe = (np.add.outer(ramp, ramp) / 2).astype(np.uint8)
+        check_finite(
+            self.logits([probe, np.full((size, size), 128, np.uint8)]),
+            f"{self.name or self.architecture}: self-check on a fixed input",
+        )
 
     def predict_prepared(
         self, prepared: Sequence[PreparedInput], heatmap: bool = False
     ) -> list[Prediction]:
+        """Predictions for decoded inputs; a non-finite logit raises :class:`ModelOutputError`
+        for the whole batch (never a decision)."""
         arrays = [p.array for p in prepared]
-        logits = self.logits(arrays)
+        logits = check_finite(
+            self.logits(arrays), ", ".join(p.name for p in prepared[:3]) or "batch"
+        )
         probs = self.probabilities(logits)
+        decisions = self.meta.decide(probs)
         heats = self.cams(arrays) if heatmap and arrays else None
         out = []
-        thr = self.threshold
         for i, p in enumerate(prepared):
             pred = Prediction(
                 probability=float(probs[i]),
                 logit=float(logits[i]),
-                decision=bool(probs[i] >= thr),
-                threshold=thr,
+                decision=bool(decisions[i]),
+                threshold=self.threshold,
                 name=p.name,
             )
             if heats is not None:
@@ -322,27 +412,41 @@ class Predictor(RunMetaView):
         return results
 
 
-def open_onnx_session(run_dir: Path, meta: dict[str, Any], threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session on ``RUN/model.onnx``; refuses a stale export."""
+def open_onnx_session(run: RunDir, meta: ModelMeta, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session on ``RUN/model.onnx``; refuses a stale or corrupt export."""
     import onnxruntime as ort
 
-    path = run_dir / ONNX_FILE
+    path = run.onnx_path
     if not path.is_file():
-        raise RunDirError(f"{path}: not found; run 'bonefrac export {run_dir} --onnx' first")
+        raise RunDirError(f"{path}: not found; run 'bonefrac export {run.path} --onnx' first")
     record = meta.get("onnx") or {}
-    weights = run_dir / "model.safetensors"
-    if record.get("weights_sha256") and weights.is_file():
-        if file_sha256(weights) != record["weights_sha256"]:
+    if not isinstance(record, dict):
+        raise RunDirError(f"{run.meta_path}: 'onnx' must be an object; re-export the model")
+    if record.get("weights_sha256") and run.weights_path.is_file():
+        if file_sha256(run.weights_path) != record["weights_sha256"]:
             raise RunDirError(
-                f"{path}: exported from other weights than {weights}; "
-                f"re-run 'bonefrac export {run_dir} --onnx'"
+                f"{path}: exported from other weights than {run.weights_path}; "
+                f"re-run 'bonefrac export {run.path} --onnx'"
             )
     else:
         log.warning("%s: no export record in model.json; cannot check it is up to date", path)
+    if record.get("sha256") and file_sha256(path) != record["sha256"]:
+        raise RunDirError(
+            f"{path}: SHA-256 differs from the one recorded at export: the file is corrupted "
+            f"or was replaced; re-run 'bonefrac export {run.path} --onnx --force'"
+        )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        raise RunDirError(
+            f"{path}: ONNX Runtime cannot load it ({str(exc)[:200]}); "
+            f"re-run 'bonefrac export {run.path} --onnx --force'"
+        ) from None

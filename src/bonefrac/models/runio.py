@@ -1,123 +1,97 @@
-"""Reading and writing a run directory's model: ``model.safetensors`` + ``model.json``."""
+"""A run's model on disk: ``model.safetensors`` written at training, loaded and checked later.
+
+Loading fails closed: the weights must match the SHA-256 recorded in model.json, the file must
+be a readable safetensors of the recorded architecture, and the metadata must validate. Any of
+these problems is a :class:`RunDirError` naming the file, never a model that answers anyway.
+"""
 
 from __future__ import annotations
 
-import platform
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from bonefrac.errors import RunDirError
-from bonefrac.fileio import atomic_path, read_json, write_json
+from bonefrac.errors import BonefracError, RunDirError
+from bonefrac.fileio import atomic_path, file_sha256
 from bonefrac.models.classifier import FractureClassifier
+from bonefrac.rundir import ModelMeta, RunDir
 
-MODEL_JSON = "model.json"
-WEIGHTS = "model.safetensors"
-
-
-def library_versions() -> dict[str, str]:
-    import lightning
-    import timm
-    import torchvision
-
-    import bonefrac
-
-    return {
-        "bonefrac": bonefrac.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        "lightning": lightning.__version__,
-        "python": platform.python_version(),
-    }
+log = logging.getLogger(__name__)
 
 
-def save_weights(model: FractureClassifier, run_dir: str | Path) -> Path:
+def save_weights(model: FractureClassifier, run: RunDir) -> str:
+    """Write ``model.safetensors`` atomically; return its SHA-256 (recorded in model.json)."""
     from safetensors.torch import save_file
 
-    path = Path(run_dir) / WEIGHTS
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
+    with atomic_path(run.weights_path) as tmp:
         save_file(state, str(tmp))
-    return path
+    return file_sha256(run.weights_path)
 
 
-def read_model_json(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / MODEL_JSON
+def verify_weights(run: RunDir, meta: ModelMeta) -> None:
+    """Refuse weights whose SHA-256 differs from model.json's ``weights_sha256``."""
+    path = run.weights_path
     if not path.is_file():
-        raise RunDirError(
-            f"{path}: not found; is {run_dir} a run directory made by 'bonefrac train'?"
+        raise RunDirError(f"{path}: not found; training did not finish for {run.path}")
+    if meta.weights_sha256 is None:
+        log.warning(
+            "%s: model.json records no weights_sha256 (a run from an older bonefrac), so the "
+            "weights cannot be checked for corruption",
+            path,
         )
-    return read_json(path)
-
-
-def update_model_json(run_dir: str | Path, **changes: Any) -> dict[str, Any]:
-    """Read-modify-write ``model.json`` atomically, keeping unknown keys."""
-    meta = read_model_json(run_dir)
-    meta.update(changes)
-    write_json(Path(run_dir) / MODEL_JSON, meta)
-    return meta
-
-
-class RunMetaView:
-    """Read-only accessors for the ``model.json`` settings every consumer needs (``self.meta``)."""
-
-    meta: dict[str, Any]
-
-    @property
-    def image_size(self) -> int:
-        return int(self.meta["image_size"])
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return tuple(self.meta["mean"])
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return tuple(self.meta["std"])
-
-    @property
-    def clahe(self) -> bool:
-        return bool(self.meta.get("preprocess", {}).get("clahe", False))
-
-    @property
-    def threshold(self) -> float:
-        return float(self.meta.get("threshold", 0.5))
-
-    @property
-    def temperature(self) -> float:
-        return float(self.meta.get("temperature", 1.0) or 1.0)
+        return
+    if file_sha256(path) != meta.weights_sha256:
+        raise RunDirError(
+            f"{path}: SHA-256 differs from the one recorded in model.json at training: the "
+            "weights are corrupted or were replaced; restore the file or retrain"
+        )
 
 
 @dataclass
-class LoadedRun(RunMetaView):
-    """A run's model in eval mode on CPU, plus its ``model.json``."""
+class LoadedRun:
+    """A run's model in eval mode on CPU, plus its validated ``model.json``."""
 
-    run_dir: Path
+    run: RunDir
     model: FractureClassifier
-    meta: dict[str, Any]
+    meta: ModelMeta
 
 
-def load_run(run_dir: str | Path) -> LoadedRun:
-    """Rebuild the architecture from model.json and load ``model.safetensors`` (no pickle)."""
+def load_model(run: RunDir, meta: ModelMeta) -> FractureClassifier:
+    """Rebuild the architecture named in model.json and load the checked weights (no pickle)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from bonefrac.models.registry import build_model
 
-    run_dir = Path(run_dir)
-    meta = read_model_json(run_dir)
-    weights = run_dir / WEIGHTS
-    if not weights.is_file():
-        raise RunDirError(f"{weights}: not found; training did not finish for {run_dir}")
-    model = build_model(meta["architecture"], pretrained="none", dropout=meta.get("dropout", 0.0))
-    state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    verify_weights(run, meta)
+    path = run.weights_path
+    try:
+        model = build_model(meta.architecture, pretrained="none", dropout=meta.dropout)
+    except BonefracError as exc:
+        raise RunDirError(f"{run.meta_path}: architecture {meta.architecture!r}: {exc}") from None
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RunDirError(
+            f"{path}: not a readable safetensors file ({exc}); restore it or retrain"
+        ) from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise RunDirError(
+            f"{path}: does not match architecture {meta.architecture!r} ({str(exc)[:200]})"
+        ) from None
     if missing or unexpected:
         raise RunDirError(
-            f"{weights}: does not match architecture {meta['architecture']!r}"
+            f"{path}: does not match architecture {meta.architecture!r}"
             f" (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    model.eval()
-    return LoadedRun(run_dir, model, meta)
+    return model.eval()
+
+
+def load_run(run_dir: str | Path | RunDir) -> LoadedRun:
+    """Open a finished run: validated model.json and its checked weights, on CPU."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+    meta = run.meta()
+    return LoadedRun(run, load_model(run, meta), meta)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 import warnings
 from datetime import datetime, timezone
@@ -13,25 +12,31 @@ from typing import Any
 import lightning as L
 import torch
 
-from bonefrac.config import ExperimentConfig, config_to_yaml, load_config
+from bonefrac.config import ExperimentConfig
 from bonefrac.data.schema import read_manifest
-from bonefrac.errors import RunDirError
-from bonefrac.fileio import atomic_open, file_sha1, write_csv, write_json
+from bonefrac.fileio import file_sha1
+from bonefrac.inference.predictor import Predictor
 from bonefrac.models.registry import build_model, resolve_spec
-from bonefrac.models.runio import MODEL_JSON, library_versions, save_weights
+from bonefrac.models.runio import save_weights
+from bonefrac.rundir import (
+    CLASS_NAMES,
+    RUN_SPLITS,
+    ModelMeta,
+    RunDir,
+    library_versions,
+    metrics_entry,
+    predictions_frame,
+)
 from bonefrac.training.datamodule import FractureDataModule, split_frames
 from bonefrac.training.history import HistoryCallback, plot_training_curves
 from bonefrac.training.losses import resolve_pos_weight
 from bonefrac.training.module import FractureModule
-from bonefrac.training.predict import predict_logits, predictions_frame
 
 log = logging.getLogger(__name__)
 
 # Expected with frozen parts (their BatchNorm stays in eval mode) and harmless: keep logs clean.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
-
-CLASS_NAMES = ["not_fractured", "fractured"]
 
 
 def resolve_precision(cfg: ExperimentConfig) -> str:
@@ -59,7 +64,6 @@ def train(
     before ``out`` is created, so bad input leaves nothing behind.
     """
     manifest = Path(manifest).resolve()
-    out = Path(out)
     cfg = cfg.model_copy(deep=True)
     cfg.data.manifest = str(manifest)
     frame = read_manifest(manifest, require_split=True)
@@ -68,15 +72,10 @@ def train(
     )
     L.seed_everything(cfg.seed, verbose=False)
     model = _build(cfg)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise RunDirError(f"{out}: already exists and is not empty; pass --force to overwrite")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out / "config.yaml", "w", encoding="utf-8") as fh:
-        fh.write(config_to_yaml(cfg))
+    run = RunDir.create(out, force=force)
+    run.write_config(cfg)
     return _fit(
-        cfg, frames, model, out, manifest, resume=False, progress=progress, callbacks=callbacks
+        cfg, frames, model, run, manifest, resume=False, progress=progress, callbacks=callbacks
     )
 
 
@@ -84,13 +83,8 @@ def resume(
     run_dir: str | Path, *, progress: bool = True, callbacks: list[L.Callback] | None = None
 ) -> Path:
     """Continue ``run_dir`` from ``checkpoints/last.ckpt`` to the configured final epoch."""
-    run_dir = Path(run_dir)
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    if not (run_dir / "config.yaml").is_file():
-        raise RunDirError(f"{run_dir}: no config.yaml; not a bonefrac run directory")
-    if not ckpt.is_file():
-        raise RunDirError(f"{ckpt}: not found; nothing to resume (train again instead)")
-    cfg = load_config(run_dir / "config.yaml")
+    run = RunDir.for_resume(run_dir)
+    cfg = run.config()
     manifest = Path(cfg.data.manifest or "")
     frame = read_manifest(manifest, require_split=True)
     frames = split_frames(
@@ -99,7 +93,7 @@ def resume(
     L.seed_everything(cfg.seed, verbose=False)
     model = _build(cfg)
     return _fit(
-        cfg, frames, model, run_dir, manifest, resume=True, progress=progress, callbacks=callbacks
+        cfg, frames, model, run, manifest, resume=True, progress=progress, callbacks=callbacks
     )
 
 
@@ -121,7 +115,7 @@ def _fit(
     cfg: ExperimentConfig,
     frames: dict,
     model: Any,
-    out: Path,
+    run: RunDir,
     manifest: Path,
     *,
     resume: bool,
@@ -137,7 +131,7 @@ def _fit(
         steps = min(steps, cfg.train.max_steps_per_epoch)
     pos_weight = resolve_pos_weight(cfg.train.pos_weight, frames["train"]["label"].to_numpy())
     module = FractureModule(model, cfg, spec.mean, spec.std, pos_weight, steps)
-    ckpt_dir = out / "checkpoints"
+    ckpt_dir = run.checkpoints_dir
     mode = "min" if cfg.train.monitor == "val_loss" else "max"
     best_cb = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -149,7 +143,7 @@ def _fit(
         enable_version_counter=False,
         auto_insert_metric_name=False,
     )
-    all_callbacks: list[L.Callback] = [best_cb, HistoryCallback(out / "history.csv")]
+    all_callbacks: list[L.Callback] = [best_cb, HistoryCallback(run.history_path)]
     if cfg.train.early_stopping_patience:
         all_callbacks.append(
             L.pytorch.callbacks.EarlyStopping(
@@ -174,22 +168,22 @@ def _fit(
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        default_root_dir=str(out),
+        default_root_dir=str(run.path),
     )
-    ckpt_path = str(ckpt_dir / "last.ckpt") if resume else None
+    ckpt_path = str(run.last_checkpoint) if resume else None
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     if not trainer.is_global_zero:
-        return out
+        return run.path
     if trainer.interrupted:
-        log.warning("training interrupted; resume with: bonefrac train --resume %s", out)
-        return out
-    best_path = best_cb.best_model_path or str(ckpt_dir / "last.ckpt")
+        log.warning("training interrupted; resume with: bonefrac train --resume %s", run.path)
+        return run.path
+    best_path = best_cb.best_model_path or str(run.last_checkpoint)
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     model = module.model.cpu().eval()
     wall = time.perf_counter() - start
-    _write_outputs(cfg, dm, model, spec, out, manifest, best_cb, trainer, wall, progress)
-    return out
+    _write_outputs(cfg, dm, model, spec, run, manifest, best_cb, trainer, wall, progress)
+    return run.path
 
 
 def _write_outputs(
@@ -197,38 +191,16 @@ def _write_outputs(
     dm: FractureDataModule,
     model: Any,
     spec: Any,
-    out: Path,
+    run: RunDir,
     manifest: Path,
     best_cb: Any,
     trainer: L.Trainer,
     wall_seconds: float,
     progress: bool,
 ) -> None:
-    from bonefrac.evaluation.metrics import compute_metrics
-
-    save_weights(model, out)
-    device = trainer.strategy.root_device  # predict where training ran
-    metrics: dict[str, Any] = {}
-    for split in ("val", "test"):
-        ds = dm.datasets[split]
-        logits = predict_logits(
-            model,
-            ds,
-            spec.mean,
-            spec.std,
-            cfg.data.eval_batch_size,
-            device=device,
-            progress=progress,
-            description=f"predicting {split}",
-        )
-        preds = predictions_frame(ds.frame, logits)
-        write_csv(out / "predictions" / f"{split}.csv", preds)
-        metrics[split] = compute_metrics(preds["label"].to_numpy(), preds["prob"].to_numpy(), 0.5)
-    model.cpu()
-    write_json(out / "metrics.json", metrics)
-    plot_training_curves(out / "history.csv", out / "plots" / "training_curves.png")
+    weights_sha256 = save_weights(model, run)
     score = best_cb.best_model_score
-    meta = {
+    raw_meta = {
         "name": cfg.name,
         "architecture": cfg.model.name,
         "library_arch": spec.arch,
@@ -244,6 +216,7 @@ def _write_outputs(
         "input": {"channels": 3, "layout": "NCHW", "dtype": "float32"},
         "pretrained": cfg.model.pretrained,
         "weights_path": cfg.model.weights_path,
+        "weights_sha256": weights_sha256,
         "freeze": cfg.model.freeze,
         "dropout": cfg.model.dropout,
         "seed": cfg.seed,
@@ -258,4 +231,19 @@ def _write_outputs(
         "versions": library_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json(out / MODEL_JSON, meta)
+    meta = ModelMeta.parse(raw_meta, run.meta_path)
+    # predict val/test where training ran, through the same door as evaluate/predict/serve
+    predictor = Predictor.from_model(model, meta, device=trainer.strategy.root_device)
+    for split in RUN_SPLITS:
+        ds = dm.datasets[split]
+        logits = predictor.dataset_logits(
+            ds, cfg.data.eval_batch_size, progress=progress, description=f"predicting {split}"
+        )
+        preds = predictions_frame(ds.frame, logits)
+        run.write_predictions(split, preds)
+        run.merge_metrics(
+            split, metrics_entry(preds["label"].to_numpy(), preds["prob"].to_numpy(), meta)
+        )
+    model.cpu()
+    plot_training_curves(run.history_path, run.plot_path("training_curves"))
+    run.write_meta(raw_meta)

@@ -19,8 +19,9 @@ import pandas as pd
 from rich.markup import escape
 from rich.table import Table
 
-from bonefrac.config import build_config, config_to_yaml, load_config
+from bonefrac.config import build_config, config_to_yaml
 from bonefrac.fileio import atomic_open, atomic_path, write_csv
+from bonefrac.rundir import RunDir
 from bonefrac.tuning.study import TRIAL_METRICS, load_study
 
 log = logging.getLogger(__name__)
@@ -137,23 +138,23 @@ def _study_dir(study: optuna.Study) -> Path:
 def _write_best_yaml(
     study: optuna.Study, best: optuna.trial.FrozenTrial, path: Path, notes: list[str]
 ) -> Path | None:
-    run_dir = Path(best.user_attrs.get("run_dir", ""))
-    if (run_dir / "config.yaml").is_file():
-        cfg = load_config(run_dir / "config.yaml")
+    run = RunDir(Path(best.user_attrs.get("run_dir", "")))
+    if run.config_path.is_file():
+        cfg = run.config()
     elif isinstance(best.user_attrs.get("config"), dict):
         cfg = build_config(
             best.user_attrs["config"], f"study {study.study_name} trial {best.number}"
         )
-        notes.append(f"{run_dir}/config.yaml not found here; best.yaml rebuilt from the study")
+        notes.append(f"{run.config_path} not found here; best.yaml rebuilt from the study")
     else:
-        notes.append(f"best trial {best.number}: no config.yaml and no stored config")
+        notes.append(f"best trial {best.number}: no {run.config_path.name} and no stored config")
         return None
     cfg.name = f"{study.study_name}-best"
     params = ", ".join(f"{k}={v}" for k, v in best.params.items())
     header = (
         f"# Best trial {best.number} of study {study.study_name!r}: "
         f"{study.user_attrs.get('objective', 'value')} = {best.value:.4f}\n"
-        f"# run directory: {run_dir}\n"
+        f"# run directory: {run.path}\n"
         f"# searched parameters: {params}\n"
         "# Train it with: bonefrac train --config best.yaml --manifest MANIFEST --out RUN_DIR\n"
     )

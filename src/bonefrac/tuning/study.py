@@ -24,7 +24,7 @@ import optuna
 
 from bonefrac.config import ExperimentConfig, load_config
 from bonefrac.errors import ConfigError, RunDirError
-from bonefrac.fileio import read_json
+from bonefrac.rundir import RunDir
 from bonefrac.tuning.space import SearchSpace, load_space
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,9 @@ class Objective:
     def value(self, run_dir: Path) -> float:
         """The objective for a finished run directory (its saved model, val predictions)."""
         if self.name == "sens_at_spec":
-            import pandas as pd
-
-            preds = pd.read_csv(run_dir / "predictions" / "val.csv")
+            preds = RunDir(run_dir).predictions("val")
             return sensitivity_at_specificity(preds["label"], preds["prob"], self.target or 0.0)
-        metrics = read_json(run_dir / "metrics.json")["val"]
+        metrics = RunDir(run_dir).metrics()["val"]
         value = metrics[self.name.removeprefix("val_")]["value"]
         return float("nan") if value is None else float(value)
 
@@ -258,9 +256,10 @@ def _run_trial(
         train(cfg, manifest, run_dir, progress=progress, callbacks=callbacks)
     except SystemExit as exc:  # Lightning turns Ctrl+C into SystemExit after cleaning up
         raise KeyboardInterrupt from exc
-    if not (run_dir / "metrics.json").is_file():
-        raise RunDirError(f"{run_dir}: training stopped before writing metrics.json")
-    val = read_json(run_dir / "metrics.json").get("val", {})
+    run = RunDir(run_dir)
+    if not run.metrics_path.is_file():
+        raise RunDirError(f"{run_dir}: training stopped before writing {run.metrics_path.name}")
+    val = run.metrics().get("val", {})
     for key in TRIAL_METRICS:
         value = (val.get(key) or {}).get("value")
         trial.set_user_attr(key, None if value is None else float(value))

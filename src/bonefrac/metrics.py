@@ -35,6 +35,8 @@ METRIC_NAMES = (
 #: Metrics that do not depend on the threshold.
 RANKING_METRICS = ("roc_auc", "pr_auc")
 
+#: Equal-width probability bins of the reliability diagram and ECE.
+N_BINS = 15
 _MAX_CELLS = 4_000_000  # bootstrap chunk size (resamples x rows) to bound memory
 
 
@@ -265,3 +267,36 @@ def format_ci(entry: dict | None, digits: int = 3) -> str:
     if entry.get("ci_low") is None or entry.get("ci_high") is None:
         return v
     return f"{v} [{entry['ci_low']:.{digits}f}, {entry['ci_high']:.{digits}f}]"
+
+
+# --- calibration ----------------------------------------------------------------------------
+
+
+def reliability_bins(y_true: Any, prob: Any, n_bins: int = N_BINS) -> dict[str, Any]:
+    """Equal-width bins over [0, 1]: edges, count, mean_prob, frac_pos (NaN when empty), ece."""
+    y = np.asarray(y_true, dtype=float)
+    p = np.asarray(prob, dtype=float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(float)
+    sum_p = np.bincount(idx, weights=p, minlength=n_bins)
+    sum_y = np.bincount(idx, weights=y, minlength=n_bins)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_p = np.where(count > 0, sum_p / count, np.nan)
+        frac = np.where(count > 0, sum_y / count, np.nan)
+    n = max(len(p), 1)
+    ece = float(np.nansum(count / n * np.abs(frac - mean_p))) if len(p) else float("nan")
+    return {"edges": edges, "count": count, "mean_prob": mean_p, "frac_pos": frac, "ece": ece}
+
+
+def expected_calibration_error(y_true: Any, prob: Any, n_bins: int = N_BINS) -> float:
+    """Binary reliability ECE: ``sum_b n_b / n * |mean(y)_b - mean(p)_b|`` over equal bins."""
+    return reliability_bins(y_true, prob, n_bins)["ece"]
+
+
+def brier_score(y_true: Any, prob: Any) -> float:
+    """Mean squared error of the probabilities (scikit-learn's ``brier_score_loss``)."""
+    y = np.asarray(y_true, dtype=int)
+    if not len(y):
+        return float("nan")
+    return float(skm.brier_score_loss(y, np.asarray(prob, dtype=float), pos_label=1))

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from bonefrac.data.schema import read_manifest
 from bonefrac.errors import RunDirError
-from bonefrac.evaluation.rundir import check_run_dir
-from bonefrac.fileio import atomic_open, file_sha1, write_csv
-from bonefrac.models.runio import read_model_json, update_model_json
+from bonefrac.fileio import file_sha1
+
+if TYPE_CHECKING:
+    from bonefrac.rundir.layout import RunDir
 
 
 def _keys(df: pd.DataFrame, with_source: bool) -> pd.Series:
@@ -28,18 +29,18 @@ def _keys(df: pd.DataFrame, with_source: bool) -> pd.Series:
     return df["source"].astype(str) + "/" + ids if with_source else ids
 
 
-def relocate_run(run_dir: str | Path, manifest: str | Path) -> dict[str, Any]:
+def relocate_run(run: RunDir, manifest: str | Path) -> dict[str, Any]:
     """Rewrite the run's image and manifest paths to ``manifest``'s; return a summary."""
-    run_dir = check_run_dir(run_dir)
     manifest = Path(manifest).resolve()
     new = read_manifest(manifest)
-    files = sorted((run_dir / "predictions").glob("*.csv"))
-    if not files:
-        raise RunDirError(f"{run_dir / 'predictions'}: no prediction CSVs to relocate")
+    names = run.available_predictions()
+    if not names:
+        raise RunDirError(f"{run.predictions_dir}: no prediction CSVs to relocate")
     lookups: dict[bool, pd.DataFrame] = {}  # keyed by "match on source too"
-    rewritten: dict[Path, pd.DataFrame] = {}
-    for path in files:
-        df = pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False)
+    rewritten: dict[str, pd.DataFrame] = {}
+    for name in names:
+        path = run.prediction_path(name)
+        df = run.read_predictions_raw(name)
         if "image_id" not in df.columns:
             raise RunDirError(f"{path}: no image_id column, so rows cannot be matched")
         with_source = "source" in df.columns and "source" in new.columns
@@ -64,25 +65,19 @@ def relocate_run(run_dir: str | Path, manifest: str | Path) -> dict[str, Any]:
                 )
         out = df.copy()
         out["path"] = matched["path"].to_numpy()
-        rewritten[path] = out
-    for path, df in rewritten.items():
-        write_csv(path, df)
-    old = read_model_json(run_dir).get("manifest")
+        rewritten[name] = out
+    for name, df in rewritten.items():
+        run.write_predictions(name, df)
+    old = run.raw_meta().get("manifest")
     moved = {"from": old, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    update_model_json(
-        run_dir, manifest=str(manifest), manifest_sha1=file_sha1(manifest), relocated=moved
-    )
-    config = run_dir / "config.yaml"
-    if config.is_file():
-        from bonefrac.config import config_to_yaml, load_config
-
-        cfg = load_config(config)
+    run.update_meta(manifest=str(manifest), manifest_sha1=file_sha1(manifest), relocated=moved)
+    if run.config_path.is_file():
+        cfg = run.config()
         cfg.data.manifest = str(manifest)
-        with atomic_open(config, "w", encoding="utf-8") as fh:
-            fh.write(config_to_yaml(cfg))
+        run.write_config(cfg)
     return {
-        "run": str(run_dir),
+        "run": str(run.path),
         "manifest": str(manifest),
         "previous_manifest": old,
-        "files": {p.name: len(df) for p, df in rewritten.items()},
+        "files": {run.prediction_path(n).name: len(df) for n, df in rewritten.items()},
     }

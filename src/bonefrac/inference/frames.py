@@ -1,0 +1,90 @@
+"""Predict every row of a manifest-like table (``path, label``) with a run's model.
+
+Used by ``bonefrac evaluate --manifest`` (external validation) and the benchmarks. Images go
+through :class:`~bonefrac.inference.predictor.Predictor`, the same door as ``predict`` and
+``serve``. An image that cannot be decoded is skipped and listed, so one bad file in a
+hospital's CSV does not stop the evaluation of the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bonefrac.errors import DataError, ImageDecodeError
+from bonefrac.inference.predictor import Predictor
+from bonefrac.rundir import check_finite, predictions_frame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FramePrediction:
+    """The predictions CSV for the rows that decoded, and the rows that did not."""
+
+    predictions: pd.DataFrame
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def predict_frame(
+    predictor: Predictor,
+    df: pd.DataFrame,
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+    tta: bool = False,
+) -> FramePrediction:
+    """Predictions (predictions CSV layout) for the rows of ``df`` whose image decodes."""
+    from rich.progress import Progress
+
+    frame = df.reset_index(drop=True).copy()
+    if "image_id" not in frame.columns:
+        frame["image_id"] = [Path(p).name for p in frame["path"]]
+    kept: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    logits: list[np.ndarray] = []
+    arrays: list[np.ndarray] = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("predicting", total=len(frame))
+        for i, path in enumerate(frame["path"].astype(str)):
+            try:
+                arrays.append(predictor.prepare(path, name=path).array)
+                kept.append(i)
+            except ImageDecodeError as exc:
+                skipped.append((path, f"{exc.reason}: {exc.detail}" if exc.detail else exc.reason))
+            if len(arrays) >= batch_size:
+                logits.append(predictor.logits(arrays, tta=tta))
+                arrays = []
+            bar.advance(task)
+        if arrays:
+            logits.append(predictor.logits(arrays, tta=tta))
+    if not kept:
+        raise DataError(
+            f"none of the {len(frame)} images could be decoded (first: {skipped[0][0]}: "
+            f"{skipped[0][1]})"
+            if skipped
+            else "no rows to predict"
+        )
+    all_logits = check_finite(np.concatenate(logits), predictor.name or "model")
+    for path, reason in skipped:
+        log.warning("skipped %s: %s", path, reason)
+    preds = predictions_frame(frame.iloc[kept].reset_index(drop=True), all_logits)
+    return FramePrediction(preds, skipped)
+
+
+def predict_run_frame(
+    run_dir: str | Path,
+    df: pd.DataFrame,
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+    tta: bool = False,
+) -> FramePrediction:
+    """:func:`predict_frame` with the model of ``run_dir`` (PyTorch, CPU)."""
+    return predict_frame(
+        Predictor.from_run(run_dir), df, batch_size=batch_size, progress=progress, tta=tta
+    )
