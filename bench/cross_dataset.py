@@ -28,7 +28,8 @@ from typing import Any
 import pandas as pd
 import torch
 from benchinfo import REPO, git_commit, machine
-from bonefrac.training.predict import predict_manifest_frame
+from bonefrac.inference.frames import predict_frame
+from bonefrac.inference.predictor import Predictor
 
 from bonefrac.config import load_config, read_yaml_mapping
 from bonefrac.data.schema import read_manifest
@@ -37,7 +38,7 @@ from bonefrac.evaluation.tables import markdown_table
 from bonefrac.evaluation.thresholds import choose_threshold
 from bonefrac.fileio import atomic_open, write_json
 from bonefrac.metrics import compute_metrics, format_ci
-from bonefrac.models.runio import read_model_json
+from bonefrac.rundir import RunDir
 from bonefrac.training.fit import train
 
 CRITERIA = ("f1", "sensitivity:0.90")
@@ -76,13 +77,14 @@ def run_experiment(
     cfg = load_config(config, overrides)
     cfg.name = name
     wall = None
-    if not (args.rescore and (run_dir / "predictions" / "test.csv").is_file()):
+    run = RunDir(run_dir)
+    if not (args.rescore and run.prediction_path("test").is_file()):
         start = time.perf_counter()
         train(cfg, args.manifest, run_dir, force=True, progress=False)
         wall = round(time.perf_counter() - start, 1)
-    meta = read_model_json(run_dir)
-    val = pd.read_csv(run_dir / "predictions" / "val.csv")
-    test = pd.read_csv(run_dir / "predictions" / "test.csv")
+    meta = run.raw_meta()
+    val = run.read_predictions_raw("val")
+    test = run.read_predictions_raw("test")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result: dict[str, Any] = {
         "name": name,
@@ -101,14 +103,16 @@ def run_experiment(
         "date": time.strftime("%Y-%m-%d"),
         "plain": score(val, test, args.n_boot),
     }
-    if not args.no_tta and (run_dir / "model.safetensors").is_file():
+    if not args.no_tta and run.weights_path.is_file():
         manifest = read_manifest(args.manifest).set_index("path", drop=False)
+        predictor = Predictor.from_run(run)
+        predictor = Predictor.from_model(predictor.torch_model, predictor.meta, device=device)
         tta = {}
         for split, frame in (("val", val), ("test", test)):
             rows = manifest.loc[frame["path"].astype(str)].reset_index(drop=True)
-            tta[split] = predict_manifest_frame(
-                run_dir, rows, batch_size=64, progress=False, tta=True, device=device
-            )
+            tta[split] = predict_frame(
+                predictor, rows, batch_size=64, progress=False, tta=True
+            ).predictions
         result["tta"] = score(tta["val"], tta["test"], args.n_boot)
     write_json(run_dir / "cross.json", result)
     return result

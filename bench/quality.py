@@ -20,28 +20,28 @@ from pathlib import Path
 
 import pandas as pd
 from benchinfo import REPO, git_commit, machine
-from bonefrac.training.predict import predict_manifest_frame
+from bonefrac.inference.frames import predict_run_frame
 
 from bonefrac.evaluation.tables import markdown_table
 from bonefrac.evaluation.thresholds import choose_threshold
 from bonefrac.metrics import compute_metrics, format_ci
-from bonefrac.models.runio import read_model_json
+from bonefrac.rundir import RunDir
 
 CRITERIA = ("f1", "sensitivity:0.90")
 
 
 def run_rows(run: Path, external: Path | None, n_boot: int) -> list[dict]:
-    meta = read_model_json(run)
-    val = pd.read_csv(run / "predictions" / "val.csv")
-    test = pd.read_csv(run / "predictions" / "test.csv")
+    layout = RunDir.open(run)
+    meta = layout.raw_meta()
+    val = layout.read_predictions_raw("val")
+    test = layout.read_predictions_raw("test")
     sets = {"test": test}
     if external is not None:
-        cache = run / "predictions" / f"bench_{external.parent.name}.csv"
-        if not cache.is_file():
+        name = f"bench_{external.parent.name}"
+        if not layout.prediction_path(name).is_file():
             ext = pd.read_csv(external)
-            ext_pred = predict_manifest_frame(run, ext)
-            ext_pred.to_csv(cache, index=False)
-        sets[f"external:{external.parent.name}"] = pd.read_csv(cache)
+            layout.write_predictions(name, predict_run_frame(run, ext).predictions)
+        sets[f"external:{external.parent.name}"] = layout.read_predictions_raw(name)
     rows = []
     for crit in CRITERIA:
         thr = choose_threshold(val["label"].to_numpy(), val["prob"].to_numpy(), crit)

@@ -45,3 +45,17 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, synthetic_manifest: Path)
     out = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = load_config(None, FAST_OVERRIDES + ["train.epochs=6"])
     return train(cfg, synthetic_manifest, out, progress=False)
+
+
+#: Fixtures that train a Lightning run: a test using one is marked ``slow``.
+TRAINING_FIXTURES = {"tiny_run", "exported_run"}
+#: Test modules whose tests train runs themselves.
+TRAINING_MODULES = {"test_fit.py", "test_study.py", "test_ddp.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests that train Lightning runs ``slow`` (``pytest -m "not slow"``)."""
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if uses & TRAINING_FIXTURES or item.path.name in TRAINING_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -236,8 +236,18 @@ def evaluate(
     )
     for note in res.metrics["notes"].values():
         console.print(f"[yellow]note:[/] {note}")
+    if res.skipped:
+        show(
+            ("warning: ", "bold yellow"),
+            f"skipped {len(res.skipped)} image(s) that could not be decoded; "
+            f"evaluated the other {res.metrics['support']['n']}:",
+        )
+        for path, reason in res.skipped[:20]:
+            show(f"  {path}: {reason}")
+        if len(res.skipped) > 20:
+            show(f"  ... and {len(res.skipped) - 20} more (metrics.json lists them all)")
     if res.predictions:
-        console.print(f"predictions: {res.predictions}")
+        show(f"predictions: {res.predictions}")
     from bonefrac.rundir import RunDir
 
     layout = RunDir(run)

@@ -24,10 +24,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fsync(tmp_path)
         os.replace(tmp_path, path)
+        _fsync(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entry table's) data to disk, so a rename that survives a
+    crash never points at an empty file."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # e.g. folders on platforms that cannot open them
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # file systems without fsync support
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

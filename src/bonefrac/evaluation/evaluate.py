@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 RESERVED_NAMES = ("train", "val", "test")
 SUBGROUP_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc")
-PREDICTION_COLUMNS = ("image_id", "path", "label", "logit", "prob", *SUBGROUP_COLUMNS)
 
 
 @dataclass
@@ -116,9 +115,7 @@ def _predict_external(
         raise DataError(f"{manifest}: no rows to evaluate")
     log.info("predicting %d images from %s with %s", len(df), manifest, run.path)
     result = frames.predict_run_frame(run.path, df, batch_size=batch_size)
-    pred = result.predictions
-    cols = [c for c in PREDICTION_COLUMNS if c in pred.columns]
-    run.write_predictions(name, pred[cols])
+    run.write_predictions(name, result.predictions)
     return out, result.skipped
 
 

@@ -197,15 +197,6 @@ def explainer(
     return _GradientExplainer(model, method, **kwargs)
 
 
-def explain_batches(
-    model: nn.Module, batches: Iterator[Tensor], method: str = "gradcam", layer: str | None = None
-) -> Iterator[Explanation]:
-    """Explain a stream of input batches inside one context (hooks live once, then go)."""
-    with explainer(model, method, layer) as ex:
-        for x in batches:
-            yield ex(x)
-
-
 def compute_heatmaps(
     model: nn.Module,
     x: Tensor,

@@ -123,6 +123,7 @@ def _fit(
     callbacks: list[L.Callback] | None,
 ) -> Path:
     spec = resolve_spec(cfg.model.name)
+    progress = progress and cfg.train.progress_bar
     start = time.perf_counter()
     dm = FractureDataModule(frames, cfg.data, cfg.seed, progress=progress)
     dm.prepare_data()
