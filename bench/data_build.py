@@ -18,7 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from bonefrac.data.manifest import build_manifest, scan_sources
+from bonefrac.data.manifest import build_manifest
+from bonefrac.data.sources import scan_sources
 
 
 def default_data() -> Path:
