@@ -504,12 +504,11 @@ def predict(
 
     Exits 1 when any file could not be read (its row has the error).
     """
-    import os
-
     from bonefrac.inference.batch import predict_to_csv
+    from bonefrac.system import usable_cpus
 
     if workers is None:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        n = usable_cpus()
         workers = min(4, n - 1) if n > 2 else 0
     summary = predict_to_csv(
         run, paths, out, backend=backend, batch_size=batch_size, cam_dir=cam_dir,
