@@ -87,6 +87,8 @@ def data_build(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing manifest."),
 ) -> None:
     """Validate, de-duplicate and split the sources into DIR/manifest.csv."""
+    from rich.markup import escape
+
     from bonefrac.data.manifest import build_manifest
 
     summary = build_manifest(
@@ -108,13 +110,19 @@ def data_build(
     )
     c = summary["counts"]
     console.print(
-        f"[bold]{c['manifest_rows']}[/] images in {out / 'manifest.csv'} "
+        f"[bold]{c['manifest_rows']}[/] images in {escape(str(out / 'manifest.csv'))} "
         f"(split {c['by_split']}, labels {c['by_label']}); "
         f"[bold]{c['quarantined']}[/] quarantined {summary['quarantine_reasons']}; "
         f"{summary['label_conflicts']['groups']} label-conflict groups; "
         f"{summary['timing']['build_seconds']:.1f} s",
         highlight=False,
     )
+    if summary["warnings"]:
+        console.print(
+            f"[yellow]{len(summary['warnings'])} warning(s)[/], listed above and in "
+            f"{escape(str(out / 'summary.json'))}",
+            highlight=False,
+        )
 
 
 @data_app.command("report")

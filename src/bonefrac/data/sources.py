@@ -316,9 +316,11 @@ def read_fracatlas(root: str | Path, *, source: str = "fracatlas") -> SourceScan
     )
 
 
-def _warn_empty_class(folder: Path, label: int, *, missing: bool = False) -> str:
+def _warn_empty_class(
+    folder: Path, label: int, *, missing: bool = False, what: str = "images"
+) -> str:
     """Log and return the warning for a class folder without images."""
-    state = "is missing" if missing else "holds no images"
+    state = "is missing" if missing else f"holds no {what}"
     msg = (
         f"{folder}: class folder (label {label}) {state}; add its images or check the source's"
         " layout"
@@ -599,7 +601,9 @@ def read_folder(
         mapping[d.name] = label
         found = [p for p in scan_images(d) if not dicom_only or is_dicom_file(p)]
         if not found:
-            warnings.append(_warn_empty_class(d, label))
+            warnings.append(
+                _warn_empty_class(d, label, what="DICOM files" if dicom_only else "images")
+            )
         for path in found:
             counts[d.name] += 1
             stem = roboflow_stem(path)
