@@ -7,7 +7,7 @@ and apply the duplicate / label-conflict policy (:mod:`bonefrac.data.dedup`); sp
 group (:mod:`bonefrac.data.split`); write ``manifest.csv``, ``quarantine.csv`` and
 ``summary.json`` atomically. Problems a user should see (an empty class folder, a one-class
 result, a source whose images were all quarantined, clipped boxes) are logged and listed under
-``warnings`` in summary.json.
+``warnings`` in summary.json (:mod:`bonefrac.data.summary`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import pandas as pd
 
 from bonefrac.data.boxes import clean_boxes
 from bonefrac.data.dedup import (
-    DUPLICATE_POLICY,
     THUMB_SIZE,
     DedupConfig,
     exact_file_stats,
@@ -37,6 +36,7 @@ from bonefrac.data.probe import Probe, pool_workers, probe_images
 from bonefrac.data.schema import MANIFEST_COLUMNS
 from bonefrac.data.sources import Record, SourceScan, scan_sources
 from bonefrac.data.split import DEFAULT_RATIOS, assign_splits, check_ratios, frozen_assignments
+from bonefrac.data.summary import build_summary
 from bonefrac.errors import DataError
 from bonefrac.fileio import write_csv, write_json
 
@@ -168,7 +168,7 @@ def build_manifest(
 
     dd.stats["exact_all_files"] = exact_file_stats([p.sha1 for p in probes], [p.ok for p in probes])
     warnings += _result_warnings(scans, manifest, qdf, manifest_path)
-    summary = _summary(
+    summary = build_summary(
         scans=scans,
         records=records,
         manifest=manifest,
@@ -358,106 +358,3 @@ def _unique_image_ids(records: list[Record]) -> None:
     for r in records:
         if counts[r.image_id] > 1:
             r.image_id = str(r.path)
-
-
-def _counts(df: pd.DataFrame, col: str) -> dict[str, int]:
-    if not len(df):
-        return {}
-    return {str(k): int(v) for k, v in df[col].astype(str).value_counts().sort_index().items()}
-
-
-def _summary(
-    *,
-    scans: list[SourceScan],
-    records: list[Record],
-    manifest: pd.DataFrame,
-    quarantine: pd.DataFrame,
-    dd_stats: dict[str, Any],
-    conflicts: list[dict[str, Any]],
-    exact_removed: int,
-    split_stats: dict[str, Any],
-    listed_twice: list[str],
-    timing: dict[str, Any],
-    seed: int,
-    freeze_split: str | None,
-    extra_cols: list[str],
-    out: Path,
-    warnings: list[str],
-) -> dict[str, Any]:
-    per_source: dict[str, Any] = {}
-    for scan in scans:
-        m = manifest[manifest["source"] == scan.name] if len(manifest) else manifest
-        q = quarantine[quarantine["source"] == scan.name] if len(quarantine) else quarantine
-        per_source[scan.name] = {
-            "kind": scan.kind,
-            "root": str(scan.root),
-            "images_found": len(scan.records),
-            "labels_found": {
-                "1": sum(r.label for r in scan.records),
-                "0": sum(1 - r.label for r in scan.records),
-            },
-            "manifest_rows": len(m),
-            "manifest_labels": _counts(m, "label"),
-            "quarantined": len(q),
-            "quarantine_reasons": _counts(q, "reason"),
-            "report": scan.report,
-        }
-    split_label: dict[str, dict[str, int]] = {}
-    split_region: dict[str, dict[str, int]] = {}
-    if len(manifest):
-        for split, g in manifest.groupby("split"):
-            split_label[str(split)] = _counts(g, "label")
-            split_region[str(split)] = _counts(
-                g.assign(region=g["region"].replace("", "unknown")), "region"
-            )
-    fractured_share = {}
-    if len(manifest):
-        overall = float(manifest["label"].mean())
-        fractured_share["all"] = round(overall, 4)
-        for split, g in manifest.groupby("split"):
-            fractured_share[str(split)] = round(float(g["label"].mean()), 4)
-    straddling = 0
-    if len(manifest):
-        straddling = int((manifest.groupby("group")["split"].nunique() > 1).sum())
-    return {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "out": str(out.resolve()),
-        "seed": seed,
-        "freeze_split": freeze_split,
-        "manifest_columns": MANIFEST_COLUMNS + extra_cols,
-        "extra_columns": extra_cols,
-        "warnings": warnings,
-        "counts": {
-            "images_found": len(records),
-            "manifest_rows": len(manifest),
-            "quarantined": len(quarantine),
-            "by_label": _counts(manifest, "label"),
-            "by_split": _counts(manifest, "split"),
-            "by_source": _counts(manifest, "source"),
-            "by_region": _counts(
-                manifest.assign(region=manifest["region"].replace("", "unknown"))
-                if len(manifest)
-                else manifest,
-                "region",
-            ),
-            "by_split_label": split_label,
-            "by_split_region": split_region,
-            "fractured_share": fractured_share,
-        },
-        "sources": per_source,
-        "paths_listed_twice": listed_twice,
-        "quarantine_reasons": _counts(quarantine, "reason"),
-        "label_conflicts": {
-            "groups": len(conflicts),
-            "images": sum(c["size"] for c in conflicts),
-            "groups_across_sources": sum(1 for c in conflicts if len(c["sources"]) > 1),
-            "list": conflicts,
-        },
-        "duplicates": {
-            **dd_stats,
-            "policy": DUPLICATE_POLICY,
-            "exact_copies_quarantined": exact_removed,
-        },
-        "split": {**split_stats, "groups_straddling_splits": straddling},
-        "timing": timing,
-    }
