@@ -18,7 +18,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from bonefrac.data.manifest import build_manifest, scan_sources
+from bonefrac.data.manifest import build_manifest
+from bonefrac.data.sources import scan_sources
+from bonefrac.system import usable_cpus
 
 
 def default_data() -> Path:
@@ -53,7 +55,7 @@ def main() -> int:
     cases = [("fracatlas", {"fracatlas": fa})]
     if (yolo / "data.yaml").is_file():
         cases.append(("fracatlas+yolo", {"fracatlas": fa, "yolo": yolo}))
-    print(f"cpus available: {len(os.sched_getaffinity(0))}, workers: {args.workers or 'default'}")
+    print(f"cpus available: {usable_cpus()}, workers: {args.workers or 'default'}")
     header = f"{'build':<16}{'images':>8}{'build s':>10}{'img/s':>9}{'baseline s':>12}{'img/s':>9}"
     print(header + f"{'ratio':>8}")
     for name, kw in cases:

@@ -108,6 +108,8 @@ def data_build(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing manifest."),
 ) -> None:
     """Validate, de-duplicate and split the sources into DIR/manifest.csv."""
+    from rich.markup import escape
+
     from bonefrac.data.manifest import build_manifest
 
     summary = build_manifest(
@@ -129,13 +131,19 @@ def data_build(
     )
     c = summary["counts"]
     console.print(
-        f"[bold]{c['manifest_rows']}[/] images in {out / 'manifest.csv'} "
+        f"[bold]{c['manifest_rows']}[/] images in {escape(str(out / 'manifest.csv'))} "
         f"(split {c['by_split']}, labels {c['by_label']}); "
         f"[bold]{c['quarantined']}[/] quarantined {summary['quarantine_reasons']}; "
         f"{summary['label_conflicts']['groups']} label-conflict groups; "
         f"{summary['timing']['build_seconds']:.1f} s",
         highlight=False,
     )
+    if summary["warnings"]:
+        console.print(
+            f"[yellow]{len(summary['warnings'])} warning(s)[/], listed above and in "
+            f"{escape(str(out / 'summary.json'))}",
+            highlight=False,
+        )
 
 
 @data_app.command("report")
@@ -529,12 +537,11 @@ def predict(
 
     Exits 1 when any file could not be read (its row has the error).
     """
-    import os
-
     from bonefrac.inference.batch import predict_to_csv
+    from bonefrac.system import usable_cpus
 
     if workers is None:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        n = usable_cpus()
         workers = min(4, n - 1) if n > 2 else 0
     summary = predict_to_csv(
         run, paths, out, backend=backend, batch_size=batch_size, cam_dir=cam_dir,

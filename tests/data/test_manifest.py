@@ -13,7 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bonefrac.cli import app
-from bonefrac.data.manifest import build_manifest, probe_image
+from bonefrac.data.manifest import build_manifest
+from bonefrac.data.probe import probe_image
 from bonefrac.data.report import report
 from bonefrac.data.schema import MANIFEST_COLUMNS, parse_boxes, read_manifest
 from bonefrac.errors import DataError
@@ -163,7 +164,7 @@ def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
 
 
 def test_pool_decoding_matches_in_process(tmp_path: Path) -> None:
-    from bonefrac.data import manifest as m
+    from bonefrac.data import probe as m
 
     paths = [save(radiograph(i, (40, 40)), tmp_path / f"{i}.png") for i in range(12)]
     paths.append(tmp_path / "bad.png")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +15,7 @@ from torch.utils.data import Dataset, Sampler
 
 from bonefrac.data.transforms import load_prepared
 from bonefrac.errors import DataError, ImageDecodeError
+from bonefrac.system import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,11 @@ class PreparedImageCache:
         threads: int | None = None,
     ) -> None:
         """Decode every path not yet cached (with a progress bar), on ``threads`` threads
-        (default: one per CPU core, at most 16; Pillow and OpenCV release the GIL)."""
+        (default: one per usable CPU, at most 16; Pillow and OpenCV release the GIL)."""
         todo = [p for p in dict.fromkeys(paths) if p not in self._store]
         if not todo or not self.keep:
             return
-        threads = threads or min(16, os.cpu_count() or 1)
+        threads = threads or min(16, usable_cpus())
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task(description, total=len(todo))
             if threads <= 1 or len(todo) < 64:

@@ -290,3 +290,90 @@ def _root_names(roots: list[int], sha1s: Sequence[str], prefix: str) -> list[str
         members[r].append(i)
     names = {r: f"{prefix}{r}-" + min(sha1s[i] for i in ix)[:12] for r, ix in members.items()}
     return [names[r] for r in roots]
+
+
+# ----------------------------------------------------------------------------- policy
+
+DUPLICATE_POLICY = (
+    "Byte-identical copies with the same label: the first path (sorted) stays in the manifest, "
+    "the others go to quarantine.csv with reason 'exact duplicate' (detail names the kept copy). "
+    "Near duplicates (re-encoded/resized, Roboflow siblings) with the same label all stay, "
+    "sharing one group so they land in one split. Any group whose members disagree on the label "
+    "is quarantined whole with reason 'label conflict'."
+)
+
+
+@dataclass
+class DuplicateDecision:
+    """Which items :func:`resolve_duplicates` leaves out, and why."""
+
+    #: item index -> (quarantine reason, detail)
+    drop: dict[int, tuple[str, str]]
+    #: one JSON-ready entry per label-conflict group (summary.json)
+    conflicts: list[dict[str, Any]]
+    #: byte-identical copies left out (all but one per SHA-1)
+    exact_removed: int
+
+
+def resolve_duplicates(
+    labels: Sequence[int],
+    paths: Sequence[str],
+    sources: Sequence[str],
+    sha1s: Sequence[str],
+    group_ids: Sequence[str],
+    conflict_units: Sequence[str],
+) -> DuplicateDecision:
+    """Apply :data:`DUPLICATE_POLICY` to items already grouped by :func:`find_groups`.
+
+    Every member of a ``conflict_units`` group whose labels disagree is dropped as a
+    "label conflict"; of the remaining byte-identical copies (same SHA-1) all but the first
+    path (sorted) are dropped as "exact duplicate". ``group_ids`` name the groups in details.
+    """
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, unit in enumerate(conflict_units):
+        members[unit].append(i)
+    drop: dict[int, tuple[str, str]] = {}
+    conflicts: list[dict[str, Any]] = []
+    for _, ix in sorted(members.items()):
+        if len({labels[i] for i in ix}) < 2:
+            continue
+        gid = group_ids[ix[0]]
+        conflicts.append(
+            {
+                "group": gid,
+                "size": len(ix),
+                "sources": sorted({sources[i] for i in ix}),
+                "members": [{"path": paths[i], "label": labels[i]} for i in ix],
+            }
+        )
+        n_pos = sum(labels[k] for k in ix)
+        detail = f"group {gid}: {len(ix)} copies, {n_pos} labelled fractured, {len(ix) - n_pos} not"
+        for i in ix:
+            drop[i] = ("label conflict", detail)
+    exact_removed = 0
+    by_sha: dict[str, list[int]] = defaultdict(list)
+    for i, sha in enumerate(sha1s):
+        if i not in drop:
+            by_sha[sha].append(i)
+    for ix in by_sha.values():
+        if len(ix) > 1:
+            ix = sorted(ix, key=lambda i: paths[i])
+            for i in ix[1:]:
+                drop[i] = ("exact duplicate", f"duplicate of {paths[ix[0]]}")
+                exact_removed += 1
+    return DuplicateDecision(drop=drop, conflicts=conflicts, exact_removed=exact_removed)
+
+
+def exact_file_stats(sha1s: Sequence[str], decodable: Sequence[bool]) -> dict[str, Any]:
+    """Byte-identical files among all files found (``sha1`` '' = unread), for summary.json."""
+    by_sha: dict[str, list[bool]] = defaultdict(list)
+    for sha, ok in zip(sha1s, decodable, strict=True):
+        if sha:
+            by_sha[sha].append(ok)
+    groups = [oks for oks in by_sha.values() if len(oks) > 1]
+    return {
+        "note": "byte-identical files among all files found, decodable or not",
+        "groups": len(groups),
+        "files": sum(len(oks) for oks in groups),
+        "groups_of_undecodable_files": sum(1 for oks in groups if not any(oks)),
+    }

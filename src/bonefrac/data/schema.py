@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
 
+from bonefrac.data.boxes import clean_boxes
 from bonefrac.errors import DataError
+
+log = logging.getLogger(__name__)
 
 #: Columns every manifest has (DESIGN.md). ``boxes`` is JSON: [[cx, cy, w, h], ...] normalised.
 MANIFEST_COLUMNS = [
@@ -49,7 +53,8 @@ def read_manifest(path: str | Path, *, require_split: bool = False) -> pd.DataFr
     """Read a manifest CSV (or any CSV with at least ``path,label``), checking its shape.
 
     Missing optional columns are filled (``image_id`` from the file name, ``boxes`` as "[]").
-    Relative paths are resolved against the CSV's folder.
+    Relative paths are resolved against the CSV's folder. Boxes reaching outside the image are
+    clipped and boxes without area dropped, with a warning naming the image.
     """
     path = Path(path)
     if not path.is_file():
@@ -75,12 +80,36 @@ def read_manifest(path: str | Path, *, require_split: bool = False) -> pd.DataFr
     df["image_id"] = df["image_id"].astype(str)
     if "boxes" not in df.columns:
         df["boxes"] = "[]"
-    df["boxes"] = df["boxes"].replace("", "[]")
+    df["boxes"] = _checked_boxes(df["boxes"].replace("", "[]"), df["path"], path)
     if "split" in df.columns:
         bad_splits = sorted(set(df["split"].astype(str)) - set(SPLITS))
         if bad_splits:
             raise DataError(f"{path}: column 'split' must be train/val/test, found {bad_splits}")
     return df
+
+
+def _checked_boxes(values: pd.Series, images: pd.Series, source: Path) -> list[str]:
+    """The ``boxes`` cells, clipped by :func:`clean_boxes` where needed (a warning each);
+    a cell that is not a JSON list raises DataError naming the manifest and the image."""
+    out = []
+    for value, image in zip(values, images, strict=True):
+        try:
+            boxes = json.loads(value)
+        except (TypeError, ValueError) as exc:
+            boxes, reason = None, str(exc)
+        else:
+            reason = f"got {type(boxes).__name__}"
+        if not isinstance(boxes, list):
+            raise DataError(
+                f"{source}: row of {image}: column 'boxes' must be a JSON list such as "
+                f"[[cx, cy, w, h]] normalised to [0, 1], found {value!r} ({reason}); fix that cell"
+            )
+        kept, notes = clean_boxes(boxes)
+        if notes:
+            log.warning("%s: %s: %s", source, image, "; ".join(notes))
+            value = json.dumps(kept)
+        out.append(value)
+    return out
 
 
 def parse_boxes(value: str | float | None) -> list[list[float]]:

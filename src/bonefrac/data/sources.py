@@ -10,7 +10,9 @@ Supported sources:
 4. DICOM files (``.dcm`` or the ``DICM`` magic) anywhere inside the above.
 
 Each reader returns a :class:`SourceScan`: the records plus a JSON-ready ``report`` (label
-disagreements, class mapping, files left out) that the manifest build puts in summary.json.
+disagreements, class mapping, files left out) that the manifest build puts in summary.json,
+and ``warnings`` (already logged) for the summary's warning list. :func:`scan_sources` reads
+every source a build asks for.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +122,8 @@ class SourceScan:
     root: Path
     records: list[Record]
     report: dict[str, Any] = field(default_factory=dict)
+    #: problems worth a user's look (each already logged), e.g. an empty class folder
+    warnings: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -227,12 +232,13 @@ def read_fracatlas(root: str | Path, *, source: str = "fracatlas") -> SourceScan
     box_mismatch: list[dict[str, Any]] = []
     not_in_csv: list[str] = []
     seen_ids: set[str] = set()
+    warnings: list[str] = []
     for folder, label in folders.items():
         d = images / folder
-        if not d.is_dir():
-            log.warning("%s: missing", d)
-            continue
-        for path in scan_images(d):
+        found = scan_images(d) if d.is_dir() else []
+        if not found:
+            warnings.append(_warn_empty_class(d, label, missing=not d.is_dir()))
+        for path in found:
             image_id = path.name
             seen_ids.add(image_id)
             row = meta.get(image_id)
@@ -305,7 +311,22 @@ def read_fracatlas(root: str | Path, *, source: str = "fracatlas") -> SourceScan
             d["folder"],
             d["csv_fractured"],
         )
-    return SourceScan(name=source, kind="fracatlas", root=root, records=records, report=report)
+    return SourceScan(
+        name=source, kind="fracatlas", root=root, records=records, report=report, warnings=warnings
+    )
+
+
+def _warn_empty_class(
+    folder: Path, label: int, *, missing: bool = False, what: str = "images"
+) -> str:
+    """Log and return the warning for a class folder without images."""
+    state = "is missing" if missing else f"holds no {what}"
+    msg = (
+        f"{folder}: class folder (label {label}) {state}; add its images or check the source's"
+        " layout"
+    )
+    log.warning("%s", msg)
+    return msg
 
 
 def _flag(value: Any) -> bool:
@@ -574,12 +595,16 @@ def read_folder(
     records: list[Record] = []
     mapping: dict[str, int] = {}
     counts: Counter[str] = Counter()
+    warnings: list[str] = []
     for d in class_dirs:
         label = cmap[_norm_name(d.name)]
         mapping[d.name] = label
-        for path in scan_images(d):
-            if dicom_only and not is_dicom_file(path):
-                continue
+        found = [p for p in scan_images(d) if not dicom_only or is_dicom_file(p)]
+        if not found:
+            warnings.append(
+                _warn_empty_class(d, label, what="DICOM files" if dicom_only else "images")
+            )
+        for path in found:
             counts[d.name] += 1
             stem = roboflow_stem(path)
             records.append(
@@ -598,8 +623,16 @@ def read_folder(
         "images_per_class": dict(counts),
         "images": len(records),
         "dicom_files": sum(1 for r in records if is_dicom_file(r.path)),
+        "empty_class_folders": [d.name for d in class_dirs if not counts[d.name]],
     }
-    return SourceScan(name=source, kind=report["kind"], root=root, records=records, report=report)
+    return SourceScan(
+        name=source,
+        kind=report["kind"],
+        root=root,
+        records=records,
+        report=report,
+        warnings=warnings,
+    )
 
 
 def read_dicom_dir(
@@ -608,3 +641,54 @@ def read_dicom_dir(
     """DICOM files laid out as ``root/<class>/**`` (other files ignored)."""
     root = Path(root).resolve()
     return read_folder(root, class_map=class_map, source=f"dicom:{root.name}", dicom_only=True)
+
+
+# ----------------------------------------------------------------------------- all sources
+
+
+def _as_list(value: str | Path | Iterable[str | Path] | None) -> list[Path]:
+    if value is None:
+        return []
+    if isinstance(value, (str, Path)):
+        return [Path(value)]
+    return [Path(v) for v in value]
+
+
+def scan_sources(
+    *,
+    fracatlas: str | Path | None = None,
+    yolo: str | Path | Iterable[str | Path] | None = None,
+    folders: str | Path | Iterable[str | Path] | None = None,
+    dicom_dirs: str | Path | Iterable[str | Path] | None = None,
+    fracture_classes: Sequence[str] | None = None,
+    unlabelled_negative: bool = False,
+    class_map: str | dict[str, int] | None = None,
+) -> list[SourceScan]:
+    """Read every requested source (no decoding yet). Source names are made unique."""
+    scans: list[SourceScan] = []
+    if fracatlas:
+        scans.append(read_fracatlas(fracatlas))
+    for i, y in enumerate(_as_list(yolo)):
+        scans.append(
+            read_yolo(
+                y,
+                fracture_classes=list(fracture_classes) if fracture_classes else None,
+                unlabelled_negative=unlabelled_negative,
+                source="yolo" if i == 0 else f"yolo{i + 1}",
+            )
+        )
+    for f in _as_list(folders):
+        scans.append(read_folder(f, class_map=class_map))
+    for d in _as_list(dicom_dirs):
+        scans.append(read_dicom_dir(d, class_map=class_map))
+    if not scans:
+        raise DataError("no data source given: pass --fracatlas, --yolo, --folder or --dicom-dir")
+    names: Counter[str] = Counter()
+    for scan in scans:
+        names[scan.name] += 1
+        if names[scan.name] > 1:
+            new = f"{scan.name}-{names[scan.name]}"
+            for r in scan.records:
+                r.source = new
+            scan.name = new
+    return scans

@@ -88,11 +88,9 @@ class Prediction:
 
 def default_threads() -> int:
     """CPU threads for one inference call: the CPUs this process may use, at most 8."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
+    from bonefrac.system import usable_cpus
+
+    return max(1, min(8, usable_cpus()))
 
 
 def prepare_input(
