@@ -30,7 +30,6 @@ feeds it every batch; leaving the ``with`` block removes the hooks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np

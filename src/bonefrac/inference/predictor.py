@@ -36,6 +36,7 @@ from bonefrac.data.transforms import prepare_image, to_input
 from bonefrac.errors import ImageDecodeError, RunDirError
 from bonefrac.fileio import file_sha256
 from bonefrac.rundir import ModelMeta, RunDir, check_finite
+from bonefrac.system import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,6 @@ class Prediction:
 
 def default_threads() -> int:
     """CPU threads for one inference call: the CPUs this process may use, at most 8."""
-    from bonefrac.system import usable_cpus
-
     return max(1, min(8, usable_cpus()))
 
 
