@@ -108,7 +108,6 @@ def data_build(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing manifest."),
 ) -> None:
     """Validate, de-duplicate and split the sources into DIR/manifest.csv."""
-    from rich.markup import escape
 
     from bonefrac.data.manifest import build_manifest
 
@@ -130,19 +129,18 @@ def data_build(
         progress=True,
     )
     c = summary["counts"]
-    console.print(
-        f"[bold]{c['manifest_rows']}[/] images in {escape(str(out / 'manifest.csv'))} "
-        f"(split {c['by_split']}, labels {c['by_label']}); "
-        f"[bold]{c['quarantined']}[/] quarantined {summary['quarantine_reasons']}; "
+    show(
+        (str(c["manifest_rows"]), "bold"),
+        f" images in {out / 'manifest.csv'} (split {c['by_split']}, labels {c['by_label']}); ",
+        (str(c["quarantined"]), "bold"),
+        f" quarantined {summary['quarantine_reasons']}; "
         f"{summary['label_conflicts']['groups']} label-conflict groups; "
         f"{summary['timing']['build_seconds']:.1f} s",
-        highlight=False,
     )
     if summary["warnings"]:
-        console.print(
-            f"[yellow]{len(summary['warnings'])} warning(s)[/], listed above and in "
-            f"{escape(str(out / 'summary.json'))}",
-            highlight=False,
+        show(
+            (f"{len(summary['warnings'])} warning(s)", "yellow"),
+            f", listed above and in {out / 'summary.json'}",
         )
 
 
@@ -243,7 +241,7 @@ def evaluate(
         )
     )
     for note in res.metrics["notes"].values():
-        console.print(f"[yellow]note:[/] {note}")
+        show(("note: ", "yellow"), note)
     if res.skipped:
         show(
             ("warning: ", "bold yellow"),
@@ -261,7 +259,7 @@ def evaluate(
     layout = RunDir(run)
     show(f"metrics: {layout.metrics_path}  plots: {layout.plots_dir}")
     if res.report:
-        console.print(f"report: [bold]{res.report}[/]")
+        show("report: ", (str(res.report), "bold"))
 
 
 @app.command()
@@ -279,7 +277,7 @@ def threshold(
     result = tune_threshold(run, criterion, on=on)
     console.print(threshold_table(result))
     if result["temperature"] != 1.0:
-        console.print(f"(on calibrated probabilities, temperature {result['temperature']:.3f})")
+        show(f"(on calibrated probabilities, temperature {result['temperature']:.3f})")
     from bonefrac.rundir import RunDir
 
     show(
@@ -323,8 +321,8 @@ def compare(
 
     result = compare_runs(runs, split=split, out_dir=out, n_boot=n_boot, seed=seed)
     console.print(compare_table(result))
-    console.print(auc_test_sentence(result))
-    console.print(f"written: {', '.join(str(p) for p in result.outputs.values())}")
+    show(auc_test_sentence(result))
+    show(f"written: {', '.join(str(p) for p in result.outputs.values())}")
 
 
 @app.command()
@@ -340,8 +338,8 @@ def relocate(
 
     summary = RunDir.open(run).relocate(manifest)
     counts = ", ".join(f"{name} ({n} rows)" for name, n in summary["files"].items())
-    console.print(f"relocated {counts}")
-    console.print(f"manifest: {summary['previous_manifest']} -> {summary['manifest']}")
+    show(f"relocated {counts}")
+    show(f"manifest: {summary['previous_manifest']} -> {summary['manifest']}")
 
 
 @app.command()
@@ -349,7 +347,7 @@ def report(run: Path = typer.Argument(..., help="Run directory.")) -> None:
     """(Re)build RUN/report.html from what the run directory holds."""
     from bonefrac.evaluation.report import build_report
 
-    console.print(f"report: [bold]{build_report(run)}[/]")
+    show("report: ", (str(build_report(run)), "bold"))
 
 
 # --- explain command ---
@@ -395,27 +393,29 @@ def explain(
         out_dir=out, progress=True,
     )  # fmt: skip
     where = f" @ {res['layer']}" if res["layer"] else ""
-    console.print(
+    show(
         f"{res['method']}{where}: {len(res['overlays'])} overlays in "
-        f"{res['out_dir'] / res['method']}",
-        highlight=False,
+        f"{res['out_dir'] / res['method']}"
     )
     if res["grid"]:
-        console.print(f"grid: {res['grid']}")
+        show(f"grid: {res['grid']}")
     loc = res["localization"]
     if loc is not None:
         if loc["n_scored"]:
-            console.print(
-                f"localisation on [bold]{loc['n_scored']}[/] boxed images: hit rate "
-                f"[bold]{loc['hit_rate']:.3f}[/] (95% CI {loc['hit_rate_low']:.3f}-"
-                f"{loc['hit_rate_high']:.3f}; chance {loc['chance_hit_rate']:.3f}), energy in box "
-                f"[bold]{loc['energy_in_box']:.3f}[/] (chance {loc['chance_energy_in_box']:.3f})",
-                highlight=False,
+            show(
+                "localisation on ",
+                (str(loc["n_scored"]), "bold"),
+                " boxed images: hit rate ",
+                (f"{loc['hit_rate']:.3f}", "bold"),
+                f" (95% CI {loc['hit_rate_low']:.3f}-{loc['hit_rate_high']:.3f}; chance "
+                f"{loc['chance_hit_rate']:.3f}), energy in box ",
+                (f"{loc['energy_in_box']:.3f}", "bold"),
+                f" (chance {loc['chance_energy_in_box']:.3f})",
             )
         else:
-            console.print(f"[yellow]note:[/] {loc.get('note', 'nothing scored')}")
-        console.print(f"localisation: {res['localization_path']}")
-    console.print(f"run 'bonefrac report {run}' to include them in report.html")
+            show(("note: ", "yellow"), loc.get("note", "nothing scored"))
+        show(f"localisation: {res['localization_path']}")
+    show(f"run 'bonefrac report {run}' to include them in report.html")
 
 
 # --- tune commands ---
@@ -462,25 +462,23 @@ def tune(
             overrides=overrides, objective=objective,
         )  # fmt: skip
     except KeyboardInterrupt:
-        err_console.print("interrupted; re-run the same command to continue the study")
+        err_console.print(
+            "interrupted; re-run the same command to continue the study", markup=False
+        )
         raise typer.Exit(code=130) from None
     states: dict[str, int] = {}
     for t in result.trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    console.print(
-        f"study [bold]{result.study_name}[/]: {len(result.trials)} trials {states}", highlight=False
-    )
+    show("study ", (result.study_name, "bold"), f": {len(result.trials)} trials {states}")
     try:
         best = result.best_trial
-        console.print(
+        show(
             f"best: trial {best.number} {result.user_attrs.get('objective')}={best.value:.4f} "
             f"({best.user_attrs.get('run_dir')})"
         )
     except ValueError:
-        console.print("no completed trial yet")
-    console.print(
-        f"ranked table, plots and best.yaml: bonefrac tune report --study {result.study_name}"
-    )
+        show("no completed trial yet")
+    show(f"ranked table, plots and best.yaml: bonefrac tune report --study {result.study_name}")
 
 
 @tune_app.command("report")
@@ -495,7 +493,7 @@ def tune_report(
     from bonefrac.tuning.report import tune_report as build_tune_report
 
     rep = build_tune_report(study, storage)
-    console.print(f"study [bold]{study}[/]: {rep.state_counts()} (objective {rep.objective})")
+    show("study ", (study, "bold"), f": {rep.state_counts()} (objective {rep.objective})")
     if not rep.completed.empty:
         console.print(
             ranked_table(rep, "sensitivity", "ranked by sensitivity (val, threshold 0.5)")
@@ -504,13 +502,13 @@ def tune_report(
     if rep.importances:
         console.print(importance_table(rep))
     for note in rep.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        show(("note: ", "yellow"), note)
     if rep.best_trial is not None:
-        console.print(f"best trial {rep.best_trial}: {rep.objective}={rep.best_value:.4f}")
+        show(f"best trial {rep.best_trial}: {rep.objective}={rep.best_value:.4f}")
     outputs = {"best config": rep.best_yaml, "trials": rep.trials_csv, **rep.plots}
     for what, path in outputs.items():
         if path is not None:
-            console.print(f"{what}: {path}")
+            show(f"{what}: {path}")
 
 
 # --- inference commands ---
@@ -579,12 +577,13 @@ def export(
         raise ConfigError("choose an export format: bonefrac export RUN --onnx")
     result = export_onnx(run, opset=opset, force=force)
     if result.skipped:
-        console.print(f"{result.path} is up to date (same weights, opset {result.opset})")
+        show(f"{result.path} is up to date (same weights, opset {result.opset})")
     else:
-        console.print(
-            f"wrote [bold]{result.path}[/] (opset {result.opset}, parity max |Δlogit| "
-            f"{result.max_abs_diff:.2e}, {result.seconds:.1f} s)",
-            highlight=False,
+        show(
+            "wrote ",
+            (str(result.path), "bold"),
+            f" (opset {result.opset}, parity max |Δlogit| {result.max_abs_diff:.2e}, "
+            f"{result.seconds:.1f} s)",
         )
 
 
