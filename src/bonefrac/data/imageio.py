@@ -173,13 +173,18 @@ def _to_l(img: Image.Image) -> Image.Image:
 def _window_to_uint8(
     arr: np.ndarray, low: float | None = None, high: float | None = None
 ) -> np.ndarray:
-    arr = arr.astype(np.float32)
+    arr = arr.astype(np.float32, copy=False)
     lo = float(np.min(arr)) if low is None else low
     hi = float(np.max(arr)) if high is None else high
     if hi <= lo:
         return np.zeros(arr.shape, dtype=np.uint8)
-    out = (np.clip(arr, lo, hi) - lo) / (hi - lo) * 255.0
-    return np.round(out).astype(np.uint8)
+    # the same operations as (clip - lo) / (hi - lo) * 255, in place: one float32 temporary
+    out = np.clip(arr, lo, hi)
+    out -= lo
+    out /= hi - lo
+    out *= 255.0
+    np.round(out, out=out)
+    return out.astype(np.uint8)
 
 
 #: Transfer syntax families -> the pip packages that decode them (for error messages).

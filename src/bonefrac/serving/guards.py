@@ -206,8 +206,17 @@ class Gate:
         self.concurrency = concurrency
         self.queue = queue
         self.retry_after_s = retry_after_s
-        self.slots = asyncio.Semaphore(concurrency)
         self.admitted = 0
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        """The decode + inference semaphore of the running event loop (one per loop)."""
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._loop is not loop:
+            self._slots, self._loop = asyncio.Semaphore(self.concurrency), loop
+        return self._slots
 
     @property
     def capacity(self) -> int:
