@@ -272,7 +272,8 @@ def create_app(
     # outermost last: headers -> Host -> token -> admission -> body limit -> routes
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes,
                        body_timeout_s=body_timeout_s)  # fmt: skip
-    app.add_middleware(Admission, gate=gate)
+    app.add_middleware(Admission, gate=gate, drain_limit=max_body_bytes,
+                       drain_timeout_s=body_timeout_s)  # fmt: skip
     if token:
         app.add_middleware(BearerAuth, token=token)
     if allowed_hosts is not None:

@@ -32,10 +32,15 @@ CSP_DOCS = (
 
 
 async def send_json(
-    send: Any, status: int, payload: dict, headers: Iterable[tuple[bytes, bytes]] = ()
+    send: Any,
+    status: int,
+    payload: dict,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    close: bool = True,
 ) -> None:
-    """A complete JSON response; closes the connection (the body, if any, was not read)."""
+    """A complete JSON response; ``close``: end the connection (the body was not read)."""
     body = json.dumps(payload).encode("utf-8")
+    closing = [(b"connection", b"close")] if close else []
     await send(
         {
             "type": "http.response.start",
@@ -43,12 +48,33 @@ async def send_json(
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
+                *closing,
                 *headers,
             ],
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def drain(receive: Any, limit: int, timeout_s: float) -> bool:
+    """Read and discard the request body (at most ``limit`` bytes); True when all was read.
+
+    Answering before the body is read and then closing makes the kernel reset the connection,
+    so the client sees a broken connection instead of the answer.
+    """
+    total = 0
+    while True:
+        try:
+            message = await asyncio.wait_for(receive(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        if message["type"] == "http.disconnect":
+            return False
+        total += len(message.get("body", b""))
+        if total > limit:
+            return False
+        if not message.get("more_body", False):
+            return True
 
 
 def is_loopback(host: str) -> bool:
@@ -230,9 +256,11 @@ class Admission:
     decode and inference in the endpoint, so at most ``gate.queue`` bodies wait in memory.
     """
 
-    def __init__(self, app: Any, gate: Gate) -> None:
+    def __init__(self, app: Any, gate: Gate, drain_limit: int, drain_timeout_s: float) -> None:
         self.app = app
         self.gate = gate
+        self.drain_limit = drain_limit
+        self.drain_timeout_s = drain_timeout_s
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -240,6 +268,7 @@ class Admission:
             return
         gate = self.gate
         if gate.admitted >= gate.capacity:
+            drained = await drain(receive, self.drain_limit, self.drain_timeout_s)
             await send_json(
                 send,
                 503,
@@ -249,6 +278,7 @@ class Admission:
                     "reason": "queue full",
                 },
                 [(b"retry-after", str(gate.retry_after_s).encode())],
+                close=not drained,
             )
             return
         gate.admitted += 1
