@@ -5,6 +5,13 @@ Starts ``bonefrac serve RUN --host 127.0.0.1 --port <free>`` as a child process,
 (default 8) with httpx, cycling over the images of ``--images`` (default: synthetic 512 px PNGs
 made here). Every ``--heatmap-every``-th request asks for a heatmap. Reports status counts, client
 latency p50/p95/max, throughput, and the server's peak RSS (``VmHWM`` from /proc, Linux).
+Then the decompression bomb (unless ``--no-bomb``): 1, 8 and 32 concurrent uploads of a
+189 KiB 16-bit PNG of 9999 x 9999 zeros (refused from its header) and of a 16-bit PNG that just
+fits the default decoded-bytes budget (5790 x 5790, 67 MB decoded: admitted and decoded under
+the concurrency cap), printing the server's peak RSS growth over its idle RSS after each
+round against ``--bound-mb`` (default 768 MiB; the idle RSS of a CUDA build of torch with the
+default model is already about 1.3 GB); exits 1 if a round reaches it or a request gets a 5xx
+other than 503.
 Only loopback addresses are used. Without RUN an untrained run of ``--model`` is made in a
 temp folder (see bench/inference.py).
 
@@ -61,6 +68,33 @@ def synthetic_images(n: int = 16, size: int = 512) -> list[tuple[str, bytes]]:
     return out
 
 
+def png16_zeros(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((height, width), np.uint16)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bomb_rounds(url: str, pid: int, idle_kb: int, bound_mb: float) -> bool:
+    """Concurrent bomb uploads; prints the peak RSS growth over idle per round; False if it
+    reaches ``bound_mb`` or a request gets a 5xx other than 503."""
+    ok = True
+    bombs = [("9999x9999 16-bit (refused)", png16_zeros(9999, 9999)),
+             ("5790x5790 16-bit (at budget)", png16_zeros(5790, 5790))]  # fmt: skip
+    for label, data in bombs:
+        for n in (1, 8, 32):
+            _, statuses = asyncio.run(fire(url, [("bomb.png", data)], n, n, 0))
+            peak = (proc_status_kb(pid, "VmHWM") - idle_kb) / 1024
+            bad = {k: v for k, v in statuses.items() if not isinstance(k, int) or k >= 500}
+            bad.pop(503, None)  # queue full: the intended answer under overload
+            over = peak >= bound_mb
+            ok = ok and not bad and not over
+            print(f"  bomb {label} ({len(data) // 1024} KiB) x{n} concurrent: {statuses}; "
+                  f"peak RSS idle + {peak:.0f} MiB {'>=' if over else '<'} {bound_mb:.0f} MiB")  # fmt: skip
+    return ok
+
+
 def folder_images(folder: Path, n: int) -> list[tuple[str, bytes]]:
     from bonefrac.inference.batch import collect_inputs
 
@@ -105,6 +139,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--heatmap-every", type=int, default=0, help="Every k-th asks for a heatmap.")
+    ap.add_argument("--no-bomb", action="store_true", help="Skip the decompression-bomb rounds.")
+    ap.add_argument(
+        "--bound-mb", type=float, default=768, help="Bound on peak RSS growth over idle (MiB)."
+    )
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory()
@@ -144,6 +182,8 @@ def main() -> None:
         )
         wall = time.perf_counter() - start
         peak = proc_status_kb(server.pid, "VmHWM")
+        print(f"normal load: server peak RSS {peak / 1024:.0f} MiB (VmHWM)")
+        bombs_ok = args.no_bomb or bomb_rounds(url, server.pid, idle_rss, args.bound_mb)
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -164,7 +204,7 @@ def main() -> None:
         f"max {ms.max():.0f} ms; throughput {args.requests / wall:.1f} req/s ({wall:.1f} s)"
     )
     print(f"  server RSS: {idle_rss / 1024:.0f} MiB idle, peak {peak / 1024:.0f} MiB (VmHWM)")
-    if errors:
+    if errors or not bombs_ok:
         raise SystemExit(1)
 
 

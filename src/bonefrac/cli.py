@@ -595,14 +595,38 @@ def serve(
     backend: str = typer.Option("torch", "--backend", help="torch | onnx (RUN/model.onnx)."),
     max_body_mb: float = typer.Option(32.0, "--max-body-mb", help="Largest upload, in MiB."),
     max_pixels: int = typer.Option(
-        100_000_000, "--max-pixels", help="Largest image (width x height) accepted."
+        36_000_000, "--max-pixels", help="Largest image (width x height) accepted."
+    ),
+    max_image_mb: float = typer.Option(
+        64.0, "--max-image-mb", help="Largest decoded image (w x h x channels x bytes), MiB."
+    ),
+    max_concurrency: int = typer.Option(
+        2, "--max-concurrency", help="Requests decoding + predicting at once."
+    ),
+    queue: int = typer.Option(16, "--queue", help="Requests that may wait; then 503."),
+    allowed_host: list[str] | None = typer.Option(
+        None, "--allowed-host", help="Extra Host header name to accept (*.dom, *); repeatable."
+    ),
+    token_file: Path | None = typer.Option(
+        None, "--token-file", help="Require 'Authorization: Bearer <token in FILE>' on /v1/."
+    ),
+    docs: bool = typer.Option(True, "--docs/--no-docs", help="Serve Swagger UI at /docs."),
+    keep_alive_s: int = typer.Option(5, "--keep-alive-s", help="Close idle connections after."),
+    body_timeout_s: float = typer.Option(
+        30.0, "--body-timeout-s", help="408 when an upload stalls this long."
+    ),
+    max_connections: int = typer.Option(
+        64, "--max-connections", help="Open connections before uvicorn answers 503."
     ),
 ) -> None:
     """Serve the model: POST /v1/predict, GET /v1/model, /health, /docs and a page at /."""
     from bonefrac.serving.app import serve as run_server
 
-    console.print(f"serving {run} on http://{host}:{port}/ (API docs at /docs)")
+    console.print(f"serving {run} on http://{host}:{port}/", highlight=False, markup=False)
     run_server(
         run, host=host, port=port, backend=backend,
         max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels,
+        max_image_bytes=int(max_image_mb * 1024 * 1024), max_concurrency=max_concurrency,
+        queue=queue, allowed_hosts=allowed_host or (), token_file=token_file, docs=docs,
+        keep_alive_s=keep_alive_s, body_timeout_s=body_timeout_s, max_connections=max_connections,
     )  # fmt: skip

@@ -66,11 +66,25 @@ def load_grayscale(
     data = _read_bytes(source, label)
     if len(data) == 0:
         raise ImageDecodeError(label, "zero bytes", "the file is empty")
-    if is_dicom_bytes(data[:132]) or (
+    dicom = is_dicom_bytes(data[:132]) or (
         not isinstance(source, bytes) and Path(source).suffix.lower() in DICOM_SUFFIXES
-    ):
-        return _load_dicom(data, label, max_pixels=max_pixels, frame=dicom_frame)
-    return _load_pillow(data, label, draft_size=draft_size, max_pixels=max_pixels)
+    )
+    try:
+        if dicom:
+            return _load_dicom(data, label, max_pixels=max_pixels, frame=dicom_frame)
+        return _load_pillow(data, label, draft_size=draft_size, max_pixels=max_pixels)
+    except ImageDecodeError:
+        raise
+    except MemoryError as exc:
+        raise ImageDecodeError(label, "too many pixels", "not enough memory to decode") from exc
+    except Exception as exc:  # noqa: BLE001 - any other decoder failure is a decode failure
+        raise ImageDecodeError(label, "undecodable", _first_line(exc)) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` for an unexpected decoder exception."""
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _read_bytes(source: str | Path | bytes, label: str) -> bytes:
@@ -159,13 +173,18 @@ def _to_l(img: Image.Image) -> Image.Image:
 def _window_to_uint8(
     arr: np.ndarray, low: float | None = None, high: float | None = None
 ) -> np.ndarray:
-    arr = arr.astype(np.float32)
+    arr = arr.astype(np.float32, copy=False)
     lo = float(np.min(arr)) if low is None else low
     hi = float(np.max(arr)) if high is None else high
     if hi <= lo:
         return np.zeros(arr.shape, dtype=np.uint8)
-    out = (np.clip(arr, lo, hi) - lo) / (hi - lo) * 255.0
-    return np.round(out).astype(np.uint8)
+    # the same operations as (clip - lo) / (hi - lo) * 255, in place: one float32 temporary
+    out = np.clip(arr, lo, hi)
+    out -= lo
+    out /= hi - lo
+    out *= 255.0
+    np.round(out, out=out)
+    return out.astype(np.uint8)
 
 
 #: Transfer syntax families -> the pip packages that decode them (for error messages).
@@ -241,7 +260,13 @@ def _load_dicom(data: bytes, label: str, *, max_pixels: int, frame: int | None) 
         ts = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
         file_meta.TransferSyntaxUID = ts
     ts = UID(str(ts))
-    if ts.is_compressed:
+    try:
+        compressed = ts.is_compressed
+    except ValueError as exc:  # a UID that is not a transfer syntax (e.g. a SOP class)
+        raise ImageDecodeError(
+            label, "undecodable", f"TransferSyntaxUID {ts} is not a transfer syntax"
+        ) from exc
+    if compressed:
         try:
             decoder = get_decoder(ts)
         except NotImplementedError as exc:
@@ -253,7 +278,7 @@ def _load_dicom(data: bytes, label: str, *, max_pixels: int, frame: int | None) 
         arr = pixel_array(ds, index=frame if n_frames > 1 else None)
     except Exception as exc:  # noqa: BLE001
         msg = (str(exc).splitlines() or [type(exc).__name__])[0]
-        if ts.is_compressed and any(w in msg.lower() for w in ("decoder", "plugin", "install")):
+        if compressed and any(w in msg.lower() for w in ("decoder", "plugin", "install")):
             raise _missing_decoder(label, ts, msg) from exc
         raise ImageDecodeError(label, "undecodable", msg) from exc
 

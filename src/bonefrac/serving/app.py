@@ -1,42 +1,77 @@
 """FastAPI service and page for one run: ``POST /v1/predict``, ``GET /v1/model``, ``GET /health``.
 
-Limits, each answered with a 4xx JSON ``{"detail": ..., "reason": ...}`` while the server keeps
-serving:
+Limits, each answered with a 4xx/503 JSON ``{"detail": ..., "reason": ...}`` while the server
+keeps serving:
 
 - request body: ``Content-Length`` over ``max_body_bytes`` -> 413 before the body is read; a body
-  without (or lying about) its length is counted as it arrives and cut off at the limit -> 413.
-  The check is an ASGI middleware, so the multipart parser never sees an oversize body.
-- type: only JPEG, PNG and DICOM, recognised by their magic bytes (a ``.dcm`` name also admits
-  a DICOM without the 128-byte preamble) -> 415 otherwise; empty file -> 400.
-- pixels: the image header's width x height is checked against ``max_pixels`` before any pixel
-  is decoded (Pillow reads only the header on open; DICOM Rows x Columns) -> 413.
-- undecodable (truncated, corrupt, DICOM without pixel data, multi-frame, missing decoder) -> 422.
+  without (or lying about) its length is counted as it arrives and cut off at the limit -> 413;
+  a body that stalls for ``body_timeout_s`` between chunks -> 408. The check is an ASGI
+  middleware, so the multipart parser never sees an oversize body.
+- load: at most ``max_concurrency`` requests decode and predict at once and ``queue`` more wait
+  (admitted before their body is read); beyond that 503 with ``Retry-After``.
+- type: only JPEG, PNG, TIFF and DICOM, recognised by their magic bytes (a ``.dcm`` name also
+  admits a DICOM without the 128-byte preamble) -> 415 otherwise; empty file -> 400.
+- image budget: width x height against ``max_pixels`` and decoded bytes (x channels x bytes per
+  sample) against ``max_image_bytes``, both from the header before any pixel is decoded -> 413.
+- undecodable (any decoder failure: truncated, corrupt, malformed DICOM, multi-frame, missing
+  decoder) -> 422.
+- model output: a non-finite logit or probability -> 422, never a decision; a model that fails
+  the startup self-check is not served (``/health`` says so with 503).
 
-Inference runs in the thread pool (``run_in_threadpool``), never on the event loop; the
-Predictor serialises model calls with a lock, so concurrent requests are safe.
+Optional guards (see :mod:`bonefrac.serving.guards`): Host allow-list, bearer token, security
+headers on every response. Swagger UI at ``/docs`` uses assets served from this server.
 """
 
+import asyncio
 import base64
 import io
-import json
 import logging
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, File, Form, Query, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from bonefrac.data.imageio import PNG_SIGNATURE, is_dicom_bytes
-from bonefrac.errors import ImageDecodeError
+from bonefrac.errors import BonefracError, ImageDecodeError, ModelOutputError
+from bonefrac.serving.budget import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    check_budget,
+    footprint,
+)
+from bonefrac.serving.guards import (
+    Admission,
+    BearerAuth,
+    Gate,
+    HostCheck,
+    SecurityHeaders,
+    default_allowed_hosts,
+    is_loopback,
+    send_json,
+)
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
-#: Decoded-pixel cap for the service: 10k x 10k is far above any radiograph we expect.
-DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_MAX_CONCURRENCY = 2
+DEFAULT_QUEUE = 16
+DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_KEEP_ALIVE_S = 5
+#: Open connections uvicorn accepts (idle keep-alive ones included) before answering 503.
+DEFAULT_MAX_CONNECTIONS = 64
+#: model.json keys shown by /v1/model (no paths, no training provenance).
+PUBLIC_META_KEYS = (
+    "architecture", "image_size", "mean", "std", "class_names", "positive_class", "threshold",
+    "threshold_criterion", "temperature", "preprocess", "input", "epochs_trained", "created",
+    "weights_sha256",
+)  # fmt: skip
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 CAVEAT = (
     "Decision support only, not a diagnosis: the model can miss fractures and can flag normal "
     "bones. A clinician must read the images and decide."
@@ -45,11 +80,14 @@ _STATUS_FOR_REASON = {"too many pixels": 413}
 
 
 class BodyLimitMiddleware:
-    """Pure ASGI: reject request bodies larger than ``max_body_bytes`` with 413 JSON."""
+    """Pure ASGI: reject bodies over ``max_body_bytes`` (413) or stalling (408), as JSON."""
 
-    def __init__(self, app: Any, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: Any, max_body_bytes: int, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -61,36 +99,52 @@ class BodyLimitMiddleware:
             try:
                 declared = int(length)
             except ValueError:
-                await _send_json(send, 400, {"detail": "invalid Content-Length header"})
+                await send_json(send, 400, {"detail": "invalid Content-Length header"})
                 return
             if declared > self.max_body_bytes:
                 await self._too_large(send, f"Content-Length {declared}")
                 return
-        body = bytearray()
+        chunks: list[bytes] = []
+        size = 0
         more = True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except asyncio.TimeoutError:
+                await send_json(
+                    send,
+                    408,
+                    {
+                        "detail": f"request body stalled: nothing received for "
+                        f"{self.body_timeout_s:g} s",
+                        "reason": "body timeout",
+                    },
+                )
+                return
             if message["type"] == "http.disconnect":
                 return
-            body += message.get("body", b"")
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
             more = message.get("more_body", False)
-            if len(body) > self.max_body_bytes:
-                await self._too_large(send, f"more than {len(body)} bytes sent")
+            if size > self.max_body_bytes:
+                await self._too_large(send, f"more than {size} bytes sent")
                 return
-        replayed = False
+        body: bytes | None = b"".join(chunks)
+        chunks.clear()
 
         async def replay() -> dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            nonlocal body
+            if body is not None:
+                data, body = body, None  # hand it over once; keep no second reference
+                return {"type": "http.request", "body": data, "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)
 
     async def _too_large(self, send: Any, what: str) -> None:
         limit = self.max_body_bytes
-        await _send_json(
+        await send_json(
             send,
             413,
             {
@@ -100,28 +154,14 @@ class BodyLimitMiddleware:
         )
 
 
-async def _send_json(send: Any, status: int, payload: dict) -> None:
-    body = json.dumps(payload).encode("utf-8")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 def sniff_type(data: bytes, filename: str | None = None) -> str | None:
-    """``jpeg`` | ``png`` | ``dicom`` from the leading bytes (``None``: not allowed)."""
+    """``jpeg`` | ``png`` | ``tiff`` | ``dicom`` from the leading bytes (``None``: not allowed)."""
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
     if data[:8] == PNG_SIGNATURE:
         return "png"
+    if data[:4] in TIFF_MAGIC:
+        return "tiff"
     if is_dicom_bytes(data[:132]):
         return "dicom"
     if filename and filename.lower().endswith((".dcm", ".dicom")):
@@ -135,29 +175,85 @@ def png_b64(img: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def public_model_info(pred: Any) -> dict[str, Any]:
+    """What ``/v1/model`` shows: settings that shape the answer, no filesystem paths."""
+    meta = pred.meta
+    info: dict[str, Any] = {"model": pred.name, "backend": pred.backend}
+    info.update({k: meta[k] for k in PUBLIC_META_KEYS if k in meta})
+    return info
+
+
+def _finite(*values: float) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def docs_assets() -> Path | None:
+    """Folder with swagger-ui-bundle.js and swagger-ui.css (the fastapi-offline package)."""
+    try:
+        import fastapi_offline
+    except ImportError:
+        return None
+    folder = Path(fastapi_offline.__file__).parent / "static"
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
+
+
+DOCS_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title} - API docs</title>
+<link rel="stylesheet" href="/docs-assets/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs-assets/swagger-ui-bundle.js"></script>
+<script src="/static/docs.js"></script></body></html>
+"""
+
+
 def create_app(
     run_dir: str | Path,
     backend: str = "torch",
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     *,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    queue: int = DEFAULT_QUEUE,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    allowed_hosts: Sequence[str] | None = None,
+    token: str | None = None,
+    docs: bool = True,
+    require_self_check: bool = True,
     predictor: Any = None,
     warmup: bool = True,
 ) -> FastAPI:
     """The FastAPI app serving ``run_dir``.
 
-    The model is loaded now, not per request; ``warmup`` runs one heatmap prediction so the
-    first real request does not pay for loading Grad-CAM (and, with ``onnx``, the torch model).
+    The model is loaded now, not per request, and passes :func:`self_check` (finite logits on
+    fixed inputs) or the app is not built (``ModelOutputError``); with
+    ``require_self_check=False`` it is built but ``/health`` and ``/v1/predict`` answer 503.
+    ``warmup`` runs one heatmap prediction so the first real request does not pay for loading
+    Grad-CAM (and, with ``onnx``, the torch model). ``allowed_hosts``: ``Host`` allow-list
+    (``None``: no check; ``bonefrac serve`` passes loopback names + the bound host).
+    ``token``: require ``Authorization: Bearer <token>`` on ``/v1/...``.
     ``predictor``: an already loaded :class:`Predictor` (tests share one).
     """
     import bonefrac
     from bonefrac.inference.predictor import Predictor
+    from bonefrac.inference.selfcheck import self_check
 
     pred = predictor or Predictor.from_run(run_dir, backend=backend)
-    if warmup:  # load the heatmap path (torch model, Grad-CAM, overlay) now, not on a request
+    health_error: str | None = None
+    try:
+        self_check(pred)
+    except ModelOutputError as exc:
+        if require_self_check:
+            raise
+        health_error = str(exc)
+        log.error("%s", exc)
+    if warmup and health_error is None:  # load the heatmap path (Grad-CAM, overlay) now
         import numpy as np
 
         pred.predict(np.zeros((pred.image_size, pred.image_size), np.uint8), heatmap=True)
+    assets = docs_assets() if docs else None
+    if docs and assets is None:
+        log.warning("API docs off: the fastapi-offline package (Swagger UI assets) is missing")
     app = FastAPI(
         title="bonefrac",
         version=bonefrac.__version__,
@@ -165,19 +261,43 @@ def create_app(
             f"Fracture classifier for limb radiographs: run **{pred.name}** "
             f"({pred.architecture}, {pred.backend}). {CAVEAT}"
         ),
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.predictor = pred
     app.state.max_pixels = max_pixels
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    app.state.health_error = health_error
+    gate = Gate(max_concurrency, queue)
+    app.state.gate = gate
+    # outermost last: headers -> Host -> token -> admission -> body limit -> routes
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes,
+                       body_timeout_s=body_timeout_s)  # fmt: skip
+    app.add_middleware(Admission, gate=gate, drain_limit=max_body_bytes,
+                       drain_timeout_s=body_timeout_s)  # fmt: skip
+    if token:
+        app.add_middleware(BearerAuth, token=token)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=allowed_hosts)
+    app.add_middleware(SecurityHeaders)
 
-    def error(status: int, detail: str, reason: str) -> JSONResponse:
-        return JSONResponse({"detail": detail, "reason": reason}, status_code=status)
+    def error(status: int, detail: str, reason: str, **headers: str) -> JSONResponse:
+        return JSONResponse({"detail": detail, "reason": reason}, status_code=status,
+                            headers=headers or None)  # fmt: skip
 
-    def run_prediction(data: bytes, name: str, heatmap: bool, image: bool) -> dict[str, Any]:
+    def run_prediction(
+        data: bytes, name: str, kind: str, heatmap: bool, image: bool
+    ) -> dict[str, Any]:
+        check_budget(footprint(data, name, kind), name, max_pixels, max_image_bytes)
         prepared = pred.prepare(
             data, name=name, max_pixels=max_pixels, keep_display=heatmap or image
         )
         result = pred.predict_prepared([prepared], heatmap=heatmap)[0]
+        if not _finite(result.probability, result.logit):
+            raise ModelOutputError(
+                f"{name}: the model's output is not a finite number (logit {result.logit}, "
+                f"probability {result.probability}); it cannot be trusted and no decision is "
+                "given - check the run's model files"
+            )
         body: dict[str, Any] = {
             "probability": result.probability,
             "decision": result.decision,
@@ -197,45 +317,63 @@ def create_app(
 
     @app.post(
         "/v1/predict",
-        summary="Probability of a fracture for one radiograph (JPEG, PNG or DICOM)",
+        summary="Probability of a fracture for one radiograph (JPEG, PNG, TIFF or DICOM)",
         responses={
             400: {"description": "empty file"},
+            401: {"description": "missing or wrong bearer token (with --token-file)"},
+            408: {"description": "the request body stalled"},
             413: {"description": "body or image too large"},
-            415: {"description": "not JPEG, PNG or DICOM"},
-            422: {"description": "cannot be decoded"},
+            415: {"description": "not JPEG, PNG, TIFF or DICOM"},
+            422: {"description": "cannot be decoded, or the model's output is not finite"},
+            503: {"description": "busy (see Retry-After) or the model failed its self-check"},
         },
     )
     async def predict(
-        file: UploadFile = File(..., description="The radiograph: JPEG, PNG or DICOM."),
+        file: UploadFile = File(..., description="The radiograph: JPEG, PNG, TIFF or DICOM."),
         heatmap: bool = Query(False, description="Add heatmap_png: Grad-CAM overlay (base64)."),
         image: bool = Query(False, description="Add image_png: the decoded greyscale (base64)."),
         heatmap_form: bool | None = Form(None, alias="heatmap", include_in_schema=False),
     ) -> Any:
         name = file.filename or "upload"
-        data = await file.read()
-        await file.close()
-        if not data:
-            return error(400, f"{name}: the uploaded file is empty", "zero bytes")
-        kind = sniff_type(data, name)
-        if kind is None:
-            return error(
-                415,
-                f"{name}: not a JPEG, PNG or DICOM file (unrecognised leading bytes)",
-                "unsupported type",
-            )
-        want_heatmap = bool(heatmap or heatmap_form)
-        try:
-            return await run_in_threadpool(run_prediction, data, name, want_heatmap, image)
-        except ImageDecodeError as exc:
-            status = _STATUS_FOR_REASON.get(exc.reason, 422)
-            return error(status, f"{name}: {exc.reason} ({exc.detail})", exc.reason)
+        if health_error is not None:
+            await file.close()
+            return error(503, health_error, "model failed self-check")
+        async with gate.slots:  # decoding and inference both happen under the cap
+            data = await file.read()
+            await file.close()
+            if not data:
+                return error(400, f"{name}: the uploaded file is empty", "zero bytes")
+            kind = sniff_type(data, name)
+            if kind is None:
+                return error(
+                    415,
+                    f"{name}: not a JPEG, PNG, TIFF or DICOM file (unrecognised leading bytes)",
+                    "unsupported type",
+                )
+            want_heatmap = bool(heatmap or heatmap_form)
+            try:
+                return await run_in_threadpool(
+                    run_prediction, data, name, kind, want_heatmap, image
+                )
+            except ImageDecodeError as exc:
+                status = _STATUS_FOR_REASON.get(exc.reason, 422)
+                return error(status, f"{name}: {exc.reason} ({exc.detail})", exc.reason)
+            except ModelOutputError as exc:
+                log.error("%s", exc)
+                return error(422, str(exc), "model output not finite")
+            except BonefracError as exc:
+                return error(422, f"{name}: {exc}", "undecodable")
 
-    @app.get("/v1/model", summary="The run's model.json (architecture, input, threshold...)")
+    @app.get("/v1/model", summary="The run's model settings (architecture, input, threshold...)")
     async def model_info() -> Any:
-        return pred.meta
+        return public_model_info(pred)
 
-    @app.get("/health", summary="Liveness: 200 when the model is loaded")
+    @app.get("/health", summary="200 when the model is loaded and passed its self-check")
     async def health() -> Any:
+        if health_error is not None:
+            return JSONResponse(
+                {"status": "error", "detail": health_error, "model": pred.name}, status_code=503
+            )
         return {"status": "ok", "model": pred.name, "backend": pred.backend}
 
     @app.get("/", include_in_schema=False)
@@ -243,6 +381,12 @@ def create_app(
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if assets is not None:
+        app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs_page() -> Any:
+            return HTMLResponse(DOCS_HTML.format(title=app.title))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Any, exc: Exception) -> JSONResponse:  # pragma: no cover
@@ -260,14 +404,46 @@ def serve(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     log_level: str = "info",
+    *,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    queue: int = DEFAULT_QUEUE,
+    allowed_hosts: Sequence[str] = (),
+    token_file: str | Path | None = None,
+    docs: bool = True,
+    keep_alive_s: int = DEFAULT_KEEP_ALIVE_S,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> None:
-    """Run the app with uvicorn (blocking)."""
+    """Run the app with uvicorn (blocking).
+
+    ``allowed_hosts`` adds to the default Host allow-list (loopback names + ``host``).
+    Idle keep-alive connections close after ``keep_alive_s``; a body stalling for
+    ``body_timeout_s`` gets 408; beyond ``max_connections`` open connections uvicorn answers 503.
+    """
     import uvicorn
 
+    from bonefrac.serving.guards import read_token
+
+    token = read_token(token_file) if token_file else None
+    if not is_loopback(host) and token is None:
+        log.warning(
+            "serving on non-loopback address %s without --token-file: anyone who can reach "
+            "this port can upload images and read predictions",
+            host,
+        )
     limit_malloc_arenas()
 
-    app = create_app(run_dir, backend, max_body_bytes=max_body_bytes, max_pixels=max_pixels)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    hosts = [*default_allowed_hosts(host), *allowed_hosts]
+    app = create_app(
+        run_dir, backend, max_body_bytes=max_body_bytes, max_pixels=max_pixels,
+        max_image_bytes=max_image_bytes, max_concurrency=max_concurrency, queue=queue,
+        body_timeout_s=body_timeout_s, allowed_hosts=hosts, token=token, docs=docs,
+    )  # fmt: skip
+    uvicorn.run(
+        app, host=host, port=port, log_level=log_level, timeout_keep_alive=keep_alive_s,
+        limit_concurrency=max_connections,
+    )  # fmt: skip
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:

@@ -1,0 +1,117 @@
+(function () {
+  "use strict";
+  const $ = (id) => document.getElementById(id);
+  const drop = $("drop"), input = $("file");
+  let busy = false;
+  let criterion = "";
+
+  let token = sessionStorage.getItem("bonefrac-token") || "";
+  const isNum = (v) => typeof v === "number" && isFinite(v);
+
+  function authHeaders() {
+    return token ? { Authorization: "Bearer " + token } : {};
+  }
+
+  function askToken() {
+    $("token-form").hidden = false;
+    $("token").focus();
+  }
+
+  function loadModel() {
+    fetch("/v1/model", { headers: authHeaders() }).then((r) => {
+      if (r.status === 401) { askToken(); throw new Error("token"); }
+      return r.json();
+    }).then((m) => {
+      criterion = m.threshold_criterion || "";
+      $("model-info").textContent = "Model: " + (m.architecture || "?") +
+        " · input " + (m.image_size || "?") + " px · decision threshold " +
+        (isNum(m.threshold) ? m.threshold.toFixed(3) : "unknown");
+    }).catch(() => { $("model-info").textContent = "Model information unavailable"; });
+  }
+  loadModel();
+
+  $("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    token = $("token").value.trim();
+    sessionStorage.setItem("bonefrac-token", token);
+    $("token-form").hidden = true;
+    $("error").hidden = true;
+    loadModel();
+  });
+
+  function showError(msg) {
+    $("error").textContent = msg;
+    $("error").hidden = false;
+    $("status").textContent = "";
+  }
+
+  function showImages() {
+    const withHeat = $("show-heatmap").checked && $("heatmap").getAttribute("src");
+    $("heatmap").hidden = !withHeat;
+    $("image").hidden = !!withHeat || !$("image").getAttribute("src");
+  }
+
+  async function send(file) {
+    if (!file || busy) return;
+    busy = true;
+    $("error").hidden = true;
+    $("result").hidden = true;
+    $("status").textContent = "Analysing " + file.name + "…";
+    const form = new FormData();
+    form.append("file", file, file.name);
+    try {
+      const resp = await fetch("/v1/predict?heatmap=true&image=true",
+        { method: "POST", body: form, headers: authHeaders() });
+      let body = null;
+      try { body = await resp.json(); } catch (e) { body = null; }
+      if (resp.status === 401) askToken();
+      if (!resp.ok) {
+        const detail = body && body.detail ? (typeof body.detail === "string" ? body.detail
+          : JSON.stringify(body.detail)) : ("HTTP " + resp.status);
+        showError("Could not analyse this file: " + detail);
+        return;
+      }
+      // show only numbers the server actually sent: anything else is an error, not a result
+      if (!body || !isNum(body.probability) || body.probability < 0 || body.probability > 1 ||
+          typeof body.decision !== "boolean" || !isNum(body.threshold)) {
+        showError("Could not analyse this file: the server's answer has no valid probability " +
+          "or decision, so no result is shown.");
+        return;
+      }
+      $("hint").hidden = true;
+      $("image").src = body.image_png ? "data:image/png;base64," + body.image_png : "";
+      $("heatmap").src = body.heatmap_png ? "data:image/png;base64," + body.heatmap_png : "";
+      showImages();
+      const pct = (100 * body.probability);
+      $("probability").textContent = (pct < 0.1 ? "<0.1" : pct > 99.9 ? ">99.9" : pct.toFixed(1)) + "%";
+      const dec = $("decision");
+      dec.textContent = body.decision ? "Fracture suspected" : "No fracture suspected";
+      dec.className = "decision " + (body.decision ? "pos" : "neg");
+      const tuned = criterion && criterion !== "default";
+      $("threshold-note").textContent = "Decision at the " +
+        (tuned ? "tuned threshold (" + criterion + ") of " : "default threshold of ") +
+        (100 * body.threshold).toFixed(1) + "% (model " + body.model + "). " +
+        "Probabilities near the threshold are the least certain.";
+      $("status").textContent = file.name;
+      $("result").hidden = false;
+    } catch (e) {
+      showError("The server did not answer: " + e);
+    } finally {
+      busy = false;
+      input.value = "";
+    }
+  }
+
+  drop.addEventListener("click", () => input.click());
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") input.click(); });
+  input.addEventListener("change", () => send(input.files[0]));
+  $("another").addEventListener("click", () => input.click());
+  $("show-heatmap").addEventListener("change", showImages);
+  ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => {
+    e.preventDefault(); drop.classList.add("over");
+  }));
+  ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => {
+    e.preventDefault(); drop.classList.remove("over");
+  }));
+  drop.addEventListener("drop", (e) => send(e.dataTransfer.files[0]));
+})();
