@@ -33,7 +33,7 @@ from bonefrac.data.imageio import (
     load_grayscale,
 )
 from bonefrac.data.transforms import prepare_image, to_input
-from bonefrac.errors import ImageDecodeError, RunDirError
+from bonefrac.errors import ImageDecodeError, ModelOutputError, RunDirError
 from bonefrac.fileio import file_sha256
 from bonefrac.rundir import ModelMeta, RunDir, check_finite
 from bonefrac.system import usable_cpus
@@ -173,13 +173,18 @@ class Predictor:
     # --- construction ---------------------------------------------------------------------
     @classmethod
     def from_run(
-        cls, run_dir: str | Path | RunDir, backend: str = "torch", threads: int | None = None
+        cls,
+        run_dir: str | Path | RunDir,
+        backend: str = "torch",
+        threads: int | None = None,
+        *,
+        check: bool = True,
     ) -> Predictor:
         """Load a run for ``backend`` ``torch`` or ``onnx`` (``RUN/model.onnx``).
 
         Fails closed: invalid model.json, weights that do not match their recorded SHA-256,
-        an unreadable model file, or a model whose output on a fixed input is not finite is a
-        :class:`BonefracError`, never a predictor that answers anyway.
+        an unreadable model file, or (``check``) a model whose output on fixed inputs is not
+        finite is a :class:`BonefracError`, never a predictor that answers anyway.
         """
         from bonefrac.models.runio import load_model
 
@@ -192,7 +197,8 @@ class Predictor:
         else:
             session = open_onnx_session(run, meta, threads=threads)
             predictor = cls(meta, backend, session=session, run=run)
-        predictor.self_check()
+        if check:
+            predictor.self_check()
         return predictor
 
     @classmethod
@@ -336,19 +342,22 @@ class Predictor:
             return ex(x).heat
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated ``sigmoid(logit / temperature)``."""
-        return self.meta.probability(logits)
+        """Calibrated ``sigmoid(logit / temperature)``; a probability that cannot be computed
+        or is not finite is a :class:`ModelOutputError`."""
+        try:
+            probs = self.meta.probability(logits)
+        except ValueError as exc:  # a temperature that is not a positive number
+            raise ModelOutputError(
+                f"{self.name or self.architecture}: {exc}, so the output cannot be trusted"
+            ) from None
+        return check_finite(probs, f"{self.name or self.architecture}: probabilities")
 
-    def self_check(self) -> None:
-        """Run the model on a fixed input; a non-finite output is a :class:`ModelOutputError`
+    def self_check(self) -> np.ndarray:
+        """Run the model on fixed inputs; a non-finite output is a :class:`ModelOutputError`
         (a model that cannot be trusted refuses to start instead of answering)."""
-        size = self.image_size
-        ramp = np.linspace(0, 255, size, dtype=np.float32)
-        probe = (np.add.outer(ramp, ramp) / 2).astype(np.uint8)
-        check_finite(
-            self.logits([probe, np.full((size, size), 128, np.uint8)]),
-            f"{self.name or self.architecture}: self-check on a fixed input",
-        )
+        from bonefrac.inference.selfcheck import self_check
+
+        return self_check(self)
 
     def predict_prepared(
         self, prepared: Sequence[PreparedInput], heatmap: bool = False

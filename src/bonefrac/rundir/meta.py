@@ -120,8 +120,8 @@ def check_finite(logits: Any, what: str = "model output") -> np.ndarray:
     bad = ~np.isfinite(arr)
     if bad.any():
         raise ModelOutputError(
-            f"{what}: {int(bad.sum())} of {arr.size} logits are not finite (NaN or inf); the "
-            "weights or model.json are broken: restore or retrain the run"
+            f"{what}: {int(bad.sum())} of {arr.size} values are not finite (NaN or inf), so the "
+            "output cannot be trusted; the weights or model.json are broken: restore or retrain"
         )
     return arr
 

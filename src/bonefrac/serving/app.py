@@ -177,7 +177,7 @@ def png_b64(img: Any) -> str:
 
 def public_model_info(pred: Any) -> dict[str, Any]:
     """What ``/v1/model`` shows: settings that shape the answer, no filesystem paths."""
-    meta = pred.meta
+    meta = pred.meta.model_dump(mode="json")
     info: dict[str, Any] = {"model": pred.name, "backend": pred.backend}
     info.update({k: meta[k] for k in PUBLIC_META_KEYS if k in meta})
     return info
@@ -236,12 +236,10 @@ def create_app(
     """
     import bonefrac
     from bonefrac.inference.predictor import Predictor
-    from bonefrac.inference.selfcheck import self_check
-
-    pred = predictor or Predictor.from_run(run_dir, backend=backend)
+    pred = predictor or Predictor.from_run(run_dir, backend=backend, check=False)
     health_error: str | None = None
     try:
-        self_check(pred)
+        pred.self_check()
     except ModelOutputError as exc:
         if require_self_check:
             raise
