@@ -20,6 +20,7 @@ from bonefrac.fileio import atomic_open, file_sha1, write_csv, write_json
 from bonefrac.models.registry import build_model, resolve_spec
 from bonefrac.models.runio import MODEL_JSON, library_versions, save_weights
 from bonefrac.training.datamodule import FractureDataModule, split_frames
+from bonefrac.training.distributed import is_launcher_rank_zero
 from bonefrac.training.history import HistoryCallback, plot_training_curves
 from bonefrac.training.losses import resolve_pos_weight
 from bonefrac.training.module import FractureModule
@@ -68,6 +69,10 @@ def train(
     )
     L.seed_everything(cfg.seed, verbose=False)
     model = _build(cfg)
+    if not is_launcher_rank_zero():  # a re-launched DDP rank: rank 0 owns the run directory
+        return _fit(
+            cfg, frames, model, out, manifest, resume=False, progress=progress, callbacks=callbacks
+        )
     if out.exists() and any(out.iterdir()):
         if not force:
             raise RunDirError(f"{out}: already exists and is not empty; pass --force to overwrite")
