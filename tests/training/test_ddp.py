@@ -7,10 +7,7 @@ re-executes the command line for rank 1.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +22,7 @@ from bonefrac.config import load_config
 from bonefrac.data.dataset import make_sampler
 from bonefrac.training.datamodule import FractureDataModule, split_frames
 from bonefrac.training.distributed import gather_uneven, is_launcher_rank_zero
+from tests.cli_subprocess import bonefrac_command, cli_env, set_args
 from tests.synthetic import make_manifest
 
 DDP_SETS = [
@@ -47,30 +45,11 @@ DDP_SETS = [
 SIZES = {"train": 41, "val": 15, "test": 13}
 
 
-def _bonefrac() -> list[str]:
-    script = Path(sys.executable).parent / "bonefrac"
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("bonefrac")
-    if found is None:
-        pytest.skip("the 'bonefrac' console script is not installed (pip install -e .)")
-    return [found]
-
-
 def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PL_", "LT_"))}
-    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GROUP_RANK"):
-        env.pop(key, None)
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["OMP_NUM_THREADS"] = "1"
     return subprocess.run(
-        [*_bonefrac(), *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def _sets(items: list[str]) -> list[str]:
-    return [a for item in items for a in ("--set", item)]
+        [*bonefrac_command(), *args], env=cli_env(), capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
 
 
 def _check_predictions(run: Path, manifest: Path) -> None:
@@ -90,7 +69,7 @@ def test_ddp_train_force_and_resume_on_two_cpu_processes(tmp_path: Path) -> None
     # --force: rank 0 wipes and re-creates the run directory; the re-launched rank 1 must
     # neither refuse ("already exists") nor wipe what rank 0 has written meanwhile.
     args = ["train", "--manifest", str(manifest), "--out", str(run), "--force", "--no-progress"]
-    result = _run([*args, *_sets(DDP_SETS)])
+    result = _run([*args, *set_args(DDP_SETS)])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "GLOBAL_RANK: 1" in result.stdout + result.stderr  # two processes really ran
     assert result.stdout.count("run directory:") == 1  # only rank 0 reports

@@ -103,11 +103,14 @@ def default_study_name(cfg: ExperimentConfig) -> str:
     return f"{base}-tune"
 
 
-def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
+def open_storage(
+    url: str | None = None, heartbeat_seconds: int = 60, grace_seconds: int = 180
+) -> optuna.storages.BaseStorage:
     """An Optuna RDB storage for ``url`` (default ``sqlite:///runs/tune.db``, folder created).
 
-    Heartbeats mark trials of a killed worker as failed (and retry them once) the next time a
-    worker starts, so a crash loses no trial.
+    Heartbeats (every ``heartbeat_seconds``) mark trials of a killed worker as failed once they
+    have been silent for ``grace_seconds``, and retry them once, the next time any worker
+    starts a trial, so a crash loses no trial.
     """
     url = url or DEFAULT_STORAGE
     if "://" not in url:
@@ -127,8 +130,8 @@ def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
             return optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
-                heartbeat_interval=60,
-                grace_period=180,
+                heartbeat_interval=heartbeat_seconds,
+                grace_period=grace_seconds,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=1
                 ),
@@ -136,7 +139,7 @@ def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
     except ImportError as exc:
         raise ConfigError(
             f"storage {_redact(url)}: database driver missing ({exc}); for PostgreSQL "
-            "install psycopg2-binary (pip install psycopg2-binary)"
+            "install the driver extra: pip install 'bonefrac[postgres]'"
         ) from exc
     except Exception as exc:  # sqlalchemy errors: bad URL, unreachable server, auth
         raise ConfigError(f"storage {_redact(url)}: cannot open ({exc})") from exc
@@ -199,7 +202,7 @@ def run_study(
     out_dir = Path(out) if out is not None else Path("runs") / name
     out_dir = out_dir.resolve()
 
-    rdb = open_storage(storage)
+    rdb = open_storage(storage, base.tune.heartbeat_seconds, base.tune.grace_seconds)
     pruner: optuna.pruners.BasePruner = (
         optuna.pruners.MedianPruner(
             n_startup_trials=base.tune.prune_startup_trials,
