@@ -21,7 +21,11 @@ from torch.utils.data import DistributedSampler
 from bonefrac.config import load_config
 from bonefrac.data.dataset import make_sampler
 from bonefrac.training.datamodule import FractureDataModule, split_frames
-from bonefrac.training.distributed import gather_uneven, is_launcher_rank_zero
+from bonefrac.training.distributed import (
+    gather_uneven,
+    is_launcher_rank_zero,
+    owns_run_dir,
+)
 from tests.cli_subprocess import bonefrac_command, cli_env, set_args
 from tests.synthetic import make_manifest
 
@@ -177,3 +181,6 @@ def test_rank_zero_is_read_from_the_launchers_environment(
     monkeypatch.delenv("NODE_RANK")
     monkeypatch.setenv("SLURM_PROCID", "3")
     assert not is_launcher_rank_zero()
+    # a one-device run is one process, whatever rank its environment names
+    assert owns_run_dir(1) and owns_run_dir([0]) and owns_run_dir("1")
+    assert not owns_run_dir(2) and not owns_run_dir("auto") and not owns_run_dir(1, num_nodes=2)

@@ -44,6 +44,17 @@ def is_launcher_rank_zero() -> bool:
     return True
 
 
+def owns_run_dir(devices: int | str | list[int], num_nodes: int = 1) -> bool:
+    """Whether this process creates and writes the run directory of a training run.
+
+    A run configured for one device on one node is a single process whatever the environment
+    says (e.g. one of several ``bonefrac tune`` workers started by ``srun``); otherwise only
+    the launcher's rank 0 does.
+    """
+    one_device = devices == 1 or devices == "1" or (isinstance(devices, list) and len(devices) == 1)
+    return (one_device and num_nodes == 1) or is_launcher_rank_zero()
+
+
 def gather_uneven(module, values: Tensor) -> Tensor:  # noqa: ANN001
     """Concatenate a 1-D tensor from every rank (rank order), allowing different lengths.
 

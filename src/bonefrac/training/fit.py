@@ -20,7 +20,7 @@ from bonefrac.fileio import atomic_open, file_sha1, write_csv, write_json
 from bonefrac.models.registry import build_model, resolve_spec
 from bonefrac.models.runio import MODEL_JSON, library_versions, save_weights
 from bonefrac.training.datamodule import FractureDataModule, split_frames
-from bonefrac.training.distributed import is_launcher_rank_zero
+from bonefrac.training.distributed import owns_run_dir
 from bonefrac.training.history import HistoryCallback, plot_training_curves
 from bonefrac.training.losses import resolve_pos_weight
 from bonefrac.training.module import FractureModule
@@ -69,7 +69,7 @@ def train(
     )
     L.seed_everything(cfg.seed, verbose=False)
     model = _build(cfg)
-    if not is_launcher_rank_zero():  # a re-launched DDP rank: rank 0 owns the run directory
+    if not owns_run_dir(cfg.train.devices, cfg.train.num_nodes):  # a DDP rank other than 0
         return _fit(
             cfg, frames, model, out, manifest, resume=False, progress=progress, callbacks=callbacks
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "sqlite:///runs/tune.db"
 #: Validation metrics (threshold 0.5) copied from metrics.json into each trial's user attrs.
 TRIAL_METRICS = ("roc_auc", "pr_auc", "f1", "sensitivity", "specificity")
+#: Tries to open a storage whose tables another worker may be creating at the same moment.
+_SCHEMA_ATTEMPTS = 5
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -124,7 +127,9 @@ def open_storage(
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    try:
+    import sqlalchemy.exc
+
+    def connect() -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
@@ -136,6 +141,17 @@ def open_storage(
                     max_retry=1
                 ),
             )
+
+    try:
+        for attempt in range(1, _SCHEMA_ATTEMPTS):
+            try:
+                return connect()
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # Workers starting together on an empty database all create Optuna's tables;
+                # PostgreSQL lets one win and the others fail on a duplicate. Once the winner
+                # is done the tables exist and connecting again succeeds.
+                time.sleep(0.5 * attempt)
+        return connect()
     except ImportError as exc:
         raise ConfigError(
             f"storage {_redact(url)}: database driver missing ({exc}); for PostgreSQL "
