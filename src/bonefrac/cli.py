@@ -173,6 +173,7 @@ def train(
     from bonefrac.config import load_config
     from bonefrac.errors import ConfigError
     from bonefrac.training import fit
+    from bonefrac.training.distributed import is_launcher_rank_zero
 
     if resume is not None:
         run = fit.resume(resume, progress=not no_progress)
@@ -184,7 +185,8 @@ def train(
                 "train needs --manifest MANIFEST.csv and --out RUN_DIR (or --resume RUN)"
             )
         run = fit.train(cfg, manifest, out, force=force, progress=not no_progress)
-    _print_run_summary(run)
+    if is_launcher_rank_zero():  # the other ranks of a multi-process run write nothing
+        _print_run_summary(run)
 
 
 def _print_run_summary(path: Path) -> None:

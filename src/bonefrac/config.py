@@ -124,6 +124,11 @@ class TuneConfig(_Strict):
     """Trials that always run to the end before the pruner starts comparing."""
     prune_warmup_epochs: int = Field(1, ge=0)
     """Epochs of every trial that are never pruned."""
+    heartbeat_seconds: int = Field(60, ge=1)
+    """How often a worker marks its running trial alive in the study storage."""
+    grace_seconds: int = Field(180, ge=2)
+    """A running trial silent this long belongs to a dead worker: the next worker to start a
+    trial marks it failed and runs it again (once)."""
 
     @field_validator("objective")
     @classmethod

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from rich.progress import Progress
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from bonefrac.data.transforms import load_prepared
 from bonefrac.errors import DataError, ImageDecodeError
@@ -110,64 +110,90 @@ class RadiographDataset(Dataset):
         return x, torch.tensor(float(self.labels[index]))
 
 
-class _EpochSampler(Sampler[int]):
+class _EpochSampler(DistributedSampler):
     """Base for samplers whose order depends only on ``(seed, epoch)``.
 
     Lightning calls ``set_epoch`` before each epoch, so a resumed run draws exactly the
-    batches an uninterrupted run would have drawn.
+    batches an uninterrupted run would have drawn. With ``num_replicas`` > 1 (multi-process
+    training) every rank draws the same epoch order and keeps every ``num_replicas``-th index
+    from its ``rank``, padded by wrapping around so all ranks take the same number of steps.
+    Being a ``DistributedSampler``, Lightning uses it as is instead of wrapping it in its own
+    (which would never pass the epoch on, so every epoch would draw the same indices).
     """
 
-    def __init__(self, labels: np.ndarray, seed: int = 0) -> None:
+    def __init__(
+        self, labels: np.ndarray, seed: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
         self.labels = np.asarray(labels).astype(int)
-        self.seed = seed
-        self.epoch = 0
+        self._check()
+        super().__init__(
+            range(self.epoch_size()),
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=False,
+            seed=seed,
+            drop_last=False,
+        )
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def _check(self) -> None:
+        """Raise when the labels cannot be sampled (called before anything else)."""
+
+    def epoch_size(self) -> int:
+        """Indices drawn per epoch over all ranks together."""
+        return len(self.labels)
 
     def _rng(self) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch])
 
+    def _epoch_indices(self) -> list[int]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[int]:
+        idx = self._epoch_indices()
+        if self.num_replicas == 1:
+            return iter(idx)
+        while len(idx) < self.total_size:
+            idx += idx[: self.total_size - len(idx)]
+        return iter(idx[self.rank : self.total_size : self.num_replicas])
+
     def __len__(self) -> int:
-        return len(self.labels)
+        return self.num_samples
 
 
 class ShuffleSampler(_EpochSampler):
     """Plain shuffling (no rebalancing)."""
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._rng().permutation(len(self.labels)).tolist())
+    def _epoch_indices(self) -> list[int]:
+        return self._rng().permutation(len(self.labels)).tolist()
 
 
 class WeightedSampler(_EpochSampler):
     """Draws ``len(labels)`` indices with replacement, weights = inverse class frequency."""
 
-    def __init__(self, labels: np.ndarray, seed: int = 0) -> None:
-        super().__init__(labels, seed)
+    def _check(self) -> None:
         weights = class_weights(self.labels)
         self.p = weights / weights.sum()
 
-    def __iter__(self) -> Iterator[int]:
+    def _epoch_indices(self) -> list[int]:
         n = len(self.labels)
-        return iter(self._rng().choice(n, size=n, replace=True, p=self.p).tolist())
+        return self._rng().choice(n, size=n, replace=True, p=self.p).tolist()
 
 
 class OversampleSampler(_EpochSampler):
     """Each epoch: every majority index once, minority indices repeated (then drawn without
     replacement for the remainder) until both classes have the same count; shuffled."""
 
-    def __init__(self, labels: np.ndarray, seed: int = 0) -> None:
-        super().__init__(labels, seed)
+    def _check(self) -> None:
         counts = np.bincount(self.labels, minlength=2)
         if (counts == 0).any():
             raise DataError("cannot oversample: one class has no training images")
         self.majority = int(np.argmax(counts))
         self.n_major = int(counts.max())
 
-    def __len__(self) -> int:
+    def epoch_size(self) -> int:
         return 2 * self.n_major
 
-    def __iter__(self) -> Iterator[int]:
+    def _epoch_indices(self) -> list[int]:
         rng = self._rng()
         major = np.flatnonzero(self.labels == self.majority)
         minor = np.flatnonzero(self.labels != self.majority)
@@ -175,7 +201,7 @@ class OversampleSampler(_EpochSampler):
         extra = rng.choice(minor, size=self.n_major - reps * len(minor), replace=False)
         idx = np.concatenate([major, np.tile(minor, reps), extra])
         rng.shuffle(idx)
-        return iter(idx.tolist())
+        return idx.tolist()
 
 
 def class_weights(labels: np.ndarray) -> np.ndarray:
@@ -190,8 +216,11 @@ def class_weights(labels: np.ndarray) -> np.ndarray:
 SAMPLERS = {"none": ShuffleSampler, "weighted": WeightedSampler, "oversample": OversampleSampler}
 
 
-def make_sampler(kind: str, labels: np.ndarray, seed: int = 0) -> _EpochSampler:
-    """``none`` (plain shuffling), ``weighted`` (inverse class frequency) or ``oversample``."""
+def make_sampler(
+    kind: str, labels: np.ndarray, seed: int = 0, num_replicas: int = 1, rank: int = 0
+) -> _EpochSampler:
+    """``none`` (plain shuffling), ``weighted`` (inverse class frequency) or ``oversample``;
+    ``rank`` of ``num_replicas`` processes draws its share of each epoch."""
     if kind not in SAMPLERS:
         raise ValueError(f"unknown sampler {kind!r}: use none, weighted or oversample")
-    return SAMPLERS[kind](labels, seed=seed)
+    return SAMPLERS[kind](labels, seed=seed, num_replicas=num_replicas, rank=rank)

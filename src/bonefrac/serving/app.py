@@ -236,6 +236,7 @@ def create_app(
     """
     import bonefrac
     from bonefrac.inference.predictor import Predictor
+
     pred = predictor or Predictor.from_run(run_dir, backend=backend, check=False)
     health_error: str | None = None
     try:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import lightning as L
 import pandas as pd
-from torch.utils.data import DataLoader
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Sampler
 
 from bonefrac.config import DataConfig
 from bonefrac.data.dataset import PreparedImageCache, RadiographDataset, make_sampler
@@ -83,10 +84,22 @@ class FractureDataModule(L.LightningDataModule):
         eval_paths = self.datasets["val"].paths + self.datasets["test"].paths
         self.eval_cache.fill(eval_paths, "decoding val/test images", self.progress)
 
+    def _replicas(self) -> tuple[int, int]:
+        """``(world size, global rank)`` of the attached Trainer; ``(1, 0)`` before one is."""
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
     def _loader(self, split: str, batch_size: int, train: bool = False) -> DataLoader:
         ds = self.datasets[split]
         workers = self.cfg.num_workers
-        sampler = make_sampler(self.cfg.sampler, ds.labels, self.seed) if train else None
+        world, rank = self._replicas()
+        sampler: Sampler[int] | None = None
+        if train:
+            sampler = make_sampler(self.cfg.sampler, ds.labels, self.seed, world, rank)
+        elif world > 1:
+            # each image on exactly one rank, none repeated to even out the ranks
+            sampler = UnrepeatedDistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
         return DataLoader(
             ds,
             batch_size=batch_size,
@@ -94,7 +107,7 @@ class FractureDataModule(L.LightningDataModule):
             shuffle=False,
             num_workers=workers,
             persistent_workers=workers > 0,
-            drop_last=train and len(ds) > batch_size,
+            drop_last=train and len(sampler or ds) > batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:

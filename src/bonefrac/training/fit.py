@@ -28,6 +28,7 @@ from bonefrac.rundir import (
     predictions_frame,
 )
 from bonefrac.training.datamodule import FractureDataModule, split_frames
+from bonefrac.training.distributed import owns_run_dir
 from bonefrac.training.history import HistoryCallback, plot_training_curves
 from bonefrac.training.losses import resolve_pos_weight
 from bonefrac.training.module import FractureModule
@@ -72,8 +73,13 @@ def train(
     )
     L.seed_everything(cfg.seed, verbose=False)
     model = _build(cfg)
-    run = RunDir.create(out, force=force)
-    run.write_config(cfg)
+    if not owns_run_dir(cfg.train.devices, cfg.train.num_nodes):  # a DDP rank other than 0
+        # Lightning's launcher re-runs this command for each rank: only rank 0 creates the
+        # run directory (and, with --force, wipes it), the others train beside it.
+        run = RunDir(Path(out))
+    else:
+        run = RunDir.create(out, force=force)
+        run.write_config(cfg)
     return _fit(
         cfg, frames, model, run, manifest, resume=False, progress=progress, callbacks=callbacks
     )

@@ -12,6 +12,7 @@ from torch import Tensor
 from bonefrac.config import ExperimentConfig
 from bonefrac.data.transforms import to_input
 from bonefrac.models.classifier import FractureClassifier
+from bonefrac.training.distributed import gather_uneven
 from bonefrac.training.losses import BinaryLoss
 
 
@@ -81,7 +82,11 @@ class FractureModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         # Re-seed per epoch so augmentation and dropout depend only on (seed, epoch):
         # a resumed run then replays exactly what an uninterrupted run would.
-        L.seed_everything(self.cfg.seed + 1000 * (self.current_epoch + 1), verbose=False)
+        # Each rank of a multi-process run gets its own stream (rank 0 keeps the 1-process one).
+        rank_offset = 1_000_003 * self.global_rank
+        L.seed_everything(
+            self.cfg.seed + 1000 * (self.current_epoch + 1) + rank_offset, verbose=False
+        )
         if self.cfg.train.warmup_frozen_epochs:
             frozen = self.current_epoch < self.cfg.train.warmup_frozen_epochs
             self.model.set_freeze("backbone" if frozen else self.cfg.model.freeze)
@@ -90,29 +95,38 @@ class FractureModule(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.loss_fn(logits.float(), y)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(
+            "train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y),
+            sync_dist=True,
+        )  # fmt: skip
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x).float()
-        loss = self.loss_fn(logits, y)
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
-        self._val_logits.append(logits.detach().cpu())
-        self._val_labels.append(y.detach().cpu())
+        self._val_logits.append(logits.detach())
+        self._val_labels.append(y.detach().float())
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_logits:
-            return
-        logits = self.all_gather(torch.cat(self._val_logits)).reshape(-1)
-        labels = self.all_gather(torch.cat(self._val_labels)).reshape(-1)
+        # Every rank gathers every rank's val outputs (each image once: the val sampler does
+        # not pad), so loss and metrics cover the whole split and are identical on all ranks,
+        # which keeps checkpointing and early stopping in step without rank-0-only logging.
+        local_logits = torch.cat(self._val_logits) if self._val_logits else torch.zeros(0)
+        local_labels = torch.cat(self._val_labels) if self._val_labels else torch.zeros(0)
         self._val_logits.clear()
         self._val_labels.clear()
+        logits = gather_uneven(self, local_logits.to(self.device)).float()
+        labels = gather_uneven(self, local_labels.to(self.device)).float()
+        if len(logits) == 0:
+            return
+        # identical on every rank: sync_dist only averages equal values (and keeps Lightning quiet)
+        loss = self.loss_fn(logits, labels)
+        self.log("val_loss", loss, prog_bar=True, batch_size=len(labels), sync_dist=True)
         probs = torch.sigmoid(logits).numpy(force=True)
         metrics = binary_epoch_metrics(labels.numpy(force=True), probs)
         for name, value in metrics.items():
             shown = name in ("roc_auc", "f1")
-            self.log(f"val_{name}", float(value), prog_bar=shown, rank_zero_only=True)
+            self.log(f"val_{name}", float(value), prog_bar=shown, sync_dist=True)
 
     def configure_optimizers(self):  # noqa: ANN201
         t = self.cfg.train
@@ -124,8 +138,11 @@ class FractureModule(L.LightningModule):
             {"params": head, "lr": t.lr},
         ]
         optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
-        total = t.epochs * self.steps_per_epoch
-        warmup = int(round(t.warmup_epochs * self.steps_per_epoch))
+        steps = self.steps_per_epoch
+        if self.trainer.world_size > 1:  # each rank steps through its share of the batches
+            steps = max(1, int(self.trainer.estimated_stepping_batches) // max(1, t.epochs))
+        total = t.epochs * steps
+        warmup = int(round(t.warmup_epochs * steps))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
         return {
             "optimizer": optimizer,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "sqlite:///runs/tune.db"
 #: Validation metrics (threshold 0.5) copied from metrics.json into each trial's user attrs.
 TRIAL_METRICS = ("roc_auc", "pr_auc", "f1", "sensitivity", "specificity")
+#: Tries to open a storage whose tables another worker may be creating at the same moment.
+_SCHEMA_ATTEMPTS = 5
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -101,11 +104,14 @@ def default_study_name(cfg: ExperimentConfig) -> str:
     return f"{base}-tune"
 
 
-def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
+def open_storage(
+    url: str | None = None, heartbeat_seconds: int = 60, grace_seconds: int = 180
+) -> optuna.storages.BaseStorage:
     """An Optuna RDB storage for ``url`` (default ``sqlite:///runs/tune.db``, folder created).
 
-    Heartbeats mark trials of a killed worker as failed (and retry them once) the next time a
-    worker starts, so a crash loses no trial.
+    Heartbeats (every ``heartbeat_seconds``) mark trials of a killed worker as failed once they
+    have been silent for ``grace_seconds``, and retry them once, the next time any worker
+    starts a trial, so a crash loses no trial.
     """
     url = url or DEFAULT_STORAGE
     if "://" not in url:
@@ -119,22 +125,35 @@ def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    try:
+    import sqlalchemy.exc
+
+    def connect() -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
-                heartbeat_interval=60,
-                grace_period=180,
+                heartbeat_interval=heartbeat_seconds,
+                grace_period=grace_seconds,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=1
                 ),
             )
+
+    try:
+        for attempt in range(1, _SCHEMA_ATTEMPTS):
+            try:
+                return connect()
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # Workers starting together on an empty database all create Optuna's tables;
+                # PostgreSQL lets one win and the others fail on a duplicate. Once the winner
+                # is done the tables exist and connecting again succeeds.
+                time.sleep(0.5 * attempt)
+        return connect()
     except ImportError as exc:
         raise ConfigError(
             f"storage {_redact(url)}: database driver missing ({exc}); for PostgreSQL "
-            "install psycopg2-binary (pip install psycopg2-binary)"
+            "install the driver extra: pip install 'bonefrac[postgres]'"
         ) from exc
     except Exception as exc:  # sqlalchemy errors: bad URL, unreachable server, auth
         raise ConfigError(f"storage {_redact(url)}: cannot open ({exc})") from exc
@@ -197,7 +216,7 @@ def run_study(
     out_dir = Path(out) if out is not None else Path("runs") / name
     out_dir = out_dir.resolve()
 
-    rdb = open_storage(storage)
+    rdb = open_storage(storage, base.tune.heartbeat_seconds, base.tune.grace_seconds)
     pruner: optuna.pruners.BasePruner = (
         optuna.pruners.MedianPruner(
             n_startup_trials=base.tune.prune_startup_trials,
