@@ -212,13 +212,15 @@ def _print_run_summary(path: Path) -> None:
 def evaluate(
     run: Path = typer.Argument(..., help="Run directory (from 'bonefrac train')."),
     split: str = typer.Option(
-        "test", "--split", help="Which predictions/<split>.csv to score (val, test or a name)."
+        "test",
+        "--split",
+        help="Which predictions to score: val, test or a name given to --manifest.",
     ),
     manifest: Path = typer.Option(
         None, "--manifest", help="Predict on this manifest (or a path,label CSV): external data."
     ),
     name: str = typer.Option(
-        None, "--name", help="Name for --manifest predictions (predictions/<name>.csv)."
+        None, "--name", help="Name for the --manifest predictions (default: external)."
     ),
     all_rows: bool = typer.Option(
         False, "--all-rows", help="With --manifest: use every row, not only split == test."
@@ -253,7 +255,7 @@ def evaluate(
         for path, reason in res.skipped[:20]:
             show(f"  {path}: {reason}")
         if len(res.skipped) > 20:
-            show(f"  ... and {len(res.skipped) - 20} more (metrics.json lists them all)")
+            show(f"  ... and {len(res.skipped) - 20} more (the metrics file lists them all)")
     if res.predictions:
         show(f"predictions: {res.predictions}")
     from bonefrac.rundir import RunDir
@@ -364,7 +366,9 @@ def explain(
         metavar="IMAGES",
         help="Extra --images paths (so '--images dir/*.png' works).",
     ),
-    split: str = typer.Option("test", "--split", help="Explain predictions/<split>.csv images."),
+    split: str = typer.Option(
+        "test", "--split", help="Explain the images of these predictions (val, test or a name)."
+    ),
     images: list[Path] = typer.Option(
         None, "--images", help="Image files or folders instead of a split (repeatable)."
     ),

@@ -129,7 +129,8 @@ def _section_config(run: RunDir, model: dict[str, Any]) -> str:
         parts.append("<h3>Versions</h3>" + _kv_table(model["versions"]))
     cfg = run.config_path
     if cfg.is_file():
-        parts.append("<h3>config.yaml</h3><pre>" + _e(cfg.read_text(encoding="utf-8")) + "</pre>")
+        text = _e(cfg.read_text(encoding="utf-8"))
+        parts.append(f"<h3>{_e(cfg.name)}</h3><pre>{text}</pre>")
     else:
         parts.append(_na(f"{cfg.name} not found"))
     return "".join(parts)
@@ -198,7 +199,7 @@ def _section_training(run: RunDir) -> str:
 
 def _section_metrics(metrics: dict[str, Any] | None) -> str:
     if not metrics:
-        return _na("metrics.json not found: run 'bonefrac evaluate RUN'")
+        return _na("no metrics yet: run 'bonefrac evaluate RUN'")
     splits = [k for k, v in metrics.items() if isinstance(v, dict)]
     head = "<tr><th>metric</th>" + "".join(f"<th>{_e(s)}</th>" for s in splits) + "</tr>"
     body = ""

@@ -224,10 +224,7 @@ def _run_manifest(path: str | None, required: bool) -> pd.DataFrame | None:
 
     if path and Path(path).is_file():
         return read_manifest(path)
-    msg = (
-        f"the run's manifest {path!r} (model.json 'manifest') is not there, so fracture boxes "
-        "are unknown"
-    )
+    msg = f"the run's recorded manifest {path!r} is not there, so fracture boxes are unknown"
     if required:
         raise DataError(msg + "; --score needs them: restore the manifest at that path")
     log.warning("%s; overlays are drawn without boxes", msg)

@@ -435,7 +435,9 @@ def open_onnx_session(run: RunDir, meta: ModelMeta, threads: int | None = None) 
                 f"re-run 'bonefrac export {run.path} --onnx'"
             )
     else:
-        log.warning("%s: no export record in model.json; cannot check it is up to date", path)
+        log.warning(
+            "%s: no export record in %s; cannot check it is up to date", path, run.meta_path
+        )
     if record.get("sha256") and file_sha256(path) != record["sha256"]:
         raise RunDirError(
             f"{path}: SHA-256 differs from the one recorded at export: the file is corrupted "

@@ -28,7 +28,7 @@ def self_check(predictor: Any) -> np.ndarray:
     if logits.shape[:1] != (3,) or not np.all(np.isfinite(logits.astype(np.float64))):
         raise ModelOutputError(
             f"{name}: self-check failed: the model's logits on fixed test images are "
-            f"{logits.tolist()}, not finite numbers; the weights or model.json are damaged - "
+            f"{logits.tolist()}, not finite numbers; the weights or the model metadata are damaged - "
             "restore the run directory from a good copy or retrain"
         )
     return logits

@@ -36,14 +36,15 @@ def verify_weights(run: RunDir, meta: ModelMeta) -> None:
         raise RunDirError(f"{path}: not found; training did not finish for {run.path}")
     if meta.weights_sha256 is None:
         log.warning(
-            "%s: model.json records no weights_sha256 (a run from an older bonefrac), so the "
+            "%s: %s records no weights_sha256 (a run from an older bonefrac), so the "
             "weights cannot be checked for corruption",
             path,
+            run.meta_path.name,
         )
         return
     if file_sha256(path) != meta.weights_sha256:
         raise RunDirError(
-            f"{path}: SHA-256 differs from the one recorded in model.json at training: the "
+            f"{path}: SHA-256 differs from the one recorded in {run.meta_path.name} at training: the "
             "weights are corrupted or were replaced; restore the file or retrain"
         )
 

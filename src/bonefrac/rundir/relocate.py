@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
@@ -20,17 +20,17 @@ from bonefrac.data.schema import read_manifest
 from bonefrac.errors import RunDirError
 from bonefrac.fileio import file_sha1
 
-if TYPE_CHECKING:
-    from bonefrac.rundir.layout import RunDir
-
 
 def _keys(df: pd.DataFrame, with_source: bool) -> pd.Series:
     ids = df["image_id"].astype(str)
     return df["source"].astype(str) + "/" + ids if with_source else ids
 
 
-def relocate_run(run: RunDir, manifest: str | Path) -> dict[str, Any]:
-    """Rewrite the run's image and manifest paths to ``manifest``'s; return a summary."""
+def relocate_run(run: Any, manifest: str | Path) -> dict[str, Any]:
+    """Rewrite the run's image and manifest paths to ``manifest``'s; return a summary.
+
+    ``run`` is a :class:`~bonefrac.rundir.layout.RunDir` (``RunDir.relocate`` calls this).
+    """
     manifest = Path(manifest).resolve()
     new = read_manifest(manifest)
     names = run.available_predictions()
