@@ -3,6 +3,11 @@
 Same model (default efficientnet_lite0, ImageNet weights), same uint8 batches, same
 optimiser and channels_last setting; the ratio bonefrac / bare is the framework's cost.
 Goal: ratio >= 0.95. Run: ``.venv/bin/python bench/train_step.py [--steps 30]``.
+
+``--precision``: instead, the bonefrac step in ``bf16-mixed`` vs ``32-true`` on the CPU
+(interleaved repeats), the bf16 / fp32 img/s ratio, the CPU's bf16 flags and what
+``train.precision: auto`` resolves to here. bf16 earns the CPU default only at >= 1.3x (and
+matching val ROC-AUC); see ``bonefrac.training.precision``.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bonefrac.config import load_config
 from bonefrac.data.transforms import to_input
-from bonefrac.models.registry import build_model, resolve_spec
+from bonefrac.models import build_model, resolve_spec
 from bonefrac.training.module import FractureModule
+from bonefrac.training.precision import BF16_CPU_FLAGS, auto_precision, cpu_bf16_flags
 
 
 def make_batches(steps: int, batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +71,12 @@ class _Timer(L.Callback):
 
 
 def bonefrac_loop(
-    model_name: str, x: torch.Tensor, y: torch.Tensor, batch: int, warmup: int
+    model_name: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch: int,
+    warmup: int,
+    precision: str = "32-true",
 ) -> float:
     cfg = load_config(None, [f"model.name={model_name}", "train.epochs=1", "train.lr=0.0001"])
     spec = resolve_spec(model_name)
@@ -83,10 +94,30 @@ def bonefrac_loop(
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[timer],
-        precision="32-true",
+        precision=precision,
     )
     trainer.fit(module, train_dataloaders=loader)
     return timer.images / (timer.end - timer.start)
+
+
+def compare_precisions(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor) -> None:
+    """bonefrac's training step in bf16-mixed vs 32-true on the CPU; prints the ratio."""
+    found = cpu_bf16_flags()
+    print(
+        f"CPU bf16 flags ({' / '.join(BF16_CPU_FLAGS)}): {', '.join(found) or 'none'};"
+        f" train.precision auto -> {auto_precision('cpu')}"
+    )
+    rates: dict[str, list[float]] = {"32-true": [], "bf16-mixed": []}
+    for r in range(args.repeats):  # interleave to share the machine's noise
+        for precision, seen in rates.items():
+            seen.append(bonefrac_loop(args.model, x, y, args.batch, args.warmup, precision))
+        print(
+            f"  repeat {r}: fp32 {rates['32-true'][-1]:.1f} img/s"
+            f"   bf16-mixed {rates['bf16-mixed'][-1]:.1f} img/s"
+        )
+    fp32, bf16 = max(rates["32-true"]), max(rates["bf16-mixed"])
+    print(f"32-true: {fp32:.1f} img/s, bf16-mixed: {bf16:.1f} img/s (best of {args.repeats})")
+    print(f"ratio bf16/fp32: {bf16 / fp32:.3f}  (bf16 becomes the CPU default only at >= 1.3)")
 
 
 def main() -> None:
@@ -97,6 +128,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--precision", action="store_true", help="compare bf16-mixed with 32-true instead"
+    )
     args = parser.parse_args()
     x, y = make_batches(args.steps, args.batch, args.size)
     print(
@@ -105,6 +139,9 @@ def main() -> None:
     print(
         f"model={args.model} size={args.size} batch={args.batch} timed steps={args.steps - args.warmup}"
     )
+    if args.precision:
+        compare_precisions(args, x, y)
+        return
     bare, ours = [], []
     for r in range(args.repeats):  # interleave to share the machine's noise
         bare.append(bare_loop(args.model, x, y, args.batch, args.warmup))

@@ -23,6 +23,7 @@ from bonefrac.training.datamodule import FractureDataModule, split_frames
 from bonefrac.training.history import HistoryCallback, plot_training_curves
 from bonefrac.training.losses import resolve_pos_weight
 from bonefrac.training.module import FractureModule
+from bonefrac.training.precision import resolve_precision
 from bonefrac.training.predict import predict_logits, predictions_frame
 
 log = logging.getLogger(__name__)
@@ -32,16 +33,6 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
 
 CLASS_NAMES = ["not_fractured", "fractured"]
-
-
-def resolve_precision(cfg: ExperimentConfig) -> str:
-    """Config precision, or a sensible default: bf16/16 mixed on CUDA, fp32 on CPU."""
-    if cfg.train.precision:
-        return cfg.train.precision
-    wants_gpu = cfg.train.accelerator in ("auto", "gpu", "cuda")
-    if wants_gpu and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
 
 
 def train(
