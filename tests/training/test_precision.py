@@ -42,7 +42,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("no_cuda")
 @pytest.mark.parametrize("flags", [AMX, AVX512_BF16, PLAIN])
 def test_auto_on_a_cpu_is_fp32_until_bf16_is_measured_faster(flags: frozenset[str]) -> None:
-    assert not P.CPU_BF16_BY_DEFAULT  # the measured decision (module docstring)
+    assert not P.CPU_BF16_TRAINING and not P.CPU_BF16_INFERENCE  # measured (module docstring)
     assert P.auto_precision("auto", flags) == "32-true"
     assert P.auto_precision("cpu", flags) == "32-true"
     assert P.inference_dtype("cpu", flags) == torch.float32
@@ -52,10 +52,12 @@ def test_auto_on_a_cpu_is_fp32_until_bf16_is_measured_faster(flags: frozenset[st
 def test_a_measured_cpu_win_switches_auto_to_bf16_only_where_the_flags_are(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(P, "CPU_BF16_BY_DEFAULT", True)
+    monkeypatch.setattr(P, "CPU_BF16_TRAINING", True)
     assert P.auto_precision("cpu", AMX) == "bf16-mixed"
     assert P.auto_precision("auto", AVX512_BF16) == "bf16-mixed"
     assert P.auto_precision("cpu", PLAIN) == "32-true"
+    assert P.inference_dtype("cpu", AMX) == torch.float32  # inference decided on its own
+    monkeypatch.setattr(P, "CPU_BF16_INFERENCE", True)
     assert P.inference_dtype("cpu", AMX) == torch.bfloat16
     assert P.inference_dtype("cpu", PLAIN) == torch.float32
     with P.inference_autocast("cpu", AMX):

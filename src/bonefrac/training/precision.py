@@ -4,14 +4,19 @@
 
 - CUDA: ``bf16-mixed`` when the GPU does bf16 natively (Ampere and later), else ``16-mixed``.
 - CPU: ``32-true``. A CPU that does bf16 natively has the ``amx_bf16`` or ``avx512_bf16`` flag
-  (read from ``/proc/cpuinfo``; :func:`cpu_bf16_flags`), but native bf16 instructions do not
-  make bf16 *training* faster there: one Xeon with AMX ran bf16 matmuls 2.5x fp32 yet
-  bf16-autocast training of EfficientNet-Lite0 at 0.87x and ResNet-50 at 0.89x fp32 (the
-  autocast casts and the depthwise convolutions, which get no bf16 kernels, cost more than the
-  matmuls save), and ``bench/train_step.py --precision`` on an AMD EPYC with ``avx512_bf16``
-  (2 cores) measured Lite0 bf16-mixed at :data:`MEASURED_CPU_BF16_SPEEDUP` x fp32. bf16 would
-  become the CPU default only at >= 1.3x with validation ROC-AUC matching fp32 within the seed
-  spread (:data:`CPU_BF16_BY_DEFAULT`); measure a new CPU with that bench before changing it.
+  (read from ``/proc/cpuinfo``; :func:`cpu_bf16_flags`), but that does not make bf16 *training*
+  faster: one Xeon with AMX ran bf16 matmuls at 2.5x fp32 yet bf16-autocast training of
+  EfficientNet-Lite0 at 0.87x and ResNet-50 at 0.89x fp32, and ``bench/train_step.py
+  --precision`` on a busy 2-core AMD EPYC with ``avx512_bf16`` (Lite0, 224 px, batch 16, fp32
+  and bf16 steps alternating) gave 1.32x in one run and 0.72x in the next (per-step ratios
+  0.3 to 2.0): no steady 1.3x. bf16 becomes the CPU training default only at >= 1.3x with val
+  ROC-AUC matching fp32 within the seed spread (:data:`CPU_BF16_TRAINING`).
+- Torch inference follows the same rule (:func:`inference_dtype`). On that EPYC,
+  ``bench/inference.py --precision`` measured Lite0 bf16 autocast at 2.2x fp32 (batch 1) and
+  1.9x (batch 16), but the decision threshold and temperature in ``model.json`` are fitted
+  on fp32 outputs and bf16 logits have not been checked against them on a trained run, so CPU
+  inference stays fp32 (:data:`CPU_BF16_INFERENCE`) and matches the ONNX backend and the
+  evaluation figures. Measure a new CPU with both benches before changing either constant.
 """
 
 from __future__ import annotations
@@ -28,13 +33,11 @@ if TYPE_CHECKING:
 #: CPU flags that mean native bf16 arithmetic (Intel AMX tiles; AVX-512 BF16 on Intel and AMD).
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
-#: bf16-mixed / fp32 training img/s measured by ``bench/train_step.py --precision`` (Lite0,
-#: 224 px, batch 16) on an AMD EPYC with ``avx512_bf16``, 2 cores.
-MEASURED_CPU_BF16_SPEEDUP = 0.0
+#: Whether ``auto`` trains in bf16 on a CPU with :data:`BF16_CPU_FLAGS` (see the docstring).
+CPU_BF16_TRAINING = False
 
-#: Whether ``auto`` trains (and predicts) in bf16 on a CPU with :data:`BF16_CPU_FLAGS`. False:
-#: no CPU measured so far reached the 1.3x bar (see the module docstring).
-CPU_BF16_BY_DEFAULT = False
+#: Whether torch inference runs in bf16 on a CPU with :data:`BF16_CPU_FLAGS` (see the docstring).
+CPU_BF16_INFERENCE = False
 
 _GPU_ACCELERATORS = ("auto", "gpu", "cuda")
 
@@ -58,9 +61,10 @@ def cpu_bf16_flags(flags: frozenset[str] | None = None) -> list[str]:
     return [f for f in BF16_CPU_FLAGS if f in have]
 
 
-def cpu_prefers_bf16(flags: frozenset[str] | None = None) -> bool:
-    """bf16 on this CPU: native bf16 flags AND a measured win (:data:`CPU_BF16_BY_DEFAULT`)."""
-    return CPU_BF16_BY_DEFAULT and bool(cpu_bf16_flags(flags))
+def cpu_prefers_bf16(flags: frozenset[str] | None = None, *, inference: bool = False) -> bool:
+    """bf16 on this CPU: native bf16 flags AND a measured win for training (or ``inference``)."""
+    wanted = CPU_BF16_INFERENCE if inference else CPU_BF16_TRAINING
+    return wanted and bool(cpu_bf16_flags(flags))
 
 
 def auto_precision(accelerator: str = "auto", flags: frozenset[str] | None = None) -> str:
@@ -85,12 +89,12 @@ def inference_dtype(device: torch.device | str, flags: frozenset[str] | None = N
     """The autocast dtype for torch inference on ``device`` (``torch.float32``: no autocast).
 
     Same rule as training: bf16 on CUDA GPUs with bf16, float16 on other CUDA GPUs, float32 on
-    CPUs unless :func:`cpu_prefers_bf16`.
+    CPUs unless :data:`CPU_BF16_INFERENCE` (measured win) and the CPU has bf16 flags.
     """
     device = torch.device(device)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_prefers_bf16(flags):
+    if device.type == "cpu" and cpu_prefers_bf16(flags, inference=True):
         return torch.bfloat16
     return torch.float32
 
