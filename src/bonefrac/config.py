@@ -108,7 +108,7 @@ class TrainConfig(_Strict):
     num_nodes: int = Field(1, ge=1)
     precision: str = "auto"
     """``auto`` (``null`` means the same): ``bf16-mixed`` on CUDA GPUs with bf16, ``16-mixed`` on
-    other CUDA GPUs, ``32-true`` on CPUs (bf16 measured no faster there; see
+    other CUDA GPUs, ``32-true`` on CPUs (bf16 measured not reliably faster there; see
     ``bonefrac.training.precision``). Or any Lightning value: ``32-true``, ``bf16-mixed``, ..."""
     channels_last: bool = True
     deterministic: bool = False
