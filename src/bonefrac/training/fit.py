@@ -18,6 +18,7 @@ from bonefrac.fileio import file_sha1
 from bonefrac.inference.predictor import Predictor
 from bonefrac.models.registry import build_model, resolve_spec
 from bonefrac.models.runio import save_weights
+from bonefrac.precision import resolve_precision
 from bonefrac.rundir import (
     CLASS_NAMES,
     RUN_SPLITS,
@@ -38,16 +39,6 @@ log = logging.getLogger(__name__)
 # Expected with frozen parts (their BatchNorm stays in eval mode) and harmless: keep logs clean.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
-
-
-def resolve_precision(cfg: ExperimentConfig) -> str:
-    """Config precision, or a sensible default: bf16/16 mixed on CUDA, fp32 on CPU."""
-    if cfg.train.precision:
-        return cfg.train.precision
-    wants_gpu = cfg.train.accelerator in ("auto", "gpu", "cuda")
-    if wants_gpu and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
 
 
 def train(
