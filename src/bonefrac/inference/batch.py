@@ -212,7 +212,7 @@ def merge_parts(out: Path, done: dict[str, str]) -> int:
         merged += len(new)
         part.unlink()
     if merged:
-        log.info("%s: merged %d rows from part files", out, merged)
+        log.debug("%s: merged %d rows from part files", out, merged)
     return merged
 
 
@@ -273,10 +273,10 @@ def prepare_job(job: BatchJob, predictor: Predictor) -> tuple[list[Path], BatchS
 
 
 def _write_error(exc: OSError, out: Path) -> BonefracError:
-    target = exc.filename or out
-    return BonefracError(
-        f"{target}: cannot write there ({exc.strerror or exc}); choose a writable --out"
-    )
+    reason = exc.strerror or str(exc)
+    if exc.filename and Path(exc.filename) != out:
+        reason += f": {exc.filename}"
+    return BonefracError(f"{out}: cannot write it ({reason}); choose a writable --out")
 
 
 def predict_to_csv(

@@ -53,6 +53,10 @@ def predict_distributed(
     """Run ``job`` on ``devices`` processes; the summary in the first, ``None`` in the others."""
     import lightning as L
 
+    start = time.perf_counter()
+    if not log.isEnabledFor(logging.DEBUG):  # Lightning's set-up banners: shown with -v only
+        for name in ("lightning.fabric", "lightning.pytorch"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         fabric = L.Fabric(accelerator=accelerator, devices=devices, strategy=strategy)
     except Exception as exc:  # noqa: BLE001 - Lightning's own configuration errors
@@ -65,11 +69,12 @@ def predict_distributed(
         return None
     if outcome.error:
         raise BonefracError(outcome.error)
+    assert outcome.summary is not None
+    outcome.summary.seconds = time.perf_counter() - start  # process start-up included
     return outcome.summary
 
 
 def _rank_main(fabric: Any, job: BatchJob) -> _Outcome | None:
-    start = time.perf_counter()
     rank, world = fabric.global_rank, fabric.world_size
     todo = None
     summary = None
@@ -113,7 +118,6 @@ def _rank_main(fabric: Any, job: BatchJob) -> _Outcome | None:
     for _, part in results:
         summary.add(part)
     summary.processes = world
-    summary.seconds = time.perf_counter() - start
     return _Outcome(summary=summary)
 
 
