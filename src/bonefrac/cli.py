@@ -38,9 +38,9 @@ def friendly_errors(func: F) -> F:
         except BonefracError as exc:
             from rich.markup import escape
 
-            from bonefrac.inference.csvpaths import safe_text
+            from bonefrac.inference.csvpaths import printable
 
-            text = escape(safe_text(str(exc)))  # paths may hold "[", "]" or raw bytes
+            text = escape(printable(str(exc)))  # paths may hold "[", "]" or raw bytes
             err_console.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 

@@ -149,11 +149,13 @@ def test_markup_characters_in_paths_print_literally(tiny_run, tmp_path):
     odd = tmp_path / "d["
     odd.mkdir()
     bad = [odd / "]e.jpg", tmp_path / "zero[red]x.jpg"]  # paths holding "[/]" and "[red]"
+    bad.append(Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"raw\xff.jpg"))))
     for path in bad:
         path.write_bytes(b"garbage")
     result = _predict(tiny_run, *bad, "--out", tmp_path / "p.csv")
     assert result.exit_code == 1, result.output
     assert "d[/]e.jpg" in result.output and "zero[red]x.jpg" in result.output
+    assert "raw%FF.jpg" in result.output  # as in the CSV
     blocker = tmp_path / "x["  # a file: "x[/]p.csv" cannot be written, and the error names it
     blocker.write_text("")
     result = _predict(tiny_run, *bad, "--out", blocker / "]p.csv")

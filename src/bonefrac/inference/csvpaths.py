@@ -38,10 +38,14 @@ def decode_path(text: str) -> Path:
     return Path(os.fsdecode(unquote_to_bytes(text)))
 
 
-def safe_text(text: str) -> str:
-    """``text`` on one line and encodable as UTF-8 (raw bytes shown as ``\\xNN``)."""
-    one_line = " ".join(str(text).split())
+def printable(text: str) -> str:
+    """``text`` encodable as UTF-8: raw bytes of undecodable file names shown as ``\\xNN``."""
     try:
-        return os.fsencode(one_line).decode("utf-8", "backslashreplace")
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
     except UnicodeError:
-        return one_line.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def safe_text(text: str) -> str:
+    """:func:`printable` ``text`` on one line (for a CSV cell)."""
+    return printable(" ".join(str(text).split()))
