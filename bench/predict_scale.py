@@ -11,6 +11,10 @@ by other load on a shared machine.
 Without ``--run`` an untrained run of ``--model`` (random head; ImageNet backbone where offline
 weights exist) is made in a temp folder; without ``--images``, ``--n`` synthetic greyscale PNGs
 of ``--px`` pixels a side are written there. Decode workers: the CLI default per process.
+Threads: by default one process uses all cores for the model and N processes split them
+(Lightning's rule); ``OMP_NUM_THREADS=1`` in the environment gives every process one thread,
+which separates the gain from more processes from the cost of intra-op threads on a busy
+machine (large: on the shared 2-core box one process ran ~12x faster with 1 thread than 2).
 
 Run: ``.venv/bin/python bench/predict_scale.py [--model efficientnet_lite0 --size 224]
 [--n 300 --warm 20 --px 512] [--images ../shared/data/fracatlas/images] [--run runs/x]``.
