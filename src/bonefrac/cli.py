@@ -55,8 +55,11 @@ err_console = Console(stderr=True)
 
 
 def error(message: str) -> None:
-    """One red ``error:`` line on stderr; the message is printed as is (no markup)."""
-    err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+    """One red ``error:`` line on stderr; the message is printed as is (no markup; raw
+    bytes of undecodable file names as ``\\xNN``)."""
+    from bonefrac.inference.csvpaths import printable
+
+    err_console.print(Text.assemble(("error: ", "bold red"), printable(message)), soft_wrap=True)
 
 
 def show(*parts: str | tuple[str, str]) -> None:
@@ -532,40 +535,88 @@ def predict(
         None, "--dicom-frame", help="Frame of multi-frame DICOMs (default: refuse them)."
     ),
     workers: int = typer.Option(
-        None, "--workers", help="Decode processes (default: CPUs - 1, at most 4)."
+        None, "--workers", help="Decode processes per process (default: its CPUs - 1, at most 4)."
     ),
-    force: bool = typer.Option(False, "--force", help="Start --out afresh instead of resuming."),
+    force: bool = typer.Option(
+        False, "--force", help="Start --out afresh (also when another run or setting wrote it)."
+    ),
+    retry_errors: bool = typer.Option(
+        False, "--retry-errors", help="Predict again the files whose row in --out has an error."
+    ),
+    devices: int = typer.Option(
+        1, "--devices", help="Processes (one per device) to share the files; parts are merged."
+    ),
+    accelerator: str = typer.Option("cpu", "--accelerator", help="cpu | gpu (Lightning)."),
+    strategy: str = typer.Option(
+        "ddp", "--strategy", help="Lightning launcher with --devices > 1: ddp | ddp_spawn."
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     """Predict files and folders into a CSV (path, prob, decision, error, ...); resumable.
 
-    Exits 1 when any file could not be read (its row has the error).
+    Exit status: 0 every file predicted; 1 some files failed (their rows have the error);
+    2 the job itself failed (bad run or arguments, unwritable --out, a CSV written by another
+    run or setting, or a model that gave no usable output for any file).
     """
     from bonefrac.inference.batch import predict_to_csv
-    from bonefrac.system import usable_cpus
+    from bonefrac.inference.csvpaths import safe_text
 
     if workers is None:
-        n = usable_cpus()
-        workers = min(4, n - 1) if n > 2 else 0
-    summary = predict_to_csv(
-        run, paths, out, backend=backend, batch_size=batch_size, cam_dir=cam_dir,
-        dicom_frame=dicom_frame, workers=workers, force=force, progress=not no_progress,
-    )  # fmt: skip
-    console.print(
-        f"{summary.total} inputs: [bold]{summary.predicted}[/] predicted "
-        f"({summary.positives} at or above the threshold), [bold]{summary.failed}[/] failed, "
-        f"{summary.skipped} already in {out} ({summary.earlier_failed} of them error rows); "
-        f"{summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s)",
-        highlight=False,
+        workers = _default_decode_workers(devices)
+    try:
+        summary = predict_to_csv(
+            run, paths, out, backend=backend, batch_size=batch_size, cam_dir=cam_dir,
+            dicom_frame=dicom_frame, workers=workers, force=force, retry_errors=retry_errors,
+            progress=not no_progress, devices=devices, accelerator=accelerator,
+            strategy=strategy,
+        )  # fmt: skip
+    except (BonefracError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # an unexpected failure is still the job's, not a file's: exit 2
+        logging.getLogger(__name__).debug("predict failed", exc_info=True)
+        err_console.print(
+            f"error: {safe_text(f'{type(exc).__name__}: {exc}')} (-v shows the traceback)",
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+        raise typer.Exit(code=2) from None
+    if summary is None:  # a helper process of a multi-process job: the first one reports
+        return
+    shown = safe_text(str(out))
+
+    def say(text: str, **style: Any) -> None:  # file names are printed literally (no markup)
+        console.print(text, markup=False, highlight=False, soft_wrap=True, **style)
+
+    say(
+        f"{summary.total} inputs: {summary.predicted} predicted "
+        f"({summary.positives} at or above the threshold), {summary.failed} failed, "
+        f"{summary.skipped} already in {shown} ({summary.earlier_failed} of them error rows); "
+        f"{summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s"
+        + (f", {summary.processes} processes)" if summary.processes > 1 else ")")
     )
     for path, err in summary.errors[:10]:
-        console.print(f"[red]failed:[/] {path}: {err}", highlight=False)
+        say(f"failed: {path}: {err}", style="red")
     if len(summary.errors) > 10:
-        console.print(f"... and {len(summary.errors) - 10} more; see the error column of {out}")
+        say(f"... and {len(summary.errors) - 10} more; see the error column of {shown}")
+    if summary.model_broken:
+        say(
+            f"error: the model gave no usable output for any of {summary.model_failed} "
+            f"image(s) (e.g. non-finite logits): check {safe_text(str(run))} (weights, "
+            "model.json); its rows are error rows, re-run with --retry-errors once fixed",
+            style="bold red",
+        )
+        raise typer.Exit(code=2)
     if summary.any_failed:
         n_bad = summary.failed + summary.earlier_failed
-        console.print(f"[bold red]{n_bad} file(s) failed[/]; rows with an error are in {out}")
+        say(f"{n_bad} file(s) failed; rows with an error are in {shown}", style="bold red")
         raise typer.Exit(code=1)
+
+
+def _default_decode_workers(processes: int) -> int:
+    """DataLoader decode workers per prediction process: its share of CPUs - 1, at most 4."""
+    from bonefrac.system import usable_cpus
+
+    share = usable_cpus() // max(1, processes)
+    return min(4, share - 1) if share > 2 else 0
 
 
 @app.command()

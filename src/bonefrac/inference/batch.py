@@ -1,21 +1,33 @@
 """``bonefrac predict``: many files -> a CSV, streamed, resumable, one error row per bad file.
 
-- Inputs: files and folders (recursive): image suffixes, ``.dcm``/``.dicom`` and files with the
-  DICM magic whatever their name. Files named explicitly are always tried.
+- Inputs: files and folders (recursive): image suffixes, ``.dcm``/``.dicom`` and regular files
+  with the DICM magic whatever their name. Files named explicitly are always tried; anything
+  that is not a regular file (FIFO, device, socket) becomes an error row without being opened.
+- The ``path`` column holds the path's bytes losslessly (:mod:`bonefrac.inference.csvpaths`:
+  printable UTF-8 as is, ``%``, control characters and non-UTF-8 bytes as ``%XX``), so every
+  row is one line and any file name resumes exactly.
 - Rows are appended batch by batch and flushed, so an interrupted job loses at most one batch;
   re-running with the same ``--out`` skips every path already in the CSV (a half-written last
-  line from a kill is dropped first).
-- A file that cannot be read becomes a row with ``error`` set (``reason: detail``); the job goes
-  on. :class:`BatchSummary` counts the failures so the CLI can exit non-zero.
-- Decoding runs in DataLoader worker processes when ``workers > 0``.
+  line from a kill is dropped first). ``<out>.meta.json`` records the model and settings; a
+  resume with another model, threshold or temperature is refused unless ``force`` (start
+  over). ``retry_errors`` predicts the error rows again.
+- A file that cannot be read, or whose model output is not finite, becomes a row with
+  ``error`` set; the job goes on. :class:`BatchSummary` counts the failures for the exit status.
+- Decoding runs in DataLoader worker processes when ``workers > 0``; ``devices > 1`` shards the
+  files over that many processes (:mod:`bonefrac.inference.distributed`), each streaming to its
+  own part file, merged into ``out`` at the end (and by any later resume).
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
+import io
 import logging
+import math
 import os
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,13 +36,22 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
 
-from bonefrac.data.imageio import is_candidate_image
-from bonefrac.errors import BonefracError, DataError, ImageDecodeError
+from bonefrac.data.imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom_file
+from bonefrac.errors import BonefracError, DataError, ImageDecodeError, ModelOutputError
+from bonefrac.inference.batchmeta import (
+    check_sidecar,
+    fingerprint,
+    sidecar_path,
+    write_sidecar,
+)
+from bonefrac.inference.csvpaths import decode_path, encode_path, safe_text
 from bonefrac.inference.predictor import Predictor, PreparedInput, prepare_input
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["path", "prob", "decision", "logit", "threshold", "temperature", "error", "cam_path"]
+#: Prefix of the error text of rows whose image decoded but the model's output was unusable.
+MODEL_ERROR = "model output"
 
 
 @dataclass
@@ -39,27 +60,60 @@ class BatchSummary:
     total: int = 0  # inputs found
     predicted: int = 0  # rows written with a probability in this run
     failed: int = 0  # error rows written in this run
+    model_failed: int = 0  # of which the model's output was unusable (not the file)
     skipped: int = 0  # already in the CSV
     earlier_failed: int = 0  # skipped paths whose existing row is an error row
     positives: int = 0  # decision == 1 among this run's predictions
     seconds: float = 0.0
-    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, error) this run
+    processes: int = 1
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (CSV path, error) this run
 
     @property
     def any_failed(self) -> bool:
         return self.failed > 0 or self.earlier_failed > 0
 
     @property
+    def model_broken(self) -> bool:
+        """The model answered for no image at all: the job failed, not some files."""
+        return self.model_failed > 0 and self.predicted == 0
+
+    @property
     def images_per_second(self) -> float:
         done = self.predicted + self.failed
         return done / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, other: BatchSummary) -> None:
+        """Fold one process's counts of this run into this summary."""
+        self.predicted += other.predicted
+        self.failed += other.failed
+        self.model_failed += other.model_failed
+        self.positives += other.positives
+        self.errors += other.errors
+
+
+@dataclass
+class BatchJob:
+    """Everything one process needs to take part in a prediction job (picklable)."""
+
+    run_dir: Path
+    inputs: list[Path]
+    out: Path
+    backend: str = "torch"
+    batch_size: int = 16
+    cam_dir: Path | None = None
+    dicom_frame: int | None = None
+    workers: int = 0
+    force: bool = False
+    retry_errors: bool = False
+    progress: bool = True
 
 
 def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
     """Expand folders (recursively, sorted) into candidate files; keep named files as given.
 
     Returns absolute paths without duplicates, in input order. A missing path is kept so it
-    becomes an error row.
+    becomes an error row. In folders, a non-regular file is kept (as a future error row) when
+    its suffix is an image's and skipped otherwise: it is never opened to look for DICM magic.
     """
     out: dict[Path, None] = {}
     for p in paths:
@@ -71,43 +125,269 @@ def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
                     if fname.startswith("."):
                         continue
                     f = Path(root) / fname
-                    if is_candidate_image(f):
+                    if _is_candidate(f):
                         out.setdefault(f.absolute(), None)
         else:
             out.setdefault(path.absolute(), None)
     return list(out)
 
 
-def read_done(out: Path) -> dict[str, str]:
-    """``{path: error}`` of the rows already in ``out`` (error is '' for good rows).
+def _is_candidate(path: Path) -> bool:
+    if path.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES:
+        return True
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+    return regular and is_dicom_file(path)
 
-    A trailing partial line (the job was killed mid-write) is cut off the file first.
-    """
-    if not out.is_file() or out.stat().st_size == 0:
-        return {}
-    data = out.read_bytes()
+
+def part_files(out: Path) -> list[Path]:
+    """Part files of ``out`` left by the processes of a multi-process job."""
+    return sorted(out.parent.glob(glob.escape(out.name) + ".part*"))
+
+
+def part_file(out: Path, rank: int) -> Path:
+    return out.with_name(f"{out.name}.part{rank}")
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a predictions CSV (or part); a half-written last line is cut off first."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return []
+    data = path.read_bytes()
     if not data.endswith(b"\n"):
         cut = data.rfind(b"\n") + 1
-        log.warning("%s: dropping a half-written last line", out)
-        with open(out, "r+b") as fh:
+        log.warning("%s: dropping a half-written last line", path)
+        with open(path, "r+b") as fh:
             fh.truncate(cut)
         data = data[:cut]
-    lines = data.decode("utf-8").splitlines()
-    if not lines:
-        return {}
-    reader = csv.DictReader(lines)
-    missing = {"path", "prob", "decision", "error"} - set(reader.fieldnames or [])
-    if missing:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
         raise DataError(
-            f"{out}: not a 'bonefrac predict' CSV (no {', '.join(sorted(missing))} column); "
+            f"{path}: not a 'bonefrac predict' CSV (not UTF-8); "
+            "choose another --out or pass --force to start it afresh"
+        ) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = {"path", "prob", "decision", "error"} - set(reader.fieldnames or [])
+    if reader.fieldnames is not None and missing:
+        raise DataError(
+            f"{path}: not a 'bonefrac predict' CSV (no {', '.join(sorted(missing))} column); "
             "choose another --out or pass --force to start it afresh"
         )
-    if reader.fieldnames != COLUMNS:
+    if reader.fieldnames is not None and reader.fieldnames != COLUMNS:
         raise DataError(
-            f"{out}: its columns {reader.fieldnames} differ from this version's {COLUMNS}; "
+            f"{path}: its columns {reader.fieldnames} differ from this version's {COLUMNS}; "
             "choose another --out or pass --force"
         )
-    return {row["path"]: row.get("error") or "" for row in reader}
+    return list(reader)
+
+
+def read_done(out: Path) -> dict[str, str]:
+    """``{CSV path: error}`` of the rows already in ``out`` (error is '' for good rows)."""
+    return {row["path"]: row.get("error") or "" for row in read_rows(Path(out))}
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append ``rows`` to ``path`` (header first if new) and flush them to disk."""
+    with open(path, "a", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        if os.fstat(fh.fileno()).st_size == 0:
+            writer.writeheader()
+        writer.writerows(rows)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def merge_parts(out: Path, done: dict[str, str]) -> int:
+    """Move the rows of ``out``'s part files into ``out`` (paths already there are skipped)."""
+    merged = 0
+    for part in part_files(out):
+        new = [r for r in read_rows(part) if r["path"] not in done]
+        if new:
+            _write_rows(out, new)
+        for r in new:
+            done[r["path"]] = r.get("error") or ""
+        merged += len(new)
+        part.unlink()
+    if merged:
+        log.debug("%s: merged %d rows from part files", out, merged)
+    return merged
+
+
+def _drop_error_rows(out: Path) -> int:
+    """Rewrite ``out`` (atomically) without its error rows; returns how many were dropped."""
+    from bonefrac.fileio import atomic_open
+
+    rows = read_rows(out)
+    kept = [r for r in rows if not r.get("error")]
+    if len(kept) < len(rows):
+        with atomic_open(out, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(kept)
+    return len(rows) - len(kept)
+
+
+def prepare_job(job: BatchJob, predictor: Predictor) -> tuple[list[Path], BatchSummary]:
+    """Check or start ``job.out`` and its sidecar, merge parts; return the files still to do.
+
+    Runs once per job (in the first process): ``force`` removes the CSV, its sidecar and parts;
+    a resume is refused when the sidecar differs from ``predictor``'s settings.
+    """
+    out = job.out
+    try:
+        if job.force:
+            for stale in [out, sidecar_path(out), *part_files(out)]:
+                if stale.is_file():
+                    stale.unlink()
+        record = fingerprint(predictor, job.dicom_frame, COLUMNS)
+        has_rows = (out.is_file() and out.stat().st_size > 0) or bool(part_files(out))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if has_rows:
+            check_sidecar(out, record)
+        else:
+            write_sidecar(out, record)
+        done = read_done(out)
+        merge_parts(out, done)
+        if job.retry_errors and _drop_error_rows(out):
+            done = read_done(out)
+        if job.cam_dir is not None:
+            Path(job.cam_dir).mkdir(parents=True, exist_ok=True)
+        if not out.is_file():
+            _write_rows(out, [])  # the header: an unwritable --out fails before any work
+    except OSError as exc:
+        raise _write_error(exc, out) from None
+    files = collect_inputs(job.inputs)
+    summary = BatchSummary(out=out, total=len(files))
+    todo = []
+    for f in files:
+        key = encode_path(f)
+        if key in done:
+            summary.skipped += 1
+            summary.earlier_failed += bool(done[key])
+        else:
+            todo.append(f)
+    return todo, summary
+
+
+def _write_error(exc: OSError, out: Path) -> BonefracError:
+    reason = exc.strerror or str(exc)
+    if exc.filename and Path(exc.filename) != out:
+        reason += f": {exc.filename}"
+    return BonefracError(f"{out}: cannot write it ({reason}); choose a writable --out")
+
+
+def predict_to_csv(
+    run_dir: str | Path,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    backend: str = "torch",
+    batch_size: int = 16,
+    cam_dir: str | Path | None = None,
+    dicom_frame: int | None = None,
+    workers: int = 0,
+    force: bool = False,
+    retry_errors: bool = False,
+    progress: bool = True,
+    predictor: Predictor | None = None,
+    devices: int = 1,
+    accelerator: str = "cpu",
+    strategy: str = "ddp",
+) -> BatchSummary | None:
+    """Predict every input file into ``out`` (CSV, :data:`COLUMNS`), resuming a previous run.
+
+    ``devices > 1`` runs that many processes (Lightning Fabric, ``accelerator``/``strategy``);
+    then only the first process gets the summary and the others get ``None``.
+    """
+    if batch_size < 1:
+        raise BonefracError(f"--batch-size must be at least 1, got {batch_size}")
+    if devices < 1:
+        raise BonefracError(f"--devices must be at least 1, got {devices}")
+    job = BatchJob(
+        run_dir=Path(run_dir),
+        inputs=[Path(p) for p in inputs],
+        out=Path(out),
+        backend=backend,
+        batch_size=batch_size,
+        cam_dir=Path(cam_dir) if cam_dir else None,
+        dicom_frame=dicom_frame,
+        workers=workers,
+        force=force,
+        retry_errors=retry_errors,
+        progress=progress,
+    )
+    if devices > 1:
+        from bonefrac.inference.distributed import predict_distributed
+
+        return predict_distributed(job, devices=devices, accelerator=accelerator, strategy=strategy)
+    start = time.perf_counter()
+    if predictor is None:
+        from bonefrac.inference.distributed import load_predictor
+
+        predictor = load_predictor(job, accelerator)
+    todo, summary = prepare_job(job, predictor)
+    stream_predictions(predictor, todo, job.out, job, summary)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def stream_predictions(
+    predictor: Predictor,
+    todo: list[Path],
+    target: Path,
+    job: BatchJob,
+    summary: BatchSummary,
+    label: str = "predicting",
+) -> None:
+    """Predict ``todo`` and append its rows to ``target`` after every batch."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    if not todo:
+        return
+    dataset = _Files(
+        todo, predictor.image_size, predictor.clahe, job.dicom_frame, job.cam_dir is not None
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=job.batch_size,
+        shuffle=False,
+        num_workers=job.workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+    )
+    columns = [
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeRemainingColumn(),
+    ]
+    try:
+        with (
+            open(target, "a", newline="", encoding="utf-8") as fh,
+            Progress(*columns, disable=not job.progress, transient=False) as bar,
+        ):
+            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+            if os.fstat(fh.fileno()).st_size == 0:
+                writer.writeheader()
+                fh.flush()
+            task = bar.add_task(label, total=len(todo), failed=0)
+            for items in loader:
+                rows = _predict_items(predictor, todo, items, job.cam_dir, summary)
+                writer.writerows(rows)
+                fh.flush()
+                bar.update(task, advance=len(items), failed=summary.failed)
+    except OSError as exc:  # the CSV, a part or a heatmap could not be written
+        raise _write_error(exc, target) from None
 
 
 class _Files(Dataset):
@@ -125,6 +405,9 @@ class _Files(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, PreparedInput | None, str]:
         path = self.paths[i]
+        special = _not_regular(path)
+        if special:  # opening a FIFO or a device could block for ever
+            return i, None, f"not a regular file: {special}"
         try:
             prepared = prepare_input(
                 path,
@@ -141,100 +424,31 @@ class _Files(Dataset):
             return i, None, f"{type(exc).__name__}: {exc}"
 
 
+def _not_regular(path: Path) -> str:
+    """'' for a regular file (or one that cannot be stat'ed: decoding reports that)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""
+    if stat.S_ISREG(mode):
+        return ""
+    kinds = {
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISDIR: "a directory",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "not a plain file")
+
+
 def _collate(items: list) -> list:
     return items
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def cam_file_name(path: Path) -> str:
-    digest = hashlib.sha1(str(path).encode("utf-8")).hexdigest()[:8]
-    return f"{path.stem}-{digest}.png"
-
-
-def predict_to_csv(
-    run_dir: str | Path,
-    inputs: Sequence[str | Path],
-    out: str | Path,
-    *,
-    backend: str = "torch",
-    batch_size: int = 16,
-    cam_dir: str | Path | None = None,
-    dicom_frame: int | None = None,
-    workers: int = 0,
-    force: bool = False,
-    progress: bool = True,
-    predictor: Predictor | None = None,
-) -> BatchSummary:
-    """Predict every input file into ``out`` (CSV, :data:`COLUMNS`), resuming a previous run."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    start = time.perf_counter()
-    out = Path(out)
-    if batch_size < 1:
-        raise BonefracError(f"--batch-size must be at least 1, got {batch_size}")
-    if force and out.exists():
-        out.unlink()
-    done = read_done(out)
-    files = collect_inputs(inputs)
-    summary = BatchSummary(out=out, total=len(files))
-    todo = []
-    for f in files:
-        if str(f) in done:
-            summary.skipped += 1
-            summary.earlier_failed += bool(done[str(f)])
-        else:
-            todo.append(f)
-    if not todo:
-        summary.seconds = time.perf_counter() - start
-        return summary
-
-    predictor = predictor or Predictor.from_run(run_dir, backend=backend)
-    cam_path = Path(cam_dir) if cam_dir else None
-    if cam_path is not None:
-        cam_path.mkdir(parents=True, exist_ok=True)
-    dataset = _Files(todo, predictor.image_size, predictor.clahe, dicom_frame, cam_path is not None)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        persistent_workers=False,
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not out.is_file() or out.stat().st_size == 0
-    columns = [
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[failed]} failed"),
-        TimeRemainingColumn(),
-    ]
-    with (
-        open(out, "a", newline="", encoding="utf-8") as fh,
-        Progress(*columns, disable=not progress, transient=False) as bar,
-    ):
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        if new_file:
-            writer.writeheader()
-            fh.flush()
-        task = bar.add_task("predicting", total=len(todo), failed=0)
-        for items in loader:
-            rows = _predict_items(predictor, todo, items, cam_path, summary)
-            writer.writerows(rows)
-            fh.flush()
-            bar.update(task, advance=len(items), failed=summary.failed)
-    summary.seconds = time.perf_counter() - start
-    return summary
+    digest = hashlib.sha1(os.fsencode(path)).hexdigest()[:8]
+    return f"{encode_path(path.stem)}-{digest}.png"
 
 
 def _predict_items(
@@ -245,20 +459,31 @@ def _predict_items(
     summary: BatchSummary,
 ) -> list[dict[str, Any]]:
     ok = [(i, p) for i, p, err in items if p is not None]
-    preds = predictor.predict_prepared([p for _, p in ok], heatmap=cam_dir is not None)
-    by_index = {i: pred for (i, _), pred in zip(ok, preds, strict=True)}
+    by_index: dict[int, Any] = {}
+    batch_error = ""
+    try:
+        preds = predictor.predict_prepared([p for _, p in ok], heatmap=cam_dir is not None)
+        by_index = {i: pred for (i, _), pred in zip(ok, preds, strict=True)}
+    except ModelOutputError as exc:  # the whole batch's answer is untrustworthy
+        batch_error = f"{MODEL_ERROR}: {exc}"
     rows = []
     for i, _, err in items:
         path = todo[i]
         row: dict[str, Any] = dict.fromkeys(COLUMNS, "")
-        row["path"] = str(path)
+        row["path"] = encode_path(path)
         row["threshold"] = f"{predictor.threshold:.6g}"
         row["temperature"] = f"{predictor.temperature:.6g}"
         pred = by_index.get(i)
+        if pred is not None and not (math.isfinite(pred.logit) and math.isfinite(pred.probability)):
+            err = f"{MODEL_ERROR}: non-finite logit {pred.logit} (probability {pred.probability})"
+            pred = None
+        elif pred is None and not err:
+            err = batch_error or "unknown error"
         if pred is None:
-            row["error"] = _one_line(err) or "unknown error"
+            row["error"] = safe_text(err) or "unknown error"
             summary.failed += 1
-            summary.errors.append((str(path), row["error"]))
+            summary.model_failed += row["error"].startswith(MODEL_ERROR)
+            summary.errors.append((row["path"], row["error"]))
         else:
             row["prob"] = f"{pred.probability:.6f}"
             row["logit"] = f"{pred.logit:.6f}"
@@ -268,7 +493,7 @@ def _predict_items(
             if cam_dir is not None and pred.heatmap is not None:
                 target = cam_dir / cam_file_name(path)
                 _save_png(pred.overlay(), target)
-                row["cam_path"] = str(target)
+                row["cam_path"] = encode_path(target)
         rows.append(row)
     return rows
 
@@ -281,6 +506,11 @@ def _save_png(img: Any, path: Path) -> None:
 
 
 def iter_rows(out: str | Path) -> Iterator[dict[str, str]]:
-    """Rows of a predictions CSV (for callers that post-process it)."""
+    """Rows of a predictions CSV (for callers that post-process it); ``path`` stays encoded."""
     with open(out, newline="", encoding="utf-8") as fh:
         yield from csv.DictReader(fh)
+
+
+def row_path(row: dict[str, str]) -> Path:
+    """The file a CSV row is about (``path`` decoded, see :mod:`bonefrac.inference.csvpaths`)."""
+    return decode_path(row["path"])

@@ -209,6 +209,14 @@ class Predictor:
         """A predictor over a model in memory (moved to ``device``, eval mode)."""
         return cls(meta, "torch", model=model.to(device).eval(), device=device)
 
+    def to(self, device: str | torch.device) -> Predictor:
+        """The same run's PyTorch model on ``device`` (e.g. ``cuda:1``) as a new predictor."""
+        if self.backend != "torch":
+            raise RunDirError("only the PyTorch backend runs on another device")
+        return Predictor(
+            self.meta, "torch", model=self.torch_model.to(device), run=self.run, device=device
+        )
+
     # --- settings from model.json ---------------------------------------------------------
     @property
     def name(self) -> str:
@@ -338,7 +346,8 @@ class Predictor:
         from bonefrac.explain.cam import explainer
 
         model = self.torch_model
-        x = to_input(torch.from_numpy(np.stack(arrays))[:, None], self.mean, self.std)
+        batch = torch.from_numpy(np.stack(arrays))[:, None].to(self.device)
+        x = to_input(batch, self.mean, self.std)
         with self._lock, explainer(model, "gradcam") as ex:
             return ex(x).heat
 
