@@ -21,7 +21,7 @@ from bonefrac.inference.batch import COLUMNS, part_file, predict_to_csv, row_pat
 from bonefrac.inference.batchmeta import sidecar_path
 from bonefrac.inference.csvpaths import decode_path, encode_path
 from bonefrac.inference.predictor import Predictor
-from bonefrac.models.runio import update_model_json
+from bonefrac.rundir import RunDir
 
 SRC = Path(bonefrac.__file__).resolve().parents[1]
 
@@ -101,7 +101,7 @@ def test_resume_refused_for_another_threshold_unless_force(tiny_run, synthetic_m
     meta = sidecar_path(out)
     assert meta.is_file() and len(_rows(out)) == 2
 
-    update_model_json(run, threshold=0.123)
+    RunDir.open(run).update_meta(threshold=0.123)
     result = _predict(run, *images, "--out", out)
     assert result.exit_code == 2, result.output
     assert "threshold" in result.output and "--force" in result.output
@@ -140,7 +140,7 @@ def test_job_failures_exit_2_without_traceback(tiny_run, synthetic_manifest, tmp
     result = _predict(tiny_run, image, "--out", blocker / "preds.csv")  # unwritable --out
     assert result.exit_code == 2 and "choose a writable --out" in result.output, result.output
     result = _predict(tmp_path / "no_run", image, "--out", tmp_path / "p.csv")  # bad run
-    assert result.exit_code == 2 and "model.json" in result.output
+    assert result.exit_code == 2 and "run directory not found" in result.output
     result = _predict(tiny_run, image, "--out", tmp_path / "p.csv", "--batch-size", "0")
     assert result.exit_code == 2 and "Traceback" not in result.output
 
@@ -174,6 +174,7 @@ def _nan_logits(every: int):
 def test_non_finite_logits_are_error_rows(tiny_run, synthetic_manifest, tmp_path, monkeypatch):
     images = _images(synthetic_manifest, 4)
     monkeypatch.setattr(Predictor, "logits", _nan_logits(every=2))  # half the images
+    monkeypatch.setattr(Predictor, "self_check", lambda self: None)  # NaN on some inputs only
     out = tmp_path / "half.csv"
     result = _predict(tiny_run, *images, "--out", out)
     assert result.exit_code == 1, result.output
@@ -183,6 +184,8 @@ def test_non_finite_logits_are_error_rows(tiny_run, synthetic_manifest, tmp_path
     assert all(r["prob"] == "" and r["decision"] == "" for r in bad)
 
     monkeypatch.setattr(Predictor, "logits", _nan_logits(every=1))  # every image: exit 2
+
+    monkeypatch.setattr(Predictor, "self_check", lambda self: None)  # NaN on some inputs only
     result = _predict(tiny_run, *images, "--out", tmp_path / "all.csv")
     assert result.exit_code == 2 and "no usable output" in result.output, result.output
     assert all(r["error"] and not r["decision"] for r in _rows(tmp_path / "all.csv"))
@@ -191,11 +194,11 @@ def test_non_finite_logits_are_error_rows(tiny_run, synthetic_manifest, tmp_path
 def test_model_output_error_fails_its_batch(tiny_run, synthetic_manifest, tmp_path, monkeypatch):
     calls = []
 
-    def predict_prepared(self, prepared, heatmap=False):
+    def predict_prepared(self, prepared, heatmap=False, strict=True):
         calls.append(len(prepared))
         if len(calls) == 1:
             raise ModelOutputError("logits are NaN")
-        return original(self, prepared, heatmap)
+        return original(self, prepared, heatmap, strict=strict)
 
     original = Predictor.predict_prepared
     monkeypatch.setattr(Predictor, "predict_prepared", predict_prepared)

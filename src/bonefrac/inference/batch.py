@@ -25,7 +25,6 @@ import glob
 import hashlib
 import io
 import logging
-import math
 import os
 import stat
 import time
@@ -462,7 +461,9 @@ def _predict_items(
     by_index: dict[int, Any] = {}
     batch_error = ""
     try:
-        preds = predictor.predict_prepared([p for _, p in ok], heatmap=cam_dir is not None)
+        preds = predictor.predict_prepared(
+            [p for _, p in ok], heatmap=cam_dir is not None, strict=False
+        )
         by_index = {i: pred for (i, _), pred in zip(ok, preds, strict=True)}
     except ModelOutputError as exc:  # the whole batch's answer is untrustworthy
         batch_error = f"{MODEL_ERROR}: {exc}"
@@ -474,9 +475,8 @@ def _predict_items(
         row["threshold"] = f"{predictor.threshold:.6g}"
         row["temperature"] = f"{predictor.temperature:.6g}"
         pred = by_index.get(i)
-        if pred is not None and not (math.isfinite(pred.logit) and math.isfinite(pred.probability)):
-            err = f"{MODEL_ERROR}: non-finite logit {pred.logit} (probability {pred.probability})"
-            pred = None
+        if i in by_index and pred is None:  # decoded, but the model's answer is not finite
+            err = f"{MODEL_ERROR}: the logit or probability is not finite (NaN or inf)"
         elif pred is None and not err:
             err = batch_error or "unknown error"
         if pred is None:

@@ -354,13 +354,16 @@ class Predictor:
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated ``sigmoid(logit / temperature)``; a probability that cannot be computed
         or is not finite is a :class:`ModelOutputError`."""
+        probs = self._probabilities(logits)
+        return check_finite(probs, f"{self.name or self.architecture}: probabilities")
+
+    def _probabilities(self, logits: np.ndarray) -> np.ndarray:
         try:
-            probs = self.meta.probability(logits)
+            return np.asarray(self.meta.probability(logits), dtype=float)
         except ValueError as exc:  # a temperature that is not a positive number
             raise ModelOutputError(
                 f"{self.name or self.architecture}: {exc}, so the output cannot be trusted"
             ) from None
-        return check_finite(probs, f"{self.name or self.architecture}: probabilities")
 
     def self_check(self) -> np.ndarray:
         """Run the model on fixed inputs; a non-finite output is a :class:`ModelOutputError`
@@ -370,22 +373,28 @@ class Predictor:
         return self_check(self)
 
     def predict_prepared(
-        self, prepared: Sequence[PreparedInput], heatmap: bool = False
+        self, prepared: Sequence[PreparedInput], heatmap: bool = False, *, strict: bool = True
     ) -> list[Prediction]:
-        """Predictions for decoded inputs; a non-finite logit raises :class:`ModelOutputError`
-        for the whole batch (never a decision)."""
+        """Predictions for decoded inputs. A non-finite logit or probability is never a
+        decision: with ``strict`` it raises :class:`ModelOutputError` for the batch; without,
+        that input's entry is ``None`` (batch prediction turns it into an error row)."""
         arrays = [p.array for p in prepared]
-        logits = check_finite(
-            self.logits(arrays), ", ".join(p.name for p in prepared[:3]) or "batch"
-        )
-        probs = self.probabilities(logits)
+        raw = np.asarray(self.logits(arrays), dtype=float)
+        probs = self._probabilities(np.where(np.isfinite(raw), raw, 0.0))
+        usable = np.isfinite(raw) & np.isfinite(probs)
+        if strict and not usable.all():
+            names = ", ".join(p.name for p, ok in zip(prepared, usable, strict=True) if not ok)
+            check_finite(np.where(usable, raw, np.nan), names[:300] or "batch")
         decisions = self.meta.decide(probs)
-        heats = self.cams(arrays) if heatmap and arrays else None
-        out = []
+        heats = self.cams(arrays) if heatmap and arrays and usable.any() else None
+        out: list[Prediction | None] = []
         for i, p in enumerate(prepared):
+            if not usable[i]:
+                out.append(None)
+                continue
             pred = Prediction(
                 probability=float(probs[i]),
-                logit=float(logits[i]),
+                logit=float(raw[i]),
                 decision=bool(decisions[i]),
                 threshold=self.threshold,
                 name=p.name,
@@ -394,7 +403,7 @@ class Predictor:
                 pred.heatmap = heatmap_for_display(heats[i], p)
                 pred.display = p.display if p.display is not None else None
             out.append(pred)
-        return out
+        return out  # type: ignore[return-value]
 
     def predict(
         self,
