@@ -25,7 +25,7 @@ import logging
 import os
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -436,5 +436,55 @@ def dicom_out_for_file(
 ) -> tuple[Path, Path]:
     """Write the capture and report of one DICOM input file into ``out_dir``."""
     source = read_header(path)
-    outputs = build_outputs(source, with_heatmap(predictor, prepared, pred), ModelInfo.of(predictor))
+    outputs = build_outputs(
+        source, with_heatmap(predictor, prepared, pred), ModelInfo.of(predictor)
+    )
     return write_outputs(outputs, out_dir, output_stem(path))
+
+
+@dataclass
+class DicomOutCounts:
+    """What ``--dicom-out`` did in one prediction job."""
+
+    written: int = 0  # inputs with a capture and a report written
+    not_dicom: int = 0  # inputs that are not DICOM: no DICOM out for them (not an error)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    def add(self, other: DicomOutCounts) -> None:
+        self.written += other.written
+        self.not_dicom += other.not_dicom
+        self.failures += other.failures
+
+
+def is_dicom_input(path: Path) -> bool:
+    """A ``.dcm``/``.dicom`` name or the DICM magic."""
+    from bonefrac.data.imageio import DICOM_SUFFIXES, is_dicom_file
+
+    return path.suffix.lower() in DICOM_SUFFIXES or is_dicom_file(path)
+
+
+def write_dicom_out(
+    predictor: Any, prepared: Any, pred: Any, path: Path, out_dir: Path, counts: DicomOutCounts
+) -> None:
+    """The batch job's hook: results for a DICOM input, a count (and a log line) otherwise.
+
+    A file whose results cannot be built (e.g. a header without a Study UID) is counted in
+    ``counts.failures`` and logged; its prediction row stands. Unwritable ``out_dir`` raises.
+    """
+    from bonefrac.inference.csvpaths import printable
+
+    if not is_dicom_input(path):
+        counts.not_dicom += 1
+        log.info("%s: not a DICOM input, so no DICOM out for it", printable(str(path)))
+        return
+    try:
+        dicom_out_for_file(predictor, prepared, pred, path, out_dir)
+    except DicomOutError as exc:
+        counts.failures.append((str(path), str(exc)))
+        log.warning("DICOM out: %s", printable(str(exc)))
+        return
+    counts.written += 1
