@@ -232,6 +232,12 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     force: bool = typer.Option(False, "--force", help="Re-predict an existing --name."),
     batch_size: int = typer.Option(32, "--batch-size", help="Batch size for --manifest."),
+    study_column: str = typer.Option(
+        None, "--study-column", help="Also score studies: the column holding each image's study."
+    ),
+    study_agg: str = typer.Option(
+        "max", "--study-agg", help="Study probability from its images: max | mean | noisy_or."
+    ),
 ) -> None:
     """Metrics with bootstrap CIs, plots, subgroup table and report.html for one split."""
     from bonefrac.evaluation.evaluate import evaluate_run
@@ -239,7 +245,8 @@ def evaluate(
 
     res = evaluate_run(
         run, split=split, manifest=manifest, name=name, all_rows=all_rows, n_boot=n_boot,
-        seed=seed, force=force, batch_size=batch_size,
+        seed=seed, force=force, batch_size=batch_size, study_column=study_column,
+        study_agg=study_agg,
     )  # fmt: skip
     st = res.metrics["settings"]
     console.print(
@@ -249,6 +256,13 @@ def evaluate(
     )
     for note in res.metrics["notes"].values():
         show(("note: ", "yellow"), note)
+    if "study" in res.metrics:
+        sm = res.metrics["study"]
+        title = (
+            f"{res.key} studies ({sm['support']['n']} from {sm['support']['n_images']} images, "
+            f"{sm['settings']['aggregation']}; positive if any image is)"
+        )
+        console.print(metrics_table(sm, title))
     if res.skipped:
         show(
             ("warning: ", "bold yellow"),

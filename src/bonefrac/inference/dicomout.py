@@ -488,3 +488,12 @@ def write_dicom_out(
         log.warning("DICOM out: %s", printable(str(exc)))
         return
     counts.written += 1
+
+
+def dicom_out_zip(predictor: Any, prepared: Any, pred: Any, data: bytes) -> bytes:
+    """The service's ``?dicom=true``: the capture and report of an uploaded DICOM, zipped."""
+    source = read_header(data, pred.name)
+    outputs = build_outputs(
+        source, with_heatmap(predictor, prepared, pred), ModelInfo.of(predictor)
+    )
+    return outputs_zip(outputs, "bonefrac")
