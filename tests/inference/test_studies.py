@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from bonefrac.cli import app
 from bonefrac.errors import DataError
 from bonefrac.inference.csvpaths import encode_path
-from bonefrac.inference.studies import aggregate, study_inputs, study_rows, studies_path
+from bonefrac.inference.studies import aggregate, studies_path, study_inputs, study_rows
 from tests.synthetic import make_image
 
 
@@ -38,7 +38,9 @@ def make_studies(root: Path, n_studies: int = 2, views: int = 3, seed: int = 0) 
             arr, _ = make_image(rng, 64, fractured)
             path = folder / f"view{v}.png"
             Image.fromarray(arr).save(path)
-            rows.append({"path": f"study{s}/view{v}.png", "study": f"S{s}", "label": int(fractured)})
+            rows.append(
+                {"path": f"study{s}/view{v}.png", "study": f"S{s}", "label": int(fractured)}
+            )
     return pd.DataFrame(rows)
 
 
