@@ -504,8 +504,7 @@ def _predict_items(
                 _save_png(pred.overlay(), target)
                 row["cam_path"] = encode_path(target)
             if dicom_out is not None:
-                prepared = next(p for j, p in ok if j == i)
-                write_dicom_out(predictor, prepared, pred, path, dicom_out, summary.dicom_out)
+                write_dicom_out(predictor, dict(ok)[i], pred, path, dicom_out, summary.dicom_out)
         rows.append(row)
     return rows
 

@@ -212,7 +212,7 @@ def build_outputs(source: Any, pred: Any, model: ModelInfo) -> DicomOutputs:
     try:
         capture = _build_capture(source, pred, model, hd)
         report = _build_report(source, capture, pred, model, hd)
-    except (ValueError, TypeError, AttributeError) as exc:  # highdicom's checks of the input
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:  # highdicom
         raise DicomOutError(
             f"{pred.name or '<input>'}: cannot build the DICOM results ({exc}); "
             "check the input's header"
