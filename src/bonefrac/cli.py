@@ -232,6 +232,12 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     force: bool = typer.Option(False, "--force", help="Re-predict an existing --name."),
     batch_size: int = typer.Option(32, "--batch-size", help="Batch size for --manifest."),
+    study_column: str = typer.Option(
+        None, "--study-column", help="Also score studies: the column holding each image's study."
+    ),
+    study_agg: str = typer.Option(
+        "max", "--study-agg", help="Study probability from its images: max | mean | noisy_or."
+    ),
 ) -> None:
     """Metrics with bootstrap CIs, plots, subgroup table and report.html for one split."""
     from bonefrac.evaluation.evaluate import evaluate_run
@@ -239,7 +245,8 @@ def evaluate(
 
     res = evaluate_run(
         run, split=split, manifest=manifest, name=name, all_rows=all_rows, n_boot=n_boot,
-        seed=seed, force=force, batch_size=batch_size,
+        seed=seed, force=force, batch_size=batch_size, study_column=study_column,
+        study_agg=study_agg,
     )  # fmt: skip
     st = res.metrics["settings"]
     console.print(
@@ -249,6 +256,13 @@ def evaluate(
     )
     for note in res.metrics["notes"].values():
         show(("note: ", "yellow"), note)
+    if "study" in res.metrics:
+        sm = res.metrics["study"]
+        title = (
+            f"{res.key} studies ({sm['support']['n']} from {sm['support']['n_images']} images, "
+            f"{sm['settings']['aggregation']}; positive if any image is)"
+        )
+        console.print(metrics_table(sm, title))
     if res.skipped:
         show(
             ("warning: ", "bold yellow"),
@@ -551,8 +565,22 @@ def predict(
         "ddp", "--strategy", help="Lightning launcher with --devices > 1: ddp | ddp_spawn."
     ),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    dicom_out: Path = typer.Option(
+        None, "--dicom-out", help="Write a DICOM Secondary Capture + SR per DICOM input here."
+    ),
+    study_column: str = typer.Option(
+        None, "--study-column", help="PATHS is one CSV list (path + this column): study rows."
+    ),
+    study_by: str = typer.Option(
+        None, "--study-by", help="'folder': the images of one folder form a study."
+    ),
+    study_agg: str = typer.Option(
+        "max", "--study-agg", help="Study probability from its images: max | mean | noisy_or."
+    ),
 ) -> None:
     """Predict files and folders into a CSV (path, prob, decision, error, ...); resumable.
+
+    With --study-column or --study-by, also one row per study in <out>.studies.csv.
 
     Exit status: 0 every file predicted; 1 some files failed (their rows have the error);
     2 the job itself failed (bad run or arguments, unwritable --out, a CSV written by another
@@ -560,7 +588,12 @@ def predict(
     """
     from bonefrac.inference.batch import predict_to_csv
     from bonefrac.inference.csvpaths import safe_text
+    from bonefrac.inference.studies import check_aggregation, study_inputs
 
+    grouped = bool(study_column or study_by)
+    if grouped:
+        check_aggregation(study_agg)
+    paths, study_of = study_inputs(paths, study_column, study_by)
     if workers is None:
         workers = _default_decode_workers(devices)
     try:
@@ -568,7 +601,7 @@ def predict(
             run, paths, out, backend=backend, batch_size=batch_size, cam_dir=cam_dir,
             dicom_frame=dicom_frame, workers=workers, force=force, retry_errors=retry_errors,
             progress=not no_progress, devices=devices, accelerator=accelerator,
-            strategy=strategy,
+            strategy=strategy, dicom_out=dicom_out,
         )  # fmt: skip
     except (BonefracError, KeyboardInterrupt):
         raise
@@ -597,6 +630,14 @@ def predict(
         say(f"failed: {path}: {err}", style="red")
     if len(summary.errors) > 10:
         say(f"... and {len(summary.errors) - 10} more; see the error column of {shown}")
+    if dicom_out is not None:
+        _report_dicom_out(summary.dicom_out, dicom_out, say)
+    if grouped:
+        from bonefrac.inference.batch import read_rows
+        from bonefrac.inference.studies import write_studies
+
+        target, studies = write_studies(out, read_rows(out), study_of, study_agg)
+        say(f"{len(studies)} studies ({study_agg} of their images): {safe_text(str(target))}")
     if summary.model_broken:
         say(
             f"error: the model gave no usable output for any of {summary.model_failed} "
@@ -609,6 +650,20 @@ def predict(
         n_bad = summary.failed + summary.earlier_failed
         say(f"{n_bad} file(s) failed; rows with an error are in {shown}", style="bold red")
         raise typer.Exit(code=1)
+    if summary.dicom_out.failed:  # every prediction stands, but a requested output is missing
+        raise typer.Exit(code=1)
+
+
+def _report_dicom_out(counts: Any, folder: Path, say: Any) -> None:
+    """One line on what --dicom-out wrote; the files it could not make, in red."""
+    from bonefrac.inference.csvpaths import safe_text
+
+    say(
+        f"dicom out: {counts.written} capture + report pair(s) in {safe_text(str(folder))}; "
+        f"{counts.not_dicom} input(s) not DICOM (no DICOM out for them), {counts.failed} failed"
+    )
+    for _path, reason in counts.failures[:10]:
+        say(f"dicom out failed: {safe_text(reason)}", style="red")
 
 
 def _default_decode_workers(processes: int) -> int:

@@ -130,9 +130,14 @@ def evaluate_run(
     force: bool = False,
     batch_size: int = 32,
     report: bool = True,
+    study_column: str | None = None,
+    study_agg: str = "max",
 ) -> EvaluationResult:
     """Score ``predictions/<split>.csv`` (or, with ``manifest``, predict then score
-    ``predictions/<name>.csv``); write metrics.json, plots, subgroup table and report."""
+    ``predictions/<name>.csv``); write metrics.json, plots, subgroup table and report.
+
+    ``study_column``: also score studies (:mod:`bonefrac.evaluation.studies`), stored as
+    ``metrics.json[key]["study"]``."""
     run = RunDir.open(run_dir)
     if n_boot < 0:
         raise ConfigError(f"--n-boot {n_boot}: must be >= 0 (1000 or more for a 95% CI)")
@@ -157,6 +162,13 @@ def evaluate_run(
     metrics = metrics_entry(y, prob, meta, n_boot=n_boot, seed=seed)
     if skipped:
         metrics["skipped_images"] = [{"path": p, "reason": r} for p, r in skipped]
+    if study_column:
+        from bonefrac.evaluation.studies import study_ids, study_metrics
+
+        ids = study_ids(df, run, study_column, manifest)
+        metrics["study"] = study_metrics(
+            df, prob, ids, meta, study_agg, n_boot=n_boot, seed=seed, study_column=study_column
+        )
     run.merge_metrics(key, metrics)
 
     sub = subgroup_table(df, prob, threshold, n_boot=n_boot, seed=seed)

@@ -44,6 +44,7 @@ from bonefrac.inference.batchmeta import (
     write_sidecar,
 )
 from bonefrac.inference.csvpaths import decode_path, encode_path, safe_text
+from bonefrac.inference.dicomout import DicomOutCounts, write_dicom_out
 from bonefrac.inference.predictor import Predictor, PreparedInput, prepare_input
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class BatchSummary:
     seconds: float = 0.0
     processes: int = 1
     errors: list[tuple[str, str]] = field(default_factory=list)  # (CSV path, error) this run
+    dicom_out: DicomOutCounts = field(default_factory=DicomOutCounts)
 
     @property
     def any_failed(self) -> bool:
@@ -88,6 +90,7 @@ class BatchSummary:
         self.model_failed += other.model_failed
         self.positives += other.positives
         self.errors += other.errors
+        self.dicom_out.add(other.dicom_out)
 
 
 @dataclass
@@ -105,6 +108,7 @@ class BatchJob:
     force: bool = False
     retry_errors: bool = False
     progress: bool = True
+    dicom_out: Path | None = None  # folder for DICOM SC + SR results of DICOM inputs
 
 
 def collect_inputs(paths: Sequence[str | Path]) -> list[Path]:
@@ -252,8 +256,9 @@ def prepare_job(job: BatchJob, predictor: Predictor) -> tuple[list[Path], BatchS
         merge_parts(out, done)
         if job.retry_errors and _drop_error_rows(out):
             done = read_done(out)
-        if job.cam_dir is not None:
-            Path(job.cam_dir).mkdir(parents=True, exist_ok=True)
+        for folder in (job.cam_dir, job.dicom_out):
+            if folder is not None:
+                Path(folder).mkdir(parents=True, exist_ok=True)
         if not out.is_file():
             _write_rows(out, [])  # the header: an unwritable --out fails before any work
     except OSError as exc:
@@ -295,11 +300,14 @@ def predict_to_csv(
     devices: int = 1,
     accelerator: str = "cpu",
     strategy: str = "ddp",
+    dicom_out: str | Path | None = None,
 ) -> BatchSummary | None:
     """Predict every input file into ``out`` (CSV, :data:`COLUMNS`), resuming a previous run.
 
     ``devices > 1`` runs that many processes (Lightning Fabric, ``accelerator``/``strategy``);
     then only the first process gets the summary and the others get ``None``.
+    ``dicom_out``: write a DICOM Secondary Capture and SR per DICOM input there
+    (:mod:`bonefrac.inference.dicomout`); other inputs are counted, not failed.
     """
     if batch_size < 1:
         raise BonefracError(f"--batch-size must be at least 1, got {batch_size}")
@@ -317,6 +325,7 @@ def predict_to_csv(
         force=force,
         retry_errors=retry_errors,
         progress=progress,
+        dicom_out=Path(dicom_out) if dicom_out else None,
     )
     if devices > 1:
         from bonefrac.inference.distributed import predict_distributed
@@ -352,9 +361,8 @@ def stream_predictions(
 
     if not todo:
         return
-    dataset = _Files(
-        todo, predictor.image_size, predictor.clahe, job.dicom_frame, job.cam_dir is not None
-    )
+    keep_display = job.cam_dir is not None or job.dicom_out is not None
+    dataset = _Files(todo, predictor.image_size, predictor.clahe, job.dicom_frame, keep_display)
     loader = DataLoader(
         dataset,
         batch_size=job.batch_size,
@@ -381,7 +389,7 @@ def stream_predictions(
                 fh.flush()
             task = bar.add_task(label, total=len(todo), failed=0)
             for items in loader:
-                rows = _predict_items(predictor, todo, items, job.cam_dir, summary)
+                rows = _predict_items(predictor, todo, items, job.cam_dir, summary, job.dicom_out)
                 writer.writerows(rows)
                 fh.flush()
                 bar.update(task, advance=len(items), failed=summary.failed)
@@ -456,6 +464,7 @@ def _predict_items(
     items: list[tuple[int, PreparedInput | None, str]],
     cam_dir: Path | None,
     summary: BatchSummary,
+    dicom_out: Path | None = None,
 ) -> list[dict[str, Any]]:
     ok = [(i, p) for i, p, err in items if p is not None]
     by_index: dict[int, Any] = {}
@@ -494,6 +503,8 @@ def _predict_items(
                 target = cam_dir / cam_file_name(path)
                 _save_png(pred.overlay(), target)
                 row["cam_path"] = encode_path(target)
+            if dicom_out is not None:
+                write_dicom_out(predictor, dict(ok)[i], pred, path, dicom_out, summary.dicom_out)
         rows.append(row)
     return rows
 

@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, File, Form, Query, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from bonefrac.data.imageio import PNG_SIGNATURE, is_dicom_bytes
 from bonefrac.errors import BonefracError, ImageDecodeError, ModelOutputError
+from bonefrac.inference.dicomout import DicomOutError
 from bonefrac.serving.budget import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -314,6 +315,20 @@ def create_app(
             body["image_png"] = png_b64(prepared.display)
         return body
 
+    def run_dicom_out(data: bytes, name: str, kind: str) -> Response:
+        from bonefrac.inference.dicomout import dicom_out_zip
+
+        check_budget(footprint(data, name, kind), name, max_pixels, max_image_bytes)
+        prepared = pred.prepare(data, name=name, max_pixels=max_pixels, keep_display=True)
+        result = pred.predict_prepared([prepared], heatmap=True)[0]
+        if not _finite(result.probability, result.logit):
+            raise ModelOutputError(f"{name}: the model's output is not a finite number")
+        headers = {"Content-Disposition": 'attachment; filename="bonefrac-dicom.zip"'}
+        return Response(
+            dicom_out_zip(pred, prepared, result, data), media_type="application/zip",
+            headers=headers,
+        )  # fmt: skip
+
     @app.post(
         "/v1/predict",
         summary="Probability of a fracture for one radiograph (JPEG, PNG, TIFF or DICOM)",
@@ -331,6 +346,9 @@ def create_app(
         file: UploadFile = File(..., description="The radiograph: JPEG, PNG, TIFF or DICOM."),
         heatmap: bool = Query(False, description="Add heatmap_png: Grad-CAM overlay (base64)."),
         image: bool = Query(False, description="Add image_png: the decoded greyscale (base64)."),
+        dicom: bool = Query(
+            False, description="DICOM upload only: a zip of a DICOM Secondary Capture and SR."
+        ),
         heatmap_form: bool | None = Form(None, alias="heatmap", include_in_schema=False),
     ) -> Any:
         name = file.filename or "upload"
@@ -350,7 +368,13 @@ def create_app(
                     "unsupported type",
                 )
             want_heatmap = bool(heatmap or heatmap_form)
+            if dicom and kind != "dicom":
+                return error(
+                    415, f"{name}: ?dicom=true needs a DICOM upload, not {kind}", "not DICOM"
+                )
             try:
+                if dicom:
+                    return await run_in_threadpool(run_dicom_out, data, name, kind)
                 return await run_in_threadpool(
                     run_prediction, data, name, kind, want_heatmap, image
                 )
@@ -360,6 +384,8 @@ def create_app(
             except ModelOutputError as exc:
                 log.error("%s", exc)
                 return error(422, str(exc), "model output not finite")
+            except DicomOutError as exc:
+                return error(422, str(exc), "no DICOM out")
             except BonefracError as exc:
                 return error(422, f"{name}: {exc}", "undecodable")
 

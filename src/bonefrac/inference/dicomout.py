@@ -1,0 +1,499 @@
+"""Results a PACS can show: a DICOM Secondary Capture and a Structured Report per DICOM input.
+
+For one DICOM input and its :class:`~bonefrac.inference.predictor.Prediction`:
+
+- **Secondary Capture** (RGB): the Grad-CAM overlay, the boxes when the prediction has them,
+  and a banner with the finding burned in (probability, decision, model, a decision-support
+  caveat). No patient data is burned in (``BurnedInAnnotation`` ``NO``).
+- **Comprehensive SR** holding a TID 1500 measurement report: one image-level group with the
+  fracture probability (a measurement) and the decision (a qualitative evaluation), and one
+  planar ROI group per box (a closed POLYLINE SCOORD in the source image's pixel grid, with
+  the box score).
+
+Both go into the input's Study (StudyInstanceUID, patient and accession attributes copied by
+highdicom from the input) with new Series and SOP Instance UIDs. The Series UIDs are derived
+from the Study UID and the model, so every result of one model in one study lands in the same
+two series (one for the captures, one for the reports), also across resumed jobs.
+Manufacturer is ``bonefrac``; ManufacturerModelName and SoftwareVersions name the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from bonefrac import __version__
+from bonefrac.errors import BonefracError
+from bonefrac.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: Series numbers of the outputs (high, so they sort after the acquired series).
+SC_SERIES_NUMBER = 9101
+SR_SERIES_NUMBER = 9102
+#: Narrowest Secondary Capture: small images are padded so the burned-in text stays readable.
+MIN_CAPTURE_WIDTH = 512
+#: Local coding scheme for concepts that have no standard code.
+CODING_SCHEME = "99BONEFRAC"
+CAVEAT = "Decision support only, not a diagnosis."
+DECISION_TEXT = {
+    "fracture": "FRACTURE suspected",
+    "no_fracture": "no fracture found",
+    "refer": "uncertain: refer to a radiologist",
+    "out_of_scope": "does not look like a limb radiograph: no fracture call",
+}
+
+
+class DicomOutError(BonefracError):
+    """The DICOM results for one input could not be made (the prediction itself stands)."""
+
+
+@dataclass
+class ModelInfo:
+    """What the outputs say about the model that made them."""
+
+    name: str
+    architecture: str
+    weights_sha256: str = ""
+
+    @classmethod
+    def of(cls, predictor: Any) -> ModelInfo:
+        """From a :class:`~bonefrac.inference.predictor.Predictor` (run name, architecture)."""
+        sha = str(predictor.meta.get("weights_sha256") or "")
+        return cls(str(predictor.name or predictor.architecture), predictor.architecture, sha)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.architecture})" if self.name != self.architecture else self.name
+
+    @property
+    def software_versions(self) -> list[str]:
+        versions = [f"bonefrac {__version__}", f"model {self.label}"[:64]]
+        if self.weights_sha256:
+            versions.append(f"weights sha256 {self.weights_sha256[:16]}")
+        return versions
+
+
+@dataclass
+class DicomOutputs:
+    """The two result objects for one input."""
+
+    capture: Any  # highdicom.sc.SCImage
+    report: Any  # highdicom.sr.ComprehensiveSR
+
+
+def decision_label(pred: Any) -> str:
+    """The prediction's decision in the shared vocabulary (``fracture`` / ``no_fracture`` /
+    ``refer`` / ``out_of_scope``), whether ``decision`` is already a word or a bool."""
+    if getattr(pred, "out_of_scope", False):
+        return "out_of_scope"
+    if getattr(pred, "refer", False):
+        return "refer"
+    decision = pred.decision
+    if isinstance(decision, str):
+        return decision
+    return "fracture" if decision else "no_fracture"
+
+
+def prediction_boxes(pred: Any) -> list[list[float]]:
+    """Boxes ``[cx, cy, w, h, score]`` (normalised to the image) when the prediction has
+    them; ``[]`` otherwise (a model without a box head)."""
+    boxes = getattr(pred, "boxes", None)
+    if boxes is None:
+        return []
+    out = []
+    for box in boxes:
+        values = [float(v) for v in box]
+        if len(values) >= 4 and all(np.isfinite(values[:4])):
+            out.append(values[:4] + [values[4] if len(values) > 4 else float("nan")])
+    return out
+
+
+def finding_lines(pred: Any, model: ModelInfo) -> list[str]:
+    """The text burned into the capture (and repeated as its ImageComments)."""
+    decision = decision_label(pred)
+    first = DECISION_TEXT.get(decision, decision)
+    if decision != "out_of_scope":
+        first += f" - fracture probability {pred.probability:.2f} (threshold {pred.threshold:.2f})"
+    return [first, f"bonefrac {__version__}, model {model.label}", CAVEAT]
+
+
+# --- reading the input ------------------------------------------------------------------
+
+
+def read_header(source: str | os.PathLike | bytes, name: str = "") -> Any:
+    """The input's DICOM attributes without pixel data; refuses one that cannot carry results
+    into its study (no Study, Series or SOP Instance UID, or no SOP Class UID)."""
+    import pydicom
+
+    label = name or (str(source) if not isinstance(source, bytes) else "<upload>")
+    try:
+        fp = io.BytesIO(source) if isinstance(source, bytes) else source
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+    except Exception as exc:  # noqa: BLE001 - any parser failure is this file's
+        raise DicomOutError(f"{label}: cannot read its DICOM header ({exc})") from None
+    required = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+    missing = [k for k in required if k not in ds]
+    if missing:
+        raise DicomOutError(
+            f"{label}: no {', '.join(missing)}, so the results cannot join its study; "
+            "fix the file's header (e.g. re-export it from the PACS)"
+        )
+    return ds
+
+
+# --- the pictures -----------------------------------------------------------------------
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def render_capture(pred: Any, model: ModelInfo) -> np.ndarray:
+    """The overlay (heatmap, boxes) over a banner with the finding: uint8 ``(H, W, 3)``."""
+    from bonefrac.explain.overlay import render_overlay
+
+    if pred.heatmap is None or pred.display is None:
+        raise DicomOutError(f"{pred.name}: no heatmap to draw; predict with heatmap=True")
+    boxes = [b[:4] for b in prediction_boxes(pred)]
+    picture = render_overlay(pred.display, pred.heatmap, boxes or None)
+    width = max(picture.width, MIN_CAPTURE_WIDTH)
+    size = max(12, width // 40)
+    font = _font(size)
+    lines = finding_lines(pred, model)
+    line_h = int(size * 1.4)
+    banner = line_h * len(lines) + size
+    canvas = Image.new("RGB", (width, picture.height + banner), (0, 0, 0))
+    canvas.paste(picture, ((width - picture.width) // 2, 0))
+    draw = ImageDraw.Draw(canvas)
+    colour = {"fracture": (255, 80, 80), "refer": (255, 200, 0)}.get(
+        decision_label(pred), (255, 255, 255)
+    )
+    for i, line in enumerate(lines):
+        y = picture.height + size // 2 + i * line_h
+        draw.text((size // 2, y), line, fill=colour if i == 0 else (220, 220, 220), font=font)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+# --- the DICOM objects ------------------------------------------------------------------
+
+
+def _series_uid(source: Any, model: ModelInfo, kind: str) -> str:
+    from pydicom.uid import generate_uid
+
+    seed = [str(source.StudyInstanceUID), model.name, model.weights_sha256, kind]
+    return str(generate_uid(entropy_srcs=seed))
+
+
+def _code(value: str, meaning: str) -> Any:
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(value=value, scheme_designator=CODING_SCHEME, meaning=meaning)
+
+
+def build_outputs(source: Any, pred: Any, model: ModelInfo) -> DicomOutputs:
+    """The Secondary Capture and the SR for ``pred`` on the input whose header is ``source``."""
+    import highdicom as hd
+
+    source = _with_type2(source)
+    try:
+        capture = _build_capture(source, pred, model, hd)
+        report = _build_report(source, capture, pred, model, hd)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:  # highdicom
+        raise DicomOutError(
+            f"{pred.name or '<input>'}: cannot build the DICOM results ({exc}); "
+            "check the input's header"
+        ) from None
+    return DicomOutputs(capture, report)
+
+
+#: Patient and study attributes that DICOM requires present (maybe empty) in every object.
+TYPE2_ATTRIBUTES = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "StudyID", "AccessionNumber", "ReferringPhysicianName",
+)  # fmt: skip
+
+
+def _with_type2(source: Any) -> Any:
+    """A copy of the header with the type 2 patient/study attributes present (empty where the
+    input lacks them), as highdicom copies them into the outputs."""
+    import copy
+
+    ds = copy.deepcopy(source)
+    for keyword in TYPE2_ATTRIBUTES:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
+def _build_capture(source: Any, pred: Any, model: ModelInfo, hd: Any) -> Any:
+    pixels = render_capture(pred, model)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=pixels,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=_series_uid(source, model, "capture"),
+        series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=int(getattr(source, "InstanceNumber", None) or 1),
+        manufacturer="bonefrac",
+        patient_orientation=("L", "F"),  # placeholder highdicom requires; replaced below
+        transfer_syntax_uid="1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    )
+    # the input's orientation as it is (or empty, type 2): the capture shows the same view
+    sc.PatientOrientation = source.get("PatientOrientation", None) or ""
+    sc.ManufacturerModelName = model.label[:64]
+    sc.SoftwareVersions = model.software_versions
+    sc.SeriesDescription = f"bonefrac {model.name} heatmap"[:64]
+    sc.BurnedInAnnotation = "NO"  # the finding is burned in, nothing that identifies the patient
+    sc.ImageComments = " ".join(finding_lines(pred, model))[:10240]
+    sc.DerivationDescription = "Grad-CAM heatmap of the fracture logit over the input image"
+    sc.SourceImageSequence = [_reference(source)]
+    if "AccessionNumber" in source:
+        sc.AccessionNumber = source.AccessionNumber
+    return sc
+
+
+def _reference(source: Any) -> Any:
+    from pydicom.dataset import Dataset
+
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    return ref
+
+
+def _box_polyline(box: Sequence[float], cols: int, rows: int) -> np.ndarray:
+    """Normalised ``[cx, cy, w, h]`` -> a closed rectangle in (column, row) pixel coordinates."""
+    cx, cy, w, h = box[:4]
+    x0, x1 = np.clip([(cx - w / 2) * cols, (cx + w / 2) * cols], 0, cols)
+    y0, y1 = np.clip([(cy - h / 2) * rows, (cy + h / 2) * rows], 0, rows)
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32)
+
+
+def _build_report(source: Any, capture: Any, pred: Any, model: ModelInfo, hd: Any) -> Any:
+    from pydicom.sr.codedict import codes
+
+    decision = decision_label(pred)
+    algorithm = hd.sr.AlgorithmIdentification(name="bonefrac", version=__version__)
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=hd.UID(), name=f"bonefrac {model.name}"[:64], manufacturer_name="bonefrac",
+        model_name=model.label[:64],
+    )  # fmt: skip
+    context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+    fracture = hd.sr.CodedConcept("125605004", "SCT", "Fracture of bone")
+    measurements = []
+    if decision != "out_of_scope":
+        measurements.append(
+            hd.sr.Measurement(
+                name=_code("fracture-probability", "Fracture probability"),
+                value=float(pred.probability),
+                unit=hd.sr.CodedConcept("1", "UCUM", "no units"),
+                algorithm_id=algorithm,
+            )
+        )
+    evaluation = hd.sr.QualitativeEvaluation(
+        name=_code("decision", "bonefrac decision"),
+        value=_code(decision, DECISION_TEXT.get(decision, decision)[:64]),
+    )
+    image_ref = hd.sr.SourceImageForMeasurementGroup(
+        referenced_sop_class_uid=source.SOPClassUID,
+        referenced_sop_instance_uid=source.SOPInstanceUID,
+    )
+    groups: list[Any] = [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=hd.UID(), identifier="image-level fracture finding"
+            ),
+            finding_type=fracture,
+            algorithm_id=algorithm,
+            measurements=measurements or None,
+            qualitative_evaluations=[evaluation],
+            source_images=[image_ref],
+        )
+    ]
+    rows, cols = int(source.get("Rows", 0) or 0), int(source.get("Columns", 0) or 0)
+    boxes = prediction_boxes(pred) if rows and cols else []
+    for i, box in enumerate(boxes, 1):
+        score = []
+        if np.isfinite(box[4]):
+            score.append(
+                hd.sr.Measurement(
+                    name=_code("box-score", "Fracture box score"),
+                    value=float(box[4]),
+                    unit=hd.sr.CodedConcept("1", "UCUM", "no units"),
+                    algorithm_id=algorithm,
+                )
+            )
+        region = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=_box_polyline(box, cols, rows),
+            source_image=hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=source.SOPClassUID,
+                referenced_sop_instance_uid=source.SOPInstanceUID,
+            ),
+        )
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"box {i}"),
+                referenced_region=region,
+                finding_type=fracture,
+                algorithm_id=algorithm,
+                measurements=score or None,
+            )
+        )
+    content = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=hd.sr.CodedConcept("363680008", "SCT", "Radiographic imaging procedure"),
+        imaging_measurements=groups,
+    )
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[source, capture],
+        content=content[0],
+        series_instance_uid=_series_uid(source, model, "report"),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=int(getattr(source, "InstanceNumber", None) or 1),
+        manufacturer="bonefrac",
+        is_complete=True,
+    )
+    sr.ManufacturerModelName = model.label[:64]
+    sr.SoftwareVersions = model.software_versions
+    sr.SeriesDescription = f"bonefrac {model.name} report"[:64]
+    return sr
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+def output_stem(path: Path) -> str:
+    """A file-name stem unique per input path: ``<stem>-<sha1 of the path, 8 hex>``."""
+    from bonefrac.inference.csvpaths import encode_path
+
+    digest = hashlib.sha1(os.fsencode(path)).hexdigest()[:8]
+    return f"{encode_path(path.stem)}-{digest}"
+
+
+def _dataset_bytes(ds: Any) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def write_outputs(outputs: DicomOutputs, out_dir: Path, stem: str) -> tuple[Path, Path]:
+    """Write ``<stem>_sc.dcm`` and ``<stem>_sr.dcm`` into ``out_dir`` (each atomically)."""
+    paths = (out_dir / f"{stem}_sc.dcm", out_dir / f"{stem}_sr.dcm")
+    for ds, path in zip((outputs.capture, outputs.report), paths, strict=True):
+        data = _dataset_bytes(ds)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    return paths
+
+
+def outputs_zip(outputs: DicomOutputs, stem: str = "result") -> bytes:
+    """The capture and the report as one zip (``<stem>_sc.dcm``, ``<stem>_sr.dcm``)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(f"{stem}_sc.dcm", _dataset_bytes(outputs.capture))
+        zf.writestr(f"{stem}_sr.dcm", _dataset_bytes(outputs.report))
+    return buf.getvalue()
+
+
+def with_heatmap(predictor: Any, prepared: Any, pred: Any) -> Any:
+    """``pred`` with its heatmap and display image (Grad-CAM computed here when missing)."""
+    from bonefrac.inference.predictor import heatmap_for_display
+
+    if pred.heatmap is None:
+        pred.heatmap = heatmap_for_display(predictor.cams([prepared.array])[0], prepared)
+    if pred.display is None:
+        pred.display = prepared.display
+    if pred.display is None:
+        raise DicomOutError(f"{pred.name}: the decoded image was not kept (keep_display=True)")
+    return pred
+
+
+def dicom_out_for_file(
+    predictor: Any, prepared: Any, pred: Any, path: Path, out_dir: Path
+) -> tuple[Path, Path]:
+    """Write the capture and report of one DICOM input file into ``out_dir``."""
+    source = read_header(path)
+    outputs = build_outputs(
+        source, with_heatmap(predictor, prepared, pred), ModelInfo.of(predictor)
+    )
+    return write_outputs(outputs, out_dir, output_stem(path))
+
+
+@dataclass
+class DicomOutCounts:
+    """What ``--dicom-out`` did in one prediction job."""
+
+    written: int = 0  # inputs with a capture and a report written
+    not_dicom: int = 0  # inputs that are not DICOM: no DICOM out for them (not an error)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    def add(self, other: DicomOutCounts) -> None:
+        self.written += other.written
+        self.not_dicom += other.not_dicom
+        self.failures += other.failures
+
+
+def is_dicom_input(path: Path) -> bool:
+    """A ``.dcm``/``.dicom`` name or the DICM magic."""
+    from bonefrac.data.imageio import DICOM_SUFFIXES, is_dicom_file
+
+    return path.suffix.lower() in DICOM_SUFFIXES or is_dicom_file(path)
+
+
+def write_dicom_out(
+    predictor: Any, prepared: Any, pred: Any, path: Path, out_dir: Path, counts: DicomOutCounts
+) -> None:
+    """The batch job's hook: results for a DICOM input, a count (and a log line) otherwise.
+
+    A file whose results cannot be built (e.g. a header without a Study UID) is counted in
+    ``counts.failures`` and logged; its prediction row stands. Unwritable ``out_dir`` raises.
+    """
+    from bonefrac.inference.csvpaths import printable
+
+    if not is_dicom_input(path):
+        counts.not_dicom += 1
+        log.info("%s: not a DICOM input, so no DICOM out for it", printable(str(path)))
+        return
+    try:
+        dicom_out_for_file(predictor, prepared, pred, path, out_dir)
+    except DicomOutError as exc:
+        counts.failures.append((str(path), str(exc)))
+        log.warning("DICOM out: %s", printable(str(exc)))
+        return
+    counts.written += 1
+
+
+def dicom_out_zip(predictor: Any, prepared: Any, pred: Any, data: bytes) -> bytes:
+    """The service's ``?dicom=true``: the capture and report of an uploaded DICOM, zipped."""
+    source = read_header(data, pred.name)
+    outputs = build_outputs(
+        source, with_heatmap(predictor, prepared, pred), ModelInfo.of(predictor)
+    )
+    return outputs_zip(outputs, "bonefrac")
