@@ -62,7 +62,7 @@ def make_dicoms(folder: Path, n: int) -> list[Path]:
 
 
 def main() -> None:
-    from bonefrac.inference.batch import predict_to_csv
+    from bonefrac.inference.predict_files import predict_to_csv
     from bonefrac.inference.predictor import Predictor
 
     ap = argparse.ArgumentParser()

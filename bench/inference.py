@@ -218,8 +218,9 @@ def precision_latency(name: str, size: int, iters: int, warmup: int, threads: in
 
 
 def throughput(run: Path, images: Path, n: int, workers: int, batch_size: int) -> None:
-    from bonefrac.inference.batch import collect_inputs, predict_to_csv
+    from bonefrac.inference.batch import collect_inputs
     from bonefrac.inference.onnx import export_onnx
+    from bonefrac.inference.predict_files import predict_to_csv
 
     files = collect_inputs([images])[:n]
     export_onnx(run)

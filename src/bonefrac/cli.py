@@ -586,8 +586,8 @@ def predict(
     2 the job itself failed (bad run or arguments, unwritable --out, a CSV written by another
     run or setting, or a model that gave no usable output for any file).
     """
-    from bonefrac.inference.batch import predict_to_csv
     from bonefrac.inference.csvpaths import safe_text
+    from bonefrac.inference.predict_files import predict_to_csv
     from bonefrac.inference.studies import check_aggregation, study_inputs
 
     grouped = bool(study_column or study_by)
@@ -642,7 +642,7 @@ def predict(
         say(
             f"error: the model gave no usable output for any of {summary.model_failed} "
             f"image(s) (e.g. non-finite logits): check {safe_text(str(run))} (weights, "
-            "model.json); its rows are error rows, re-run with --retry-errors once fixed",
+            "metadata); its rows are error rows, re-run with --retry-errors once fixed",
             style="bold red",
         )
         raise typer.Exit(code=2)

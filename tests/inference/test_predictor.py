@@ -225,7 +225,7 @@ def test_collect_inputs_keeps_missing_named_file(tmp_path):
 
 
 def test_predict_workers_decode_in_processes(tiny_run, synthetic_manifest, tmp_path):
-    from bonefrac.inference.batch import predict_to_csv
+    from bonefrac.inference.predict_files import predict_to_csv
 
     images = sorted((synthetic_manifest.parent / "images").glob("train_*.png"))[:6]
     bad = tmp_path / "bad.jpg"
