@@ -51,6 +51,14 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
     )
     for noisy in ("PIL", "matplotlib", "fsspec", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Lightning prints through its own handler on the "lightning" logger; propagating to ours
+    # as well showed every message twice. Its litlogger advertisement is dropped.
+    logging.getLogger("lightning").propagate = False
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_tip)
+
+
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return "litlogger" not in str(record.msg)
 
 
 # --- data commands (issue: foundation) ---
@@ -148,17 +156,23 @@ def train(
     from bonefrac.config import load_config
     from bonefrac.errors import ConfigError
     from bonefrac.training import fit
+    from bonefrac.training.guard import TrainingCollapsedError
 
-    if resume is not None:
-        run = fit.resume(resume, progress=not no_progress)
-    else:
-        cfg = load_config(config, overrides)
-        manifest = manifest or (Path(cfg.data.manifest) if cfg.data.manifest else None)
-        if manifest is None or out is None:
-            raise ConfigError(
-                "train needs --manifest MANIFEST.csv and --out RUN_DIR (or --resume RUN)"
-            )
-        run = fit.train(cfg, manifest, out, force=force, progress=not no_progress)
+    try:
+        if resume is not None:
+            run = fit.resume(resume, progress=not no_progress)
+        else:
+            cfg = load_config(config, overrides)
+            manifest = manifest or (Path(cfg.data.manifest) if cfg.data.manifest else None)
+            if manifest is None or out is None:
+                raise ConfigError(
+                    "train needs --manifest MANIFEST.csv and --out RUN_DIR (or --resume RUN)"
+                )
+            run = fit.train(cfg, manifest, out, force=force, progress=not no_progress)
+    except TrainingCollapsedError as exc:
+        _print_run_summary(resume if resume is not None else out)
+        err_console.print(f"[bold red]training collapsed:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=TrainingCollapsedError.exit_code) from None
     _print_run_summary(run)
 
 
@@ -176,7 +190,24 @@ def _print_run_summary(run: Path) -> None:
             v = values.get(key, {}).get("value")
             parts.append(f"{key}={v:.3f}" if isinstance(v, (int, float)) else f"{key}=n/a")
         console.print(f"[bold]{split}[/]: " + "  ".join(parts))
+    _print_best_epoch_note(run)
     console.print(f"run directory: [bold]{run}[/]")
+
+
+def _print_best_epoch_note(run: Path) -> None:
+    """Say so when the best checkpoint is a head-only epoch of the frozen warm-up."""
+    from bonefrac.models.runio import read_model_json
+
+    try:
+        meta = read_model_json(run)
+    except BonefracError:
+        return
+    if meta.get("best_in_frozen_warmup"):
+        console.print(
+            f"[yellow]note:[/] the best epoch ({meta['best_epoch'] + 1}) lies inside the frozen "
+            "warm-up: the kept model is a head-only fit; fine-tuning the backbone never beat it",
+            highlight=False,
+        )
 
 
 # --- evaluation commands (issue: evaluation) ---

@@ -20,6 +20,7 @@ from bonefrac.fileio import atomic_open, file_sha1, write_csv, write_json
 from bonefrac.models.registry import build_model, resolve_spec
 from bonefrac.models.runio import MODEL_JSON, library_versions, save_weights
 from bonefrac.training.datamodule import FractureDataModule, split_frames
+from bonefrac.training.guard import CollapseGuard, outputs_of
 from bonefrac.training.history import HistoryCallback, plot_training_curves
 from bonefrac.training.losses import resolve_pos_weight
 from bonefrac.training.module import FractureModule
@@ -149,7 +150,9 @@ def _fit(
         enable_version_counter=False,
         auto_insert_metric_name=False,
     )
-    all_callbacks: list[L.Callback] = [best_cb, HistoryCallback(out / "history.csv")]
+    t = cfg.train
+    guard = CollapseGuard(t.collapse_patience, t.monitor, t.warmup_frozen_epochs)
+    all_callbacks: list[L.Callback] = [best_cb, HistoryCallback(out / "history.csv"), guard]
     if cfg.train.early_stopping_patience:
         all_callbacks.append(
             L.pytorch.callbacks.EarlyStopping(
@@ -166,6 +169,7 @@ def _fit(
         strategy=cfg.train.strategy,
         num_nodes=cfg.train.num_nodes,
         precision=resolve_precision(cfg),
+        gradient_clip_val=cfg.train.grad_clip,
         deterministic=cfg.train.deterministic,
         limit_train_batches=cfg.train.max_steps_per_epoch,
         log_every_n_steps=min(cfg.train.log_every_n_steps, max(1, steps)),
@@ -188,7 +192,10 @@ def _fit(
     module.load_state_dict(state)
     model = module.model.cpu().eval()
     wall = time.perf_counter() - start
-    _write_outputs(cfg, dm, model, spec, out, manifest, best_cb, trainer, wall, progress)
+    with outputs_of(guard, out, cfg.train):  # raises after writing if training collapsed
+        _write_outputs(
+            cfg, dm, model, spec, out, manifest, best_cb, trainer, wall, progress, guard.meta()
+        )
     return out
 
 
@@ -203,6 +210,7 @@ def _write_outputs(
     trainer: L.Trainer,
     wall_seconds: float,
     progress: bool,
+    status: dict[str, Any],
 ) -> None:
     from bonefrac.evaluation.metrics import compute_metrics
 
@@ -251,6 +259,7 @@ def _write_outputs(
         "best_score": float(score) if score is not None else None,
         "best_checkpoint": Path(best_cb.best_model_path).name if best_cb.best_model_path else None,
         "epochs_trained": int(trainer.current_epoch),
+        **status,
         "train_seconds": round(wall_seconds, 1),
         "manifest": str(manifest),
         "manifest_sha1": file_sha1(manifest),

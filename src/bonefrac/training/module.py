@@ -20,6 +20,7 @@ def binary_epoch_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     labels = labels.astype(int)
+    finite = bool(np.all(np.isfinite(probs)))
     pred = probs >= threshold
     tp = int(np.sum(pred & (labels == 1)))
     fp = int(np.sum(pred & (labels == 0)))
@@ -28,7 +29,8 @@ def binary_epoch_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float
     sens = tp / (tp + fn) if tp + fn else float("nan")
     spec = tn / (tn + fp) if tn + fp else float("nan")
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-    both = len(np.unique(labels)) == 2
+    # Non-finite outputs (a diverged model) have no ranking: report NaN, let the guard judge.
+    both = len(np.unique(labels)) == 2 and finite
     return {
         "roc_auc": float(roc_auc_score(labels, probs)) if both else float("nan"),
         "pr_auc": float(average_precision_score(labels, probs)) if both else float("nan"),
@@ -46,6 +48,26 @@ def warmup_cosine(total_steps: int, warmup_steps: int):  # noqa: ANN201
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def rewarm_after(start_step: int, rewarm_steps: int, base):  # noqa: ANN001, ANN201
+    """``base`` scaled by a linear ramp 0 -> 1 over ``rewarm_steps`` from ``start_step`` on.
+
+    Used for the backbone group when it is unfrozen mid-run: without it the backbone joins at
+    near-peak LR with an empty AdamW state, and AdamW's first updates are about lr * sign(grad)
+    for every weight at once (the bias-corrected m / sqrt(v) is ~±1), whatever the gradient's
+    size. Combined with BatchNorm switching from running to batch statistics, that jolt knocked
+    the head's features away and some runs collapsed to a constant output.
+    """
+
+    def factor(step: int) -> float:
+        if rewarm_steps <= 0 or step >= start_step + rewarm_steps:
+            return base(step)
+        if step < start_step:
+            return base(step)  # frozen: no gradients, so the value is irrelevant
+        return base(step) * (step - start_step + 1) / (rewarm_steps + 1)
 
     return factor
 
@@ -71,6 +93,7 @@ class FractureModule(L.LightningModule):
         t = cfg.train
         self.loss_fn = BinaryLoss(t.loss, pos_weight, t.focal_gamma, t.label_smoothing)
         self.channels_last = t.channels_last
+        self.bn_eval = t.freeze_bn
         self._val_logits: list[Tensor] = []
         self._val_labels: list[Tensor] = []
 
@@ -85,6 +108,16 @@ class FractureModule(L.LightningModule):
         if self.cfg.train.warmup_frozen_epochs:
             frozen = self.current_epoch < self.cfg.train.warmup_frozen_epochs
             self.model.set_freeze("backbone" if frozen else self.cfg.model.freeze)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> FractureModule:
+        """Lightning's train(); with ``train.freeze_bn`` every BatchNorm keeps running stats."""
+        super().train(mode)
+        if mode and self.bn_eval:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
@@ -126,7 +159,13 @@ class FractureModule(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
         total = t.epochs * self.steps_per_epoch
         warmup = int(round(t.warmup_epochs * self.steps_per_epoch))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
+        base = warmup_cosine(total, warmup)
+        lambdas = [base, base]
+        if t.warmup_frozen_epochs and t.unfreeze_warmup_epochs:
+            start = t.warmup_frozen_epochs * self.steps_per_epoch
+            rewarm = int(round(t.unfreeze_warmup_epochs * self.steps_per_epoch))
+            lambdas[0] = rewarm_after(start, rewarm, base)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
