@@ -171,7 +171,9 @@ def train(
             run = fit.train(cfg, manifest, out, force=force, progress=not no_progress)
     except TrainingCollapsedError as exc:
         _print_run_summary(resume if resume is not None else out)
-        err_console.print(f"[bold red]training collapsed:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]training collapsed:[/] {exc}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(code=TrainingCollapsedError.exit_code) from None
     _print_run_summary(run)
 
