@@ -27,6 +27,7 @@ class HistoryCallback(L.Callback):
 
     ``elapsed_s`` is the training wall time from the first epoch's start to this epoch's end
     (validation included); a resumed run continues from the last kept row's value.
+    ``finished_at`` is the epoch's end as a Unix timestamp.
     """
 
     def __init__(self, path: Path) -> None:
@@ -54,6 +55,7 @@ class HistoryCallback(L.Callback):
             row[name] = float(value) if value is not None else math.nan
         row["lr"] = float(trainer.optimizers[0].param_groups[-1]["lr"])
         row["elapsed_s"] = round(self._offset + time.perf_counter() - self._start, 2)
+        row["finished_at"] = round(time.time(), 2)
         previous = pd.read_csv(self.path) if self.path.is_file() else pd.DataFrame()
         if not previous.empty:
             previous = previous[previous["epoch"] < row["epoch"]]
