@@ -50,7 +50,12 @@ va = pd.concat(
 xt, yt = load(tr)
 xv, yv = load(va)
 spec = resolve_spec("efficientnet_lite0")
-inp = lambda x: to_input(x, spec.mean, spec.std, False)
+
+
+def inp(x):
+    return to_input(x, spec.mean, spec.std, False)
+
+
 model = build_model("efficientnet_lite0", pretrained="imagenet", freeze="backbone", dropout=0.2)
 bce = torch.nn.BCEWithLogitsLoss()
 opt = torch.optim.AdamW(model.head_parameters(), lr=1e-3)
