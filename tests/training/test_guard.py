@@ -6,10 +6,12 @@ import json
 import logging
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from bonefrac.cli import app
@@ -68,6 +70,39 @@ def test_guard_reports_best_epoch_inside_the_frozen_warmup() -> None:
     fresh = CollapseGuard()
     fresh.load_state_dict(guard.state_dict())
     assert fresh.scores == guard.scores
+
+
+def _fake_trainer(epoch: int, **metrics: float) -> SimpleNamespace:
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision)
+    return SimpleNamespace(
+        current_epoch=epoch,
+        sanity_checking=False,
+        world_size=1,
+        should_stop=False,
+        strategy=strategy,
+        callback_metrics={k: torch.tensor(v) for k, v in metrics.items()},
+    )
+
+
+def test_guard_needs_patience_consecutive_epochs_and_stops_at_once_on_nan() -> None:
+    guard = CollapseGuard(patience=2)
+    for epoch, (loss, auc, stop) in enumerate(
+        [(0.9, 0.5, False), (0.5, 0.5, False), (0.8, 0.52, False), (0.7, 0.5, True)]
+    ):
+        trainer = _fake_trainer(epoch, train_loss_epoch=loss, val_roc_auc=auc)
+        guard.on_train_epoch_end(trainer, None)
+        assert trainer.should_stop is stop, epoch
+    assert guard.meta()["training_status"] == "collapsed" and "2 epochs" in guard.verdict.reason
+
+    nan_guard = CollapseGuard(patience=5)
+    trainer = _fake_trainer(0, train_loss_epoch=math.nan, val_roc_auc=0.9)
+    nan_guard.on_train_epoch_end(trainer, None)
+    assert trainer.should_stop and "nan" in nan_guard.verdict.reason
+
+    batch_guard = CollapseGuard()
+    trainer = _fake_trainer(1)
+    batch_guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(math.inf)}, None, 3)
+    assert trainer.should_stop and "step 4" in batch_guard.verdict.reason
 
 
 def test_healthy_tiny_run_says_ok_and_times_its_epochs(tiny_run: Path) -> None:

@@ -65,18 +65,20 @@ class CollapseGuard(L.Callback):
         self.streak = 0
         self.scores: dict[int, float] = {}
         self.verdict: CollapseVerdict | None = None
+        self._nonfinite: str | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is None or self.verdict is not None:
+        if loss is None or self.verdict is not None or self._nonfinite is not None:
             return
         value = float(loss.detach())
         if not math.isfinite(value):
-            self._stop(
-                trainer,
+            self._nonfinite = (
                 f"train loss became {value} at epoch {trainer.current_epoch + 1}, "
-                f"step {batch_idx + 1}",
+                f"step {batch_idx + 1}"
             )
+            if trainer.world_size == 1:  # alone: stop now; with peers, decide together below
+                self._stop(trainer, self._nonfinite)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning runs validation before this hook, so both numbers are this epoch's.
@@ -86,20 +88,24 @@ class CollapseGuard(L.Callback):
         score = _as_float(metrics.get(self.monitor))
         if math.isfinite(score):
             self.scores[int(trainer.current_epoch)] = score
-        loss = _as_float(metrics.get("train_loss_epoch"))
-        auc = _as_float(metrics.get("val_roc_auc"))
-        if math.isnan(loss):
-            return
-        self.streak = self.streak + 1 if epoch_collapsed(loss, auc) else 0
-        if not math.isfinite(loss):
-            self._stop(trainer, f"train loss was {loss} in epoch {trainer.current_epoch + 1}")
-        elif self.streak >= self.patience:
-            self._stop(
-                trainer,
-                f"for {self.streak} epochs in a row (to epoch {trainer.current_epoch + 1}) "
-                f"val ROC-AUC stayed at chance (last {auc:.3f} <= {CHANCE_ROC_AUC}) while the "
-                f"train loss was no better than a constant guess (last {loss:.4g} >= ln 2)",
-            )
+        logged = metrics.get("train_loss_epoch")
+        loss = _as_float(logged)
+        reason = self._nonfinite
+        if reason is None and logged is not None and not math.isfinite(loss):
+            reason = f"train loss was {loss} in epoch {trainer.current_epoch + 1}"
+        # val_roc_auc is logged on rank 0 only: other ranks judge the loss alone.
+        if reason is None and "val_roc_auc" in metrics and logged is not None:
+            auc = _as_float(metrics.get("val_roc_auc"))
+            self.streak = self.streak + 1 if epoch_collapsed(loss, auc) else 0
+            if self.streak >= self.patience:
+                reason = (
+                    f"for {self.streak} epochs in a row (to epoch {trainer.current_epoch + 1}) "
+                    f"val ROC-AUC stayed at chance (last {auc:.3f} <= {CHANCE_ROC_AUC}) while "
+                    f"the train loss was no better than a constant guess (last {loss:.4g} >= ln 2)"
+                )
+        # Every process must take the same decision, or a distributed run would hang.
+        if trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
+            self._stop(trainer, reason or "another process saw the collapse")
 
     def _stop(self, trainer: L.Trainer, reason: str) -> None:
         self.verdict = CollapseVerdict(epoch=int(trainer.current_epoch), reason=reason)
