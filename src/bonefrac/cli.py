@@ -170,12 +170,33 @@ def train(
                 )
             run = fit.train(cfg, manifest, out, force=force, progress=not no_progress)
     except TrainingCollapsedError as exc:
-        _print_run_summary(resume if resume is not None else out)
         err_console.print(
             f"[bold red]training collapsed:[/] {exc}", highlight=False, soft_wrap=True
         )
         raise typer.Exit(code=TrainingCollapsedError.exit_code) from None
     _print_run_summary(run)
+    _exit_if_collapsed(run)
+
+
+def _exit_if_collapsed(run: Path) -> None:
+    """A collapsed run (model.json ``training_status``) ends in red with exit status 3."""
+    from bonefrac.models.runio import read_model_json
+    from bonefrac.training.guard import TrainingCollapsedError
+
+    try:
+        meta = read_model_json(run)
+    except BonefracError:  # interrupted before its outputs: the summary said so
+        return
+    if meta.get("training_status") != "collapsed":
+        return
+    err_console.print(
+        f"[bold red]training collapsed:[/] {meta.get('collapse_reason')}. Training stopped; "
+        f"the best checkpoint was kept and its outputs written to {run}, but do not trust "
+        f"this model. Try: {meta.get('collapse_advice')}.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(code=TrainingCollapsedError.exit_code)
 
 
 def _print_run_summary(run: Path) -> None:

@@ -140,3 +140,15 @@ def test_absurd_learning_rate_trips_the_guard_and_exits_3(tmp_path: Path) -> Non
     assert meta["best_checkpoint"] == "best.ckpt"
     assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
     assert (out / "predictions" / "test.csv").is_file()
+
+
+def test_library_train_records_a_collapse_without_raising(tmp_path: Path) -> None:
+    """Callers such as a tuning study get a scored run, not an exception."""
+    from bonefrac.config import load_config
+    from bonefrac.training.fit import train
+
+    manifest = make_manifest(tmp_path / "d", {"train": 32, "val": 16, "test": 16}, size=64)
+    overrides = [*FAST_OVERRIDES, "train.epochs=4", "train.lr=1e4"]
+    run = train(load_config(None, overrides), manifest, tmp_path / "run", progress=False)
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["training_status"] == "collapsed" and "train.lr" in meta["collapse_advice"]

@@ -150,8 +150,7 @@ def _fit(
         enable_version_counter=False,
         auto_insert_metric_name=False,
     )
-    t = cfg.train
-    guard = CollapseGuard(t.collapse_patience, t.monitor, t.warmup_frozen_epochs)
+    guard = CollapseGuard.from_config(cfg.train)
     all_callbacks: list[L.Callback] = [best_cb, HistoryCallback(out / "history.csv"), guard]
     if cfg.train.early_stopping_patience:
         all_callbacks.append(
@@ -192,7 +191,7 @@ def _fit(
     module.load_state_dict(state)
     model = module.model.cpu().eval()
     wall = time.perf_counter() - start
-    with outputs_of(guard, out, cfg.train):  # raises after writing if training collapsed
+    with outputs_of(guard, out):  # a collapse is recorded in model.json
         _write_outputs(
             cfg, dm, model, spec, out, manifest, best_cb, trainer, wall, progress, guard.meta()
         )

@@ -27,7 +27,7 @@ CONSTANT_GUESS_LOSS = math.log(2.0)
 
 
 class TrainingCollapsedError(BonefracError):
-    """Training collapsed; the run directory was still written (status ``collapsed``)."""
+    """Training collapsed and the run's outputs could not be written."""
 
     exit_code = 3
 
@@ -66,6 +66,14 @@ class CollapseGuard(L.Callback):
         self.scores: dict[int, float] = {}
         self.verdict: CollapseVerdict | None = None
         self._nonfinite: str | None = None
+        self.advice = "lower train.lr; try another seed"
+
+    @classmethod
+    def from_config(cls, cfg_train: Any) -> CollapseGuard:
+        """A guard set up from the ``train`` section (patience, monitor, frozen epochs)."""
+        guard = cls(cfg_train.collapse_patience, cfg_train.monitor, cfg_train.warmup_frozen_epochs)
+        guard.advice = collapse_advice(cfg_train)
+        return guard
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
@@ -125,6 +133,7 @@ class CollapseGuard(L.Callback):
         return {
             "training_status": "collapsed" if self.verdict is not None else "ok",
             "collapse_reason": self.verdict.reason if self.verdict is not None else None,
+            "collapse_advice": self.advice if self.verdict is not None else None,
             "best_epoch": best,
             "best_in_frozen_warmup": best is not None and best < self.frozen_epochs,
         }
@@ -146,22 +155,25 @@ def _as_float(value: object) -> float:
         return math.nan
 
 
-def collapse_advice(cfg_train: object) -> str:
+def collapse_advice(cfg_train: Any) -> str:
     """What to try after a collapse, given the train config that collapsed."""
-    lr = getattr(cfg_train, "lr", None)
-    tips = [f"lower train.lr (it was {lr:g})" if isinstance(lr, float) else "lower train.lr"]
-    if not getattr(cfg_train, "grad_clip", None):
-        tips.append("set train.grad_clip=1.0")
-    if getattr(cfg_train, "warmup_frozen_epochs", 0):
-        tips.append("lengthen train.unfreeze_warmup_epochs or lower train.backbone_lr_mult")
+    tips = [f"lower train.lr (it was {cfg_train.lr:g})"]
+    if cfg_train.warmup_frozen_epochs:
+        tips.append(
+            "lengthen train.unfreeze_warmup_epochs, set train.freeze_bn=true or lower "
+            "train.backbone_lr_mult"
+        )
     tips.append("try another seed")
     return "; ".join(tips)
 
 
 @contextmanager
-def outputs_of(guard: CollapseGuard, run_dir: object, cfg_train: object) -> Iterator[None]:
-    """Wrap the writing of a run's outputs: afterwards raise :class:`TrainingCollapsedError`
-    if the guard saw a collapse (also when the collapsed model's outputs could not be written).
+def outputs_of(guard: CollapseGuard, run_dir: object) -> Iterator[None]:
+    """Wrap the writing of a run's outputs: if a collapsed model's outputs cannot be written
+    (e.g. non-finite weights), raise :class:`TrainingCollapsedError` saying why.
+
+    A collapse whose outputs were written raises nothing: model.json records it, and
+    ``bonefrac train`` turns it into exit status 3 (so a tuning study just scores the trial).
     """
     try:
         yield
@@ -170,11 +182,5 @@ def outputs_of(guard: CollapseGuard, run_dir: object, cfg_train: object) -> Iter
             raise
         raise TrainingCollapsedError(
             f"{run_dir}: training collapsed ({guard.verdict.reason}) and its outputs could not "
-            f"be written ({exc}). Try: {collapse_advice(cfg_train)}."
+            f"be written ({exc}). Try: {guard.advice}."
         ) from exc
-    if guard.verdict is not None:
-        raise TrainingCollapsedError(
-            f"{run_dir}: {guard.verdict.reason}. The best checkpoint was "
-            f"kept and the outputs were written with training_status 'collapsed' in model.json; "
-            f"do not trust this model. Try: {collapse_advice(cfg_train)}."
-        )
