@@ -57,6 +57,20 @@ def test_backbone_lr_rewarms_from_near_zero_at_unfreeze() -> None:
     assert rewarm_after(20, 0, base)(20) == base(20)
 
 
+def test_freeze_bn_keeps_every_batchnorm_on_running_statistics() -> None:
+    from bonefrac.config import load_config
+    from bonefrac.models.registry import build_model
+    from bonefrac.training.module import FractureModule
+
+    cfg = load_config(None, [*FAST_OVERRIDES, "train.freeze_bn=true"])
+    model = build_model("simple_cnn", pretrained="none")
+    module = FractureModule(model, cfg, (0.5,) * 3, (0.5,) * 3, None, steps_per_epoch=4)
+    module.train()
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and not any(m.training for m in norms)
+    assert module.model.head.training
+
+
 def test_guard_reports_best_epoch_inside_the_frozen_warmup() -> None:
     guard = CollapseGuard(patience=2, monitor="val_roc_auc", frozen_epochs=1)
     guard.scores = {0: 0.8, 1: 0.5, 2: 0.79}
