@@ -159,10 +159,8 @@ def collapse_advice(cfg_train: Any) -> str:
     """What to try after a collapse, given the train config that collapsed."""
     tips = [f"lower train.lr (it was {cfg_train.lr:g})"]
     if cfg_train.warmup_frozen_epochs:
-        tips.append(
-            "lengthen train.unfreeze_warmup_epochs, set train.freeze_bn=true or lower "
-            "train.backbone_lr_mult"
-        )
+        bn = "" if cfg_train.freeze_bn else ", set train.freeze_bn=true"
+        tips.append(f"lengthen train.unfreeze_warmup_epochs{bn} or lower train.backbone_lr_mult")
     tips.append("try another seed")
     return "; ".join(tips)
 
