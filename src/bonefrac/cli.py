@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import typer
@@ -14,6 +14,9 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from bonefrac.errors import BonefracError
+
+if TYPE_CHECKING:
+    from bonefrac.rundir import RunDir
 
 
 class _FriendlyGroup(TyperGroup):
@@ -76,6 +79,14 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
     )
     for noisy in ("PIL", "matplotlib", "fsspec", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Lightning prints through its own handler on the "lightning" logger; propagating to ours
+    # as well showed every message twice. Its litlogger advertisement is dropped.
+    logging.getLogger("lightning").propagate = False
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_tip)
+
+
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return "litlogger" not in str(record.msg)
 
 
 # --- data commands ---
@@ -177,19 +188,48 @@ def train(
     from bonefrac.errors import ConfigError
     from bonefrac.training import fit
     from bonefrac.training.distributed import is_launcher_rank_zero
+    from bonefrac.training.guard import TrainingCollapsedError
 
-    if resume is not None:
-        run = fit.resume(resume, progress=not no_progress)
-    else:
-        cfg = load_config(config, overrides)
-        manifest = manifest or (Path(cfg.data.manifest) if cfg.data.manifest else None)
-        if manifest is None or out is None:
-            raise ConfigError(
-                "train needs --manifest MANIFEST.csv and --out RUN_DIR (or --resume RUN)"
-            )
-        run = fit.train(cfg, manifest, out, force=force, progress=not no_progress)
+    try:
+        if resume is not None:
+            run = fit.resume(resume, progress=not no_progress)
+        else:
+            cfg = load_config(config, overrides)
+            manifest = manifest or (Path(cfg.data.manifest) if cfg.data.manifest else None)
+            if manifest is None or out is None:
+                raise ConfigError(
+                    "train needs --manifest MANIFEST.csv and --out RUN_DIR (or --resume RUN)"
+                )
+            run = fit.train(cfg, manifest, out, force=force, progress=not no_progress)
+    except TrainingCollapsedError as exc:
+        err_console.print(Text.assemble(("training collapsed: ", "bold red"), str(exc)))
+        raise typer.Exit(code=TrainingCollapsedError.exit_code) from None
     if is_launcher_rank_zero():  # the other ranks of a multi-process run write nothing
         _print_run_summary(run)
+        _exit_if_collapsed(run)
+
+
+def _exit_if_collapsed(path: Path) -> None:
+    """A collapsed run (model.json ``training_status``) ends in red with exit status 3."""
+    from bonefrac.rundir import RunDir
+    from bonefrac.training.guard import TrainingCollapsedError
+
+    run = RunDir(path)
+    if not run.meta_path.is_file():  # interrupted before its outputs: the summary said so
+        return
+    meta = run.raw_meta()
+    if meta.get("training_status") != "collapsed":
+        return
+    err_console.print(
+        Text.assemble(
+            ("training collapsed: ", "bold red"),
+            f"{meta.get('collapse_reason')}. Training stopped; the best checkpoint was kept and "
+            f"its outputs written to {path}, but do not trust this model. Try: "
+            f"{meta.get('collapse_advice')}.",
+        ),
+        soft_wrap=True,
+    )
+    raise typer.Exit(code=TrainingCollapsedError.exit_code)
 
 
 def _print_run_summary(path: Path) -> None:
@@ -205,7 +245,19 @@ def _print_run_summary(path: Path) -> None:
             v = values.get(key, {}).get("value")
             parts.append(f"{key}={v:.3f}" if isinstance(v, (int, float)) else f"{key}=n/a")
         show((split, "bold"), ": " + "  ".join(parts))
+    _print_best_epoch_note(run)
     show("run directory: ", (str(path), "bold"))
+
+
+def _print_best_epoch_note(run: RunDir) -> None:
+    """Say so when the best checkpoint is a head-only epoch of the frozen warm-up."""
+    meta = run.raw_meta()
+    if meta.get("best_in_frozen_warmup"):
+        show(
+            ("note: ", "yellow"),
+            f"the best epoch ({meta['best_epoch'] + 1}) lies inside the frozen warm-up: the "
+            "kept model is a head-only fit; fine-tuning the backbone never beat it",
+        )
 
 
 # --- evaluation commands ---

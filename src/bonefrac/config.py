@@ -95,6 +95,16 @@ class TrainConfig(_Strict):
     warmup_epochs: float = Field(0.5, ge=0)
     warmup_frozen_epochs: int = Field(0, ge=0)
     """Train only the head for this many epochs, then unfreeze per ``model.freeze``."""
+    unfreeze_warmup_epochs: float = Field(0.5, ge=0)
+    """After the frozen warm-up, ramp the backbone's LR up from ~0 over this many epochs (its
+    fresh AdamW state otherwise moves every backbone weight by ~lr at once); 0 = no ramp."""
+    freeze_bn: bool = False
+    """Keep every BatchNorm layer on its running statistics (eval mode) throughout training."""
+    grad_clip: float | None = Field(None, gt=0)
+    """Clip the gradient's global L2 norm to this value (Lightning ``gradient_clip_val``)."""
+    collapse_patience: int = Field(2, ge=1)
+    """Stop as collapsed after this many consecutive epochs with val ROC-AUC <= 0.55 and train
+    loss >= ln 2 (a non-finite loss stops at once); ``bonefrac train`` then exits with status 3."""
     pos_weight: str | float = "none"
     """``auto`` (negatives/positives in train), a number, or ``none``."""
     loss: Literal["bce", "focal"] = "bce"

@@ -102,12 +102,14 @@ def _rates(tn: Any, fp: Any, fn: Any, tp: Any) -> dict[str, np.ndarray]:
 
 
 def point_metrics(y_true: Any, prob: Any, threshold: float = 0.5) -> dict[str, float]:
-    """Point estimates only (no bootstrap); NaN where undefined."""
+    """Point estimates only (no bootstrap); NaN where undefined (ROC-AUC and PR-AUC also when
+    a score is not finite). Training logs these for its validation split every epoch."""
     y = np.asarray(y_true).astype(int)
     p = np.asarray(prob, dtype=float)
     cm = confusion_counts(y, p, threshold)
     out = {k: float(v) for k, v in _rates(cm["tn"], cm["fp"], cm["fn"], cm["tp"]).items()}
-    if 0 < y.sum() < len(y):
+    # Non-finite scores (a diverged model) have no ranking: NaN, not an error.
+    if 0 < y.sum() < len(y) and np.isfinite(p).all():
         out["roc_auc"] = float(skm.roc_auc_score(y, p))
         out["pr_auc"] = float(skm.average_precision_score(y, p))
     else:

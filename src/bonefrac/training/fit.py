@@ -30,6 +30,7 @@ from bonefrac.rundir import (
 )
 from bonefrac.training.datamodule import FractureDataModule, split_frames
 from bonefrac.training.distributed import owns_run_dir
+from bonefrac.training.guard import CollapseGuard, outputs_of
 from bonefrac.training.history import HistoryCallback, plot_training_curves
 from bonefrac.training.losses import resolve_pos_weight
 from bonefrac.training.module import FractureModule
@@ -141,7 +142,8 @@ def _fit(
         enable_version_counter=False,
         auto_insert_metric_name=False,
     )
-    all_callbacks: list[L.Callback] = [best_cb, HistoryCallback(run.history_path)]
+    guard = CollapseGuard.from_config(cfg.train)
+    all_callbacks: list[L.Callback] = [best_cb, HistoryCallback(run.history_path), guard]
     if cfg.train.early_stopping_patience:
         all_callbacks.append(
             L.pytorch.callbacks.EarlyStopping(
@@ -158,6 +160,7 @@ def _fit(
         strategy=cfg.train.strategy,
         num_nodes=cfg.train.num_nodes,
         precision=resolve_precision(cfg),
+        gradient_clip_val=cfg.train.grad_clip,
         deterministic=cfg.train.deterministic,
         limit_train_batches=cfg.train.max_steps_per_epoch,
         log_every_n_steps=min(cfg.train.log_every_n_steps, max(1, steps)),
@@ -180,7 +183,10 @@ def _fit(
     module.load_state_dict(state)
     model = module.model.cpu().eval()
     wall = time.perf_counter() - start
-    _write_outputs(cfg, dm, model, spec, run, manifest, best_cb, trainer, wall, progress)
+    with outputs_of(guard, run.path):  # a collapse is recorded in model.json
+        _write_outputs(
+            cfg, dm, model, spec, run, manifest, best_cb, trainer, wall, progress, guard.meta()
+        )
     return run.path
 
 
@@ -195,6 +201,7 @@ def _write_outputs(
     trainer: L.Trainer,
     wall_seconds: float,
     progress: bool,
+    status: dict[str, Any],
 ) -> None:
     weights_sha256 = save_weights(model, run)
     score = best_cb.best_model_score
@@ -222,6 +229,7 @@ def _write_outputs(
         "best_score": float(score) if score is not None else None,
         "best_checkpoint": Path(best_cb.best_model_path).name if best_cb.best_model_path else None,
         "epochs_trained": int(trainer.current_epoch),
+        **status,
         "train_seconds": round(wall_seconds, 1),
         "manifest": str(manifest),
         "manifest_sha1": file_sha1(manifest),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import lightning as L
@@ -22,10 +23,26 @@ HISTORY_KEYS = (
 
 
 class HistoryCallback(L.Callback):
-    """Appends one row per epoch to ``history.csv`` (kept across resume)."""
+    """Appends one row per epoch to ``history.csv`` (kept across resume).
+
+    ``elapsed_s`` is the training wall time from the first epoch's start to this epoch's end
+    (validation included); a resumed run continues from the last kept row's value.
+    ``finished_at`` is the epoch's end as a Unix timestamp.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._start = time.perf_counter()
+        self._offset = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._offset = 0.0
+        if self.path.is_file():
+            previous = pd.read_csv(self.path)
+            previous = previous[previous["epoch"] < trainer.current_epoch]
+            if "elapsed_s" in previous and not previous.empty:
+                self._offset = float(previous["elapsed_s"].max())
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -37,6 +54,8 @@ class HistoryCallback(L.Callback):
             name = "train_loss" if key == "train_loss_epoch" else key
             row[name] = float(value) if value is not None else math.nan
         row["lr"] = float(trainer.optimizers[0].param_groups[-1]["lr"])
+        row["elapsed_s"] = round(self._offset + time.perf_counter() - self._start, 2)
+        row["finished_at"] = round(time.time(), 2)
         previous = pd.read_csv(self.path) if self.path.is_file() else pd.DataFrame()
         if not previous.empty:
             previous = previous[previous["epoch"] < row["epoch"]]

@@ -5,38 +5,18 @@ from __future__ import annotations
 import math
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor
 
 from bonefrac.config import ExperimentConfig
 from bonefrac.data.transforms import to_input
+from bonefrac.metrics import point_metrics
 from bonefrac.models.classifier import FractureClassifier
 from bonefrac.training.distributed import gather_uneven
 from bonefrac.training.losses import BinaryLoss
 
-
-def binary_epoch_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
-    """Val metrics logged each epoch (positive class = fractured)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    labels = labels.astype(int)
-    pred = probs >= threshold
-    tp = int(np.sum(pred & (labels == 1)))
-    fp = int(np.sum(pred & (labels == 0)))
-    fn = int(np.sum(~pred & (labels == 1)))
-    tn = int(np.sum(~pred & (labels == 0)))
-    sens = tp / (tp + fn) if tp + fn else float("nan")
-    spec = tn / (tn + fp) if tn + fp else float("nan")
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-    both = len(np.unique(labels)) == 2
-    return {
-        "roc_auc": float(roc_auc_score(labels, probs)) if both else float("nan"),
-        "pr_auc": float(average_precision_score(labels, probs)) if both else float("nan"),
-        "f1": f1,
-        "sensitivity": sens,
-        "specificity": spec,
-    }
+#: Validation metrics logged every epoch (``val_<name>``); the progress bar shows two.
+EPOCH_METRICS = ("roc_auc", "pr_auc", "f1", "sensitivity", "specificity")
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):  # noqa: ANN201
@@ -47,6 +27,28 @@ def warmup_cosine(total_steps: int, warmup_steps: int):  # noqa: ANN201
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def rewarm_after(start_step: int, rewarm_steps: int, base):  # noqa: ANN001, ANN201
+    """``base`` scaled by a linear ramp 0 -> 1 over ``rewarm_steps`` from ``start_step`` on.
+
+    Used for the backbone group when it is unfrozen mid-run: without it the backbone joins at
+    near-peak LR with an empty AdamW state, and AdamW's first updates are about lr * sign(grad)
+    for every weight at once (the bias-corrected m / sqrt(v) is ~±1), whatever the gradient's
+    size. Measured on Lite0 (bench/unfreeze_shock.py): in the first 12 unfrozen steps the
+    backbone weights moved 15x more than with this ramp, and with BatchNorm on running
+    statistics that jolt alone collapsed the model to a constant output (val ROC-AUC 0.69 ->
+    0.49, train loss stuck at ln 2), the failure seen on GPU runs at the unfreeze epoch.
+    """
+
+    def factor(step: int) -> float:
+        if rewarm_steps <= 0 or step >= start_step + rewarm_steps:
+            return base(step)
+        if step < start_step:
+            return base(step)  # frozen: no gradients, so the value is irrelevant
+        return base(step) * (step - start_step + 1) / (rewarm_steps + 1)
 
     return factor
 
@@ -72,6 +74,7 @@ class FractureModule(L.LightningModule):
         t = cfg.train
         self.loss_fn = BinaryLoss(t.loss, pos_weight, t.focal_gamma, t.label_smoothing)
         self.channels_last = t.channels_last
+        self.bn_eval = t.freeze_bn
         self._val_logits: list[Tensor] = []
         self._val_labels: list[Tensor] = []
 
@@ -90,6 +93,16 @@ class FractureModule(L.LightningModule):
         if self.cfg.train.warmup_frozen_epochs:
             frozen = self.current_epoch < self.cfg.train.warmup_frozen_epochs
             self.model.set_freeze("backbone" if frozen else self.cfg.model.freeze)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> FractureModule:
+        """Lightning's train(); with ``train.freeze_bn`` every BatchNorm keeps running stats."""
+        super().train(mode)
+        if mode and self.bn_eval:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
@@ -123,10 +136,10 @@ class FractureModule(L.LightningModule):
         loss = self.loss_fn(logits, labels)
         self.log("val_loss", loss, prog_bar=True, batch_size=len(labels), sync_dist=True)
         probs = torch.sigmoid(logits).numpy(force=True)
-        metrics = binary_epoch_metrics(labels.numpy(force=True), probs)
-        for name, value in metrics.items():
+        metrics = point_metrics(labels.numpy(force=True).astype(int), probs)
+        for name in EPOCH_METRICS:
             shown = name in ("roc_auc", "f1")
-            self.log(f"val_{name}", float(value), prog_bar=shown, sync_dist=True)
+            self.log(f"val_{name}", float(metrics[name]), prog_bar=shown, sync_dist=True)
 
     def configure_optimizers(self):  # noqa: ANN201
         t = self.cfg.train
@@ -143,7 +156,13 @@ class FractureModule(L.LightningModule):
             steps = max(1, int(self.trainer.estimated_stepping_batches) // max(1, t.epochs))
         total = t.epochs * steps
         warmup = int(round(t.warmup_epochs * steps))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
+        base = warmup_cosine(total, warmup)
+        lambdas = [base, base]
+        if t.warmup_frozen_epochs and t.unfreeze_warmup_epochs:
+            start = t.warmup_frozen_epochs * steps
+            rewarm = int(round(t.unfreeze_warmup_epochs * steps))
+            lambdas[0] = rewarm_after(start, rewarm, base)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
