@@ -95,7 +95,9 @@ def test_upload_shows_probability_and_heatmap(server_url, synthetic_manifest, tm
             bad = tmp_path / "bad.png"
             bad.write_bytes(b"not an image")
             page.set_input_files("#file", str(bad))
-            sync_api.expect(page.locator("#error")).to_contain_text("not a JPEG, PNG, TIFF or DICOM")
+            sync_api.expect(page.locator("#error")).to_contain_text(
+                "not a JPEG, PNG, TIFF or DICOM"
+            )
             page.set_input_files("#file", str(image))
             sync_api.expect(page.locator("#result")).to_be_visible(timeout=30_000)
             assert outside == [], f"the page fetched outside resources: {outside}"
