@@ -117,4 +117,11 @@ def compare_table(result: Any) -> Table:
             best = name in result.best.get(metric, [])
             cells.append(f"[bold green]{text}[/]" if best else text)
         table.add_row(metric, *cells)
+    if getattr(result, "has_localization", False):
+        for metric in ("hit_rate", "ap50"):
+            cells = [
+                format_ci((result.localization.get(name) or {}).get(metric))
+                for name in result.names
+            ]
+            table.add_row(metric, *cells)
     return table
