@@ -119,10 +119,10 @@ def render_tile(path: str, true_boxes: list, pred_boxes: list, peak: Any) -> Ima
 
     img = load_grayscale(path, draft_size=GALLERY_THUMB).convert("RGB")
     img.thumbnail((GALLERY_THUMB, GALLERY_THUMB), Image.Resampling.LANCZOS)
-    if true_boxes:
-        draw_boxes(img, true_boxes)
     if pred_boxes:
         draw_scored_boxes(img, pred_boxes)
+    if true_boxes:  # drawn around the predicted ones, so a perfect box hides neither
+        draw_boxes(img, true_boxes, gap=2 * max(1, round(min(img.size) / 250)))
     if peak is not None:
         x, y = peak[0] * img.width, peak[1] * img.height
         r = max(3, round(min(img.size) * 0.025))

@@ -70,11 +70,16 @@ def render_overlay(
 
 
 def draw_boxes(
-    img: Image.Image, boxes: Sequence[Sequence[float]], color: tuple[int, int, int] = TRUE_COLOR
+    img: Image.Image,
+    boxes: Sequence[Sequence[float]],
+    color: tuple[int, int, int] = TRUE_COLOR,
+    gap: int = 0,
 ) -> None:
     """Rectangles (white by default) with a black outline drawn just OUTSIDE each box, in place.
 
     Outside, so a thin box (a fracture line a few pixels tall) keeps its content visible.
+    ``gap``: further pixels between box and rectangle (to draw true boxes around predicted ones
+    without hiding them).
     """
     from bonefrac.explain.localization import boxes_to_pixels
 
@@ -83,7 +88,7 @@ def draw_boxes(
     draw = ImageDraw.Draw(img)
     for x0, y0, x1, y1 in boxes_to_pixels(boxes, width, height):
         inner = [round(x0), round(y0), max(round(x0), round(x1) - 1), max(round(y0), round(y1) - 1)]
-        white = [inner[0] - lw, inner[1] - lw, inner[2] + lw, inner[3] + lw]
+        white = [inner[0] - lw - gap, inner[1] - lw - gap, inner[2] + lw + gap, inner[3] + lw + gap]
         black = [white[0] - lw, white[1] - lw, white[2] + lw, white[3] + lw]
         draw.rectangle(black, outline=(0, 0, 0), width=lw)
         draw.rectangle(white, outline=color, width=lw)
