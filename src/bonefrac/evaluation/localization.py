@@ -104,6 +104,22 @@ class LocInputs:
     def boxed(self) -> np.ndarray:
         return np.array([bool(b) for b in self.true_boxes], dtype=bool)
 
+    def subset(self, indices: Sequence[int] | np.ndarray) -> LocInputs:
+        """The images at ``indices`` (e.g. one source of the split)."""
+        idx = [int(i) for i in indices]
+
+        def pick(values: list | None) -> list | None:
+            return None if values is None else [values[i] for i in idx]
+
+        return LocInputs(
+            image_ids=[self.image_ids[i] for i in idx],
+            true_boxes=[self.true_boxes[i] for i in idx],
+            sizes=[self.sizes[i] for i in idx],
+            pred_boxes=pick(self.pred_boxes),
+            peaks=pick(self.peaks),
+            energy=None if self.energy is None else self.energy[idx],
+        )
+
 
 def _cell_json(value: Any, source: object, image_id: str, column: str) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)):
