@@ -293,7 +293,7 @@ def evaluate(
 ) -> None:
     """Metrics with bootstrap CIs, plots, subgroup table and report.html for one split."""
     from bonefrac.evaluation.evaluate import evaluate_run
-    from bonefrac.evaluation.tables import metrics_table
+    from bonefrac.evaluation.tables import localization_table, metrics_table
 
     res = evaluate_run(
         run, split=split, manifest=manifest, name=name, all_rows=all_rows, n_boot=n_boot,
@@ -308,6 +308,18 @@ def evaluate(
     )
     for note in res.metrics["notes"].values():
         show(("note: ", "yellow"), note)
+    loc = localization_table(res.metrics, f"{res.key}: localisation (boxes and map)")
+    if loc is not None:
+        console.print(loc)
+        st = res.metrics["localization"]["settings"]
+        show(
+            f"hit rate: map peak inside a true box (tolerance {st['tolerance']:g} of the longer "
+            f"side); baselines: centre_hit_rate (always the image centre), chance_hit_rate "
+            f"(random point). AP50: COCO AP at IoU {st['ap_iou']:g} over all images. "
+            f"FROC: {st['froc_budgets']} ({st['froc_match']})."
+        )
+        for note in res.metrics["localization"]["notes"].values():
+            show(("note: ", "yellow"), note)
     if "study" in res.metrics:
         sm = res.metrics["study"]
         title = (

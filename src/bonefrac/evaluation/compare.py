@@ -5,6 +5,9 @@ Runs are joined on ``image_id``; they must hold exactly the same images with the
 (otherwise the comparison would not be paired and the error says which images differ). Each run
 is scored as ``bonefrac evaluate`` scores it: its own temperature and threshold.
 
+Runs whose predictions carry localisation columns also show AP50 and the map's hit rate
+(:mod:`bonefrac.evaluation.localization`); the others show n/a.
+
 DeLong's test uses the fast algorithm of Sun & Xu (2014), "Fast implementation of DeLong's
 algorithm for comparing the areas under correlated receiver operating characteristic curves",
 IEEE Signal Processing Letters 21(11): midranks give every structural component in
@@ -25,6 +28,7 @@ from scipy.stats import norm, rankdata
 
 from bonefrac.errors import ConfigError, DataError
 from bonefrac.evaluation import plots
+from bonefrac.evaluation.localization import split_localization
 from bonefrac.evaluation.tables import markdown_table
 from bonefrac.fileio import atomic_open, write_json
 from bonefrac.metrics import METRIC_NAMES, compute_metrics, format_ci
@@ -98,6 +102,12 @@ class CompareResult:
     test: dict[str, Any] | None
     n_images: int
     outputs: dict[str, Path] = field(default_factory=dict)
+    #: run -> localisation metrics (None for a classification-only run)
+    localization: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+
+    @property
+    def has_localization(self) -> bool:
+        return any(v is not None for v in self.localization.values())
 
 
 def _unique_names(run_dirs: list[Path]) -> list[str]:
@@ -194,6 +204,11 @@ def compare_runs(
         test.update(delong_test(y, runs[a][0], runs[b][0]))
 
     result = CompareResult(split, ranked, metrics, best, test, len(y))
+    for name, run_dir in zip(names, dirs, strict=True):
+        run = RunDir.open(run_dir)
+        result.localization[name] = split_localization(
+            run.predictions(split), run.prediction_path(split), n_boot=n_boot, seed=seed
+        )
     out = Path(out_dir) if out_dir else dirs[0].resolve().parent / f"compare_{split}"
     result.outputs["roc"] = plots.plot_roc_overlay(
         {n: (y, runs[n][0]) for n in ranked}, out / "roc_overlay.png", f"ROC curves ({split})"
@@ -215,6 +230,7 @@ def compare_runs(
             "metrics": metrics,
             "best": best,
             "auc_test": test,
+            "localization": result.localization,
         },
     )
     return result
@@ -231,6 +247,19 @@ def table_rows(result: CompareResult, bold: tuple[str, str] = ("**", "**")) -> l
                 text = f"{bold[0]}{text}{bold[1]}"
             cells.append(text)
         rows.append(cells)
+    return rows
+
+
+#: localisation metrics shown beside the classification table
+COMPARE_LOC_METRICS = ("hit_rate", "ap50")
+
+
+def localization_rows(result: CompareResult) -> list[list[str]]:
+    """Rows ``[run, hit_rate, ap50]`` (``n/a`` for a run without localisation)."""
+    rows = []
+    for name in result.names:
+        loc = result.localization.get(name) or {}
+        rows.append([name, *(format_ci(loc.get(m)) for m in COMPARE_LOC_METRICS)])
     return rows
 
 
@@ -255,6 +284,13 @@ def to_markdown(result: CompareResult) -> str:
         "",
         markdown_table(head, table_rows(result)),
     ]
+    if result.has_localization:
+        lines += [
+            "",
+            "Localisation (hit rate of the map's peak; COCO AP at IoU 0.5):",
+            "",
+            markdown_table(["run", *COMPARE_LOC_METRICS], localization_rows(result)),
+        ]
     lines += ["", auc_test_sentence(result), "", "![ROC curves](roc_overlay.png)", ""]
     return "\n".join(lines)
 
@@ -272,6 +308,14 @@ def to_html(result: CompareResult) -> str:
             style = ' style="background:#e8f5e9"' if "<b>" in text else ""
             cells += f"<td{style}>{text}</td>"
         body += f"<tr>{cells}</tr>"
+    loc = ""
+    if result.has_localization:
+        loc_head = "".join(f"<th>{e(h)}</th>" for h in ("run", *COMPARE_LOC_METRICS))
+        loc_body = "".join(
+            "<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>"
+            for row in localization_rows(result)
+        )
+        loc = f"<h2>Localisation</h2><table><tr>{loc_head}</tr>{loc_body}</table>"
     img = ""
     roc = result.outputs.get("roc")
     if roc and Path(roc).is_file():
@@ -284,6 +328,6 @@ def to_html(result: CompareResult) -> str:
         "</style></head><body>"
         f"<h1>Run comparison on {e(result.split)} ({result.n_images} images)</h1>"
         "<p>Value [95% CI], stratified bootstrap; best per column in bold; each run at its own "
-        f"threshold.</p><table><tr>{head}</tr>{body}</table>"
+        f"threshold.</p><table><tr>{head}</tr>{body}</table>{loc}"
         f"<p>{e(auc_test_sentence(result))}</p>{img}</body></html>\n"
     )

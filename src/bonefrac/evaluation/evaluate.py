@@ -3,7 +3,9 @@
 The probabilities scored are the run's: ``sigmoid(logit / temperature)`` (``prob`` as is while the
 temperature is 1) against model.json's ``threshold``. Results are merged into ``RUN/metrics.json``
 under the split (or external name), plots go to ``RUN/plots/<key>_*.png``, the subgroup table to
-``RUN/subgroups/<key>.csv``, and ``RUN/report.html`` is regenerated.
+``RUN/subgroups/<key>.csv``, and ``RUN/report.html`` is regenerated. Predictions of a localising
+run (``boxes`` plus ``pred_boxes`` / ``map_peak`` / ``energy_in_box`` columns) also get the
+localisation metrics of :mod:`bonefrac.evaluation.localization` under the same key.
 
 External validation (``manifest=...``): the run's model predicts on the manifest's rows (only
 ``split == "test"`` when the manifest has a split column, unless ``all_rows``) and the
@@ -23,6 +25,7 @@ import pandas as pd
 from bonefrac.data.schema import SUBGROUP_COLUMNS, read_manifest
 from bonefrac.errors import ConfigError, DataError, RunDirError
 from bonefrac.evaluation import plots
+from bonefrac.evaluation.localization import split_localization
 from bonefrac.fileio import write_csv
 from bonefrac.metrics import compute_metrics
 from bonefrac.rundir import RunDir, check_name, metrics_entry, run_probabilities
@@ -160,6 +163,9 @@ def evaluate_run(
     prob = run_probabilities(df, meta)
 
     metrics = metrics_entry(y, prob, meta, n_boot=n_boot, seed=seed)
+    loc = split_localization(df, run.prediction_path(key), n_boot=n_boot, seed=seed)
+    if loc is not None:
+        metrics.update(loc)
     if skipped:
         metrics["skipped_images"] = [{"path": p, "reason": r} for p, r in skipped]
     if study_column:

@@ -2,7 +2,8 @@
 no scripts) that opens in a browser without a server.
 
 Sections (each an ``<h2 id=...>``): model & config, data, training, metrics (with CIs), plots,
-threshold & calibration, subgroups, explanations (only when ``RUN/explain`` exists). Missing
+localisation (only for a localising run: :mod:`.report_localization`), threshold & calibration,
+subgroups, explanations (only when ``RUN/explain`` exists). Missing
 inputs give a short "not available" line rather than an error, so a report can be produced at
 any stage of a run's life.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from bonefrac.evaluation import report_localization
 from bonefrac.fileio import atomic_open, read_json
 from bonefrac.metrics import METRIC_NAMES, format_ci, is_metric_entry
 from bonefrac.rundir import RunDir
@@ -33,6 +35,7 @@ SECTIONS = (
     ("training", "Training"),
     ("metrics", "Metrics"),
     ("plots", "Plots"),
+    ("localization", "Localisation (boxes and map)"),
     ("threshold", "Threshold and calibration"),
     ("subgroups", "Subgroups"),
     ("explain", "Explanations (CAM)"),
@@ -332,6 +335,7 @@ def render_report(run_dir: str | Path) -> str:
         "training": _section_training(run),
         "metrics": _section_metrics(metrics),
         "plots": _section_plots(run, metrics),
+        "localization": report_localization.section(run, metrics),
         "threshold": _section_threshold(run, model),
         "subgroups": _section_subgroups(run),
         "explain": _section_explain(run),

@@ -34,6 +34,25 @@ def metrics_table(metrics: dict[str, Any], title: str = "") -> Table:
     return table
 
 
+def localization_table(metrics: dict[str, Any], title: str = "") -> Table | None:
+    """The localisation metrics of one split (``None`` when it has none)."""
+    from bonefrac.evaluation.localization import LOC_METRIC_NAMES
+
+    names = [n for n in LOC_METRIC_NAMES if n in metrics]
+    if not names:
+        return None
+    table = Table(title=title or None)
+    table.add_column("localisation")
+    table.add_column("value [95% CI]", justify="right")
+    for name in names:
+        table.add_row(name, format_ci(metrics.get(name)))
+    sup = metrics.get("localization", {}).get("support")
+    if sup:
+        table.add_row("images (with boxes)", f"{sup['n_images']} ({sup['n_with_boxes']})")
+        table.add_row("boxes true / predicted", f"{sup['n_true_boxes']} / {sup['n_pred_boxes']}")
+    return table
+
+
 def threshold_table(result: dict[str, Any]) -> Table:
     """Old vs new threshold, val and test side by side."""
     old, new = result["old_threshold"], result["new_threshold"]
@@ -98,4 +117,11 @@ def compare_table(result: Any) -> Table:
             best = name in result.best.get(metric, [])
             cells.append(f"[bold green]{text}[/]" if best else text)
         table.add_row(metric, *cells)
+    if getattr(result, "has_localization", False):
+        for metric in ("hit_rate", "ap50"):
+            cells = [
+                format_ci((result.localization.get(name) or {}).get(metric))
+                for name in result.names
+            ]
+            table.add_row(metric, *cells)
     return table

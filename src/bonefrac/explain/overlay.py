@@ -6,9 +6,9 @@ coloured with a colormap and alpha-blended onto the greyscale image with a per-p
 ``alpha x heat``, so cold regions keep the radiograph readable and hot regions are coloured. A
 small colour bar (high at the top, low at the bottom) is drawn inside the top-right corner so
 the file keeps the original size, and fracture boxes are drawn as white rectangles with a black
-outline. :func:`save_grid` lays out thumbnails with captions (image id, probability, label)
-and one shared colour bar; it uses matplotlib's object API with the Agg canvas (no pyplot
-state, safe in servers and threads).
+outline (predicted boxes, :func:`draw_scored_boxes`: amber, with their scores). :func:`save_grid`
+lays out thumbnails with captions (image id, probability, label) and one shared colour bar; it
+uses matplotlib's object API with the Agg canvas (no pyplot state, safe in servers and threads).
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from bonefrac.fileio import atomic_path
 DEFAULT_CMAP = "jet"
 DEFAULT_ALPHA = 0.5
 THUMB_SIZE = 320
+#: outline colours of true (manifest) boxes and of predicted boxes
+TRUE_COLOR = (255, 255, 255)
+PRED_COLOR = (255, 191, 0)
 
 
 def colorize(heat: np.ndarray, cmap: str = DEFAULT_CMAP) -> np.ndarray:
@@ -66,10 +69,17 @@ def render_overlay(
     return img
 
 
-def draw_boxes(img: Image.Image, boxes: Sequence[Sequence[float]]) -> None:
-    """White rectangles with a black outline drawn just OUTSIDE each box, in place.
+def draw_boxes(
+    img: Image.Image,
+    boxes: Sequence[Sequence[float]],
+    color: tuple[int, int, int] = TRUE_COLOR,
+    gap: int = 0,
+) -> None:
+    """Rectangles (white by default) with a black outline drawn just OUTSIDE each box, in place.
 
     Outside, so a thin box (a fracture line a few pixels tall) keeps its content visible.
+    ``gap``: further pixels between box and rectangle (to draw true boxes around predicted ones
+    without hiding them).
     """
     from bonefrac.explain.localization import boxes_to_pixels
 
@@ -78,10 +88,38 @@ def draw_boxes(img: Image.Image, boxes: Sequence[Sequence[float]]) -> None:
     draw = ImageDraw.Draw(img)
     for x0, y0, x1, y1 in boxes_to_pixels(boxes, width, height):
         inner = [round(x0), round(y0), max(round(x0), round(x1) - 1), max(round(y0), round(y1) - 1)]
-        white = [inner[0] - lw, inner[1] - lw, inner[2] + lw, inner[3] + lw]
+        white = [inner[0] - lw - gap, inner[1] - lw - gap, inner[2] + lw + gap, inner[3] + lw + gap]
         black = [white[0] - lw, white[1] - lw, white[2] + lw, white[3] + lw]
         draw.rectangle(black, outline=(0, 0, 0), width=lw)
-        draw.rectangle(white, outline=(255, 255, 255), width=lw)
+        draw.rectangle(white, outline=color, width=lw)
+
+
+def draw_scored_boxes(
+    img: Image.Image, boxes: Sequence[Sequence[float]], color: tuple[int, int, int] = PRED_COLOR
+) -> None:
+    """Predicted boxes ``[cx, cy, w, h, score]`` in place: rectangles as :func:`draw_boxes`
+    (amber by default) with the score written above each box's top-left corner."""
+    from PIL import ImageFont
+
+    from bonefrac.explain.localization import boxes_to_pixels
+
+    draw_boxes(img, boxes, color)
+    width, height = img.size
+    size = max(10, round(min(width, height) * 0.035))
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # pragma: no cover - Pillow < 10.1
+        font = ImageFont.load_default()
+    draw = ImageDraw.Draw(img)
+    lw = max(1, round(min(width, height) / 250))
+    for (x0, y0, _, _), box in zip(boxes_to_pixels(boxes, width, height), boxes, strict=True):
+        if len(box) < 5:
+            continue
+        xy = (max(0, round(x0) - 2 * lw), max(size, round(y0) - 2 * lw))
+        draw.text(
+            xy, f"{box[4]:.2f}", fill=color, font=font, anchor="lb",
+            stroke_width=1, stroke_fill=(0, 0, 0),
+        )  # fmt: skip
 
 
 def draw_colorbar(img: Image.Image, cmap: str = DEFAULT_CMAP) -> None:
