@@ -35,6 +35,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bonefrac.system import process_status_kb
+
 HOST = "127.0.0.1"
 
 
@@ -42,17 +44,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
-
-
-def proc_status_kb(pid: int, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def synthetic_images(n: int = 16, size: int = 512) -> list[tuple[str, bytes]]:
@@ -85,7 +76,7 @@ def bomb_rounds(url: str, pid: int, idle_kb: int, bound_mb: float) -> bool:
     for label, data in bombs:
         for n in (1, 8, 32):
             _, statuses = asyncio.run(fire(url, [("bomb.png", data)], n, n, 0))
-            peak = (proc_status_kb(pid, "VmHWM") - idle_kb) / 1024
+            peak = (process_status_kb(pid, "VmHWM") - idle_kb) / 1024
             bad = {k: v for k, v in statuses.items() if not isinstance(k, int) or k >= 500}
             bad.pop(503, None)  # queue full: the intended answer under overload
             over = peak >= bound_mb
@@ -175,13 +166,13 @@ def main() -> None:
             if time.monotonic() > deadline:
                 raise SystemExit("server did not become healthy in 120 s")
             time.sleep(0.2)
-        idle_rss = proc_status_kb(server.pid, "VmRSS")
+        idle_rss = process_status_kb(server.pid, "VmRSS")
         start = time.perf_counter()
         latencies, statuses = asyncio.run(
             fire(url, images, args.requests, args.concurrency, args.heatmap_every)
         )
         wall = time.perf_counter() - start
-        peak = proc_status_kb(server.pid, "VmHWM")
+        peak = process_status_kb(server.pid, "VmHWM")
         print(f"normal load: server peak RSS {peak / 1024:.0f} MiB (VmHWM)")
         bombs_ok = args.no_bomb or bomb_rounds(url, server.pid, idle_rss, args.bound_mb)
     finally:

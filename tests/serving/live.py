@@ -125,15 +125,3 @@ def child_server(
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def status_kb(pid: int, key: str) -> int:
-    """A ``/proc/PID/status`` field in KiB (``VmRSS``, ``VmHWM``); 0 where unavailable."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving.live import HOST, child_server, png16_zeros, post_file, status_kb
+from bonefrac.system import process_status_kb
+from tests.serving.live import HOST, child_server, png16_zeros, post_file
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads the server's RSS from /proc (Linux)"
@@ -36,11 +37,11 @@ def test_bomb_under_cap_has_bounded_rss(tiny_run: Path):
     fits = png16_zeros(2040, 2040)  # 8.3 MB decoded: admitted, decoded under the cap
     with child_server(tiny_run, BUDGET, concurrency=CONCURRENCY) as (port, pid):
         upload_all(port, fits, 1)  # first decode: warm the allocator
-        base = status_kb(pid, "VmHWM")
+        base = process_status_kb(pid, "VmHWM")
         assert upload_all(port, big, 8) == [413] * 8
-        after_big = status_kb(pid, "VmHWM")
+        after_big = process_status_kb(pid, "VmHWM")
         assert upload_all(port, fits, 8) == [200] * 8
-        after_fits = status_kb(pid, "VmHWM")
+        after_fits = process_status_kb(pid, "VmHWM")
     grow_big = (after_big - base) / 1024
     grow_fits = (after_fits - base) / 1024
     # 8 uploads of 200 MB images used to cost about 0.8 GB each; refused now from the header
