@@ -273,22 +273,41 @@ def evaluate(
 def threshold(
     run: Path = typer.Argument(..., help="Run directory."),
     criterion: str = typer.Option(
-        ..., "--criterion", help="f1 | youden | sensitivity:X | specificity:X (e.g. sens:0.9)"
+        None, "--criterion", help="f1 | youden | sensitivity:X | specificity:X (e.g. sens:0.9)"
     ),
     on: str = typer.Option("val", "--on", help="Predictions to tune on: val only (test refused)."),
+    refer_coverage: float = typer.Option(
+        None,
+        "--refer-coverage",
+        help="Also store a refer rule answering this share of val images (e.g. 0.8); "
+        "the rest is 'refer'.",
+    ),
 ) -> None:
-    """Choose the decision threshold on validation predictions and store it in model.json."""
+    """Choose the decision threshold (and refer rule) on validation predictions; store them in
+    model.json."""
     from bonefrac.evaluation.tables import threshold_table
     from bonefrac.evaluation.thresholds import tune_threshold
-
-    result = tune_threshold(run, criterion, on=on)
-    console.print(threshold_table(result))
-    if result["temperature"] != 1.0:
-        show(f"(on calibrated probabilities, temperature {result['temperature']:.3f})")
     from bonefrac.rundir import RunDir
 
+    result = tune_threshold(run, criterion, on=on, refer_coverage=refer_coverage)
+    if "metrics" in result:
+        console.print(threshold_table(result))
+    if result["temperature"] != 1.0:
+        show(f"(on calibrated probabilities, temperature {result['temperature']:.3f})")
+    rule = result.get("refer")
+    if rule:
+        aurocs = ", ".join(
+            f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in rule["error_auroc"].items()
+        )
+        show(
+            f"refer rule: score {rule['score']} (error-ranking ROC-AUC on val: {aurocs}), "
+            f"refer when uncertainty > {rule['cutoff']:.4g}; answers {rule['val_coverage']:.1%} "
+            f"of {rule['val_n']} val images (requested {rule['coverage']:.1%})"
+        )
     show(
-        f"stored threshold {result['new_threshold']:.4f} in {RunDir(run).meta_path}; "
+        f"stored threshold {result['new_threshold']:.4f}"
+        + (" and the refer rule" if rule else "")
+        + f" in {RunDir(run).meta_path}; "
         f"run 'bonefrac evaluate {run}' to refresh the metrics and the report"
     )
 
@@ -588,7 +607,8 @@ def predict(
 
     say(
         f"{summary.total} inputs: {summary.predicted} predicted "
-        f"({summary.positives} at or above the threshold), {summary.failed} failed, "
+        f"({summary.positives} fracture, {summary.referred} refer, {summary.out_of_scope} out of "
+        f"scope), {summary.failed} failed, "
         f"{summary.skipped} already in {shown} ({summary.earlier_failed} of them error rows); "
         f"{summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s"
         + (f", {summary.processes} processes)" if summary.processes > 1 else ")")
