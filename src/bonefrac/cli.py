@@ -313,6 +313,37 @@ def threshold(
 
 
 @app.command()
+def ood(
+    run: Path = typer.Argument(..., help="Run directory."),
+    method: str = typer.Option(
+        "mahalanobis", "--method", help="mahalanobis (train features) | energy (the logit)."
+    ),
+    percentile: float = typer.Option(
+        99.0, "--percentile", help="Cut-off: this percentile of val's scores (in scope)."
+    ),
+    max_images: int = typer.Option(
+        2000, "--max-images", help="At most this many train images for the statistics."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per model call."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing detector."),
+) -> None:
+    """Fit the out-of-scope detector (train-split features, val cut-off) and store it in the
+    run: inputs above the cut-off get the decision 'out_of_scope'."""
+    from bonefrac.inference.ood import fit_ood
+    from bonefrac.rundir import RunDir
+
+    rec = fit_ood(run, method, percentile=percentile, max_images=max_images,
+                  batch_size=batch_size, force=force)  # fmt: skip
+    show(
+        f"out-of-scope detector: {rec['method']}"
+        + (f" on {rec['n_train']} train images" if rec["n_train"] else "")
+        + f"; cut-off {rec['cutoff']:.4g} (val percentile {rec['percentile']:g}: "
+        f"{rec['val_flagged']:.1%} of {rec['val_n']} val images flagged)"
+    )
+    show(f"stored in {RunDir(run).meta_path}")
+
+
+@app.command()
 def calibrate(run: Path = typer.Argument(..., help="Run directory.")) -> None:
     """Fit temperature scaling on validation logits; store the temperature in model.json."""
     from bonefrac.evaluation.calibration import calibrate_run
@@ -342,11 +373,12 @@ def compare(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
 ) -> None:
     """Compare runs on the same images: metrics with CIs, overlaid ROC, DeLong AUC test."""
-    from bonefrac.evaluation.compare import auc_test_sentence, compare_runs
+    from bonefrac.evaluation.compare import auc_test_sentence, augrc_sentence, compare_runs
     from bonefrac.evaluation.tables import compare_table
 
     result = compare_runs(runs, split=split, out_dir=out, n_boot=n_boot, seed=seed)
     console.print(compare_table(result))
+    show(augrc_sentence(result))
     show(auc_test_sentence(result))
     show(f"written: {', '.join(str(p) for p in result.outputs.values())}")
 

@@ -3,7 +3,10 @@
 The probabilities scored are the run's: ``sigmoid(logit / temperature)`` (``prob`` as is while the
 temperature is 1) against model.json's ``threshold``. Results are merged into ``RUN/metrics.json``
 under the split (or external name), plots go to ``RUN/plots/<key>_*.png``, the subgroup table to
-``RUN/subgroups/<key>.csv``, and ``RUN/report.html`` is regenerated.
+``RUN/subgroups/<key>.csv``, and ``RUN/report.html`` is regenerated. Selective prediction
+(:mod:`bonefrac.evaluation.selective`): ``metrics.json[key]["augrc"]`` and ``["selective"]``
+(the refer rule's coverage and sensitivity / specificity on the accepted images) and the
+risk-coverage plot.
 
 External validation (``manifest=...``): the run's model predicts on the manifest's rows (only
 ``split == "test"`` when the manifest has a split column, unless ``all_rows``) and the
@@ -23,6 +26,7 @@ import pandas as pd
 from bonefrac.data.schema import SUBGROUP_COLUMNS, read_manifest
 from bonefrac.errors import ConfigError, DataError, RunDirError
 from bonefrac.evaluation import plots
+from bonefrac.evaluation.selective import selective_entry
 from bonefrac.fileio import write_csv
 from bonefrac.metrics import compute_metrics
 from bonefrac.rundir import RunDir, check_name, metrics_entry, run_probabilities
@@ -155,6 +159,11 @@ def evaluate_run(
     prob = run_probabilities(df, meta)
 
     metrics = metrics_entry(y, prob, meta, n_boot=n_boot, seed=seed)
+    selective, uncertainty, errors = selective_entry(
+        run, key, y, prob, meta, n_boot=n_boot, seed=seed
+    )
+    metrics["augrc"] = selective.pop("augrc")
+    metrics["selective"] = selective
     if skipped:
         metrics["skipped_images"] = [{"path": p, "reason": r} for p, r in skipped]
     run.merge_metrics(key, metrics)
@@ -181,6 +190,13 @@ def evaluate_run(
         "threshold": plots.plot_threshold_curve(
             y, prob, threshold, run.plot_path(f"{key}_threshold"), f"Metrics vs threshold ({key})"
         ),
+        "risk_coverage": plots.plot_risk_coverage(
+            uncertainty,
+            errors,
+            run.plot_path(f"{key}_risk_coverage"),
+            f"Risk-coverage ({key}, {selective['score']})",
+            meta.refer.coverage if meta.refer is not None else None,
+        ),  # fmt: skip
     }
     result = EvaluationResult(key, metrics, sub, out, pred_path, skipped=skipped)
     if report:
