@@ -21,7 +21,7 @@ from bonefrac.inference.batch import COLUMNS, part_file, predict_to_csv, row_pat
 from bonefrac.inference.batchmeta import sidecar_path
 from bonefrac.inference.csvpaths import decode_path, encode_path
 from bonefrac.inference.predictor import Predictor
-from bonefrac.models.runio import update_model_json
+from bonefrac.rundir import RunDir
 
 SRC = Path(bonefrac.__file__).resolve().parents[1]
 
@@ -101,7 +101,7 @@ def test_resume_refused_for_another_threshold_unless_force(tiny_run, synthetic_m
     meta = sidecar_path(out)
     assert meta.is_file() and len(_rows(out)) == 2
 
-    update_model_json(run, threshold=0.123)
+    RunDir(run).update_meta(threshold=0.123)
     result = _predict(run, *images, "--out", out)
     assert result.exit_code == 2, result.output
     assert "threshold" in result.output and "--force" in result.output

@@ -162,7 +162,9 @@ def test_out_of_scope_auroc_on_offline_probes(decided_run: Path, synthetic_manif
     assert auroc > 0.95
     # rotated / inverted radiographs: reported, not asserted (a tiny model on synthetic data)
     kept = {
-        kind: float(np.mean(~pred.meta.out_of_scope(scores([transformed(a)[kind] for a in inside]))))
+        kind: float(
+            np.mean(~pred.meta.out_of_scope(scores([transformed(a)[kind] for a in inside])))
+        )
         for kind in ("rot90", "rot180", "inverted")
     }
     print(f"out-of-scope AUROC {auroc:.3f}; share kept in scope: {kept}")
