@@ -234,3 +234,33 @@ def test_predict_csv_has_the_decision_columns(decided_run: Path, synthetic_manif
     assert all(r["uncertainty"] and r["ood_score"] and r["refer"] in "01" for r in rows)
     row = next(r for r in rows if r["path"].endswith("blank.png"))
     assert row["decision"] == "out_of_scope" and row["out_of_scope"] == "1"
+
+
+def test_cli_threshold_refer_coverage_and_ood(tiny_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bonefrac.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    runner = CliRunner()
+    res = runner.invoke(app, ["threshold", str(run), "--refer-coverage", "0.9"])
+    assert res.exit_code == 0, res.output
+    assert "refer rule" in res.output and RunDir.open(run).meta().refer.coverage == 0.9
+    res = runner.invoke(app, ["threshold", str(run)])
+    assert res.exit_code == 2 and "--refer-coverage" in res.output
+    res = runner.invoke(app, ["ood", str(run), "--method", "energy"])
+    assert res.exit_code == 0, res.output
+    assert RunDir.open(run).meta().ood.method == "energy"
+    res = runner.invoke(app, ["ood", str(run)])
+    assert res.exit_code == 2 and "--force" in res.output
+
+
+def test_calibrate_removes_a_stale_refer_rule(decided_run: Path, tmp_path: Path) -> None:
+    from bonefrac.evaluation.calibration import calibrate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(decided_run, run)
+    calibrate_run(run)
+    meta = RunDir.open(run).meta()  # still valid: the rule fitted at T = 1 was removed
+    assert meta.temperature != 1.0 and meta.refer is None
