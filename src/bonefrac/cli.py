@@ -249,6 +249,23 @@ def evaluate(
     )
     for note in res.metrics["notes"].values():
         show(("note: ", "yellow"), note)
+    sel = res.metrics.get("selective") or {}
+    if "augrc" in res.metrics:
+        from bonefrac.metrics import format_ci
+
+        show(
+            f"AUGRC ({sel.get('score')} uncertainty; lower is better): "
+            f"{format_ci(res.metrics['augrc'], 4)} (random ranking "
+            f"{sel.get('augrc_random', float('nan')):.4f}, perfect "
+            f"{sel.get('augrc_optimal', float('nan')):.4f})"
+        )
+        ref = sel.get("refer")
+        if ref:
+            show(
+                f"refer rule: answers {ref['coverage']:.1%} (val target "
+                f"{ref['coverage_target']:.0%}); on the answered images sensitivity "
+                f"{format_ci(ref['sensitivity'])}, specificity {format_ci(ref['specificity'])}"
+            )
     if res.skipped:
         show(
             ("warning: ", "bold yellow"),
