@@ -14,7 +14,10 @@ features with a Ledoit-Wolf covariance fitted on the train split, and the logit'
 It prints the AUROC of in-scope vs probes for each score and the share of each group flagged
 at each score's val cut-off (the 99th percentile of val scores), as a markdown table.
 
-    .venv/bin/python bench/ood.py --run /tmp/fa_run --external /tmp/rf/manifest.csv [--fit]
+    .venv/bin/python bench/ood.py --run /tmp/fa_run \
+        --external ../shared/data/bone_fracture_yolo/test/images [--fit]
+
+``--external`` is a manifest (its test split) or a folder of images (all of them).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 from benchinfo import git_commit, machine
 from sklearn.metrics import roc_auc_score
 
+from bonefrac.data.imageio import IMAGE_SUFFIXES
 from bonefrac.data.schema import read_manifest
 from bonefrac.evaluation.tables import markdown_table
 from bonefrac.inference import ood
@@ -36,6 +40,10 @@ from bonefrac.rundir import RunDir
 
 
 def _paths(manifest: Path, split: str, limit: int, seed: int = 0) -> list[str]:
+    if manifest.is_dir():
+        found = sorted(str(p) for p in manifest.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        rng = np.random.default_rng(seed)
+        return found if len(found) <= limit else sorted(rng.choice(found, limit, replace=False))
     df = read_manifest(manifest)
     if "split" in df.columns:
         df = df[df["split"].astype(str) == split]
@@ -82,7 +90,7 @@ def main() -> None:
         groups[f"test {kind}"] = scores([transformed(a)[kind] for a in inside_arrays])
     if args.external:
         ext = _paths(args.external, "test", args.limit)
-        groups[f"external: {args.external.parent.name} test"] = scores(ext)
+        groups[f"external: {args.external} ({len(ext)} images)"] = scores(ext)
 
     all_probes = {k: np.concatenate([groups[f"probe: {p}"][k] for p in probes]) for k in cut}
     s_in = groups["test (in scope)"]
