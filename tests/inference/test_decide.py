@@ -141,8 +141,10 @@ def test_predictor_gives_the_vocabulary(decided_run: Path, synthetic_manifest: P
         d = p.as_dict()
         assert {"uncertainty", "refer", "out_of_scope", "ood_score", "decision"} <= set(d)
     assert any(p.decision == "refer" for p in out)
-    blank = pred.predict(np.full((64, 64), 255, np.uint8))[0]
-    assert blank.decision == "out_of_scope" and blank.out_of_scope
+    for value in (0, 128, 255):  # blank frames: out of scope whatever their score
+        blank = pred.predict(np.full((64, 64), value, np.uint8))[0]
+        assert blank.decision == "out_of_scope" and blank.out_of_scope
+        assert blank.ood_score is not None and np.isfinite(blank.ood_score)
 
 
 def test_out_of_scope_auroc_on_offline_probes(decided_run: Path, synthetic_manifest: Path) -> None:

@@ -11,7 +11,8 @@ Two scores (higher = less like the training data):
 model was trained on; at most ``max_images``), scores val, and sets the cut-off at a high
 percentile of val (in-scope by construction): with the default 99, about 1 % of in-scope
 images are flagged. The record goes to model.json (``ood``); the :class:`Predictor` then
-returns ``ood_score`` and ``out_of_scope`` for each input.
+returns ``ood_score`` and ``out_of_scope`` for each input. An input without contrast (a blank
+frame: :func:`blank_frames`) is out of scope whatever its score.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ from bonefrac.rundir import RunDir
 log = logging.getLogger(__name__)
 
 METHODS = ("mahalanobis", "energy")
+#: A letterboxed input whose grey levels span less than this is a blank frame: out of scope
+#: whatever its score (measured: a black frame's features sit close to the train mean, so the
+#: Mahalanobis distance alone lets it through).
+MIN_CONTRAST = 8
+
+
+def blank_frames(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """True for inputs with (almost) no contrast: max - min grey level below MIN_CONTRAST."""
+    return np.array([int(a.max()) - int(a.min()) < MIN_CONTRAST for a in arrays], dtype=bool)
 
 
 def energy_score(logits: Any) -> np.ndarray:

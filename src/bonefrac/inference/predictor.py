@@ -458,9 +458,14 @@ class Predictor:
         probs = self.probabilities(logits)
         uncertainty = check_finite(self.uncertainties(arrays, probs), "uncertainty")
         ood_scores = self.ood_scores(arrays, logits) if arrays else None
-        decisions = self.meta.decisions(probs, uncertainty, ood_scores)
+        flagged = None  # scores the decision uses: a blank frame is out of scope
+        if ood_scores is not None:
+            from bonefrac.inference.ood import blank_frames
+
+            flagged = np.where(blank_frames(arrays), np.inf, ood_scores)
+        decisions = self.meta.decisions(probs, uncertainty, flagged)
         refer = self.meta.refers(uncertainty)
-        oos = self.meta.out_of_scope(ood_scores) if ood_scores is not None else None
+        oos = self.meta.out_of_scope(flagged) if flagged is not None else None
         heats = self.cams(arrays) if heatmap and arrays else None
         out = []
         for i, p in enumerate(prepared):
