@@ -223,9 +223,9 @@ def plot_risk_coverage(
     ax.plot(cov[1:], sel[1:], lw=2, label="selective risk (errors / accepted)")
     ax.plot(cov, gen, lw=2, label="generalized risk (errors accepted / all)")
     grid = np.linspace(0, 1, 101)
-    ax.plot(grid, err * grid, ls="--", color="0.6", lw=1, label="random ranking")
+    ax.plot(grid, err * grid, ls="--", color="0.6", lw=1, label="random ranking (generalized risk)")
     ax.plot(grid, np.clip(grid - (1 - err), 0, None), ls=":", color="0.4", lw=1,
-            label="perfect ranking")  # fmt: skip
+            label="perfect ranking (generalized risk)")  # fmt: skip
     if coverage is not None:
         ax.axvline(coverage, color="tab:red", lw=1, label=f"refer rule (coverage {coverage:.2f})")
     ax.set(xlim=(0, 1), ylim=(0, max(0.05, float(np.max(sel[1:], initial=0)) * 1.1)))
