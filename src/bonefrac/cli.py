@@ -327,6 +327,23 @@ def evaluate(
             f"{sm['settings']['aggregation']}; positive if any image is)"
         )
         console.print(metrics_table(sm, title))
+    sel = res.metrics.get("selective") or {}
+    if "augrc" in res.metrics:
+        from bonefrac.metrics import format_ci
+
+        show(
+            f"AUGRC ({sel.get('score')} uncertainty; lower is better): "
+            f"{format_ci(res.metrics['augrc'], 4)} (random ranking "
+            f"{sel.get('augrc_random', float('nan')):.4f}, perfect "
+            f"{sel.get('augrc_optimal', float('nan')):.4f})"
+        )
+        ref = sel.get("refer")
+        if ref:
+            show(
+                f"refer rule: answers {ref['coverage']:.1%} (val target "
+                f"{ref['coverage_target']:.0%}); on the answered images sensitivity "
+                f"{format_ci(ref['sensitivity'])}, specificity {format_ci(ref['specificity'])}"
+            )
     if res.skipped:
         show(
             ("warning: ", "bold yellow"),
@@ -351,24 +368,74 @@ def evaluate(
 def threshold(
     run: Path = typer.Argument(..., help="Run directory."),
     criterion: str = typer.Option(
-        ..., "--criterion", help="f1 | youden | sensitivity:X | specificity:X (e.g. sens:0.9)"
+        None, "--criterion", help="f1 | youden | sensitivity:X | specificity:X (e.g. sens:0.9)"
     ),
     on: str = typer.Option("val", "--on", help="Predictions to tune on: val only (test refused)."),
+    refer_coverage: float = typer.Option(
+        None,
+        "--refer-coverage",
+        help="Also store a refer rule answering this share of val images (e.g. 0.8); "
+        "the rest is 'refer'.",
+    ),
 ) -> None:
-    """Choose the decision threshold on validation predictions and store it in model.json."""
+    """Choose the decision threshold (and refer rule) on validation predictions; store them in
+    model.json."""
     from bonefrac.evaluation.tables import threshold_table
     from bonefrac.evaluation.thresholds import tune_threshold
-
-    result = tune_threshold(run, criterion, on=on)
-    console.print(threshold_table(result))
-    if result["temperature"] != 1.0:
-        show(f"(on calibrated probabilities, temperature {result['temperature']:.3f})")
     from bonefrac.rundir import RunDir
 
+    result = tune_threshold(run, criterion, on=on, refer_coverage=refer_coverage)
+    if "metrics" in result:
+        console.print(threshold_table(result))
+    if result["temperature"] != 1.0:
+        show(f"(on calibrated probabilities, temperature {result['temperature']:.3f})")
+    rule = result.get("refer")
+    if rule:
+        aurocs = ", ".join(
+            f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in rule["error_auroc"].items()
+        )
+        show(
+            f"refer rule: score {rule['score']} (error-ranking ROC-AUC on val: {aurocs}), "
+            f"refer when uncertainty > {rule['cutoff']:.4g}; answers {rule['val_coverage']:.1%} "
+            f"of {rule['val_n']} val images (requested {rule['coverage']:.1%})"
+        )
     show(
-        f"stored threshold {result['new_threshold']:.4f} in {RunDir(run).meta_path}; "
+        f"stored threshold {result['new_threshold']:.4f}"
+        + (" and the refer rule" if rule else "")
+        + f" in {RunDir(run).meta_path}; "
         f"run 'bonefrac evaluate {run}' to refresh the metrics and the report"
     )
+
+
+@app.command()
+def ood(
+    run: Path = typer.Argument(..., help="Run directory."),
+    method: str = typer.Option(
+        "mahalanobis", "--method", help="mahalanobis (train features) | energy (the logit)."
+    ),
+    percentile: float = typer.Option(
+        99.0, "--percentile", help="Cut-off: this percentile of val's scores (in scope)."
+    ),
+    max_images: int = typer.Option(
+        2000, "--max-images", help="At most this many train images for the statistics."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per model call."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing detector."),
+) -> None:
+    """Fit the out-of-scope detector (train-split features, val cut-off) and store it in the
+    run: inputs above the cut-off get the decision 'out_of_scope'."""
+    from bonefrac.inference.ood import fit_ood
+    from bonefrac.rundir import RunDir
+
+    rec = fit_ood(run, method, percentile=percentile, max_images=max_images,
+                  batch_size=batch_size, force=force)  # fmt: skip
+    show(
+        f"out-of-scope detector: {rec['method']}"
+        + (f" on {rec['n_train']} train images" if rec["n_train"] else "")
+        + f"; cut-off {rec['cutoff']:.4g} (val percentile {rec['percentile']:g}: "
+        f"{rec['val_flagged']:.1%} of {rec['val_n']} val images flagged)"
+    )
+    show(f"stored in {RunDir(run).meta_path}")
 
 
 @app.command()
@@ -401,11 +468,12 @@ def compare(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
 ) -> None:
     """Compare runs on the same images: metrics with CIs, overlaid ROC, DeLong AUC test."""
-    from bonefrac.evaluation.compare import auc_test_sentence, compare_runs
+    from bonefrac.evaluation.compare import auc_test_sentence, augrc_sentence, compare_runs
     from bonefrac.evaluation.tables import compare_table
 
     result = compare_runs(runs, split=split, out_dir=out, n_boot=n_boot, seed=seed)
     console.print(compare_table(result))
+    show(augrc_sentence(result))
     show(auc_test_sentence(result))
     show(f"written: {', '.join(str(p) for p in result.outputs.values())}")
 
@@ -685,7 +753,8 @@ def predict(
 
     say(
         f"{summary.total} inputs: {summary.predicted} predicted "
-        f"({summary.positives} at or above the threshold), {summary.failed} failed, "
+        f"({summary.positives} fracture, {summary.referred} refer, {summary.out_of_scope} out of "
+        f"scope), {summary.failed} failed, "
         f"{summary.skipped} already in {shown} ({summary.earlier_failed} of them error rows); "
         f"{summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s"
         + (f", {summary.processes} processes)" if summary.processes > 1 else ")")

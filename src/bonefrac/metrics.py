@@ -302,3 +302,89 @@ def brier_score(y_true: Any, prob: Any) -> float:
     if not len(y):
         return float("nan")
     return float(skm.brier_score_loss(y, np.asarray(prob, dtype=float), pos_label=1))
+
+
+# --- selective prediction -------------------------------------------------------------------
+# An image is "accepted" when its uncertainty is at or below a cut-off and "referred" otherwise.
+# The generalized risk at a coverage (Traub et al. 2024, "Overcoming common flaws in the
+# evaluation of selective classification systems") is P(wrong and accepted) = errors among the
+# accepted / all images; its area over coverage (AUGRC, lower is better) is the average share of
+# undetected errors. A random ranking gives error_rate / 2, a perfect one error_rate^2 / 2.
+
+
+def risk_coverage(uncertainty: Any, errors: Any) -> dict[str, np.ndarray]:
+    """The risk-coverage curve at every distinct uncertainty cut-off (ties move together).
+
+    Returns ``coverage``, ``generalized_risk`` (errors accepted / n) and ``selective_risk``
+    (errors accepted / accepted), each starting at coverage 0, and the ``cutoff`` of each point.
+    """
+    u = np.asarray(uncertainty, dtype=float).ravel()
+    e = np.asarray(errors, dtype=float).ravel()
+    if u.shape != e.shape:
+        raise ValueError(f"uncertainty and errors differ in length: {len(u)} vs {len(e)}")
+    n = len(u)
+    if n == 0:
+        zero = np.zeros(1)
+        return {"coverage": zero, "generalized_risk": zero, "selective_risk": zero,
+                "cutoff": np.full(1, -np.inf)}  # fmt: skip
+    order = np.argsort(u, kind="mergesort")  # most certain first
+    us, es = u[order], e[order]
+    starts = _group_starts(us)
+    ends = np.append(starts[1:], n)  # accepted count after each tie group
+    cum_err = np.cumsum(es)[ends - 1]
+    accepted = ends.astype(float)
+    coverage = np.concatenate([[0.0], accepted / n])
+    gen = np.concatenate([[0.0], cum_err / n])
+    sel = np.concatenate([[0.0], cum_err / accepted])
+    cutoff = np.concatenate([[-np.inf], us[ends - 1]])
+    return {"coverage": coverage, "generalized_risk": gen, "selective_risk": sel,
+            "cutoff": cutoff}  # fmt: skip
+
+
+def augrc(uncertainty: Any, errors: Any) -> float:
+    """Area under the generalized risk-coverage curve (trapezoids between tie groups)."""
+    rc = risk_coverage(uncertainty, errors)
+    cov, risk = rc["coverage"], rc["generalized_risk"]
+    if len(cov) < 2:
+        return float("nan")
+    return float(np.sum(np.diff(cov) * (risk[1:] + risk[:-1]) / 2.0))
+
+
+def augrc_with_ci(
+    uncertainty: Any, errors: Any, n_boot: int = 1000, seed: int = 0, ci: float = 0.95
+) -> dict[str, float | None]:
+    """AUGRC with a percentile-bootstrap CI (images resampled with replacement)."""
+    u = np.asarray(uncertainty, dtype=float).ravel()
+    e = np.asarray(errors, dtype=float).ravel()
+    value = _clean(augrc(u, e)) if len(u) else None
+    low = high = None
+    if value is not None and n_boot > 0:
+        rng = np.random.default_rng(seed)
+        boots = np.empty(n_boot)
+        for b in range(n_boot):
+            idx = rng.integers(0, len(u), len(u))
+            boots[b] = augrc(u[idx], e[idx])
+        lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 - (1 - ci) / 2)
+        low, high = _clean(np.percentile(boots, lo_q)), _clean(np.percentile(boots, hi_q))
+    return {"value": value, "ci_low": low, "ci_high": high}
+
+
+def error_detection_auroc(uncertainty: Any, errors: Any) -> float | None:
+    """ROC-AUC of ``uncertainty`` for telling wrong answers (1) from right ones (0); ``None``
+    when all answers are right or all wrong."""
+    e = np.asarray(errors).astype(int).ravel()
+    if e.min(initial=0) == e.max(initial=0):
+        return None
+    return float(skm.roc_auc_score(e, np.asarray(uncertainty, dtype=float).ravel()))
+
+
+def coverage_cutoff(uncertainty: Any, coverage: float) -> float:
+    """The uncertainty cut-off that accepts (``<= cutoff``) a share ``coverage`` of the images:
+    the ``ceil(coverage * n)``-th smallest value (exact when the values are distinct)."""
+    u = np.sort(np.asarray(uncertainty, dtype=float).ravel())
+    if not len(u):
+        raise ValueError("no uncertainties to choose a cut-off from")
+    if not 0 < coverage <= 1:
+        raise ValueError(f"coverage {coverage} must be in (0, 1]")
+    k = max(1, math.ceil(round(coverage * len(u), 9)))
+    return float(u[k - 1])

@@ -32,7 +32,7 @@ def test_torch_predictor_matches_evaluation(tiny_run):
     temperature = float(meta.get("temperature", 1.0) or 1.0)
     probs = 1 / (1 + np.exp(-logits / temperature))
     np.testing.assert_allclose([p.probability for p in out], probs, rtol=1e-6)
-    assert all(p.decision == (p.probability >= p.threshold) for p in out)
+    assert all((p.decision == "fracture") == (p.probability >= p.threshold) for p in out)
     assert all(p.threshold == pytest.approx(float(meta.get("threshold", 0.5))) for p in out)
 
 
@@ -54,7 +54,7 @@ def test_threshold_and_temperature_from_model_json(tiny_run, tmp_path):
     p = Predictor.from_run(run).predict(img)[0]
     assert p.threshold == 0.3
     assert p.probability == pytest.approx(1 / (1 + np.exp(-p.logit / 2.0)))
-    assert p.decision == (p.probability >= 0.3)
+    assert (p.decision == "fracture") == (p.probability >= 0.3)
 
 
 def test_heatmap_aligned_with_image(tiny_run):
@@ -166,8 +166,8 @@ def test_predict_cli_error_rows_exit_code_and_resume(tiny_run, synthetic_manifes
     good = [r for r in rows if not r["error"]]
     assert len(good) == 6
     for r in good:
-        assert 0.0 <= float(r["prob"]) <= 1.0 and r["decision"] in ("0", "1")
-        assert (float(r["prob"]) >= float(r["threshold"])) == (r["decision"] == "1")
+        assert 0.0 <= float(r["prob"]) <= 1.0 and r["decision"] in ("fracture", "no_fracture")
+        assert (float(r["prob"]) >= float(r["threshold"])) == (r["decision"] == "fracture")
     assert by_name["IM0001"]["prob"]  # DICOM predicted
 
     # resume: a new file is predicted, nothing else is redone; a half-written line is dropped

@@ -65,8 +65,10 @@ def assert_ok(resp, expected: Predictor | None = None) -> dict:
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert 0.0 <= body["probability"] <= 1.0
-    assert isinstance(body["decision"], bool) and isinstance(body["threshold"], float)
-    assert body["decision"] == (body["probability"] >= body["threshold"])
+    assert body["decision"] in ("fracture", "no_fracture") and isinstance(body["threshold"], float)
+    assert (body["decision"] == "fracture") == (body["probability"] >= body["threshold"])
+    assert body["refer"] is False and body["out_of_scope"] is False and body["ood_score"] is None
+    assert isinstance(body["uncertainty"], float)
     assert body["model"] == "tiny"
     return body
 

@@ -34,13 +34,17 @@ def free_port() -> int:
 
 @pytest.fixture()
 def server_url(tiny_run: Path):
+    yield from _serve(tiny_run)
+
+
+def _serve(run: Path):
     import uvicorn
 
     from bonefrac.serving.app import create_app
 
     port = free_port()
     config = uvicorn.Config(
-        create_app(tiny_run), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        create_app(run), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -101,5 +105,63 @@ def test_upload_shows_probability_and_heatmap(server_url, synthetic_manifest, tm
             page.set_input_files("#file", str(image))
             sync_api.expect(page.locator("#result")).to_be_visible(timeout=30_000)
             assert outside == [], f"the page fetched outside resources: {outside}"
+        finally:
+            browser.close()
+
+
+@pytest.fixture()
+def refer_server_url(tiny_run: Path, synthetic_manifest: Path, tmp_path: Path):
+    """The tiny run with an out-of-scope detector whose cut-off lies between the synthetic
+    radiographs and a white frame, and a refer rule that refers every in-scope image."""
+    import shutil
+
+    import numpy as np
+
+    from bonefrac.inference.ood import fit_ood
+    from bonefrac.inference.predictor import Predictor
+    from bonefrac.rundir import RunDir
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    fit_ood(run, "mahalanobis")
+    pred = Predictor.from_run(run)
+    images = sorted((synthetic_manifest.parent / "images").glob("test_*.png"))
+    inside = pred.ood_scores([pred.prepare(p).array for p in images])
+    white = pred.ood_scores([pred.prepare(np.full((64, 64), 255, np.uint8)).array])[0]
+    assert white > inside.max()
+    raw = RunDir(run).raw_meta()
+    ood = {**raw["ood"], "cutoff": float((inside.max() + white) / 2)}
+    rule = {"score": "margin", "coverage": 0.5, "cutoff": -1.0, "threshold": raw["threshold"]}
+    RunDir(run).update_meta(refer=rule, ood=ood)
+    yield from _serve(run)
+
+
+def test_page_shows_refer_and_out_of_scope_instead_of_a_probability(
+    refer_server_url, synthetic_manifest, tmp_path
+):
+    import numpy as np
+    from PIL import Image
+    from playwright import sync_api
+
+    image = sorted((synthetic_manifest.parent / "images").glob("test_*.png"))[0]
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(blank)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_page()
+            page.goto(refer_server_url + "/")
+            page.set_input_files("#file", str(image))
+            sync_api.expect(page.locator("#decision")).to_have_text(
+                "Refer to a radiologist", timeout=30_000
+            )
+            sync_api.expect(page.locator("#prob-block")).to_be_hidden()
+            page.set_input_files("#file", str(blank))
+            sync_api.expect(page.locator("#decision")).to_have_text(
+                "This does not look like a limb radiograph", timeout=30_000
+            )
+            sync_api.expect(page.locator("#prob-block")).to_be_hidden()
         finally:
             browser.close()

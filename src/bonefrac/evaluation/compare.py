@@ -1,5 +1,6 @@
 """``bonefrac compare``: several runs on the same images, one table, overlaid ROC curves and a
-paired DeLong test of the AUC difference between the top two runs.
+paired DeLong test of the AUC difference between the top two runs; a second ranking by AUGRC
+(selective prediction, :mod:`bonefrac.evaluation.selective`).
 
 Runs are joined on ``image_id``; they must hold exactly the same images with the same labels
 (otherwise the comparison would not be paired and the error says which images differ). Each run
@@ -33,6 +34,10 @@ from bonefrac.evaluation.tables import markdown_table
 from bonefrac.fileio import atomic_open, write_json
 from bonefrac.metrics import METRIC_NAMES, compute_metrics, format_ci
 from bonefrac.rundir import RunDir, check_name, run_probabilities
+
+#: Columns of the comparison: the threshold metrics, then AUGRC (selective prediction).
+COMPARE_METRICS = (*METRIC_NAMES, "augrc")
+LOWER_IS_BETTER = ("augrc",)
 
 # ---------------------------------------------------------------- DeLong (Sun & Xu 2014)
 
@@ -108,6 +113,8 @@ class CompareResult:
     @property
     def has_localization(self) -> bool:
         return any(v is not None for v in self.localization.values())
+
+    by_augrc: list[str] = field(default_factory=list)  # ranked, lowest AUGRC first
 
 
 def _unique_names(run_dirs: list[Path]) -> list[str]:
@@ -185,17 +192,24 @@ def compare_runs(
         name: compute_metrics(y, prob, thr, n_boot=n_boot, seed=seed)
         for name, (prob, thr) in runs.items()
     }
+    for name, run_dir in zip(names, dirs, strict=True):
+        metrics[name]["augrc"] = _run_augrc(run_dir, split, n_boot, seed)
 
     def auc_key(name: str) -> float:
         v = metrics[name]["roc_auc"]["value"]
         return -1.0 if v is None else v
 
+    def augrc_key(name: str) -> float:
+        v = metrics[name]["augrc"]["value"]
+        return math.inf if v is None else v
+
     ranked = sorted(names, key=auc_key, reverse=True)
+    by_augrc = sorted(names, key=augrc_key)
     best: dict[str, list[str]] = {}
-    for m in METRIC_NAMES:
+    for m in COMPARE_METRICS:
         vals = {n: metrics[n][m]["value"] for n in names if metrics[n][m]["value"] is not None}
         if vals:
-            top = max(vals.values())
+            top = min(vals.values()) if m in LOWER_IS_BETTER else max(vals.values())
             best[m] = [n for n, v in vals.items() if abs(v - top) < 1e-12]
     test = None
     if 0 < y.sum() < len(y):
@@ -203,7 +217,7 @@ def compare_runs(
         test = {"a": a, "b": b, "method": "DeLong (paired, two-sided)"}
         test.update(delong_test(y, runs[a][0], runs[b][0]))
 
-    result = CompareResult(split, ranked, metrics, best, test, len(y))
+    result = CompareResult(split, ranked, metrics, best, test, len(y), by_augrc=by_augrc)
     for name, run_dir in zip(names, dirs, strict=True):
         run = RunDir.open(run_dir)
         result.localization[name] = split_localization(
@@ -226,6 +240,7 @@ def compare_runs(
             "split": split,
             "n_images": len(y),
             "ranking": ranked,
+            "ranking_augrc": by_augrc,
             "runs": {n: str(d) for n, d in zip(names, dirs, strict=True)},
             "metrics": metrics,
             "best": best,
@@ -241,7 +256,7 @@ def table_rows(result: CompareResult, bold: tuple[str, str] = ("**", "**")) -> l
     rows = []
     for i, name in enumerate(result.names, 1):
         cells = [str(i), name]
-        for m in METRIC_NAMES:
+        for m in COMPARE_METRICS:
             text = format_ci(result.metrics[name][m])
             if name in result.best.get(m, []):
                 text = f"{bold[0]}{text}{bold[1]}"
@@ -263,6 +278,25 @@ def localization_rows(result: CompareResult) -> list[list[str]]:
     return rows
 
 
+def augrc_sentence(result: CompareResult) -> str:
+    """The ranking by AUGRC (lower first: fewer undetected errors over all coverages)."""
+    parts = [f"{n} ({format_ci(result.metrics[n]['augrc'])})" for n in result.by_augrc]
+    return "Ranked by AUGRC (lower is better): " + " < ".join(parts)
+
+
+def _run_augrc(run_dir: Path, split: str, n_boot: int, seed: int) -> dict[str, Any]:
+    """The run's AUGRC on ``split`` with its refer rule's uncertainty (margin without one)."""
+    from bonefrac.evaluation.selective import selective_entry
+
+    run = RunDir.open(run_dir)
+    meta = run.meta()
+    df = run.predictions(split)
+    entry, _, _ = selective_entry(run, split, df["label"].to_numpy(),
+                                  run_probabilities(df, meta), meta, n_boot=n_boot,
+                                  seed=seed)  # fmt: skip
+    return entry["augrc"]
+
+
 def auc_test_sentence(result: CompareResult) -> str:
     t = result.test
     if not t:
@@ -275,7 +309,7 @@ def auc_test_sentence(result: CompareResult) -> str:
 
 
 def to_markdown(result: CompareResult) -> str:
-    head = ["rank", "run", *METRIC_NAMES]
+    head = ["rank", "run", *COMPARE_METRICS]
     lines = [
         f"# Run comparison on `{result.split}` ({result.n_images} images)",
         "",
@@ -291,7 +325,8 @@ def to_markdown(result: CompareResult) -> str:
             "",
             markdown_table(["run", *COMPARE_LOC_METRICS], localization_rows(result)),
         ]
-    lines += ["", auc_test_sentence(result), "", "![ROC curves](roc_overlay.png)", ""]
+    lines += ["", augrc_sentence(result), "", auc_test_sentence(result), "",
+              "![ROC curves](roc_overlay.png)", ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -299,7 +334,7 @@ def to_html(result: CompareResult) -> str:
     from bonefrac.evaluation.report import png_data_uri
 
     e = html.escape
-    head = "".join(f"<th>{e(h)}</th>" for h in ("rank", "run", *METRIC_NAMES))
+    head = "".join(f"<th>{e(h)}</th>" for h in ("rank", "run", *COMPARE_METRICS))
     body = ""
     for row in table_rows(result, bold=("\x00", "\x01")):
         cells = ""
@@ -329,5 +364,6 @@ def to_html(result: CompareResult) -> str:
         f"<h1>Run comparison on {e(result.split)} ({result.n_images} images)</h1>"
         "<p>Value [95% CI], stratified bootstrap; best per column in bold; each run at its own "
         f"threshold.</p><table><tr>{head}</tr>{body}</table>{loc}"
+        f"<p>{e(augrc_sentence(result))}</p>"
         f"<p>{e(auc_test_sentence(result))}</p>{img}</body></html>\n"
     )

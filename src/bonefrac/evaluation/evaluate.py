@@ -6,6 +6,10 @@ under the split (or external name), plots go to ``RUN/plots/<key>_*.png``, the s
 ``RUN/subgroups/<key>.csv``, and ``RUN/report.html`` is regenerated. Predictions of a localising
 run (``boxes`` plus ``pred_boxes`` / ``map_peak`` / ``energy_in_box`` columns) also get the
 localisation metrics of :mod:`bonefrac.evaluation.localization` under the same key.
+Selective prediction
+(:mod:`bonefrac.evaluation.selective`): ``metrics.json[key]["augrc"]`` and ``["selective"]``
+(the refer rule's coverage and sensitivity / specificity on the accepted images) and the
+risk-coverage plot.
 
 External validation (``manifest=...``): the run's model predicts on the manifest's rows (only
 ``split == "test"`` when the manifest has a split column, unless ``all_rows``) and the
@@ -26,6 +30,7 @@ from bonefrac.data.schema import SUBGROUP_COLUMNS, read_manifest
 from bonefrac.errors import ConfigError, DataError, RunDirError
 from bonefrac.evaluation import plots
 from bonefrac.evaluation.localization import split_localization
+from bonefrac.evaluation.selective import selective_entry
 from bonefrac.fileio import write_csv
 from bonefrac.metrics import compute_metrics
 from bonefrac.rundir import RunDir, check_name, metrics_entry, run_probabilities
@@ -166,6 +171,11 @@ def evaluate_run(
     loc = split_localization(df, run.prediction_path(key), n_boot=n_boot, seed=seed)
     if loc is not None:
         metrics.update(loc)
+    selective, uncertainty, errors = selective_entry(
+        run, key, y, prob, meta, n_boot=n_boot, seed=seed
+    )
+    metrics["augrc"] = selective.pop("augrc")
+    metrics["selective"] = selective
     if skipped:
         metrics["skipped_images"] = [{"path": p, "reason": r} for p, r in skipped]
     if study_column:
@@ -199,6 +209,13 @@ def evaluate_run(
         "threshold": plots.plot_threshold_curve(
             y, prob, threshold, run.plot_path(f"{key}_threshold"), f"Metrics vs threshold ({key})"
         ),
+        "risk_coverage": plots.plot_risk_coverage(
+            uncertainty,
+            errors,
+            run.plot_path(f"{key}_risk_coverage"),
+            f"Risk-coverage ({key}, {selective['score']})",
+            meta.refer.coverage if meta.refer is not None else None,
+        ),  # fmt: skip
     }
     result = EvaluationResult(key, metrics, sub, out, pred_path, skipped=skipped)
     if report:

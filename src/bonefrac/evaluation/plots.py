@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
 from bonefrac.fileio import atomic_path
-from bonefrac.metrics import confusion_counts, reliability_bins
+from bonefrac.metrics import confusion_counts, reliability_bins, risk_coverage
 
 DPI = 110
 
@@ -202,5 +202,34 @@ def plot_roc_overlay(
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (FPR)")
     ax.set(ylabel="sensitivity (TPR)", title=title)
     ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_risk_coverage(
+    uncertainty: Any,
+    errors: Any,
+    path: str | Path,
+    title: str = "Risk-coverage",
+    coverage: float | None = None,
+) -> Path:
+    """Selective and generalized risk against coverage (images accepted most certain first),
+    with the random and the perfect ranking's generalized risk, and the refer rule's coverage."""
+    rc = risk_coverage(uncertainty, errors)
+    cov, gen, sel = rc["coverage"], rc["generalized_risk"], rc["selective_risk"]
+    err = float(np.mean(errors)) if len(np.atleast_1d(errors)) else 0.0
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.add_subplot()
+    ax.plot(cov[1:], sel[1:], lw=2, label="selective risk (errors / accepted)")
+    ax.plot(cov, gen, lw=2, label="generalized risk (errors accepted / all)")
+    grid = np.linspace(0, 1, 101)
+    ax.plot(grid, err * grid, ls="--", color="0.6", lw=1, label="random ranking (generalized risk)")
+    ax.plot(grid, np.clip(grid - (1 - err), 0, None), ls=":", color="0.4", lw=1,
+            label="perfect ranking (generalized risk)")  # fmt: skip
+    if coverage is not None:
+        ax.axvline(coverage, color="tab:red", lw=1, label=f"refer rule (coverage {coverage:.2f})")
+    ax.set(xlim=(0, 1), ylim=(0, max(0.05, float(np.max(sel[1:], initial=0)) * 1.1)))
+    ax.set(xlabel="coverage (share of images answered)", ylabel="risk", title=title)
+    ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)

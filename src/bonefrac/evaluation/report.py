@@ -27,7 +27,7 @@ from bonefrac.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-PLOT_KINDS = ("roc", "pr", "confusion", "reliability", "threshold")
+PLOT_KINDS = ("roc", "pr", "confusion", "reliability", "threshold", "risk_coverage")
 MAX_CAM_IMAGES = 24
 SECTIONS = (
     ("config", "Model and config"),
@@ -37,6 +37,7 @@ SECTIONS = (
     ("plots", "Plots"),
     ("localization", "Localisation (boxes and map)"),
     ("threshold", "Threshold and calibration"),
+    ("selective", "Refer and out-of-scope (selective prediction)"),
     ("subgroups", "Subgroups"),
     ("explain", "Explanations (CAM)"),
 )
@@ -283,6 +284,50 @@ def _section_threshold(run: RunDir, model: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _section_selective(model: dict[str, Any], metrics: dict[str, Any] | None) -> str:
+    """The refer rule and out-of-scope detector, and each split's AUGRC and accepted-image
+    sensitivity / specificity."""
+    parts = [
+        "<p>Decisions: <b>out_of_scope</b> when the input is unlike the training radiographs, "
+        "else <b>refer</b> when the uncertainty is above the refer rule's cut-off, else "
+        "<b>fracture</b> / <b>no_fracture</b> at the threshold. AUGRC: area under the "
+        "generalized risk-coverage curve (share of undetected errors averaged over coverage; "
+        "lower is better).</p>"
+    ]
+    for label, key in (("Refer rule", "refer"), ("Out-of-scope detector", "ood")):
+        rec = model.get(key)
+        if isinstance(rec, dict):
+            shown = {k: v for k, v in rec.items() if not str(k).endswith("sha256")}
+            parts.append(f"<h3>{label}</h3>" + _kv_table(shown))
+        else:
+            how = "threshold RUN --refer-coverage 0.8" if key == "refer" else "ood RUN"
+            parts.append(f"<h3>{label}</h3>" + _na(f"none ('bonefrac {how}' fits one)"))
+    rows = []
+    for split, m in (metrics or {}).items():
+        sel = m.get("selective") if isinstance(m, dict) else None
+        if not isinstance(sel, dict):
+            continue
+        ref = sel.get("refer") or {}
+        rows.append(
+            {
+                "split": split,
+                "score": sel.get("score"),
+                "AUGRC": format_ci(m.get("augrc")),
+                "random / optimal": f"{_fmt(sel.get('augrc_random'))} / "
+                f"{_fmt(sel.get('augrc_optimal'))}",
+                "error ROC-AUC": _fmt(sel.get("error_auroc")),
+                "coverage": _fmt(ref.get("coverage")) if ref else "-",
+                "sensitivity (accepted)": format_ci(ref.get("sensitivity")) if ref else "-",
+                "specificity (accepted)": format_ci(ref.get("specificity")) if ref else "-",
+            }
+        )
+    if rows:
+        parts.append("<h3>Per split</h3>" + _df_table(pd.DataFrame(rows)))
+    else:
+        parts.append(_na("no selective metrics yet: run 'bonefrac evaluate RUN'"))
+    return "".join(parts)
+
+
 def _section_subgroups(run: RunDir) -> str:
     parts = []
     for csv in sorted(run.subgroups_dir.glob("*.csv")):
@@ -337,6 +382,7 @@ def render_report(run_dir: str | Path) -> str:
         "plots": _section_plots(run, metrics),
         "localization": report_localization.section(run, metrics),
         "threshold": _section_threshold(run, model),
+        "selective": _section_selective(model, metrics),
         "subgroups": _section_subgroups(run),
         "explain": _section_explain(run),
     }

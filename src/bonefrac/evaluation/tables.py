@@ -110,7 +110,7 @@ def compare_table(result: Any) -> Table:
     table.add_column("metric")
     for i, name in enumerate(result.names, 1):
         table.add_column(f"{i}. {escape(name)}", justify="right")
-    for metric in METRIC_NAMES:
+    for metric in (*METRIC_NAMES, "augrc"):
         cells = []
         for name in result.names:
             text = format_ci(result.metrics[name][metric])

@@ -9,6 +9,11 @@ Criteria (``prob >= threshold`` is positive; every candidate threshold is an obs
 - ``specificity:X``: the lowest threshold whose specificity is >= X (the most sensitive operating
   point that keeps a fraction X of normals negative).
 
+``--refer-coverage X`` also fits the refer rule (:mod:`bonefrac.inference.uncertainty`) at the
+resulting threshold, on val, so that a share X of val images gets a fracture / no-fracture
+answer and the rest is referred; a rule already in model.json is refitted at its coverage
+whenever the threshold changes.
+
 Tuning happens on ``val`` only: choosing the threshold on test would make the test metrics
 optimistic. When model.json has a temperature other than 1, thresholds are chosen on the
 calibrated probabilities ``sigmoid(logit / T)`` -- the scale the stored threshold applies to.
@@ -25,7 +30,7 @@ from sklearn import metrics as skm
 
 from bonefrac.errors import ConfigError, DataError
 from bonefrac.metrics import compute_metrics
-from bonefrac.rundir import RunDir, run_probabilities, usable_threshold
+from bonefrac.rundir import ModelMeta, RunDir, run_probabilities, usable_threshold
 
 CRITERIA_HELP = "f1 | youden | sensitivity:X | specificity:X  (X in (0, 1], e.g. sensitivity:0.90)"
 
@@ -83,9 +88,17 @@ def choose_threshold(y_true: Any, prob: Any, criterion: str) -> float:
     return float(thr[ok[-1]])
 
 
-def tune_threshold(run_dir: str | Path, criterion: str, on: str = "val") -> dict[str, Any]:
-    """Choose the threshold on ``predictions/val.csv``, store it in model.json, and return
-    val/test metrics at the old and the new threshold (point estimates)."""
+def tune_threshold(
+    run_dir: str | Path,
+    criterion: str | None,
+    on: str = "val",
+    refer_coverage: float | None = None,
+) -> dict[str, Any]:
+    """Choose the threshold on ``predictions/val.csv`` (``criterion``; ``None`` keeps it) and
+    the refer rule (``refer_coverage``), store them in model.json, and return val/test metrics
+    at the old and the new threshold (point estimates) and the refer record."""
+    if criterion is None and refer_coverage is None:
+        raise ConfigError("give --criterion, --refer-coverage or both")
     if on == "test":
         raise ConfigError(
             "refusing to tune the threshold on the test split: a threshold chosen on test makes "
@@ -94,9 +107,13 @@ def tune_threshold(run_dir: str | Path, criterion: str, on: str = "val") -> dict
         )
     if on != "val":
         raise ConfigError(f"--on {on!r}: thresholds are tuned on 'val' only")
+    if refer_coverage is not None and not 0 < refer_coverage <= 1:
+        raise ConfigError(f"--refer-coverage {refer_coverage}: must be in (0, 1], e.g. 0.8")
+    run = RunDir.open(run_dir)
+    if criterion is None:
+        return _refer_only(run, float(refer_coverage))
     name, target = parse_criterion(criterion)
     criterion = name if target is None else f"{name}:{target:g}"
-    run = RunDir.open(run_dir)
     meta = run.meta()
     temperature = meta.temperature
     old = meta.threshold
@@ -128,10 +145,33 @@ def tune_threshold(run_dir: str | Path, criterion: str, on: str = "val") -> dict
             "old": compute_metrics(y, p, old, n_boot=0),
             "new": compute_metrics(y, p, new, n_boot=0),
         }
-    run.update_meta(
-        threshold=new,
-        threshold_criterion=criterion,
-        threshold_tuned_on="val",
-        threshold_updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    )
+    changes: dict[str, Any] = {
+        "threshold": new,
+        "threshold_criterion": criterion,
+        "threshold_tuned_on": "val",
+        "threshold_updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    coverage = refer_coverage if refer_coverage is not None else _kept_coverage(meta)
+    if coverage is not None:
+        from bonefrac.inference.uncertainty import fit_refer
+
+        raw = run.raw_meta()
+        raw.update(changes)
+        raw.pop("refer", None)
+        changes["refer"] = fit_refer(run, coverage, ModelMeta.parse(raw, run.meta_path))
+        result["refer"] = changes["refer"]
+    run.update_meta(**changes)
     return result
+
+
+def _kept_coverage(meta: ModelMeta) -> float | None:
+    return meta.refer.coverage if meta.refer is not None else None
+
+
+def _refer_only(run: RunDir, coverage: float) -> dict[str, Any]:
+    from bonefrac.inference.uncertainty import fit_refer
+
+    meta = run.meta()
+    record = fit_refer(run, coverage, meta)
+    run.update_meta(refer=record)
+    return {"refer": record, "temperature": meta.temperature, "new_threshold": meta.threshold}

@@ -45,10 +45,24 @@ from bonefrac.inference.batchmeta import (
 from bonefrac.inference.csvpaths import decode_path, encode_path, safe_text
 from bonefrac.inference.dicomout import DicomOutCounts, write_dicom_out
 from bonefrac.inference.predictor import Predictor, PreparedInput, prepare_input
+from bonefrac.rundir import OUT_OF_SCOPE, REFER
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["path", "prob", "decision", "logit", "threshold", "temperature", "error", "cam_path"]
+COLUMNS = [
+    "path",
+    "prob",
+    "decision",  # fracture | no_fracture | refer | out_of_scope
+    "uncertainty",
+    "refer",  # 1 / 0
+    "out_of_scope",  # 1 / 0
+    "ood_score",  # empty when the run has no out-of-scope detector
+    "logit",
+    "threshold",
+    "temperature",
+    "error",
+    "cam_path",
+]
 #: Prefix of the error text of rows whose image decoded but the model's output was unusable.
 MODEL_ERROR = "model output"
 
@@ -62,7 +76,9 @@ class BatchSummary:
     model_failed: int = 0  # of which the model's output was unusable (not the file)
     skipped: int = 0  # already in the CSV
     earlier_failed: int = 0  # skipped paths whose existing row is an error row
-    positives: int = 0  # decision == 1 among this run's predictions
+    positives: int = 0  # decision == fracture among this run's predictions
+    referred: int = 0  # decision == refer
+    out_of_scope: int = 0  # decision == out_of_scope
     seconds: float = 0.0
     processes: int = 1
     errors: list[tuple[str, str]] = field(default_factory=list)  # (CSV path, error) this run
@@ -88,6 +104,8 @@ class BatchSummary:
         self.failed += other.failed
         self.model_failed += other.model_failed
         self.positives += other.positives
+        self.referred += other.referred
+        self.out_of_scope += other.out_of_scope
         self.errors += other.errors
         self.dicom_out.add(other.dicom_out)
 
@@ -436,9 +454,15 @@ def _predict_items(
         else:
             row["prob"] = f"{pred.probability:.6f}"
             row["logit"] = f"{pred.logit:.6f}"
-            row["decision"] = int(pred.decision)
+            row["decision"] = pred.decision
+            row["uncertainty"] = "" if pred.uncertainty is None else f"{pred.uncertainty:.6g}"
+            row["refer"] = int(pred.refer)
+            row["out_of_scope"] = int(pred.out_of_scope)
+            row["ood_score"] = "" if pred.ood_score is None else f"{pred.ood_score:.6g}"
             summary.predicted += 1
-            summary.positives += int(pred.decision)
+            summary.positives += int(pred.fracture)
+            summary.referred += int(pred.decision == REFER)
+            summary.out_of_scope += int(pred.decision == OUT_OF_SCOPE)
             if cam_dir is not None and pred.heatmap is not None:
                 target = cam_dir / cam_file_name(path)
                 _save_png(pred.overlay(), target)

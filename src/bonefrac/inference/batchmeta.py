@@ -1,7 +1,7 @@
 """The sidecar of a predictions CSV (``<out>.meta.json``): which model and settings wrote it.
 
 Resuming appends rows to the CSV, so every row must come from the same weights, threshold,
-temperature, backend, input size and DICOM frame. The sidecar is written atomically before the
+temperature, refer rule, out-of-scope detector, backend, input size and DICOM frame. The sidecar is written atomically before the
 CSV's header; a resume compares it with the model about to predict and refuses on any
 difference (``--force`` starts over).
 """
@@ -27,6 +27,8 @@ COMPARED = (
     "image_size",
     "clahe",
     "dicom_frame",
+    "refer",
+    "ood",
 )
 
 
@@ -52,7 +54,14 @@ def fingerprint(predictor: Any, dicom_frame: int | None, columns: list[str]) -> 
         "image_size": int(predictor.image_size),
         "clahe": bool(predictor.clahe),
         "dicom_frame": dicom_frame,
+        "refer": _rule(predictor.meta.refer, ("score", "cutoff", "coverage")),
+        "ood": _rule(predictor.meta.ood, ("method", "cutoff", "stats_sha256")),
     }
+
+
+def _rule(record: Any, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """The fields of a refer / out-of-scope record that change decisions."""
+    return None if record is None else {k: getattr(record, k) for k in keys}
 
 
 def check_sidecar(out: Path, current: dict[str, Any]) -> None:

@@ -4,8 +4,13 @@ Preprocessing comes from ``model.json`` only (input size, CLAHE, mean/std) and g
 very functions training and evaluation use (:func:`bonefrac.data.imageio.load_grayscale` with
 the JPEG draft at the input size, :func:`bonefrac.data.transforms.prepare_image`,
 :func:`bonefrac.data.transforms.to_input`), so a run predicts exactly as it was evaluated.
-The probability is ``sigmoid(logit / temperature)`` and the decision ``probability >= threshold``
-with the run's stored calibration and threshold.
+The probability is ``sigmoid(logit / temperature)`` and the fracture call ``probability >=
+threshold`` with the run's stored calibration and threshold. The decision a clinician sees is
+one of ``fracture`` / ``no_fracture`` / ``refer`` / ``out_of_scope``
+(:meth:`bonefrac.rundir.ModelMeta.decisions`): ``refer`` when the run has a refer rule
+(``bonefrac threshold RUN --refer-coverage X``) and the image's uncertainty is above its cut-off,
+``out_of_scope`` when the run has an out-of-scope detector (``bonefrac ood RUN``) and the input's
+score is above its cut-off.
 
 Backends: ``torch`` (the safetensors weights) or ``onnx`` (``RUN/model.onnx`` from
 ``bonefrac export RUN --onnx``, ONNX Runtime on CPU). Heatmaps (Grad-CAM on the fracture logit)
@@ -36,7 +41,7 @@ from bonefrac.data.transforms import prepare_image, to_input
 from bonefrac.errors import ImageDecodeError, ModelOutputError, RunDirError
 from bonefrac.fileio import file_sha256
 from bonefrac.precision import inference_autocast
-from bonefrac.rundir import ModelMeta, RunDir, check_finite
+from bonefrac.rundir import FRACTURE, ModelMeta, RunDir, check_finite, margin_uncertainty
 from bonefrac.system import usable_cpus
 
 log = logging.getLogger(__name__)
@@ -64,9 +69,13 @@ class Prediction:
 
     probability: float  # calibrated: sigmoid(logit / temperature)
     logit: float  # raw model output
-    decision: bool  # probability >= threshold
+    decision: str  # fracture | no_fracture | refer | out_of_scope
     threshold: float
     name: str = ""
+    uncertainty: float | None = None  # the refer rule's score (margin without a rule)
+    refer: bool = False  # uncertainty above the refer rule's cut-off
+    out_of_scope: bool = False  # ood_score above the out-of-scope cut-off
+    ood_score: float | None = None  # None when the run has no out-of-scope detector
     #: float32 (h, w) in [0, 1], aligned with ``display`` (letterbox padding removed)
     heatmap: np.ndarray | None = field(default=None, repr=False)
     display: Image.Image | None = field(default=None, repr=False)
@@ -79,12 +88,21 @@ class Prediction:
 
         return render_overlay(self.display, self.heatmap)
 
+    @property
+    def fracture(self) -> bool:
+        """The decision is ``fracture`` (not referred, in scope, at or above the threshold)."""
+        return self.decision == FRACTURE
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "probability": self.probability,
             "logit": self.logit,
             "decision": self.decision,
             "threshold": self.threshold,
+            "uncertainty": self.uncertainty,
+            "refer": self.refer,
+            "out_of_scope": self.out_of_scope,
+            "ood_score": self.ood_score,
         }
 
 
@@ -170,6 +188,7 @@ class Predictor:
         self._session = session
         self._lock = threading.Lock()  # torch forward, Grad-CAM hooks and ORT calls
         self._load_lock = threading.Lock()
+        self._ood_stats: Any = None
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -315,6 +334,64 @@ class Predictor:
             out = 0.5 * (out + self._forward(torch.flip(x, dims=[3])))
         return out
 
+    def tta_logits(self, arrays: Sequence[np.ndarray] | torch.Tensor) -> np.ndarray:
+        """Logits ``(B, V)`` of each image under the test-time augmentations
+        :data:`bonefrac.inference.uncertainty.TTA_VIEWS` (the first view is the image itself)."""
+        from bonefrac.inference.uncertainty import tta_batches
+
+        if len(arrays) == 0:
+            return np.zeros((0, 0), dtype=np.float32)
+        if isinstance(arrays, torch.Tensor):
+            batch = arrays
+        else:
+            batch = torch.from_numpy(np.stack(arrays))[:, None]
+        views = [self._forward(self.input_tensor(v)) for v in tta_batches(batch)]
+        return np.stack(views, axis=1)
+
+    def features(self, arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Penultimate (pooled backbone) features ``(B, D)`` and logits ``(B,)`` of the PyTorch
+        model (loaded on first use with the ONNX backend)."""
+        model = self.torch_model
+        if not hasattr(model, "backbone") or not hasattr(model, "head"):
+            raise RunDirError(f"{self.architecture}: the model exposes no penultimate features")
+        batch = torch.from_numpy(np.stack(arrays))[:, None].to(self.device)
+        x = to_input(batch, self.mean, self.std)
+        with self._lock, torch.inference_mode(), inference_autocast(x.device):
+            feats = model.backbone(x).float().reshape(x.shape[0], -1)
+            logits = model.head(feats).float()
+        return feats.cpu().numpy(), logits.reshape(-1).cpu().numpy()
+
+    def ood_scores(
+        self, arrays: Sequence[np.ndarray], logits: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """Out-of-scope scores (higher = less like the training data); ``None`` when the run
+        has no out-of-scope detector."""
+        from bonefrac.inference import ood
+
+        record = self.meta.ood
+        if record is None:
+            return None
+        if record.method == "energy":
+            return ood.energy_score(self.logits(arrays) if logits is None else logits)
+        if self._ood_stats is None:
+            with self._load_lock:
+                if self._ood_stats is None:
+                    if self.run is None:
+                        raise RunDirError("out-of-scope statistics need a run directory")
+                    self._ood_stats = ood.load_stats(self.run, record)
+        feats, _ = self.features(arrays)
+        return self._ood_stats.score(feats)
+
+    def uncertainties(self, arrays: Sequence[np.ndarray], probs: np.ndarray) -> np.ndarray:
+        """The refer rule's uncertainty score (``margin`` without a rule; ``tta_std`` runs the
+        test-time augmentations)."""
+        from bonefrac.inference.uncertainty import tta_std
+
+        rule = self.meta.refer
+        if rule is not None and rule.score == "tta_std":
+            return tta_std(self.tta_logits(arrays))
+        return margin_uncertainty(probs, self.threshold)
+
     def dataset_logits(
         self,
         dataset: Any,
@@ -381,11 +458,22 @@ class Predictor:
         arrays = [p.array for p in prepared]
         raw = np.asarray(self.logits(arrays), dtype=float)
         probs = self._probabilities(np.where(np.isfinite(raw), raw, 0.0))
-        usable = np.isfinite(raw) & np.isfinite(probs)
+        uncertainty = np.asarray(self.uncertainties(arrays, probs), dtype=float)
+        usable = np.isfinite(raw) & np.isfinite(probs) & np.isfinite(uncertainty)
         if strict and not usable.all():
             names = ", ".join(p.name for p, ok in zip(prepared, usable, strict=True) if not ok)
             check_finite(np.where(usable, raw, np.nan), names[:300] or "batch")
-        decisions = self.meta.decide(probs)
+        logits = np.where(usable, raw, 0.0)
+        uncertainty = np.where(usable, uncertainty, 0.0)
+        ood_scores = self.ood_scores(arrays, logits) if arrays else None
+        flagged = None  # scores the decision uses: a blank frame is out of scope
+        if ood_scores is not None:
+            from bonefrac.inference.ood import blank_frames
+
+            flagged = np.where(blank_frames(arrays), np.inf, ood_scores)
+        decisions = self.meta.decisions(probs, uncertainty, flagged)
+        refer = self.meta.refers(uncertainty)
+        oos = self.meta.out_of_scope(flagged) if flagged is not None else None
         heats = self.cams(arrays) if heatmap and arrays and usable.any() else None
         out: list[Prediction | None] = []
         for i, p in enumerate(prepared):
@@ -395,9 +483,13 @@ class Predictor:
             pred = Prediction(
                 probability=float(probs[i]),
                 logit=float(raw[i]),
-                decision=bool(decisions[i]),
+                decision=decisions[i],
                 threshold=self.threshold,
                 name=p.name,
+                uncertainty=float(uncertainty[i]),
+                refer=bool(refer[i]),
+                out_of_scope=bool(oos[i]) if oos is not None else False,
+                ood_score=float(ood_scores[i]) if ood_scores is not None else None,
             )
             if heats is not None:
                 pred.heatmap = heatmap_for_display(heats[i], p)

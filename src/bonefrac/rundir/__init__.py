@@ -5,6 +5,7 @@ Everything downstream of training takes a run directory; this package is its onl
 
 from bonefrac.rundir.layout import (
     RUN_SPLITS,
+    TTA_STD_COLUMN,
     RunDir,
     check_name,
     metrics_entry,
@@ -15,15 +16,34 @@ from bonefrac.rundir.layout import (
 )
 from bonefrac.rundir.meta import (
     CLASS_NAMES,
+    DECISIONS,
+    FRACTURE,
+    NO_FRACTURE,
+    OUT_OF_SCOPE,
+    REFER,
+    UNCERTAINTY_SCORES,
     ModelMeta,
+    OodRule,
+    ReferRule,
     check_finite,
     library_versions,
+    margin_uncertainty,
     usable_threshold,
 )
 
 __all__ = [
     "CLASS_NAMES",
+    "DECISIONS",
+    "FRACTURE",
+    "NO_FRACTURE",
+    "OUT_OF_SCOPE",
+    "REFER",
+    "UNCERTAINTY_SCORES",
+    "OodRule",
+    "ReferRule",
+    "margin_uncertainty",
     "RUN_SPLITS",
+    "TTA_STD_COLUMN",
     "ModelMeta",
     "RunDir",
     "check_finite",

@@ -7,6 +7,7 @@
       model.safetensors    weights
       model.json           model metadata (:class:`~bonefrac.rundir.meta.ModelMeta`)
       model.onnx           ONNX export (optional)
+      ood.safetensors      out-of-scope detector statistics (optional, 'bonefrac ood')
       checkpoints/         Lightning checkpoints (last.ckpt, best.ckpt)
       history.csv          per-epoch training metrics
       metrics.json         per-split metrics with confidence intervals
@@ -18,6 +19,7 @@ No other module spells these names: they ask a :class:`RunDir` for the path.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
 MODEL_JSON = "model.json"
 ONNX = "model.onnx"
+OOD_STATS = "ood.safetensors"
 METRICS = "metrics.json"
 HISTORY = "history.csv"
 REPORT = "report.html"
@@ -50,9 +53,12 @@ PLOTS = "plots"
 SUBGROUPS = "subgroups"
 EXPLAIN = "explain"
 
+#: Optional predictions-CSV column: the logit's spread over test-time augmentations (cached).
+TTA_STD_COLUMN = "tta_std"
 #: Splits written by training; other prediction names come from ``evaluate --manifest``.
 RUN_SPLITS = ("val", "test")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+log = logging.getLogger(__name__)
 
 
 def check_name(name: str) -> str:
@@ -140,6 +146,10 @@ class RunDir:
         return self.path / ONNX
 
     @property
+    def ood_stats_path(self) -> Path:
+        return self.path / OOD_STATS
+
+    @property
     def metrics_path(self) -> Path:
         return self.path / METRICS
 
@@ -211,9 +221,25 @@ class RunDir:
         return checked
 
     def update_meta(self, **changes: Any) -> ModelMeta:
-        """Read-modify-write model.json, keeping unknown keys; validated before writing."""
+        """Read-modify-write model.json, keeping unknown keys; validated before writing.
+
+        A refer rule fitted at another threshold or temperature than the new ones is removed
+        (with a warning), unless ``changes`` sets ``refer`` itself.
+        """
         meta = self.raw_meta()
         meta.update(changes)
+        rule = meta.get("refer")
+        if "refer" not in changes and isinstance(rule, dict):
+            same = rule.get("threshold") == meta.get("threshold", 0.5) and rule.get(
+                "temperature", 1.0
+            ) == (meta.get("temperature") or 1.0)
+            if not same:
+                log.warning(
+                    "%s: removed the refer rule (fitted at another threshold or temperature); "
+                    "re-run 'bonefrac threshold %s --refer-coverage %s' to restore it",
+                    self.meta_path, self.path, rule.get("coverage"),
+                )  # fmt: skip
+                meta.pop("refer")
         return self.write_meta(meta)
 
     # --- config.yaml ----------------------------------------------------------------------

@@ -5,23 +5,89 @@ metadata through :class:`ModelMeta`, so a threshold, temperature or normalisatio
 be trusted is refused once, at load, with the same message everywhere.
 
 Probability convention: ``sigmoid(logit / temperature)`` (temperature 1 until ``bonefrac
-calibrate`` fits one); the decision is ``probability >= threshold``. :meth:`ModelMeta.probability`
+calibrate`` fits one); the fracture call is ``probability >= threshold``. :meth:`ModelMeta.probability`
 is the only place the temperature is applied.
+
+Decisions a clinician sees (:meth:`ModelMeta.decisions`): ``out_of_scope`` when the optional
+``ood`` record flags the input as unlike the training radiographs, else ``refer`` when the
+optional ``refer`` rule's uncertainty is above its cut-off, else ``fracture`` / ``no_fracture``.
 """
 
 from __future__ import annotations
 
 import math
 import platform
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bonefrac.errors import ModelOutputError, RunDirError
 from bonefrac.metrics import apply_temperature
 
 CLASS_NAMES = ["not_fractured", "fractured"]
+
+FRACTURE = "fracture"
+NO_FRACTURE = "no_fracture"
+REFER = "refer"
+OUT_OF_SCOPE = "out_of_scope"
+#: The decision vocabulary of every output (CSV, API, page).
+DECISIONS = (FRACTURE, NO_FRACTURE, REFER, OUT_OF_SCOPE)
+#: Uncertainty scores a refer rule can use (see :mod:`bonefrac.inference.uncertainty`).
+UNCERTAINTY_SCORES = ("margin", "tta_std")
+
+
+def margin_uncertainty(prob: Any, threshold: float) -> np.ndarray:
+    """``1 - |p - threshold| / max(threshold, 1 - threshold)``: 1 at the threshold, 0 at the
+    far end of the probability scale."""
+    p = np.asarray(prob, dtype=float)
+    return 1.0 - np.abs(p - threshold) / max(threshold, 1.0 - threshold)
+
+
+class ReferRule(BaseModel):
+    """Refer an image to a radiologist when its uncertainty is above ``cutoff`` (chosen on val
+    so that a share ``coverage`` of val images is answered)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    score: Literal["margin", "tta_std"]
+    coverage: float = Field(gt=0.0, le=1.0)
+    cutoff: float
+    threshold: float  # the run's threshold and temperature when the rule was fitted
+    temperature: float = 1.0
+    tuned_on: Literal["val"] = "val"
+
+    @field_validator("cutoff", "threshold", "temperature")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"{v} is not a finite number")
+        return v
+
+
+class OodRule(BaseModel):
+    """Out-of-scope detector: ``score > cutoff`` means unlike the training radiographs."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    method: Literal["mahalanobis", "energy"]
+    cutoff: float
+    stats_sha256: str | None = None  # of the statistics file (mahalanobis)
+    weights_sha256: str | None = None  # the weights whose features the statistics describe
+
+    @field_validator("cutoff")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"{v} is not a finite number")
+        return v
 
 
 class ModelMeta(BaseModel):
@@ -39,6 +105,23 @@ class ModelMeta(BaseModel):
     dropout: float = 0.0
     class_names: list[str] = Field(default_factory=lambda: list(CLASS_NAMES))
     weights_sha256: str | None = None
+    refer: ReferRule | None = None
+    ood: OodRule | None = None
+
+    @model_validator(mode="after")
+    def _refer_matches(self) -> ModelMeta:
+        rule = self.refer
+        if rule is not None and (
+            not math.isclose(rule.threshold, self.threshold, rel_tol=1e-9, abs_tol=1e-12)
+            or not math.isclose(rule.temperature, self.temperature, rel_tol=1e-9)
+        ):
+            raise ValueError(
+                f"the refer rule was fitted at threshold {rule.threshold:g} / temperature "
+                f"{rule.temperature:g} but the model now uses {self.threshold:g} / "
+                f"{self.temperature:g}; re-run 'bonefrac threshold RUN --refer-coverage "
+                f"{rule.coverage:g}'"
+            )
+        return self
 
     @field_validator("threshold")
     @classmethod
@@ -102,6 +185,31 @@ class ModelMeta(BaseModel):
     def decide(self, prob: Any) -> np.ndarray:
         """``prob >= threshold`` (fractured)."""
         return np.asarray(prob, dtype=float) >= self.threshold
+
+    def refers(self, uncertainty: Any) -> np.ndarray:
+        """True where the refer rule sends the image to a radiologist (all False without one)."""
+        u = np.asarray(uncertainty, dtype=float)
+        if self.refer is None:
+            return np.zeros(u.shape, dtype=bool)
+        return ~(u <= self.refer.cutoff)  # a NaN uncertainty is referred, never answered
+
+    def out_of_scope(self, ood_score: Any) -> np.ndarray:
+        """True where the out-of-scope score is above the cut-off (all False without one)."""
+        s = np.asarray(ood_score, dtype=float)
+        if self.ood is None:
+            return np.zeros(s.shape, dtype=bool)
+        return ~(s <= self.ood.cutoff)  # NaN: out of scope
+
+    def decisions(self, prob: Any, uncertainty: Any = None, ood_score: Any = None) -> list[str]:
+        """The decision vocabulary (:data:`DECISIONS`) for each image: out of scope first,
+        then refer, then the fracture call at the threshold."""
+        p = np.atleast_1d(np.asarray(prob, dtype=float))
+        ref = self.refers(uncertainty) if uncertainty is not None else np.zeros(p.shape, bool)
+        oos = self.out_of_scope(ood_score) if ood_score is not None else np.zeros(p.shape, bool)
+        out = np.where(p >= self.threshold, FRACTURE, NO_FRACTURE).astype(object)
+        out[np.atleast_1d(ref)] = REFER
+        out[np.atleast_1d(oos)] = OUT_OF_SCOPE
+        return [str(d) for d in out]
 
 
 def usable_threshold(threshold: float) -> float:

@@ -70,7 +70,7 @@ DEFAULT_MAX_CONNECTIONS = 64
 PUBLIC_META_KEYS = (
     "architecture", "image_size", "mean", "std", "class_names", "positive_class", "threshold",
     "threshold_criterion", "temperature", "preprocess", "input", "epochs_trained", "created",
-    "weights_sha256",
+    "weights_sha256", "refer", "ood",
 )  # fmt: skip
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 CAVEAT = (
@@ -300,7 +300,11 @@ def create_app(
             )
         body: dict[str, Any] = {
             "probability": result.probability,
-            "decision": result.decision,
+            "decision": result.decision,  # fracture | no_fracture | refer | out_of_scope
+            "uncertainty": result.uncertainty,
+            "refer": result.refer,
+            "out_of_scope": result.out_of_scope,
+            "ood_score": result.ood_score,
             "threshold": result.threshold,
             "model": pred.name,
             "logit": result.logit,

@@ -72,8 +72,9 @@
         return;
       }
       // show only numbers the server actually sent: anything else is an error, not a result
+      const DECISIONS = ["fracture", "no_fracture", "refer", "out_of_scope"];
       if (!body || !isNum(body.probability) || body.probability < 0 || body.probability > 1 ||
-          typeof body.decision !== "boolean" || !isNum(body.threshold)) {
+          DECISIONS.indexOf(body.decision) < 0 || !isNum(body.threshold)) {
         showError("Could not analyse this file: the server's answer has no valid probability " +
           "or decision, so no result is shown.");
         return;
@@ -82,16 +83,33 @@
       $("image").src = body.image_png ? "data:image/png;base64," + body.image_png : "";
       $("heatmap").src = body.heatmap_png ? "data:image/png;base64," + body.heatmap_png : "";
       showImages();
-      const pct = (100 * body.probability);
-      $("probability").textContent = (pct < 0.1 ? "<0.1" : pct > 99.9 ? ">99.9" : pct.toFixed(1)) + "%";
       const dec = $("decision");
-      dec.textContent = body.decision ? "Fracture suspected" : "No fracture suspected";
-      dec.className = "decision " + (body.decision ? "pos" : "neg");
-      const tuned = criterion && criterion !== "default";
-      $("threshold-note").textContent = "Decision at the " +
-        (tuned ? "tuned threshold (" + criterion + ") of " : "default threshold of ") +
-        (100 * body.threshold).toFixed(1) + "% (model " + body.model + "). " +
-        "Probabilities near the threshold are the least certain.";
+      const answered = body.decision === "fracture" || body.decision === "no_fracture";
+      // a referred or out-of-scope image shows that state INSTEAD of a probability
+      $("prob-block").hidden = !answered;
+      if (body.decision === "out_of_scope") {
+        dec.textContent = "This does not look like a limb radiograph";
+        dec.className = "decision oos";
+        $("threshold-note").textContent = "The image is unlike the radiographs the model " +
+          "was trained on, so it gives no fracture estimate (model " + body.model + ").";
+      } else if (body.decision === "refer") {
+        dec.textContent = "Refer to a radiologist";
+        dec.className = "decision refer";
+        $("threshold-note").textContent = "The model is too unsure about this image to " +
+          "answer (its uncertainty is in the band it refers); a radiologist should read it " +
+          "(model " + body.model + ").";
+      } else {
+        const pct = (100 * body.probability);
+        $("probability").textContent = (pct < 0.1 ? "<0.1" : pct > 99.9 ? ">99.9" : pct.toFixed(1)) + "%";
+        const pos = body.decision === "fracture";
+        dec.textContent = pos ? "Fracture suspected" : "No fracture suspected";
+        dec.className = "decision " + (pos ? "pos" : "neg");
+        const tuned = criterion && criterion !== "default";
+        $("threshold-note").textContent = "Decision at the " +
+          (tuned ? "tuned threshold (" + criterion + ") of " : "default threshold of ") +
+          (100 * body.threshold).toFixed(1) + "% (model " + body.model + "). " +
+          "Probabilities near the threshold are the least certain.";
+      }
       $("status").textContent = file.name;
       $("result").hidden = false;
     } catch (e) {
