@@ -33,7 +33,7 @@ from sklearn.metrics import roc_auc_score
 from bonefrac.data.imageio import IMAGE_SUFFIXES
 from bonefrac.data.schema import read_manifest
 from bonefrac.evaluation.tables import markdown_table
-from bonefrac.inference import ood
+from bonefrac.inference import ood, ood_stats
 from bonefrac.inference.ood_probes import probe_images, transformed
 from bonefrac.inference.predictor import Predictor
 from bonefrac.rundir import RunDir
@@ -67,7 +67,7 @@ def main() -> None:
     run = RunDir.open(args.run)
     meta = run.meta()
     pred = Predictor.from_run(run)
-    stats = ood.load_stats(run, meta.ood)
+    stats = ood_stats.load_stats(run, meta.ood)
 
     def features(sources: list) -> tuple[np.ndarray, np.ndarray]:
         f, z, _ = ood.image_features(pred, sources)
@@ -76,8 +76,8 @@ def main() -> None:
     def scores(sources: list) -> dict[str, np.ndarray]:
         f, z = features(sources)
         # the Predictor's rule: a blank frame is out of scope whatever its score
-        blank = ood.blank_frames([pred.prepare(s).array for s in sources])
-        return {"mahalanobis": stats.score(f), "energy": ood.energy_score(z), "blank": blank}
+        blank = ood_stats.blank_frames([pred.prepare(s).array for s in sources])
+        return {"mahalanobis": stats.score(f), "energy": ood_stats.energy_score(z), "blank": blank}
 
     val = scores(run.predictions("val")["path"].astype(str).tolist())
     cut = {k: float(np.percentile(val[k], 99.0)) for k in ("mahalanobis", "energy")}

@@ -336,8 +336,8 @@ class Predictor:
 
     def tta_logits(self, arrays: Sequence[np.ndarray] | torch.Tensor) -> np.ndarray:
         """Logits ``(B, V)`` of each image under the test-time augmentations
-        :data:`bonefrac.inference.uncertainty.TTA_VIEWS` (the first view is the image itself)."""
-        from bonefrac.inference.uncertainty import tta_batches
+        :data:`bonefrac.inference.tta.TTA_VIEWS` (the first view is the image itself)."""
+        from bonefrac.inference.tta import tta_batches
 
         if len(arrays) == 0:
             return np.zeros((0, 0), dtype=np.float32)
@@ -366,7 +366,7 @@ class Predictor:
     ) -> np.ndarray | None:
         """Out-of-scope scores (higher = less like the training data); ``None`` when the run
         has no out-of-scope detector."""
-        from bonefrac.inference import ood
+        from bonefrac.inference import ood_stats as ood
 
         record = self.meta.ood
         if record is None:
@@ -385,7 +385,7 @@ class Predictor:
     def uncertainties(self, arrays: Sequence[np.ndarray], probs: np.ndarray) -> np.ndarray:
         """The refer rule's uncertainty score (``margin`` without a rule; ``tta_std`` runs the
         test-time augmentations)."""
-        from bonefrac.inference.uncertainty import tta_std
+        from bonefrac.inference.tta import tta_std
 
         rule = self.meta.refer
         if rule is not None and rule.score == "tta_std":
@@ -468,7 +468,7 @@ class Predictor:
         ood_scores = self.ood_scores(arrays, logits) if arrays else None
         flagged = None  # scores the decision uses: a blank frame is out of scope
         if ood_scores is not None:
-            from bonefrac.inference.ood import blank_frames
+            from bonefrac.inference.ood_stats import blank_frames
 
             flagged = np.where(blank_frames(arrays), np.inf, ood_scores)
         decisions = self.meta.decisions(probs, uncertainty, flagged)

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torchvision.transforms.functional as TF
 
 from bonefrac.errors import ConfigError, DataError
+from bonefrac.inference.predictor import Predictor
+from bonefrac.inference.tta import TTA_VIEWS, tta_std
 from bonefrac.metrics import coverage_cutoff, error_detection_auroc
 from bonefrac.rundir import (
     TTA_STD_COLUMN,
@@ -39,52 +39,11 @@ from bonefrac.rundir import (
 log = logging.getLogger(__name__)
 
 
-def _shift(dx: float, dy: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    def view(x: torch.Tensor) -> torch.Tensor:
-        s = x.shape[-1]
-        return TF.affine(x, angle=0.0, translate=[round(dx * s), round(dy * s)], scale=1.0,
-                         shear=[0.0], fill=0.0)  # fmt: skip
-
-    return view
-
-
-def _scale(f: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    def view(x: torch.Tensor) -> torch.Tensor:
-        return TF.affine(x, angle=0.0, translate=[0, 0], scale=f, shear=[0.0], fill=0.0)
-
-    return view
-
-
-#: Test-time augmentations of a letterboxed uint8 ``(B, 1, S, S)`` batch (name, function).
-TTA_VIEWS: tuple[tuple[str, Callable[[torch.Tensor], torch.Tensor]], ...] = (
-    ("identity", lambda x: x),
-    ("hflip", lambda x: torch.flip(x, dims=[3])),
-    ("shift_right", _shift(0.06, 0.0)),
-    ("shift_left", _shift(-0.06, 0.0)),
-    ("shift_down", _shift(0.0, 0.06)),
-    ("shift_up", _shift(0.0, -0.06)),
-    ("zoom_in", _scale(1.1)),
-    ("zoom_out", _scale(0.9)),
-)
-
-
-def tta_batches(batch: torch.Tensor) -> list[torch.Tensor]:
-    """Every view of :data:`TTA_VIEWS` of a uint8 ``(B, 1, S, S)`` batch."""
-    return [fn(batch) for _, fn in TTA_VIEWS]
-
-
-def tta_std(logits: np.ndarray) -> np.ndarray:
-    """Spread of ``(B, V)`` TTA logits: population std over the views."""
-    return np.asarray(logits, dtype=float).std(axis=1)
-
-
 def split_tta_std(
     run: RunDir, name: str, predictor: Any = None, batch_size: int = 32
 ) -> np.ndarray:
     """``tta_std`` for every row of ``predictions/<name>.csv`` (computed once from the images,
     then cached as a column of that CSV)."""
-    from bonefrac.inference.predictor import Predictor
-
     raw = run.read_predictions_raw(name)
     if TTA_STD_COLUMN in raw.columns and (raw[TTA_STD_COLUMN].astype(str) != "").all():
         return raw[TTA_STD_COLUMN].astype(float).to_numpy()

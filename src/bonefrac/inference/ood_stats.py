@@ -1,0 +1,97 @@
+"""Out-of-scope scores of a run's model: the statistics and score functions the Predictor uses.
+
+Fitting them (``bonefrac ood``) lives in :mod:`bonefrac.inference.ood`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bonefrac.errors import DataError, RunDirError
+from bonefrac.fileio import atomic_path, file_sha256
+from bonefrac.rundir import RunDir
+
+#: A letterboxed input whose grey levels span less than this is a blank frame: out of scope
+#: whatever its score (measured: a black frame's features sit close to the train mean, so the
+#: Mahalanobis distance alone lets it through).
+MIN_CONTRAST = 8
+
+
+def blank_frames(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """True for inputs with (almost) no contrast: max - min grey level below MIN_CONTRAST."""
+    return np.array([int(a.max()) - int(a.min()) < MIN_CONTRAST for a in arrays], dtype=bool)
+
+
+def energy_score(logits: Any) -> np.ndarray:
+    """``-logsumexp([0, logit])``: the energy of the two-class logits ``(0, logit)``."""
+    return -np.logaddexp(0.0, np.asarray(logits, dtype=float))
+
+
+class MahalanobisStats:
+    """Train-feature mean and shrunk precision matrix; :meth:`score` is the distance."""
+
+    def __init__(self, mean: np.ndarray, precision: np.ndarray) -> None:
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.precision = np.asarray(precision, dtype=np.float64)
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> MahalanobisStats:
+        from sklearn.covariance import LedoitWolf
+
+        feats = np.asarray(features, dtype=np.float64)
+        if feats.ndim != 2 or len(feats) < 2:
+            raise DataError("the out-of-scope statistics need features of 2 or more images")
+        lw = LedoitWolf().fit(feats)
+        return cls(lw.location_, lw.precision_)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        d = np.asarray(features, dtype=np.float64) - self.mean
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
+
+    def save(self, path: Path) -> None:
+        from safetensors.numpy import save_file
+
+        with atomic_path(path) as tmp:
+            save_file({"mean": self.mean, "precision": self.precision}, str(tmp))
+
+    @classmethod
+    def load(cls, path: Path) -> MahalanobisStats:
+        from safetensors.numpy import load_file
+
+        try:
+            data = load_file(str(path))
+            return cls(data["mean"], data["precision"])
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own types
+            raise RunDirError(
+                f"{path}: cannot read the out-of-scope statistics ({exc}); re-run 'bonefrac ood'"
+            ) from None
+
+
+def load_stats(run: RunDir, record: Any) -> MahalanobisStats:
+    """The run's statistics, refused when the file or weights differ from the record's."""
+    path = run.ood_stats_path
+    if not path.is_file():
+        raise RunDirError(f"{path}: not found but the run's metadata has an 'ood' record; re-run "
+                          f"'bonefrac ood {run.path} --force'")  # fmt: skip
+    if record.stats_sha256 and file_sha256(path) != record.stats_sha256:
+        raise RunDirError(f"{path}: differs from the file 'bonefrac ood' wrote (SHA-256); "
+                          f"re-run 'bonefrac ood {run.path} --force'")  # fmt: skip
+    weights = run.meta().weights_sha256
+    if record.weights_sha256 and weights and weights != record.weights_sha256:
+        raise RunDirError(f"{path}: fitted on other weights than the run's; re-run "
+                          f"'bonefrac ood {run.path} --force'")  # fmt: skip
+    return MahalanobisStats.load(path)
+
+
+def scores_for(
+    method: str, features: np.ndarray, logits: np.ndarray, stats: MahalanobisStats | None
+) -> np.ndarray:
+    if method == "energy":
+        return energy_score(logits)
+    if stats is None:
+        raise RunDirError("mahalanobis out-of-scope score without statistics")
+    return stats.score(features)
