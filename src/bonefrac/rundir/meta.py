@@ -39,6 +39,10 @@ class ModelMeta(BaseModel):
     dropout: float = 0.0
     class_names: list[str] = Field(default_factory=lambda: list(CLASS_NAMES))
     weights_sha256: str | None = None
+    localize: bool = False
+    """The model has a localisation head (its weights include it)."""
+    box_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    """Map probability a decoded box must reach to be reported (chosen on val at training)."""
 
     @field_validator("threshold")
     @classmethod
