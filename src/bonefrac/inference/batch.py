@@ -24,6 +24,7 @@ import csv
 import glob
 import hashlib
 import io
+import json
 import logging
 import os
 import stat
@@ -48,7 +49,12 @@ from bonefrac.inference.predictor import Predictor, PreparedInput, prepare_input
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["path", "prob", "decision", "logit", "threshold", "temperature", "error", "cam_path"]
+COLUMNS = [
+    "path", "prob", "decision", "logit", "threshold", "temperature", "error", "cam_path",
+    "pred_boxes",
+]  # fmt: skip
+#: ``pred_boxes``: a localising run's boxes as JSON ``[[cx, cy, w, h, score], ...]`` normalised
+#: to the image (empty for a model without a localisation head).
 #: Prefix of the error text of rows whose image decoded but the model's output was unusable.
 MODEL_ERROR = "model output"
 
@@ -437,6 +443,8 @@ def _predict_items(
             row["prob"] = f"{pred.probability:.6f}"
             row["logit"] = f"{pred.logit:.6f}"
             row["decision"] = int(pred.decision)
+            if pred.pred_boxes is not None:
+                row["pred_boxes"] = json.dumps(pred.pred_boxes)
             summary.predicted += 1
             summary.positives += int(pred.decision)
             if cam_dir is not None and pred.heatmap is not None:
