@@ -47,8 +47,24 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, synthetic_manifest: Path)
     return train(cfg, synthetic_manifest, out, progress=False)
 
 
+@pytest.fixture(scope="session")
+def loc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A localising simple_cnn run (``model.localize``) on a balanced synthetic set.
+
+    Treat it as read-only; copy it (shutil.copytree) before modifying.
+    """
+    from bonefrac.config import load_config
+    from bonefrac.training.fit import train
+
+    root = tmp_path_factory.mktemp("synthetic_loc")
+    manifest = make_manifest(root, {"train": 120, "val": 30, "test": 30}, pos_rate=0.5)
+    out = tmp_path_factory.mktemp("runs") / "loc"
+    cfg = load_config(None, FAST_OVERRIDES + ["model.localize=true"])
+    return train(cfg, manifest, out, progress=False)
+
+
 #: Fixtures that train a Lightning run: a test using one is marked ``slow``.
-TRAINING_FIXTURES = {"tiny_run", "exported_run"}
+TRAINING_FIXTURES = {"tiny_run", "exported_run", "loc_run"}
 #: Test modules whose tests train runs themselves.
 TRAINING_MODULES = {"test_fit.py", "test_study.py", "test_ddp.py"}
 

@@ -522,7 +522,10 @@ def explain(
         None, "--images", help="Image files or folders instead of a split (repeatable)."
     ),
     method: str = typer.Option(
-        "gradcam", "--method", help="gradcam | gradcam++ | eigencam | saliency | smoothgrad"
+        None,
+        "--method",
+        help="model | gradcam | gradcam++ | eigencam | saliency | smoothgrad (default: model, "
+        "the learned map, for a run trained with model.localize: true; else gradcam)",
     ),
     n: int = typer.Option(16, "--n", help="How many images get an overlay (and the grid)."),
     layer: str = typer.Option(

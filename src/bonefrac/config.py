@@ -75,6 +75,9 @@ class ModelConfig(_Strict):
     freeze: str = "none"
     """``none`` | ``backbone`` | ``partial:<n>`` (unfreeze the last n stages)."""
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    localize: bool = False
+    """Add a localisation head trained on the manifest's fracture boxes: the run then outputs
+    a map and boxes (``pred_boxes``) beside the fracture probability."""
 
     @field_validator("freeze")
     @classmethod
@@ -108,6 +111,8 @@ class TrainConfig(_Strict):
     pos_weight: str | float = "none"
     """``auto`` (negatives/positives in train), a number, or ``none``."""
     loss: Literal["bce", "focal"] = "bce"
+    loc_loss_weight: float = Field(1.0, ge=0)
+    """Weight of the localisation map's loss beside the fracture logit's (model.localize)."""
     focal_gamma: float = Field(2.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     monitor: Literal["val_roc_auc", "val_loss", "val_f1", "val_pr_auc"] = "val_roc_auc"

@@ -118,7 +118,7 @@ def test_other_methods_run(method):
 def test_method_names():
     assert check_method("GradCAM++") == "gradcam++"
     assert check_method("grad-cam") == "gradcam"
-    assert set(METHODS) == {"gradcam", "gradcam++", "eigencam", "saliency", "smoothgrad"}
+    assert set(METHODS) == {"model", "gradcam", "gradcam++", "eigencam", "saliency", "smoothgrad"}
     with pytest.raises(ConfigError, match="unknown explain method"):
         check_method("lime")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,7 @@ class PreparedImageCache:
         self.clahe = clahe
         self.keep = keep
         self._store: dict[str, np.ndarray] = {}
+        self._sizes: dict[str, tuple[int, int]] = {}
 
     def get(self, path: str) -> np.ndarray:
         arr = self._store.get(path)
@@ -39,13 +41,20 @@ class PreparedImageCache:
 
     def load(self, path: str) -> np.ndarray:
         try:
-            arr, _ = load_prepared(path, self.size, clahe=self.clahe)
+            arr, original = load_prepared(path, self.size, clahe=self.clahe)
         except ImageDecodeError as exc:
             raise DataError(
                 f"{path}: cannot load image ({exc.reason}: {exc.detail}); rebuild the manifest"
                 " with 'bonefrac data build' so bad files are quarantined"
             ) from exc
+        self._sizes[path] = original
         return arr
+
+    def original_size(self, path: str) -> tuple[int, int]:
+        """``(w, h)`` of the image before letterboxing (decodes it when not cached yet)."""
+        if path not in self._sizes:
+            self.get(path)
+        return self._sizes[path]
 
     def fill(
         self,
@@ -85,29 +94,71 @@ class RadiographDataset(Dataset):
 
     ``transform`` runs on the uint8 tensor (train augmentation); normalisation to the
     model's mean/std happens per batch (:func:`bonefrac.data.transforms.to_input`).
+
+    With ``loc_stride`` (a localising model) items are ``(image, label, target, valid)``: the
+    manifest's fracture boxes go through the letterbox and the same augmentation as the image
+    (as ``tv_tensors.BoundingBoxes``) and are rendered as a box-interior map ``(1, S/stride,
+    S/stride)``; ``valid`` is 0 for a fractured image without (visible) boxes, whose map is
+    then not trained, and 1 otherwise (a non-fractured image teaches an empty map).
     """
 
     def __init__(
         self,
         frame: pd.DataFrame,
         cache: PreparedImageCache,
-        transform: Callable[[Tensor], Tensor] | None = None,
+        transform: Callable[..., Any] | None = None,
+        loc_stride: int | None = None,
     ) -> None:
         self.frame = frame.reset_index(drop=True)
         self.paths = self.frame["path"].astype(str).tolist()
         self.labels = self.frame["label"].astype(int).to_numpy()
         self.cache = cache
         self.transform = transform
+        self.loc_stride = loc_stride
+        self.boxes: list[list[list[float]]] = []
+        if loc_stride:
+            column = self.frame["boxes"] if "boxes" in self.frame.columns else [None] * len(self)
+            self.boxes = [_clean_row_boxes(v, p) for v, p in zip(column, self.paths, strict=True)]
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        arr = self.cache.get(self.paths[index])
+    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
+        path = self.paths[index]
+        arr = self.cache.get(path)
         x = torch.from_numpy(arr).unsqueeze(0)
+        label = torch.tensor(float(self.labels[index]))
+        if not self.loc_stride:
+            if self.transform is not None:
+                x = self.transform(x)
+            return x, label
+        from bonefrac.data.transforms import boxes_to_letterbox, render_box_targets
+
+        boxes = boxes_to_letterbox(self.boxes[index], self.cache.original_size(path), arr.shape[-1])
         if self.transform is not None:
-            x = self.transform(x)
-        return x, torch.tensor(float(self.labels[index]))
+            x, boxes = self.transform(x, boxes)
+        target, has_box = render_box_targets(boxes, x.shape[-1], self.loc_stride)
+        valid = 1.0 if self.labels[index] == 0 else float(has_box)
+        if self.labels[index] == 0:
+            target.zero_()
+        return x.as_subclass(Tensor), label, target, torch.tensor(valid)
+
+
+def _clean_row_boxes(value: Any, path: str) -> list[list[float]]:
+    """A manifest row's boxes, parsed and clipped to the image; unreadable ones are dropped
+    with a warning (a bad row never stops training)."""
+    from bonefrac.data.boxes import clean_boxes
+    from bonefrac.data.schema import parse_boxes
+
+    try:
+        raw = parse_boxes(value)
+    except (ValueError, TypeError) as exc:
+        log.warning("%s: unreadable boxes %r (%s); its map is not trained", path, value, exc)
+        return []
+    kept, notes = clean_boxes(raw)
+    for note in notes:
+        log.warning("%s: %s", path, note)
+    return [b[:4] for b in kept]
 
 
 class _EpochSampler(DistributedSampler):

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from bonefrac.data.imageio import load_grayscale
@@ -81,20 +83,27 @@ def _original_size(source: str | Path | bytes, decoded: Image.Image) -> tuple[in
 AUGMENT_LEVELS = ("none", "light", "medium", "strong")
 
 
-class RandomGamma(torch.nn.Module):
-    """Gamma curve with exponent drawn uniformly from ``gamma`` (exposure/detector variety)."""
+class RandomGamma(v2.Transform):
+    """Gamma curve with exponent drawn uniformly from ``gamma`` (exposure/detector variety).
+
+    A v2 transform, so boxes passed along with the image go through untouched.
+    """
 
     def __init__(self, gamma: tuple[float, float] = (0.7, 1.5), p: float = 0.5) -> None:
         super().__init__()
         self.gamma = gamma
         self.p = p
 
-    def forward(self, x: Tensor) -> Tensor:
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         if torch.rand(()) >= self.p:
-            return x
+            return {"gamma": None}
         lo, hi = self.gamma
-        g = float(lo + (hi - lo) * torch.rand(()))
-        return v2.functional.adjust_gamma(x, g)
+        return {"gamma": float(lo + (hi - lo) * torch.rand(()))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if params["gamma"] is None or isinstance(inpt, tv_tensors.BoundingBoxes):
+            return inpt
+        return v2.functional.adjust_gamma(inpt, params["gamma"])
 
 
 def acquisition_variety() -> list[v2.Transform]:
@@ -133,6 +142,47 @@ def train_augment(size: int, level: str = "medium") -> v2.Transform:
     if level == "strong":
         steps += acquisition_variety()
     return v2.Compose(steps)
+
+
+def boxes_to_letterbox(
+    boxes: Sequence[Sequence[float]], original_size: tuple[int, int], size: int
+) -> tv_tensors.BoundingBoxes:
+    """Normalised ``[cx, cy, w, h]`` boxes of a ``(W, H)`` image -> pixel XYXY boxes in its
+    ``size x size`` letterbox, as ``BoundingBoxes`` that v2 transforms move with the image."""
+    scale, left, top, nw, nh = letterbox_geometry(*original_size, size)
+    rows = [
+        [
+            left + (cx - w / 2) * nw,
+            top + (cy - h / 2) * nh,
+            left + (cx + w / 2) * nw,
+            top + (cy + h / 2) * nh,
+        ]
+        for cx, cy, w, h in (b[:4] for b in boxes)
+    ]
+    data = torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
+    return tv_tensors.BoundingBoxes(data, format="XYXY", canvas_size=(size, size))
+
+
+def render_box_targets(boxes: Tensor, size: int, stride: int) -> tuple[Tensor, bool]:
+    """Box-interior target map ``(1, size // stride, size // stride)`` for pixel XYXY boxes in
+    a ``size x size`` frame: 1 on cells whose centre lies in a box (at least the cell holding the
+    box's centre), else 0. Boxes are clipped to the frame; those left under a pixel wide or high
+    are dropped. Returns the map and whether any box was drawn."""
+    cells = max(1, size // stride)
+    target = torch.zeros(1, cells, cells)
+    b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).clamp(0, size)
+    b = b[((b[:, 2] - b[:, 0]) >= 1) & ((b[:, 3] - b[:, 1]) >= 1)]
+    if len(b) == 0:
+        return target, False
+    step = size / cells
+    centres = (torch.arange(cells, dtype=torch.float32) + 0.5) * step
+    for x0, y0, x1, y1 in b.tolist():
+        cols = (centres >= x0) & (centres <= x1)
+        rows = (centres >= y0) & (centres <= y1)
+        cols[min(cells - 1, int((x0 + x1) / 2 / step))] = True
+        rows[min(cells - 1, int((y0 + y1) / 2 / step))] = True
+        target[0] = torch.maximum(target[0], (rows[:, None] & cols[None, :]).float())
+    return target, True
 
 
 def to_input(

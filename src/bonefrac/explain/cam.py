@@ -13,6 +13,9 @@ resolution, and the fracture logits). Methods:
     the complement of the object.
 ``saliency`` / ``smoothgrad``
     see :mod:`bonefrac.explain.saliency`.
+``model``
+    the learned localisation map of a model trained with ``model.localize: true`` (no
+    gradients: the map head's per-pixel fracture probability, upsampled to the input).
 
 The target. The models have ONE output, the fracture logit (shape ``(B, 1)``). The map must show
 evidence *for* fracture, i.e. the gradient of ``+logit``: that is ``ClassifierOutputTarget(0)``
@@ -42,7 +45,8 @@ log = logging.getLogger(__name__)
 
 CAM_METHODS = ("gradcam", "gradcam++", "eigencam")
 GRADIENT_METHODS = ("saliency", "smoothgrad")
-METHODS = CAM_METHODS + GRADIENT_METHODS
+MODEL_METHOD = "model"
+METHODS = (MODEL_METHOD, *CAM_METHODS, *GRADIENT_METHODS)
 
 
 def check_method(method: str) -> str:
@@ -167,6 +171,30 @@ def _clone(t: Tensor) -> Tensor:
     return t.clone()
 
 
+class _MapExplainer(_Explainer):
+    """The model's own localisation map (sigmoid of the map head, bilinear to the input)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        if getattr(model, "loc_head", None) is None:
+            others = ", ".join(m for m in METHODS if m != MODEL_METHOD)
+            raise ConfigError(
+                "--method model needs a run trained with model.localize: true (this model has no "
+                f"localisation head); use one of {others}"
+            )
+        super().__init__(model, MODEL_METHOD)
+
+    def __call__(self, x: Tensor) -> Explanation:
+        import torch.nn.functional as F
+
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            logits, maps = self.model.forward_with_map(x.to(device))  # type: ignore[operator]
+            up = F.interpolate(maps.float(), size=x.shape[-2:], mode="bilinear")
+            heat = torch.sigmoid(up)[:, 0].cpu().numpy()
+        flat = logits.float().reshape(len(x), -1)[:, 0].cpu().numpy()
+        return Explanation(np.ascontiguousarray(heat, dtype=np.float32), flat)
+
+
 class _GradientExplainer(_Explainer):
     def __init__(self, model: nn.Module, method: str, **kwargs: object) -> None:
         super().__init__(model, method)
@@ -189,6 +217,8 @@ def explainer(
     the gradient methods (they explain the input pixels).
     """
     method = check_method(method)
+    if method == MODEL_METHOD:
+        return _MapExplainer(model)
     if method in CAM_METHODS:
         return _CamExplainer(model, method, layer)
     if method == "saliency":

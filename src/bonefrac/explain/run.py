@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from bonefrac.errors import ConfigError, DataError, RunDirError
-from bonefrac.explain.cam import CAM_METHODS, check_method, explainer
+from bonefrac.explain.cam import CAM_METHODS, MODEL_METHOD, check_method, explainer
 from bonefrac.explain.localization import (
     DEFAULT_TOLERANCE,
     heatmap_to_original,
@@ -57,6 +57,7 @@ BAR_LABELS = {
     "saliency": "|gradient| of the fracture logit (relative)",
     "smoothgrad": "SmoothGrad |gradient| (relative)",
     "eigencam": "first principal component of the layer (relative)",
+    "model": "learned fracture map (probability)",
 }
 
 
@@ -77,7 +78,7 @@ def explain_run(
     run_dir: str | Path,
     split: str = "test",
     images: Sequence[str | Path] | None = None,
-    method: str = "gradcam",
+    method: str | None = None,
     n: int = 16,
     layer: str | None = None,
     score: bool = False,
@@ -91,10 +92,11 @@ def explain_run(
 
     Returns ``{"out_dir", "method", "layer", "overlays": [paths], "grid", "localization"
     (the localization.json document, or None), "localization_path", "n_processed"}``.
+    ``method`` ``None``: ``model`` (the learned map) for a localising run, else ``gradcam``.
     """
     from bonefrac.inference.predictor import Predictor
 
-    method = check_method(method)
+    method = check_method(method) if method is not None else None
     if n < 0:
         raise ConfigError(f"--n must be >= 0, got {n}")
     if batch_size < 1:
@@ -102,6 +104,8 @@ def explain_run(
     predictor = Predictor.from_run(run_dir)
     run = predictor.run
     assert run is not None
+    if method is None:
+        method = MODEL_METHOD if predictor.localizes else "gradcam"
     out = Path(out_dir) if out_dir is not None else run.explain_dir
     manifest = _run_manifest(predictor.meta.get("manifest"), required=score)
 

@@ -24,6 +24,7 @@ import csv
 import glob
 import hashlib
 import io
+import json
 import logging
 import os
 import stat
@@ -62,7 +63,10 @@ COLUMNS = [
     "temperature",
     "error",
     "cam_path",
+    "pred_boxes",
 ]
+#: ``pred_boxes``: a localising run's boxes as JSON ``[[cx, cy, w, h, score], ...]`` normalised
+#: to the image (empty for a model without a localisation head).
 #: Prefix of the error text of rows whose image decoded but the model's output was unusable.
 MODEL_ERROR = "model output"
 
@@ -459,6 +463,8 @@ def _predict_items(
             row["refer"] = int(pred.refer)
             row["out_of_scope"] = int(pred.out_of_scope)
             row["ood_score"] = "" if pred.ood_score is None else f"{pred.ood_score:.6g}"
+            if pred.pred_boxes is not None:
+                row["pred_boxes"] = json.dumps(pred.pred_boxes)
             summary.predicted += 1
             summary.positives += int(pred.fracture)
             summary.referred += int(pred.decision == REFER)

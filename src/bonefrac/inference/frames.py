@@ -48,20 +48,41 @@ def predict_frame(
     skipped: list[tuple[str, str]] = []
     logits: list[np.ndarray] = []
     arrays: list[np.ndarray] = []
+    sizes: list[tuple[int, int]] = []
+    loc_rows: list[dict] = []
+    truth = frame["boxes"] if "boxes" in frame.columns else [None] * len(frame)
+
+    def run_batch() -> None:
+        if not predictor.localizes:
+            logits.append(predictor.logits(arrays, tta=tta))
+            return
+        from bonefrac.inference.localize import loc_row, row_boxes, upsample_maps
+
+        batch_logits, map_logits = predictor.logits_and_map_logits(arrays)
+        if tta:  # the map stays the plain image's
+            batch_logits = predictor.logits(arrays, tta=True)
+        logits.append(batch_logits)
+        probs = upsample_maps(map_logits, predictor.image_size)
+        for prob, size, i in zip(probs, sizes, kept[len(loc_rows) :], strict=True):
+            loc_rows.append(loc_row(prob, size, row_boxes(truth[i]), predictor.box_threshold))
+
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("predicting", total=len(frame))
         for i, path in enumerate(frame["path"].astype(str)):
             try:
-                arrays.append(predictor.prepare(path, name=path).array)
+                prepared = predictor.prepare(path, name=path)
+                arrays.append(prepared.array)
+                sizes.append(prepared.decoded_size)
                 kept.append(i)
             except ImageDecodeError as exc:
                 skipped.append((path, f"{exc.reason}: {exc.detail}" if exc.detail else exc.reason))
             if len(arrays) >= batch_size:
-                logits.append(predictor.logits(arrays, tta=tta))
-                arrays = []
+                run_batch()
+                arrays.clear()
+                sizes.clear()
             bar.advance(task)
         if arrays:
-            logits.append(predictor.logits(arrays, tta=tta))
+            run_batch()
     if not kept:
         raise DataError(
             f"none of the {len(frame)} images could be decoded (first: {skipped[0][0]}: "
@@ -72,7 +93,12 @@ def predict_frame(
     all_logits = check_finite(np.concatenate(logits), predictor.name or "model")
     for path, reason in skipped:
         log.warning("skipped %s: %s", path, reason)
-    preds = predictions_frame(frame.iloc[kept].reset_index(drop=True), all_logits)
+    extra = None
+    if predictor.localizes:
+        from bonefrac.inference.localize import loc_columns
+
+        extra = loc_columns(loc_rows)
+    preds = predictions_frame(frame.iloc[kept].reset_index(drop=True), all_logits, extra)
     return FramePrediction(preds, skipped)
 
 

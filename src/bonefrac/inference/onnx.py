@@ -5,7 +5,9 @@ ONNX Runtime and compared with the PyTorch model on sample inputs (two batch siz
 dynamic batch axis is exercised too); only when ``max |logit_onnx - logit_torch| < atol`` does
 it replace ``model.onnx``. ``model.json`` records the export (opset, the max difference, and the
 SHA-256 of the weights it came from, so a stale ``model.onnx`` is refused at load time).
-Threshold and temperature are NOT baked into the graph: the graph outputs the raw logit and
+A localising model (``model.localize``) gets a second output, ``map``: the localisation map's
+logits ``(B, 1, S/8, S/8)``, checked for parity like the logit, so the ONNX backend decodes the
+same boxes. Threshold and temperature are NOT baked into the graph: the graph outputs the raw logit and
 the Predictor applies ``model.json``'s calibration, so re-tuning needs no re-export.
 
 Exporter: PyTorch's TorchScript-based exporter (``dynamo=False``). The newer torch.export-based
@@ -32,6 +34,32 @@ DEFAULT_OPSET = 17
 PARITY_ATOL = 1e-4
 INPUT_NAME = "image"
 OUTPUT_NAME = "logit"
+MAP_OUTPUT_NAME = "map"
+
+
+class _WithMap(torch.nn.Module):
+    """A localising model as a graph with two outputs: the logit and the map's logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_map(x)  # type: ignore[operator]
+
+
+def graph_module(model: torch.nn.Module) -> torch.nn.Module:
+    """What is exported: the model itself, or its two-output wrapper when it localises."""
+    if getattr(model, "loc_head", None) is None:
+        return model
+    # same mode as the model: the exporter restores the wrapper's mode, and with it the model's
+    return _WithMap(model).train(model.training)
+
+
+def output_names(model: torch.nn.Module) -> list[str]:
+    if getattr(model, "loc_head", None) is not None:
+        return [OUTPUT_NAME, MAP_OUTPUT_NAME]
+    return [OUTPUT_NAME]
 
 
 @dataclass
@@ -48,18 +76,19 @@ def export_model(
 ) -> None:
     """Write ``model`` (float32, contiguous, eval) as ONNX with a dynamic batch axis."""
     model = model.float().to(memory_format=torch.contiguous_format).eval()
+    names = output_names(model)
     dummy = torch.zeros(1, 3, image_size, image_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
         torch.onnx.export(
-            model,
+            graph_module(model),
             (dummy,),
             str(path),
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=names,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}},
             do_constant_folding=True,
         )
 
@@ -73,7 +102,8 @@ def sample_inputs(image_size: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def parity(model: torch.nn.Module, onnx_path: str | Path, inputs: list[np.ndarray]) -> float:
-    """Max |Δlogit| between PyTorch and ONNX Runtime (CPU) over ``inputs``."""
+    """Max |Δ| between PyTorch and ONNX Runtime (CPU) over ``inputs``: the logit, and the map's
+    logits for a localising model."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -82,13 +112,21 @@ def parity(model: torch.nn.Module, onnx_path: str | Path, inputs: list[np.ndarra
         str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
     )
     worst = 0.0
+    graph = graph_module(model)
     for x in inputs:
         with torch.inference_mode():
-            ref = model(torch.from_numpy(x)).float().numpy()
-        got = session.run(None, {INPUT_NAME: x})[0]
-        if got.shape != ref.shape:
-            raise ModelError(f"{onnx_path}: ONNX output shape {got.shape} != PyTorch {ref.shape}")
-        worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - ref))))
+            out = graph(torch.from_numpy(x))
+        refs = out if isinstance(out, tuple) else (out,)
+        gots = session.run(None, {INPUT_NAME: x})
+        if len(gots) != len(refs):
+            raise ModelError(f"{onnx_path}: {len(gots)} ONNX outputs, PyTorch has {len(refs)}")
+        for got, ref_t in zip(gots, refs, strict=True):
+            ref = ref_t.float().numpy()
+            if got.shape != ref.shape:
+                raise ModelError(
+                    f"{onnx_path}: ONNX output shape {got.shape} != PyTorch {ref.shape}"
+                )
+            worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - ref))))
     return worst
 
 
@@ -145,6 +183,7 @@ def export_onnx(
             "weights_sha256": weights_sha,
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,
+            "outputs": output_names(model),
             "torch": torch.__version__,
         },
     )

@@ -15,6 +15,11 @@ score is above its cut-off.
 Backends: ``torch`` (the safetensors weights) or ``onnx`` (``RUN/model.onnx`` from
 ``bonefrac export RUN --onnx``, ONNX Runtime on CPU). Heatmaps (Grad-CAM on the fracture logit)
 always use the PyTorch model, loaded on first use with the ONNX backend.
+
+A localising run (``model.json`` ``localize: true``) also returns its learned map (both
+backends: the ONNX graph's second output) and the boxes decoded from it
+(:attr:`Prediction.pred_boxes`, see :mod:`bonefrac.inference.localize`); its heatmap is that map,
+not Grad-CAM.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from bonefrac.data.imageio import (
     load_grayscale,
 )
 from bonefrac.data.transforms import prepare_image, to_input
-from bonefrac.errors import ImageDecodeError, ModelOutputError, RunDirError
+from bonefrac.errors import ImageDecodeError, ModelError, ModelOutputError, RunDirError
 from bonefrac.fileio import file_sha256
 from bonefrac.precision import inference_autocast
 from bonefrac.rundir import FRACTURE, ModelMeta, RunDir, check_finite, margin_uncertainty
@@ -79,6 +84,18 @@ class Prediction:
     #: float32 (h, w) in [0, 1], aligned with ``display`` (letterbox padding removed)
     heatmap: np.ndarray | None = field(default=None, repr=False)
     display: Image.Image | None = field(default=None, repr=False)
+    #: a localising run's boxes ``[[cx, cy, w, h, score], ...]`` normalised to the input image;
+    #: ``None`` for a model without a localisation head
+    pred_boxes: list[list[float]] | None = None
+
+    @property
+    def boxes(self) -> list[list[float]] | None:
+        """Alias of :attr:`pred_boxes` (what overlay and DICOM writers look for)."""
+        return self.pred_boxes
+
+    @boxes.setter
+    def boxes(self, value: list[list[float]] | None) -> None:
+        self.pred_boxes = value
 
     def overlay(self) -> Image.Image:
         """The heatmap blended onto the greyscale image (RGB), as the page and --cam-dir show it."""
@@ -94,7 +111,7 @@ class Prediction:
         return self.decision == FRACTURE
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "probability": self.probability,
             "logit": self.logit,
             "decision": self.decision,
@@ -104,6 +121,9 @@ class Prediction:
             "out_of_scope": self.out_of_scope,
             "ood_score": self.ood_score,
         }
+        if self.pred_boxes is not None:
+            out["pred_boxes"] = self.pred_boxes
+        return out
 
 
 def default_threads() -> int:
@@ -270,6 +290,15 @@ class Predictor:
         return self.meta.temperature
 
     @property
+    def localizes(self) -> bool:
+        """True for a run whose model has a localisation head (``model.json`` ``localize``)."""
+        return self.meta.localize
+
+    @property
+    def box_threshold(self) -> float:
+        return self.meta.box_threshold
+
+    @property
     def torch_model(self) -> torch.nn.Module:
         """The PyTorch model (loaded on first use with the ONNX backend, for heatmaps)."""
         if self._model is None:
@@ -323,6 +352,42 @@ class Predictor:
                 return np.asarray(out, dtype=np.float32).reshape(n, -1)[:, 0]
             with torch.inference_mode(), inference_autocast(x.device):
                 return self._model(x).float().reshape(n, -1)[:, 0].cpu().numpy()
+
+    def _forward_with_map(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Logits ``(B,)`` and the map's logits ``(B, h, w)`` from one forward pass."""
+        n = x.shape[0]
+        with self._lock:
+            if self.backend == "onnx":
+                feed = {self._session.get_inputs()[0].name: x.cpu().numpy()}
+                logit, maps = self._session.run(None, feed)[:2]
+                logit = np.asarray(logit, dtype=np.float32).reshape(n, -1)[:, 0]
+                return logit, np.asarray(maps, dtype=np.float32)[:, 0]
+            with torch.inference_mode(), inference_autocast(x.device):
+                logit, maps = self._model.forward_with_map(x)
+            return (
+                logit.float().reshape(n, -1)[:, 0].cpu().numpy(),
+                maps.float()[:, 0].cpu().numpy(),
+            )
+
+    def logits_and_map_logits(
+        self, arrays: Sequence[np.ndarray] | torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A localising run's logits ``(B,)`` and map logits ``(B, h, w)`` (stride 8)."""
+        if not self.localizes:
+            raise ModelError(
+                f"{self.name or self.architecture}: the model has no localisation head "
+                "(model.localize: false); use Grad-CAM (cams) instead"
+            )
+        if len(arrays) == 0:
+            return np.zeros(0, dtype=np.float32), np.zeros((0, 1, 1), dtype=np.float32)
+        return self._forward_with_map(self.input_tensor(arrays))
+
+    def maps(self, arrays: Sequence[np.ndarray] | torch.Tensor) -> np.ndarray:
+        """A localising run's learned map, ``(B, S, S)`` probabilities in ``[0, 1]``."""
+        from bonefrac.inference.localize import upsample_maps
+
+        _, map_logits = self.logits_and_map_logits(arrays)
+        return upsample_maps(map_logits, self.image_size)
 
     def logits(self, arrays: Sequence[np.ndarray] | torch.Tensor, tta: bool = False) -> np.ndarray:
         """Raw logits ``(B,)``; ``tta``: the mean logit of each image and its mirror image."""
@@ -404,19 +469,58 @@ class Predictor:
     ) -> np.ndarray:
         """Logits for every item of a :class:`~bonefrac.data.dataset.RadiographDataset`, in
         order; a non-finite logit is a :class:`ModelOutputError`."""
+
+        logits, _ = self._dataset_pass(
+            dataset, batch_size, num_workers, progress, description, tta, maps=False
+        )
+        return logits
+
+    def dataset_logits_and_maps(
+        self,
+        dataset: Any,
+        batch_size: int = 32,
+        *,
+        num_workers: int = 0,
+        progress: bool = True,
+        description: str = "predicting",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A localising run's logits ``(N,)`` and map logits ``(N, h, w)`` for a dataset."""
+        return self._dataset_pass(
+            dataset, batch_size, num_workers, progress, description, False, maps=True
+        )
+
+    def _dataset_pass(
+        self,
+        dataset: Any,
+        batch_size: int,
+        num_workers: int,
+        progress: bool,
+        description: str,
+        tta: bool,
+        *,
+        maps: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
         from rich.progress import Progress
         from torch.utils.data import DataLoader
 
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         out: list[np.ndarray] = []
+        map_out: list[np.ndarray] = []
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task(description, total=len(dataset))
-            for x, _ in loader:
-                out.append(self.logits(x, tta=tta))
+            for batch in loader:
+                x = batch[0]
+                if maps:
+                    logit, map_logits = self.logits_and_map_logits(x)
+                    out.append(logit)
+                    map_out.append(map_logits)
+                else:
+                    out.append(self.logits(x, tta=tta))
                 bar.advance(task, len(x))
         logits = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
         check_finite(logits, f"{self.name or self.architecture}: {description}")
-        return logits
+        all_maps = np.concatenate(map_out) if map_out else np.zeros((0, 1, 1), np.float32)
+        return logits, all_maps
 
     def cams(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Grad-CAM of the fracture logit, ``(B, S, S)`` in ``[0, 1]`` (PyTorch model)."""
@@ -456,7 +560,15 @@ class Predictor:
         decision: with ``strict`` it raises :class:`ModelOutputError` for the batch; without,
         that input's entry is ``None`` (batch prediction turns it into an error row)."""
         arrays = [p.array for p in prepared]
-        raw = np.asarray(self.logits(arrays), dtype=float)
+        map_probs = None
+        if self.localizes:
+            from bonefrac.inference.localize import upsample_maps
+
+            raw_logits, map_logits = self.logits_and_map_logits(arrays)
+            raw = np.asarray(raw_logits, dtype=float)
+            map_probs = upsample_maps(map_logits, self.image_size)
+        else:
+            raw = np.asarray(self.logits(arrays), dtype=float)
         probs = self._probabilities(np.where(np.isfinite(raw), raw, 0.0))
         uncertainty = np.asarray(self.uncertainties(arrays, probs), dtype=float)
         usable = np.isfinite(raw) & np.isfinite(probs) & np.isfinite(uncertainty)
@@ -474,7 +586,9 @@ class Predictor:
         decisions = self.meta.decisions(probs, uncertainty, flagged)
         refer = self.meta.refers(uncertainty)
         oos = self.meta.out_of_scope(flagged) if flagged is not None else None
-        heats = self.cams(arrays) if heatmap and arrays and usable.any() else None
+        heats = None
+        if heatmap and arrays and usable.any():
+            heats = map_probs if map_probs is not None else self.cams(arrays)
         out: list[Prediction | None] = []
         for i, p in enumerate(prepared):
             if not usable[i]:
@@ -491,6 +605,13 @@ class Predictor:
                 out_of_scope=bool(oos[i]) if oos is not None else False,
                 ood_score=float(ood_scores[i]) if ood_scores is not None else None,
             )
+            if map_probs is not None:  # no boxes for an input declined as out of scope
+                from bonefrac.inference.localize import crop_map, decode_boxes
+
+                crop = crop_map(map_probs[i], p.decoded_size)
+                pred.pred_boxes = (
+                    [] if pred.out_of_scope else decode_boxes(crop, self.box_threshold)
+                )
             if heats is not None:
                 pred.heatmap = heatmap_for_display(heats[i], p)
                 pred.display = p.display if p.display is not None else None

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
+
+#: ``(backbone, x) -> (pooled features (B, F), feature maps finest first)``: one backbone pass.
+Intermediates = Callable[[nn.Module, Tensor], tuple[Tensor, list[Tensor]]]
 
 
 class FractureClassifier(nn.Module):
@@ -10,6 +15,9 @@ class FractureClassifier(nn.Module):
 
     ``stages`` lists the backbone's stages in depth order (for partial freezing) and
     ``cam_layer`` is the layer Grad-CAM hooks. Frozen parts keep BatchNorm in eval mode.
+    With a ``loc_head`` (and the ``intermediates`` function that feeds it) the model also
+    localises: :meth:`forward_with_map` returns the logit and the localisation map's logits
+    from one backbone pass; :meth:`forward` still returns the logit alone.
     """
 
     def __init__(
@@ -19,11 +27,15 @@ class FractureClassifier(nn.Module):
         stages: list[nn.Module],
         cam_layer: nn.Module,
         dropout: float = 0.2,
+        loc_head: nn.Module | None = None,
+        intermediates: Intermediates | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(num_features, 1)
+        self.loc_head = loc_head
+        object.__setattr__(self, "_intermediates", intermediates)
         # Plain attributes (not sub-modules) so the state dict has no duplicate keys.
         object.__setattr__(self, "_stages", list(stages))
         object.__setattr__(self, "_cam_layer", cam_layer)
@@ -37,8 +49,20 @@ class FractureClassifier(nn.Module):
     def cam_layer(self) -> nn.Module:
         return self._cam_layer  # type: ignore[attr-defined]
 
+    @property
+    def localizes(self) -> bool:
+        """True when the model has a localisation head."""
+        return self.loc_head is not None
+
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.dropout(self.backbone(x)))
+
+    def forward_with_map(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(logit (B, 1), map logits (B, 1, h, w))`` from one backbone pass."""
+        if self.loc_head is None or self._intermediates is None:  # type: ignore[attr-defined]
+            raise RuntimeError("this model has no localisation head (model.localize: false)")
+        pooled, features = self._intermediates(self.backbone, x)  # type: ignore[attr-defined]
+        return self.head(self.dropout(pooled)), self.loc_head(features)
 
     # --- freezing -----------------------------------------------------------------------
     def set_freeze(self, mode: str) -> None:
@@ -77,4 +101,8 @@ class FractureClassifier(nn.Module):
         return [p for p in self.backbone.parameters() if p.requires_grad]
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return list(self.head.parameters())
+        """The new layers (class head and localisation head): trained at the full LR."""
+        params = list(self.head.parameters())
+        if self.loc_head is not None:
+            params += list(self.loc_head.parameters())
+        return params

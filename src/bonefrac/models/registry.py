@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 
 import bonefrac.models.weights as W
 from bonefrac.errors import ModelError
@@ -138,6 +138,7 @@ def build_model(
     freeze: str = "none",
     weights_path: str | None = None,
     dropout: float = 0.2,
+    localize: bool = False,
 ) -> FractureClassifier:
     """Build ``name`` with one output logit (fractured).
 
@@ -146,10 +147,12 @@ def build_model(
     with a ``weights_path`` hint when not); ``weights_path``: a local state dict
     (.pth/.pt/.safetensors) for the backbone or the whole model.
     ``freeze``: ``none`` | ``backbone`` | ``partial:<n>``.
+    ``localize``: add the localisation head (:mod:`bonefrac.models.lochead`) on the stride
+    8/16/32 features (simple_cnn and timm models with multi-scale features).
     """
     spec = resolve_spec(name)
     use_imagenet = pretrained is True or pretrained == "imagenet"
-    model = _BUILDERS[spec.family](spec, dropout)
+    model = _BUILDERS[spec.family](spec, dropout, localize)
     if weights_path:
         W.load_weights_file(model, weights_path)
     elif use_imagenet:
@@ -186,22 +189,54 @@ def _cam_layer(spec: ModelSpec, net: nn.Module, default: nn.Module) -> nn.Module
 # --- family builders --------------------------------------------------------------------
 
 
-def _build_simple_cnn(spec: ModelSpec, dropout: float) -> FractureClassifier:
+def _build_simple_cnn(spec: ModelSpec, dropout: float, localize: bool) -> FractureClassifier:
+    from bonefrac.models.lochead import LocalizationHead
     from bonefrac.models.simple_cnn import SimpleCNN
 
     net = SimpleCNN()
     stages = list(net.stages)
     cam = _cam_layer(spec, net, stages[-1])
-    return FractureClassifier(net, net.num_features, stages, cam, dropout)
+    if not localize:
+        return FractureClassifier(net, net.num_features, stages, cam, dropout)
+    # stage i halves the resolution i + 1 times: stages 2 and 3 are strides 8 and 16
+    indices = [2, 3]
+    head = LocalizationHead([net.stages[i][4].num_features for i in indices])
+
+    def intermediates(backbone: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        return backbone.forward_intermediates(x, indices)  # type: ignore[operator]
+
+    return FractureClassifier(net, net.num_features, stages, cam, dropout, head, intermediates)
 
 
-def _build_timm(spec: ModelSpec, dropout: float) -> FractureClassifier:
+def _build_timm(spec: ModelSpec, dropout: float, localize: bool) -> FractureClassifier:
     import timm
 
     net = timm.create_model(spec.arch, pretrained=False, num_classes=0)
     stages, cam = _timm_stages(net)
     cam = _cam_layer(spec, net, cam)
-    return FractureClassifier(net, net.num_features, stages, cam, dropout)
+    if not localize:
+        return FractureClassifier(net, net.num_features, stages, cam, dropout)
+    from bonefrac.models.lochead import HEAD_STRIDES, MAP_STRIDE, LocalizationHead
+
+    info = list(getattr(net, "feature_info", []) or [])
+    picked = [i for i, f in enumerate(info) if f.get("reduction") in HEAD_STRIDES]
+    strides = [info[i]["reduction"] for i in picked]
+    if not hasattr(net, "forward_intermediates") or MAP_STRIDE not in strides:
+        raise ModelError(
+            f"{spec.name}: model.localize needs multi-scale features (a stride-{MAP_STRIDE} "
+            "feature map and forward_intermediates); use efficientnet_lite0, simple_cnn or "
+            "another timm CNN, or set model.localize: false"
+        )
+    # one entry per stride (the last feature map of each), finest first
+    last = {info[i]["reduction"]: i for i in picked}
+    indices = [last[s] for s in sorted(last)]
+    head = LocalizationHead([info[i]["num_chs"] for i in indices])
+
+    def intermediates(backbone: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        final, feats = backbone.forward_intermediates(x, indices=indices)  # type: ignore[operator]
+        return backbone.forward_head(final), feats  # type: ignore[operator]
+
+    return FractureClassifier(net, net.num_features, stages, cam, dropout, head, intermediates)
 
 
 def _timm_stages(net: nn.Module) -> tuple[list[nn.Module], nn.Module]:
@@ -221,9 +256,14 @@ def _timm_stages(net: nn.Module) -> tuple[list[nn.Module], nn.Module]:
     return stages, cam
 
 
-def _build_torchvision(spec: ModelSpec, dropout: float) -> FractureClassifier:
+def _build_torchvision(spec: ModelSpec, dropout: float, localize: bool) -> FractureClassifier:
     import torchvision
 
+    if localize:
+        raise ModelError(
+            f"{spec.name}: model.localize is supported for simple_cnn and timm models "
+            "(e.g. efficientnet_lite0, timm:resnet50); set model.localize: false"
+        )
     net = torchvision.models.get_model(spec.arch, weights=None)
     num_features = _strip_torchvision_head(net, spec.arch)
     if hasattr(net, "layer4"):  # ResNet family
@@ -268,7 +308,7 @@ def _last_conv_container(module: nn.Module) -> nn.Module:
     return convs[-1] if convs else module
 
 
-_BUILDERS: dict[str, Callable[[ModelSpec, float], FractureClassifier]] = {
+_BUILDERS: dict[str, Callable[[ModelSpec, float, bool], FractureClassifier]] = {
     "simple_cnn": _build_simple_cnn,
     "timm": _build_timm,
     "torchvision": _build_torchvision,

@@ -68,7 +68,9 @@ def load_model(run: RunDir, meta: ModelMeta) -> FractureClassifier:
     verify_weights(run, meta)
     path = run.weights_path
     try:
-        model = build_model(meta.architecture, pretrained="none", dropout=meta.dropout)
+        model = build_model(
+            meta.architecture, pretrained="none", dropout=meta.dropout, localize=meta.localize
+        )
     except BonefracError as exc:
         raise RunDirError(f"{run.meta_path}: architecture {meta.architecture!r}: {exc}") from None
     try:

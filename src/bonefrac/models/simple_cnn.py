@@ -33,3 +33,12 @@ class SimpleCNN(nn.Module):
         for stage in self.stages:
             x = stage(x)
         return self.pool(x).flatten(1)
+
+    def forward_intermediates(self, x: Tensor, indices: list[int]) -> tuple[Tensor, list[Tensor]]:
+        """Pooled features and the outputs of the stages in ``indices`` (stage i: stride 2^(i+1))."""
+        kept: list[Tensor] = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in indices:
+                kept.append(x)
+        return self.pool(x).flatten(1), kept

@@ -315,8 +315,11 @@ class RunDir:
 # --- the predictions CSV ------------------------------------------------------------------
 
 
-def predictions_frame(frame: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
-    """The predictions CSV layout: id, path, label, logit, prob (T = 1), subgroup columns."""
+def predictions_frame(
+    frame: pd.DataFrame, logits: np.ndarray, extra: dict[str, list[Any]] | None = None
+) -> pd.DataFrame:
+    """The predictions CSV layout: id, path, label, logit, prob (T = 1), ``extra`` columns (a
+    localising run's ``boxes``, ``pred_boxes``, ``map_peak``, ``energy_in_box``), subgroups."""
     logits = np.asarray(logits, dtype=float)
     out = pd.DataFrame(
         {
@@ -327,6 +330,8 @@ def predictions_frame(frame: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
             "prob": sigmoid(logits),
         }
     )
+    for col, values in (extra or {}).items():
+        out[col] = values
     for col in SUBGROUP_COLUMNS:
         if col in frame.columns:
             out[col] = frame[col].to_numpy()

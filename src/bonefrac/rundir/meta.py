@@ -123,6 +123,11 @@ class ModelMeta(BaseModel):
             )
         return self
 
+    localize: bool = False
+    """The model has a localisation head (its weights include it)."""
+    box_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    """Map probability a decoded box must reach to be reported (chosen on val at training)."""
+
     @field_validator("threshold")
     @classmethod
     def _threshold(cls, v: float) -> float:

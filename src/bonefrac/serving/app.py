@@ -312,6 +312,9 @@ def create_app(
             "architecture": pred.architecture,
             "backend": pred.backend,
             "caveat": CAVEAT,
+            # a localising run's boxes [[cx, cy, w, h, score], ...] normalised to the image;
+            # null for a model without a localisation head
+            "pred_boxes": result.pred_boxes,
         }
         if heatmap:
             body["heatmap_png"] = png_b64(result.overlay())

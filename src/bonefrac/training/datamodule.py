@@ -57,10 +57,18 @@ def split_frames(
 
 
 class FractureDataModule(L.LightningDataModule):
-    """Train/val/test loaders. Images are decoded once into memory when ``cfg.cache``."""
+    """Train/val/test loaders. Images are decoded once into memory when ``cfg.cache``.
+
+    ``loc_stride`` (a localising model): training items carry box targets at that stride.
+    """
 
     def __init__(
-        self, frames: dict[str, pd.DataFrame], cfg: DataConfig, seed: int, progress: bool = True
+        self,
+        frames: dict[str, pd.DataFrame],
+        cfg: DataConfig,
+        seed: int,
+        progress: bool = True,
+        loc_stride: int | None = None,
     ) -> None:
         super().__init__()
         self.frames = frames
@@ -72,7 +80,10 @@ class FractureDataModule(L.LightningDataModule):
         self.eval_cache = PreparedImageCache(cfg.image_size, clahe=cfg.clahe, keep=cfg.cache)
         self.datasets = {
             "train": RadiographDataset(
-                frames["train"], self.train_cache, train_augment(cfg.image_size, cfg.augment)
+                frames["train"],
+                self.train_cache,
+                train_augment(cfg.image_size, cfg.augment),
+                loc_stride=loc_stride,
             ),
             "val": RadiographDataset(frames["val"], self.eval_cache),
             "test": RadiographDataset(frames["test"], self.eval_cache),

@@ -16,6 +16,7 @@ from bonefrac.config import ExperimentConfig
 from bonefrac.data.schema import read_manifest
 from bonefrac.fileio import file_sha1
 from bonefrac.inference.predictor import Predictor
+from bonefrac.models.lochead import MAP_STRIDE
 from bonefrac.models.registry import build_model, resolve_spec
 from bonefrac.models.runio import save_weights
 from bonefrac.precision import resolve_precision
@@ -103,6 +104,7 @@ def _build(cfg: ExperimentConfig):  # noqa: ANN202
         freeze=initial_freeze,
         weights_path=cfg.model.weights_path,
         dropout=cfg.model.dropout,
+        localize=cfg.model.localize,
     )
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -123,7 +125,8 @@ def _fit(
     spec = resolve_spec(cfg.model.name)
     progress = progress and cfg.train.progress_bar
     start = time.perf_counter()
-    dm = FractureDataModule(frames, cfg.data, cfg.seed, progress=progress)
+    loc_stride = MAP_STRIDE if cfg.model.localize else None
+    dm = FractureDataModule(frames, cfg.data, cfg.seed, progress=progress, loc_stride=loc_stride)
     dm.prepare_data()
     steps = dm.steps_per_epoch()
     if cfg.train.max_steps_per_epoch:
@@ -190,6 +193,36 @@ def _fit(
     return run.path
 
 
+def _box_threshold(ds: Any, map_logits: Any, size: int) -> dict[str, Any]:
+    """model.json's ``box_threshold`` from the val negatives' map peaks."""
+    from bonefrac.inference.localize import choose_box_threshold, map_peaks, upsample_maps
+
+    neg = [i for i, label in enumerate(ds.labels) if label == 0]
+    peaks = [
+        map_peaks(
+            upsample_maps(map_logits[i : i + 1], size), [ds.cache.original_size(ds.paths[i])]
+        )[0]
+        for i in neg
+    ]
+    return {
+        "box_threshold": choose_box_threshold(peaks),
+        "box_threshold_criterion": "95th percentile of the val negatives' map peaks",
+    }
+
+
+def _loc_columns(ds: Any, map_logits: Any, meta: ModelMeta) -> dict[str, list[Any]]:
+    """The localisation columns of a split's predictions CSV."""
+    from bonefrac.inference.localize import loc_columns, loc_row, row_boxes, upsample_maps
+
+    truth = ds.frame["boxes"] if "boxes" in ds.frame.columns else [None] * len(ds)
+    rows = []
+    for i, (path, value) in enumerate(zip(ds.paths, truth, strict=True)):
+        prob = upsample_maps(map_logits[i : i + 1], meta.image_size)[0]
+        size = ds.cache.original_size(path)
+        rows.append(loc_row(prob, size, row_boxes(value), meta.box_threshold))
+    return loc_columns(rows)
+
+
 def _write_outputs(
     cfg: ExperimentConfig,
     dm: FractureDataModule,
@@ -237,15 +270,34 @@ def _write_outputs(
         "versions": library_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if cfg.model.localize:
+        raw_meta["localize"] = True
     meta = ModelMeta.parse(raw_meta, run.meta_path)
     # predict val/test where training ran, through the same door as evaluate/predict/serve
     predictor = Predictor.from_model(model, meta, device=trainer.strategy.root_device)
+    outputs = {}
     for split in RUN_SPLITS:
         ds = dm.datasets[split]
-        logits = predictor.dataset_logits(
-            ds, cfg.data.eval_batch_size, progress=progress, description=f"predicting {split}"
-        )
-        preds = predictions_frame(ds.frame, logits)
+        description = f"predicting {split}"
+        if cfg.model.localize:
+            outputs[split] = predictor.dataset_logits_and_maps(
+                ds, cfg.data.eval_batch_size, progress=progress, description=description
+            )
+        else:
+            logits = predictor.dataset_logits(
+                ds, cfg.data.eval_batch_size, progress=progress, description=description
+            )
+            outputs[split] = (logits, None)
+    if cfg.model.localize:  # the box threshold comes from val only
+        raw_meta.update(_box_threshold(dm.datasets["val"], outputs["val"][1], meta.image_size))
+        meta = ModelMeta.parse(raw_meta, run.meta_path)
+    for split in RUN_SPLITS:
+        ds = dm.datasets[split]
+        logits, map_logits = outputs[split]
+        extra = None
+        if map_logits is not None:
+            extra = _loc_columns(ds, map_logits, meta)
+        preds = predictions_frame(ds.frame, logits, extra)
         run.write_predictions(split, preds)
         run.merge_metrics(
             split, metrics_entry(preds["label"].to_numpy(), preds["prob"].to_numpy(), meta)

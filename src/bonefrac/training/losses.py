@@ -38,6 +38,27 @@ class BinaryLoss(nn.Module):
         return bce.mean()
 
 
+#: Pixel BCE weight of a box-interior cell (boxes cover a few % of the map; the probe's value).
+LOC_POS_WEIGHT = 20.0
+
+
+def localization_loss(
+    map_logits: Tensor, target: Tensor, valid: Tensor, pos_weight: float = LOC_POS_WEIGHT
+) -> Tensor:
+    """Pixel BCE between the map's logits ``(B, 1, h, w)`` and box-interior targets, averaged
+    over the images with ``valid`` = 1 only (0 when none is valid in the batch)."""
+    if target.shape[-2:] != map_logits.shape[-2:]:
+        target = F.interpolate(target.float(), size=map_logits.shape[-2:], mode="nearest")
+    target = target.to(map_logits.dtype)
+    pw = torch.tensor(pos_weight, dtype=map_logits.dtype, device=map_logits.device)
+    per_pixel = F.binary_cross_entropy_with_logits(
+        map_logits, target, pos_weight=pw, reduction="none"
+    )
+    per_image = per_pixel.flatten(1).mean(1)
+    weights = valid.to(per_image.dtype)
+    return (per_image * weights).sum() / weights.sum().clamp_min(1.0)
+
+
 def resolve_pos_weight(setting: str | float, labels) -> float | None:  # noqa: ANN001
     """``auto`` -> negatives / positives in the training labels; ``none`` -> None."""
     if setting == "none":

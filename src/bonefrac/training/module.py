@@ -13,7 +13,7 @@ from bonefrac.data.transforms import to_input
 from bonefrac.metrics import point_metrics
 from bonefrac.models.classifier import FractureClassifier
 from bonefrac.training.distributed import gather_uneven
-from bonefrac.training.losses import BinaryLoss
+from bonefrac.training.losses import BinaryLoss, localization_loss
 
 #: Validation metrics logged every epoch (``val_<name>``); the progress bar shows two.
 EPOCH_METRICS = ("roc_auc", "pr_auc", "f1", "sensitivity", "specificity")
@@ -104,10 +104,17 @@ class FractureModule(L.LightningModule):
                     module.eval()
         return self
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = self.loss_fn(logits.float(), y)
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        x, y = batch[0], batch[1]
+        if len(batch) == 4:  # a localising model: (image, label, box target, target valid)
+            inputs = to_input(x, self.mean, self.std, self.channels_last)
+            logits, map_logits = self.model.forward_with_map(inputs)
+            map_loss = localization_loss(map_logits.float(), batch[2], batch[3])
+            self.log("train_map_loss", map_loss, on_epoch=True, batch_size=len(y), sync_dist=True)
+            loss = self.loss_fn(logits.squeeze(1).float(), y)
+            loss = loss + self.cfg.train.loc_loss_weight * map_loss
+        else:
+            loss = self.loss_fn(self(x).float(), y)
         self.log(
             "train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y),
             sync_dist=True,

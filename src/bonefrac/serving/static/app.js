@@ -51,6 +51,34 @@
     $("image").hidden = !!withHeat || !$("image").getAttribute("src");
   }
 
+  // A localising model's boxes [cx, cy, w, h, score] (normalised to the image) as outlined
+  // rectangles with their score; nothing for a model without a localisation head (null).
+  function drawBoxes(boxes) {
+    const layer = $("boxes");
+    layer.replaceChildren();
+    const note = $("boxes-note");
+    const valid = Array.isArray(boxes) ? boxes.filter((b) => Array.isArray(b) && b.length >= 5 &&
+      b.every(isNum)) : null;
+    if (valid === null) { note.hidden = true; return; }
+    for (const [cx, cy, w, h, score] of valid) {
+      const div = document.createElement("div");
+      div.className = "box";
+      div.style.left = (100 * (cx - w / 2)) + "%";
+      div.style.top = (100 * (cy - h / 2)) + "%";
+      div.style.width = (100 * w) + "%";
+      div.style.height = (100 * h) + "%";
+      const label = document.createElement("span");
+      label.textContent = (100 * score).toFixed(0) + "%";
+      div.appendChild(label);
+      layer.appendChild(div);
+    }
+    note.textContent = valid.length
+      ? "Green boxes: where the model's fracture map is strongest (the number is the map's " +
+        "probability there). They are suggestions to check, not outlines of a fracture."
+      : "The model's fracture map has no region above its box threshold.";
+    note.hidden = false;
+  }
+
   async function send(file) {
     if (!file || busy) return;
     busy = true;
@@ -83,6 +111,8 @@
       $("image").src = body.image_png ? "data:image/png;base64," + body.image_png : "";
       $("heatmap").src = body.heatmap_png ? "data:image/png;base64," + body.heatmap_png : "";
       showImages();
+      // boxes are a fracture finding: none for an image the model declines as out of scope
+      drawBoxes(body.decision === "out_of_scope" ? [] : body.pred_boxes);
       const dec = $("decision");
       const answered = body.decision === "fracture" || body.decision === "no_fracture";
       // a referred or out-of-scope image shows that state INSTEAD of a probability

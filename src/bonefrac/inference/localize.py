@@ -1,0 +1,152 @@
+"""A localising model's map -> scored boxes, the map's peak and its energy in the true boxes.
+
+Everything is returned normalised to the ORIGINAL image (the manifest's convention): the
+square letterboxed probability map ``(S, S)`` is cropped to the image area through
+:func:`bonefrac.explain.localization.heatmap_to_original` (at the letterbox's own resolution),
+then:
+
+* boxes: connected components of the cells at or above half the map's peak; each component's
+  bounding box, scored by its highest probability, is kept when that score reaches the run's
+  ``box_threshold``; overlapping ones are merged away by ``torchvision.ops.nms``; the best
+  :data:`MAX_BOXES` are reported as ``[cx, cy, w, h, score]``.
+* the peak: ``[x, y]`` of the map's maximum (the pixel centre).
+* energy in box: the map's mass inside the true boxes, by
+  :func:`bonefrac.explain.localization.score_image`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bonefrac.data.transforms import letterbox_geometry
+
+#: At most this many boxes per image.
+MAX_BOXES = 5
+#: A component is made of the cells at or above this share of the map's peak.
+COMPONENT_LEVEL = 0.5
+#: Boxes overlapping a better one by more than this IoU are dropped.
+NMS_IOU = 0.5
+#: Share of val negatives allowed to show a box: the box threshold is their map peaks' quantile.
+NEGATIVE_BOX_RATE = 0.05
+DECIMALS = 4
+
+#: The predictions-CSV columns of a localising run.
+LOC_COLUMNS = ("boxes", "pred_boxes", "map_peak", "energy_in_box")
+
+
+def upsample_maps(map_logits: np.ndarray | torch.Tensor, size: int) -> np.ndarray:
+    """Map logits ``(B, h, w)`` -> probabilities ``(B, size, size)`` (bilinear, then sigmoid)."""
+    t = torch.as_tensor(np.asarray(map_logits, dtype=np.float32))[:, None]
+    up = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+    return torch.sigmoid(up)[:, 0].numpy()
+
+
+def crop_map(prob_map: np.ndarray, decoded_size: tuple[int, int]) -> np.ndarray:
+    """The letterboxed ``(S, S)`` map cut to the image area: ``(nh, nw)`` at letterbox scale."""
+    from bonefrac.explain.localization import heatmap_to_original
+
+    size = prob_map.shape[-1]
+    _, _, _, nw, nh = letterbox_geometry(*decoded_size, size)
+    return heatmap_to_original(prob_map, (nw, nh), decoded_size)
+
+
+def decode_boxes(crop: np.ndarray, threshold: float) -> list[list[float]]:
+    """Scored boxes ``[cx, cy, w, h, score]`` (normalised) from a cropped probability map."""
+    import cv2
+    from torchvision.ops import nms
+
+    height, width = crop.shape
+    top = float(crop.max()) if crop.size else 0.0
+    if not math.isfinite(top) or top < threshold:
+        return []
+    mask = (crop >= COMPONENT_LEVEL * top).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    xyxy: list[list[float]] = []
+    scores: list[float] = []
+    for k in range(1, count):
+        score = float(crop[labels == k].max())
+        if score < threshold:
+            continue
+        x, y, w, h = (int(v) for v in stats[k, :4])
+        xyxy.append([x, y, x + w, y + h])
+        scores.append(score)
+    if not xyxy:
+        return []
+    keep = nms(torch.tensor(xyxy, dtype=torch.float32), torch.tensor(scores), NMS_IOU)
+    out = []
+    for i in keep[:MAX_BOXES].tolist():
+        x0, y0, x1, y1 = xyxy[i]
+        box = [(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height]
+        out.append([round(v, DECIMALS) for v in (*box, scores[i])])
+    return out
+
+
+def map_peak(crop: np.ndarray) -> list[float]:
+    """``[x, y]`` (normalised) of the cropped map's maximum."""
+    height, width = crop.shape
+    y, x = np.unravel_index(int(np.argmax(crop)), crop.shape)
+    return [round((x + 0.5) / width, DECIMALS), round((y + 0.5) / height, DECIMALS)]
+
+
+def energy_in_box(crop: np.ndarray, boxes: Sequence[Sequence[float]]) -> float:
+    """Share of the map's mass inside the true boxes (NaN without boxes)."""
+    from bonefrac.explain.localization import score_image
+
+    if not boxes:
+        return math.nan
+    return float(score_image(crop, boxes)["energy_in_box"])
+
+
+def loc_row(
+    prob_map: np.ndarray,
+    decoded_size: tuple[int, int],
+    true_boxes: Sequence[Sequence[float]],
+    threshold: float,
+) -> dict[str, Any]:
+    """The predictions-CSV localisation columns of one image (:data:`LOC_COLUMNS`)."""
+    crop = crop_map(prob_map, decoded_size)
+    return {
+        "boxes": json.dumps([list(b[:4]) for b in true_boxes]),
+        "pred_boxes": json.dumps(decode_boxes(crop, threshold)),
+        "map_peak": json.dumps(map_peak(crop)),
+        "energy_in_box": energy_in_box(crop, true_boxes),
+    }
+
+
+def loc_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows of :func:`loc_row` -> columns for :func:`bonefrac.rundir.predictions_frame`."""
+    return {c: [r[c] for r in rows] for c in LOC_COLUMNS}
+
+
+def map_peaks(prob_maps: np.ndarray, sizes: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Peak probability of each map over its image area."""
+    return np.array([float(crop_map(m, s).max()) for m, s in zip(prob_maps, sizes, strict=True)])
+
+
+def choose_box_threshold(neg_peaks: np.ndarray) -> float:
+    """The box threshold from val negatives' map peaks: their ``1 - NEGATIVE_BOX_RATE`` quantile
+    (so about 5 % of negatives show a box), kept inside (0.01, 0.99); 0.5 without negatives."""
+    peaks = np.asarray(neg_peaks, dtype=float)
+    peaks = peaks[np.isfinite(peaks)]
+    if len(peaks) == 0:
+        return 0.5
+    return float(np.clip(np.quantile(peaks, 1 - NEGATIVE_BOX_RATE), 0.01, 0.99))
+
+
+def row_boxes(value: Any) -> list[list[float]]:
+    """A manifest ``boxes`` cell -> clean ``[cx, cy, w, h]`` boxes (bad ones dropped)."""
+    from bonefrac.data.boxes import clean_boxes
+    from bonefrac.data.schema import parse_boxes
+
+    try:
+        kept, _ = clean_boxes(parse_boxes(value))
+    except (ValueError, TypeError):
+        return []
+    return [b[:4] for b in kept]

@@ -1,0 +1,135 @@
+"""Localisation without training: head shapes, box targets through letterbox + augmentation,
+map decoding back to the original image, the masked map loss, bad box rows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from bonefrac.data.dataset import PreparedImageCache, RadiographDataset
+from bonefrac.data.transforms import (
+    boxes_to_letterbox,
+    letterbox,
+    render_box_targets,
+    train_augment,
+)
+from bonefrac.errors import ConfigError, ModelError
+from bonefrac.explain.cam import explainer
+from bonefrac.inference.localize import choose_box_threshold, crop_map, decode_boxes, map_peak
+from bonefrac.models.registry import build_model
+from bonefrac.training.losses import localization_loss
+
+SIZE = 64
+
+
+@pytest.mark.parametrize("name", ["simple_cnn", "efficientnet_lite0"])
+def test_head_shapes(name):
+    model = build_model(name, localize=True).eval()
+    assert model.localizes
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        logit, maps = model.forward_with_map(x)
+        plain = model(x)
+    assert plain.shape == (2, 1) and logit.shape == (2, 1)
+    assert maps.shape == (2, 1, SIZE // 8, SIZE // 8)
+    torch.testing.assert_close(logit, plain)  # one backbone pass gives the same logit
+
+
+def test_torchvision_refuses_localize():
+    with pytest.raises(ModelError, match="model.localize"):
+        build_model("resnet50", localize=True)
+
+
+def test_model_method_without_head_is_one_line_error():
+    with pytest.raises(ConfigError, match="gradcam") as info:
+        explainer(build_model("simple_cnn"), "model")
+    assert "\n" not in str(info.value)
+
+
+def _marked_image(width: int, height: int, box: list[float]) -> np.ndarray:
+    arr = np.zeros((height, width), np.uint8)
+    cx, cy, w, h = box
+    arr[
+        round((cy - h / 2) * height) : round((cy + h / 2) * height),
+        round((cx - w / 2) * width) : round((cx + w / 2) * width),
+    ] = 255
+    return arr
+
+
+@pytest.mark.parametrize("size_wh", [(200, 100), (90, 160)])
+def test_boxes_follow_letterbox_and_flip(size_wh):
+    box = [0.25, 0.4, 0.2, 0.3]
+    arr = _marked_image(*size_wh, box)
+    boxed = letterbox(Image.fromarray(arr), SIZE)
+    boxes = boxes_to_letterbox([box], size_wh, SIZE)
+    x0, y0, x1, y1 = boxes[0].tolist()
+    inside = boxed[int(y0) + 1 : int(y1) - 1, int(x0) + 1 : int(x1) - 1]
+    assert inside.min() > 200 and boxed.sum() <= 255 * (x1 - x0 + 2) * (y1 - y0 + 2)
+    img, flipped = v2.RandomHorizontalFlip(p=1.0)(torch.from_numpy(boxed)[None], boxes)
+    fx0, fy0, fx1, fy1 = flipped[0].tolist()
+    assert fx0 == pytest.approx(SIZE - x1) and fx1 == pytest.approx(SIZE - x0)
+    assert (fy0, fy1) == pytest.approx((y0, y1))
+    target, has_box = render_box_targets(flipped, SIZE, 8)
+    assert has_box
+    # the target's cells are where the flipped mark is
+    cells = torch.nonzero(target[0])
+    for r, c in cells.tolist():
+        assert img[0, r * 8 : r * 8 + 8, c * 8 : c * 8 + 8].float().mean() > 60
+
+
+@pytest.mark.parametrize("size_wh", [(200, 100), (90, 160)])
+def test_map_decodes_back_to_original_coordinates(size_wh):
+    box = [0.3, 0.6, 0.2, 0.25]
+    boxes = boxes_to_letterbox([box], size_wh, SIZE)
+    x0, y0, x1, y1 = boxes[0].tolist()
+    prob = np.zeros((SIZE, SIZE), np.float32)
+    prob[round(y0) : round(y1), round(x0) : round(x1)] = 0.9
+    crop = crop_map(prob, size_wh)
+    (got,) = decode_boxes(crop, threshold=0.5)
+    assert got[:4] == pytest.approx(box, abs=2.5 / SIZE)
+    assert got[4] == pytest.approx(0.9, abs=1e-3)
+    px, py = map_peak(crop)
+    assert abs(px - box[0]) <= box[2] / 2 and abs(py - box[1]) <= box[3] / 2
+    assert decode_boxes(crop, threshold=0.95) == []  # below the threshold: no box
+
+
+def test_box_threshold_from_negatives():
+    peaks = np.linspace(0.0, 0.5, 101)
+    t = choose_box_threshold(peaks)
+    assert (peaks > t).mean() <= 0.05
+    assert choose_box_threshold(np.array([])) == 0.5
+
+
+def test_masked_map_loss():
+    maps = torch.full((2, 1, 4, 4), -3.0, requires_grad=True)
+    target = torch.zeros(2, 1, 4, 4)
+    target[0, 0, 1, 1] = 1
+    only_first = localization_loss(maps, target, torch.tensor([1.0, 0.0]))
+    both = localization_loss(maps, target, torch.tensor([1.0, 1.0]))
+    assert only_first > both > 0  # the masked image (an easy all-zero map) does not count
+    assert localization_loss(maps, target, torch.zeros(2)) == 0
+    only_first.backward()
+    assert maps.grad[1].abs().sum() == 0
+
+
+def test_dataset_survives_bad_box_rows(tmp_path):
+    rows = []
+    values = ["[[0.5, 0.5, 0, 0]]", "not json", "[[1.5, 1.5, 0.2, 0.2]]", "[[0.9, 0.5, 0.4, 0.2]]"]
+    for i, value in enumerate(values):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((40, 60), 80, np.uint8)).save(path)
+        rows.append({"image_id": path.name, "path": str(path), "label": 1, "boxes": value})
+    rows.append({"image_id": "neg", "path": str(path), "label": 0, "boxes": "[]"})
+    ds = RadiographDataset(
+        pd.DataFrame(rows), PreparedImageCache(SIZE), train_augment(SIZE, "medium"), loc_stride=8
+    )
+    valid = [float(ds[i][3]) for i in range(len(ds))]
+    assert valid[:3] == [0.0, 0.0, 0.0]  # zero area, unreadable, outside: classifier only
+    assert valid[4] == 1.0 and ds[4][2].sum() == 0  # a negative teaches an empty map
+    assert json.loads(values[3]) and ds.boxes[3][0][2] == pytest.approx(0.3)  # clipped

@@ -1,0 +1,137 @@
+"""A tiny localising run: its map finds the synthetic mark, and boxes come out everywhere
+(predictions CSVs, predict CSV, API, explain --method model, ONNX)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bonefrac.inference.localize import LOC_COLUMNS
+from bonefrac.inference.predictor import Predictor
+from bonefrac.rundir import RunDir
+
+
+def _inside(point: list[float], box: list[float], tol: float = 0.05) -> bool:
+    return abs(point[0] - box[0]) <= box[2] / 2 + tol and abs(point[1] - box[1]) <= box[3] / 2 + tol
+
+
+@pytest.fixture(scope="module")
+def test_preds(loc_run: Path) -> pd.DataFrame:
+    return RunDir.open(loc_run).predictions("test")
+
+
+def test_meta_records_head_and_box_threshold(loc_run: Path):
+    meta = RunDir.open(loc_run).meta()
+    assert meta.localize is True
+    assert 0.0 < meta.box_threshold < 1.0
+    assert "val" in str(meta.get("box_threshold_criterion"))
+
+
+def test_map_peaks_inside_the_mark(test_preds: pd.DataFrame):
+    for col in LOC_COLUMNS:
+        assert col in test_preds.columns
+    pos = test_preds[test_preds["label"] == 1]
+    hits = [_inside(json.loads(r.map_peak), json.loads(r.boxes)[0]) for r in pos.itertuples()]
+    assert np.mean(hits) >= 0.8
+    assert pos["energy_in_box"].notna().all()
+    assert test_preds.loc[test_preds["label"] == 0, "energy_in_box"].isna().all()
+
+
+def test_negatives_give_no_box(test_preds: pd.DataFrame):
+    neg = test_preds[test_preds["label"] == 0]
+    with_box = [bool(json.loads(v)) for v in neg["pred_boxes"]]
+    assert np.mean(with_box) <= 0.2
+    pos = test_preds[test_preds["label"] == 1]
+    found = [
+        any(_inside(b[:2], json.loads(r.boxes)[0]) for b in json.loads(r.pred_boxes))
+        for r in pos.itertuples()
+    ]
+    assert np.mean(found) >= 0.7
+
+
+def test_predictor_maps_and_boxes(loc_run: Path, test_preds: pd.DataFrame):
+    predictor = Predictor.from_run(loc_run)
+    assert predictor.localizes
+    row = test_preds[test_preds["label"] == 1].iloc[0]
+    prepared = predictor.prepare(row["path"])
+    maps = predictor.maps([prepared.array])
+    assert maps.shape == (1, predictor.image_size, predictor.image_size)
+    assert maps.min() >= 0.0 and maps.max() <= 1.0
+    (pred,) = predictor.predict(row["path"], heatmap=True)
+    assert pred.pred_boxes == json.loads(row["pred_boxes"])
+    assert pred.as_dict()["pred_boxes"] == pred.pred_boxes
+    # the heatmap shown is the learned map (its peak is the CSV's map_peak), not Grad-CAM
+    h, w = pred.heatmap.shape
+    y, x = np.unravel_index(int(np.argmax(pred.heatmap)), pred.heatmap.shape)
+    assert _inside([(x + 0.5) / w, (y + 0.5) / h], json.loads(row["boxes"])[0])
+
+
+def test_evaluate_manifest_frame_has_loc_columns(loc_run: Path, test_preds: pd.DataFrame):
+    from bonefrac.inference.frames import predict_run_frame
+
+    manifest = pd.read_csv(RunDir.open(loc_run).meta().get("manifest"))
+    part = manifest[manifest["split"] == "test"]
+    got = predict_run_frame(loc_run, part, progress=False).predictions
+    assert list(got["pred_boxes"]) == list(test_preds["pred_boxes"])
+    assert list(got["map_peak"]) == list(test_preds["map_peak"])
+
+
+def test_predict_csv_has_pred_boxes(loc_run: Path, test_preds: pd.DataFrame, tmp_path: Path):
+    from bonefrac.inference.predict_files import predict_to_csv
+
+    paths = list(test_preds["path"][:6])
+    out = tmp_path / "pred.csv"
+    predict_to_csv(loc_run, paths, out, progress=False)
+    with open(out, newline="") as fh:
+        rows = {r["path"]: r for r in csv.DictReader(fh)}
+    for _, r in test_preds.iloc[:6].iterrows():
+        assert json.loads(rows[r["path"]]["pred_boxes"]) == json.loads(r["pred_boxes"])
+
+
+def test_api_returns_pred_boxes(loc_run: Path, test_preds: pd.DataFrame):
+    from fastapi.testclient import TestClient
+
+    from bonefrac.serving.app import create_app
+
+    row = test_preds[test_preds["label"] == 1].iloc[0]
+    with TestClient(create_app(loc_run)) as client:
+        data = Path(row["path"]).read_bytes()
+        res = client.post(
+            "/v1/predict", files={"file": ("x.png", data, "image/png")}, params={"heatmap": True}
+        )
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert body["pred_boxes"] == json.loads(row["pred_boxes"])
+    assert body["heatmap_png"]
+
+
+def test_explain_defaults_to_the_model_map(loc_run: Path, tmp_path: Path):
+    from bonefrac.explain.run import explain_run
+
+    res = explain_run(loc_run, n=2, score=True, out_dir=tmp_path / "explain")
+    assert res["method"] == "model"
+    loc = res["localization"]
+    assert loc["n_scored"] > 0 and loc["hit_rate"] >= 0.8
+
+
+def test_onnx_map_parity_and_same_boxes(loc_run: Path, test_preds: pd.DataFrame, tmp_path: Path):
+    from bonefrac.inference.onnx import export_onnx
+
+    run = tmp_path / "run"
+    shutil.copytree(loc_run, run)
+    res = export_onnx(run)
+    assert res.max_abs_diff < 1e-4
+    assert RunDir.open(run).meta().get("onnx")["outputs"] == ["logit", "map"]
+    onnx = Predictor.from_run(run, backend="onnx")
+    torch_pred = Predictor.from_run(run)
+    paths = list(test_preds["path"][:8])
+    arrays = [onnx.prepare(p).array for p in paths]
+    np.testing.assert_allclose(onnx.maps(arrays), torch_pred.maps(arrays), atol=1e-4)
+    got = [p.pred_boxes for p in onnx.predict(paths)]
+    assert got == [json.loads(v) for v in test_preds["pred_boxes"][:8]]
