@@ -24,6 +24,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FiniteFloat,
     ValidationError,
     field_validator,
     model_validator,
@@ -59,17 +60,10 @@ class ReferRule(BaseModel):
 
     score: Literal["margin", "tta_std"]
     coverage: float = Field(gt=0.0, le=1.0)
-    cutoff: float
-    threshold: float  # the run's threshold and temperature when the rule was fitted
-    temperature: float = 1.0
+    cutoff: FiniteFloat
+    threshold: FiniteFloat  # the run's threshold and temperature when the rule was fitted
+    temperature: FiniteFloat = 1.0
     tuned_on: Literal["val"] = "val"
-
-    @field_validator("cutoff", "threshold", "temperature")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError(f"{v} is not a finite number")
-        return v
 
 
 class OodRule(BaseModel):
@@ -78,16 +72,9 @@ class OodRule(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     method: Literal["mahalanobis", "energy"]
-    cutoff: float
+    cutoff: FiniteFloat
     stats_sha256: str | None = None  # of the statistics file (mahalanobis)
     weights_sha256: str | None = None  # the weights whose features the statistics describe
-
-    @field_validator("cutoff")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError(f"{v} is not a finite number")
-        return v
 
 
 class ModelMeta(BaseModel):
