@@ -1,0 +1,55 @@
+"""How a localising run's AP50 and FROC depend on the map threshold that decodes its boxes.
+
+The run's ``box_threshold`` (model.json) is chosen on val negatives; this re-decodes the val and
+test maps at other thresholds (no retraining) and scores each with
+:mod:`bonefrac.evaluation.localization`, so the threshold's share of a poor AP50 or FROC can be
+told apart from the boxes' geometry.
+
+    .venv/bin/python bench/box_threshold.py --run runs/lite0_loc [--thresholds 0.9 0.5 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from bonefrac.evaluation.localization import split_localization
+from bonefrac.inference.localize import crop_map, decode_boxes, upsample_maps
+from bonefrac.inference.predictor import Predictor
+from bonefrac.rundir import RunDir
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, help="Run directory of a localising model.")
+    ap.add_argument("--splits", nargs="+", default=["val", "test"])
+    ap.add_argument("--thresholds", nargs="+", type=float, default=[0.96, 0.8, 0.5, 0.3, 0.1])
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args()
+    run = RunDir.open(args.run)
+    pred = Predictor.from_run(run)
+    print(f"run {run.path} (stored box_threshold {pred.box_threshold:.3f})")
+    print("| split | threshold | predicted boxes | AP50 | FROC @ 1 FP/image | FROC @ 2 FP/image |")
+    print("|---|---|---|---|---|---|")
+    for split in args.splits:
+        df = run.read_predictions_raw(split)
+        crops = []
+        for i in range(0, len(df), args.batch_size):
+            chunk = [pred.prepare(p, name=p) for p in df["path"].iloc[i : i + args.batch_size]]
+            _, maps = pred.logits_and_map_logits([c.array for c in chunk])
+            probs = upsample_maps(maps, pred.image_size)
+            crops += [crop_map(m, c.decoded_size) for m, c in zip(probs, chunk, strict=True)]
+        for t in args.thresholds:
+            boxes = [decode_boxes(c, t) for c in crops]
+            scored = df.assign(pred_boxes=[json.dumps(b) for b in boxes])
+            m = split_localization(scored, run.prediction_path(split), n_boot=0)
+            if m is None:
+                raise SystemExit(f"{run.path}: {split} predictions have no localisation columns")
+            print(
+                f"| {split} | {t:g} | {sum(map(len, boxes))} | {m['ap50']['value']:.4f} | "
+                f"{m['froc_1']['value']:.3f} | {m['froc_2']['value']:.3f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
