@@ -7,9 +7,6 @@ no Playwright-downloaded browser is used.
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -26,37 +23,17 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def server_url(tiny_run: Path):
     yield from _serve(tiny_run)
 
 
 def _serve(run: Path):
-    import uvicorn
-
     from bonefrac.serving.app import create_app
+    from tests.serving.live import thread_server
 
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(run), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with thread_server(create_app(run)) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_upload_shows_probability_and_heatmap(server_url, synthetic_manifest, tmp_path):
