@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bonefrac.errors import DataError, ImageDecodeError
-from bonefrac.inference.predictor import Predictor
+from bonefrac.inference.predictor import Predictor, PreparedInput, decoded_batches
 from bonefrac.rundir import check_finite, predictions_frame
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,14 @@ def predict_frame(
     if "image_id" not in frame.columns:
         frame["image_id"] = [Path(p).name for p in frame["path"]]
     kept: list[int] = []
-    skipped: list[tuple[str, str]] = []
+    failed: list[tuple[int, ImageDecodeError]] = []
     logits: list[np.ndarray] = []
-    arrays: list[np.ndarray] = []
-    sizes: list[tuple[int, int]] = []
     loc_rows: list[dict] = []
     truth = frame["boxes"] if "boxes" in frame.columns else [None] * len(frame)
+    paths = frame["path"].astype(str).tolist()
 
-    def run_batch() -> None:
+    def run_batch(indices: list[int], batch: list[PreparedInput]) -> None:
+        arrays = [p.array for p in batch]
         if not predictor.localizes:
             logits.append(predictor.logits(arrays, tta=tta))
             return
@@ -63,26 +63,19 @@ def predict_frame(
             batch_logits = predictor.logits(arrays, tta=True)
         logits.append(batch_logits)
         probs = upsample_maps(map_logits, predictor.image_size)
-        for prob, size, i in zip(probs, sizes, kept[len(loc_rows) :], strict=True):
-            loc_rows.append(loc_row(prob, size, row_boxes(truth[i]), predictor.box_threshold))
+        for prob, prepared, i in zip(probs, batch, indices, strict=True):
+            row = loc_row(prob, prepared.decoded_size, row_boxes(truth[i]), predictor.box_threshold)
+            loc_rows.append(row)
 
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("predicting", total=len(frame))
-        for i, path in enumerate(frame["path"].astype(str)):
-            try:
-                prepared = predictor.prepare(path, name=path)
-                arrays.append(prepared.array)
-                sizes.append(prepared.decoded_size)
-                kept.append(i)
-            except ImageDecodeError as exc:
-                skipped.append((path, f"{exc.reason}: {exc.detail}" if exc.detail else exc.reason))
-            if len(arrays) >= batch_size:
-                run_batch()
-                arrays.clear()
-                sizes.clear()
-            bar.advance(task)
-        if arrays:
-            run_batch()
+        for indices, batch in decoded_batches(predictor, paths, batch_size, failed):
+            run_batch(indices, batch)
+            kept += indices
+            bar.update(task, completed=indices[-1] + 1)
+    skipped = [
+        (paths[i], f"{exc.reason}: {exc.detail}" if exc.detail else exc.reason) for i, exc in failed
+    ]
     if not kept:
         raise DataError(
             f"none of the {len(frame)} images could be decoded (first: {skipped[0][0]}: "

@@ -31,7 +31,7 @@ from bonefrac.inference.ood_stats import (
     MahalanobisStats,
     scores_for,
 )
-from bonefrac.inference.predictor import Predictor
+from bonefrac.inference.predictor import Predictor, decoded_batches
 from bonefrac.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -46,25 +46,14 @@ def image_features(
     feats: list[np.ndarray] = []
     logits: list[np.ndarray] = []
     kept: list[int] = []
-    arrays: list[np.ndarray] = []
-
-    def flush() -> None:
-        if arrays:
-            f, z = predictor.features(arrays)
-            feats.append(f)
-            logits.append(z)
-            arrays.clear()
-
-    for i, src in enumerate(sources):
-        try:
-            arrays.append(predictor.prepare(src, name=str(src) if isinstance(src, (str, Path))
-                                            else None).array)  # fmt: skip
-            kept.append(i)
-        except ImageDecodeError as exc:
-            log.warning("skipped %s", exc)
-        if len(arrays) >= batch_size:
-            flush()
-    flush()
+    failed: list[tuple[int, ImageDecodeError]] = []
+    for indices, batch in decoded_batches(predictor, sources, batch_size, failed):
+        f, z = predictor.features([p.array for p in batch])
+        feats.append(f)
+        logits.append(z)
+        kept += indices
+    for _, exc in failed:
+        log.warning("skipped %s", exc)
     if not kept:
         raise DataError("none of the images could be decoded")
     return np.concatenate(feats), np.concatenate(logits), kept

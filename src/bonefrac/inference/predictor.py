@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,33 @@ def prepare_input(
         if max(w, h) > DISPLAY_MAX_SIDE:
             display.thumbnail((DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE), Image.Resampling.BILINEAR)
     return PreparedInput(prepare_image(img, size, clahe=clahe), (w, h), label, display)
+
+
+def decoded_batches(
+    predictor: Predictor,
+    sources: Iterable[Source],
+    batch_size: int,
+    skipped: list[tuple[int, ImageDecodeError]],
+) -> Iterator[tuple[list[int], list[PreparedInput]]]:
+    """Decode ``sources`` in batches of up to ``batch_size``: yields (source indices, inputs).
+
+    An input that cannot be decoded is appended to ``skipped`` as (index, error) and the rest
+    go on, so one bad file never stops a batch job.
+    """
+    indices: list[int] = []
+    batch: list[PreparedInput] = []
+    for i, src in enumerate(sources):
+        try:
+            name = str(src) if isinstance(src, (str, os.PathLike)) else None
+            batch.append(predictor.prepare(src, name=name))
+            indices.append(i)
+        except ImageDecodeError as exc:
+            skipped.append((i, exc))
+        if len(batch) >= batch_size:
+            yield indices, batch
+            indices, batch = [], []
+    if batch:
+        yield indices, batch
 
 
 def heatmap_for_display(cam: np.ndarray, prepared: PreparedInput) -> np.ndarray:
