@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,11 +113,3 @@ def fit_refer(
         "error_auroc": aurocs,
         "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def refer_run(run_dir: str | Path, coverage: float) -> dict[str, Any]:
-    """Fit the refer rule at the run's threshold on val and store it in model.json."""
-    run = RunDir.open(run_dir)
-    record = fit_refer(run, coverage, run.meta())
-    run.update_meta(refer=record)
-    return record
