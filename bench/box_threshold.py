@@ -14,7 +14,7 @@ import argparse
 import json
 
 from bonefrac.evaluation.localization import split_localization
-from bonefrac.inference.localize import crop_map, decode_boxes, upsample_maps
+from bonefrac.inference.localize import predicted_boxes, upsample_maps
 from bonefrac.inference.predictor import Predictor
 from bonefrac.rundir import RunDir
 
@@ -33,14 +33,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for split in args.splits:
         df = run.read_predictions_raw(split)
-        crops = []
+        decoded = []  # (upsampled map, head output, original size) per image
         for i in range(0, len(df), args.batch_size):
             chunk = [pred.prepare(p, name=p) for p in df["path"].iloc[i : i + args.batch_size]]
             _, maps = pred.logits_and_map_logits([c.array for c in chunk])
             probs = upsample_maps(maps, pred.image_size)
-            crops += [crop_map(m, c.decoded_size) for m, c in zip(probs, chunk, strict=True)]
+            decoded += [(m, r, c.decoded_size) for m, r, c in zip(probs, maps, chunk, strict=True)]
         for t in args.thresholds:
-            boxes = [decode_boxes(c, t) for c in crops]
+            boxes = [predicted_boxes(m, size, t, raw) for m, raw, size in decoded]
             scored = df.assign(pred_boxes=[json.dumps(b) for b in boxes])
             m = split_localization(scored, run.prediction_path(split), n_boot=0)
             if m is None:

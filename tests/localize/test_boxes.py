@@ -21,7 +21,15 @@ from bonefrac.data.transforms import (
 )
 from bonefrac.errors import ConfigError, ModelError
 from bonefrac.explain.cam import explainer
-from bonefrac.inference.localize import choose_box_threshold, crop_map, decode_boxes, map_peak
+from bonefrac.inference.localize import (
+    choose_box_threshold,
+    crop_map,
+    decode_boxes,
+    map_peak,
+    predicted_boxes,
+    upsample_maps,
+)
+from bonefrac.models.lochead import cell_boxes
 from bonefrac.models.registry import build_model
 from bonefrac.training.losses import localization_loss
 
@@ -37,7 +45,7 @@ def test_head_shapes(name):
         logit, maps = model.forward_with_map(x)
         plain = model(x)
     assert plain.shape == (2, 1) and logit.shape == (2, 1)
-    assert maps.shape == (2, 1, SIZE // 8, SIZE // 8)
+    assert maps.shape == (2, 5, SIZE // 8, SIZE // 8)  # the map, then the box channels
     torch.testing.assert_close(logit, plain)  # one backbone pass gives the same logit
 
 
@@ -133,3 +141,82 @@ def test_dataset_survives_bad_box_rows(tmp_path):
     assert valid[:3] == [0.0, 0.0, 0.0]  # zero area, unreadable, outside: classifier only
     assert valid[4] == 1.0 and ds[4][2].sum() == 0  # a negative teaches an empty map
     assert json.loads(values[3]) and ds.boxes[3][0][2] == pytest.approx(0.3)  # clipped
+
+
+def test_old_single_channel_head_still_builds():
+    model = build_model("simple_cnn", localize=True, box_regression=False).eval()
+    with torch.no_grad():
+        _, maps = model.forward_with_map(torch.randn(1, 3, SIZE, SIZE))
+    assert maps.shape == (1, 1, SIZE // 8, SIZE // 8)
+
+
+def test_box_targets_carry_each_cells_box():
+    # two overlapping boxes (pixel XYXY in a 64 px frame, stride 8): the smaller one owns the
+    # cells they share, and every marked cell carries its box's corners in cells
+    big, small = [8.0, 8.0, 56.0, 56.0], [24.0, 24.0, 40.0, 40.0]
+    target, has_box = render_box_targets(torch.tensor([big, small]), SIZE, 8, regression=True)
+    assert has_box and target.shape == (5, 8, 8)
+    assert target[1:, 2, 2].tolist() == [1.0, 1.0, 7.0, 7.0]  # only in the big box
+    assert target[1:, 3, 3].tolist() == [3.0, 3.0, 5.0, 5.0]  # in both: the small one
+    assert target[1:][:, target[0] == 0].abs().sum() == 0  # unmarked cells carry nothing
+    plain, _ = render_box_targets(torch.tensor([big]), SIZE, 8)
+    assert plain.shape == (1, 8, 8)
+
+
+def _head_output(box_cells: list[float], peak: tuple[int, int], cells: int = 8) -> np.ndarray:
+    """A (5, cells, cells) head output: one map peak at ``peak`` (row, col) and, everywhere, the
+    log distances from each cell's centre to the XYXY ``box_cells`` edges (floored at 0.05)."""
+    raw = np.full((5, cells, cells), -6.0, np.float32)
+    raw[0][peak] = 3.0
+    centres = np.arange(cells) + 0.5
+    x0, y0, x1, y1 = box_cells
+    raw[1] = np.log(np.maximum(centres[None, :] - x0, 0.05))
+    raw[2] = np.log(np.maximum(centres[:, None] - y0, 0.05))
+    raw[3] = np.log(np.maximum(x1 - centres[None, :], 0.05))
+    raw[4] = np.log(np.maximum(y1 - centres[:, None], 0.05))
+    return raw
+
+
+@pytest.mark.parametrize("size_wh", [(200, 100), (90, 160)])
+def test_regressed_box_decodes_back_to_original_coordinates(size_wh):
+    box = [0.3, 0.6, 0.2, 0.25]
+    x0, y0, x1, y1 = (v / 8 for v in boxes_to_letterbox([box], size_wh, SIZE)[0].tolist())
+    peak = (int((y0 + y1) / 2), int((x0 + x1) / 2))
+    raw = _head_output([x0, y0, x1, y1], peak)
+    torch.testing.assert_close(  # the head's layout: cell centre +- exp(log distance)
+        cell_boxes(torch.from_numpy(raw)[None])[0, :, peak[0], peak[1]],
+        torch.tensor([x0, y0, x1, y1]),
+    )
+    prob = upsample_maps(raw[None], SIZE)[0]
+    (got,) = predicted_boxes(prob, size_wh, 0.5, raw)
+    assert got[:4] == pytest.approx(box, abs=1e-3)  # exact: no blob outline involved
+    assert got[4] == pytest.approx(1 / (1 + np.exp(-3.0)), abs=1e-3)
+    assert predicted_boxes(prob, size_wh, 0.99, raw) == []  # below the threshold: no box
+    # the same output without its box channels falls back to the map's outline
+    assert predicted_boxes(prob, size_wh, 0.5) == decode_boxes(crop_map(prob, size_wh), 0.5)
+
+
+def test_peaks_in_the_letterbox_padding_give_no_box():
+    size_wh = (200, 100)  # letterboxed: rows above 16 px and below 48 px are padding
+    raw = _head_output([1.0, 0.0, 3.0, 1.0], (0, 2))  # a peak in the top padding row
+    assert predicted_boxes(upsample_maps(raw[None], SIZE)[0], size_wh, 0.5, raw) == []
+
+
+def test_box_loss_pulls_the_cells_box_to_the_true_one():
+    target, _ = render_box_targets(
+        torch.tensor([[16.0, 16.0, 40.0, 32.0]]), SIZE, 8, regression=True
+    )
+    target = target[None]
+    valid = torch.ones(1)
+    right = torch.from_numpy(_head_output([2.0, 2.0, 5.0, 4.0], (3, 3)))[None]
+    wrong = torch.from_numpy(_head_output([0.0, 0.0, 8.0, 8.0], (3, 3)))[None]
+    right[:, 0], wrong[:, 0] = target[:, 0] * 8 - 4, target[:, 0] * 8 - 4  # the same map
+    assert localization_loss(right, target, valid) < localization_loss(wrong, target, valid) - 0.3
+    maps = wrong.clone().requires_grad_(True)
+    localization_loss(maps, target, valid).backward()
+    unmarked = target[0, 0] == 0
+    assert maps.grad[0, 1:][:, unmarked].abs().sum() == 0  # boxes are learned on marked cells
+    assert maps.grad[0, 1:][:, ~unmarked].abs().sum() > 0
+    maps.grad = None
+    localization_loss(maps, target, torch.zeros(1)).backward()  # a masked image teaches nothing
+    assert maps.grad.abs().sum() == 0

@@ -97,8 +97,8 @@ class RadiographDataset(Dataset):
 
     With ``loc_stride`` (a localising model) items are ``(image, label, target, valid)``: the
     manifest's fracture boxes go through the letterbox and the same augmentation as the image
-    (as ``tv_tensors.BoundingBoxes``) and are rendered as a box-interior map ``(1, S/stride,
-    S/stride)``; ``valid`` is 0 for a fractured image without (visible) boxes, whose map is
+    (as ``tv_tensors.BoundingBoxes``) and are rendered as a box-interior map plus each marked
+    cell's box corners ``(5, S/stride, S/stride)`` (:func:`render_box_targets`); ``valid`` is 0 for a fractured image without (visible) boxes, whose map is
     then not trained, and 1 otherwise (a non-fractured image teaches an empty map).
     """
 
@@ -137,7 +137,7 @@ class RadiographDataset(Dataset):
         boxes = boxes_to_letterbox(self.boxes[index], self.cache.original_size(path), arr.shape[-1])
         if self.transform is not None:
             x, boxes = self.transform(x, boxes)
-        target, has_box = render_box_targets(boxes, x.shape[-1], self.loc_stride)
+        target, has_box = render_box_targets(boxes, x.shape[-1], self.loc_stride, regression=True)
         valid = 1.0 if self.labels[index] == 0 else float(has_box)
         if self.labels[index] == 0:
             target.zero_()

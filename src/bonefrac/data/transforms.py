@@ -163,25 +163,38 @@ def boxes_to_letterbox(
     return tv_tensors.BoundingBoxes(data, format="XYXY", canvas_size=(size, size))
 
 
-def render_box_targets(boxes: Tensor, size: int, stride: int) -> tuple[Tensor, bool]:
+def render_box_targets(
+    boxes: Tensor, size: int, stride: int, regression: bool = False
+) -> tuple[Tensor, bool]:
     """Box-interior target map ``(1, size // stride, size // stride)`` for pixel XYXY boxes in
     a ``size x size`` frame: 1 on cells whose centre lies in a box (at least the cell holding the
     box's centre), else 0. Boxes are clipped to the frame; those left under a pixel wide or high
-    are dropped. Returns the map and whether any box was drawn."""
+    are dropped. Returns the map and whether any box was drawn.
+
+    With ``regression`` the target has 4 more channels: the XYXY corners, in cells, of the box
+    each marked cell belongs to (the smallest one where boxes overlap, as FCOS assigns), 0 on
+    unmarked cells."""
     cells = max(1, size // stride)
-    target = torch.zeros(1, cells, cells)
+    target = torch.zeros(5 if regression else 1, cells, cells)
     b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).clamp(0, size)
     b = b[((b[:, 2] - b[:, 0]) >= 1) & ((b[:, 3] - b[:, 1]) >= 1)]
     if len(b) == 0:
         return target, False
     step = size / cells
     centres = (torch.arange(cells, dtype=torch.float32) + 0.5) * step
+    area = torch.full((cells, cells), float("inf"))
     for x0, y0, x1, y1 in b.tolist():
         cols = (centres >= x0) & (centres <= x1)
         rows = (centres >= y0) & (centres <= y1)
         cols[min(cells - 1, int((x0 + x1) / 2 / step))] = True
         rows[min(cells - 1, int((y0 + y1) / 2 / step))] = True
-        target[0] = torch.maximum(target[0], (rows[:, None] & cols[None, :]).float())
+        inside = rows[:, None] & cols[None, :]
+        target[0] = torch.maximum(target[0], inside.float())
+        if regression:
+            own = inside & ((x1 - x0) * (y1 - y0) < area)
+            area[own] = (x1 - x0) * (y1 - y0)
+            for c, v in enumerate((x0, y0, x1, y1), start=1):
+                target[c][own] = v / step
     return target, True
 
 

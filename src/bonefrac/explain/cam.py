@@ -189,7 +189,7 @@ class _MapExplainer(_Explainer):
         device = next(self.model.parameters()).device
         with torch.no_grad():
             logits, maps = self.model.forward_with_map(x.to(device))  # type: ignore[operator]
-            up = F.interpolate(maps.float(), size=x.shape[-2:], mode="bilinear")
+            up = F.interpolate(maps[:, :1].float(), size=x.shape[-2:], mode="bilinear")
             heat = torch.sigmoid(up)[:, 0].cpu().numpy()
         flat = logits.float().reshape(len(x), -1)[:, 0].cpu().numpy()
         return Explanation(np.ascontiguousarray(heat, dtype=np.float32), flat)

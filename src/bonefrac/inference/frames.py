@@ -63,8 +63,9 @@ def predict_frame(
             batch_logits = predictor.logits(arrays, tta=True)
         logits.append(batch_logits)
         probs = upsample_maps(map_logits, predictor.image_size)
-        for prob, prepared, i in zip(probs, batch, indices, strict=True):
-            row = loc_row(prob, prepared.decoded_size, row_boxes(truth[i]), predictor.box_threshold)
+        for prob, raw, prepared, i in zip(probs, map_logits, batch, indices, strict=True):
+            truth_i = row_boxes(truth[i])
+            row = loc_row(prob, prepared.decoded_size, truth_i, predictor.box_threshold, raw=raw)
             loc_rows.append(row)
 
     with Progress(disable=not progress, transient=True) as bar:

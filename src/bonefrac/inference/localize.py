@@ -5,10 +5,13 @@ square letterboxed probability map ``(S, S)`` is cropped to the image area throu
 :func:`bonefrac.explain.localization.heatmap_to_original` (at the letterbox's own resolution),
 then:
 
-* boxes: connected components of the cells at or above half the map's peak; each component's
-  bounding box, scored by its highest probability, is kept when that score reaches the run's
-  ``box_threshold``; overlapping ones are merged away by ``torchvision.ops.nms``; the best
-  :data:`MAX_BOXES` are reported as ``[cx, cy, w, h, score]``.
+* boxes, from a head with box channels (:mod:`bonefrac.models.lochead`): every local maximum
+  of the map (3 x 3 cells) inside the image area whose probability reaches the run's
+  ``box_threshold`` gives the box its cell regressed, scored by that probability; overlapping
+  ones are dropped by ``torchvision.ops.nms``; the best :data:`MAX_BOXES` are reported as
+  ``[cx, cy, w, h, score]``. Runs trained before box regression: connected components of the
+  cells at or above half the map's peak, each component's bounding box scored by its highest
+  probability.
 * the peak: ``[x, y]`` of the map's maximum (the pixel centre).
 * energy in box: the map's mass inside the true boxes, by
   :func:`bonefrac.explain.localization.score_image`.
@@ -42,8 +45,10 @@ LOC_COLUMNS = ("boxes", "pred_boxes", "map_peak", "energy_in_box")
 
 
 def upsample_maps(map_logits: np.ndarray | torch.Tensor, size: int) -> np.ndarray:
-    """Map logits ``(B, h, w)`` -> probabilities ``(B, size, size)`` (bilinear, then sigmoid)."""
-    t = torch.as_tensor(np.asarray(map_logits, dtype=np.float32))[:, None]
+    """Map logits ``(B, h, w)`` (or a head's whole output ``(B, C, h, w)``, whose channel 0 is
+    the map) -> probabilities ``(B, size, size)`` (bilinear, then sigmoid)."""
+    arr = np.asarray(map_logits, dtype=np.float32)
+    t = torch.as_tensor(arr[:, :1] if arr.ndim == 4 else arr[:, None])
     up = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
     return torch.sigmoid(up)[:, 0].numpy()
 
@@ -88,6 +93,60 @@ def decode_boxes(crop: np.ndarray, threshold: float) -> list[list[float]]:
     return out
 
 
+def decode_regressed_boxes(
+    raw: np.ndarray, decoded_size: tuple[int, int], size: int, threshold: float
+) -> list[list[float]]:
+    """Scored boxes ``[cx, cy, w, h, score]`` (normalised to the original image) from one
+    image's head output ``(5, h, w)``: map logits and per-cell box log distances (in cells)
+    of its ``size x size`` letterbox."""
+    from torchvision.ops import nms
+
+    from bonefrac.models.lochead import cell_boxes
+
+    out = torch.as_tensor(np.asarray(raw, dtype=np.float32))[None]
+    prob = torch.sigmoid(out[0, 0])
+    cells_h, cells_w = prob.shape
+    step = size / cells_w
+    _, left, top, nw, nh = letterbox_geometry(*decoded_size, size)
+    xs = (torch.arange(cells_w) + 0.5) * step
+    ys = (torch.arange(cells_h) + 0.5) * step
+    inside = ((ys >= top) & (ys <= top + nh))[:, None] & ((xs >= left) & (xs <= left + nw))[None]
+    peaks = F.max_pool2d(prob[None, None], 3, stride=1, padding=1)[0, 0] == prob
+    keep = peaks & inside & (prob >= threshold) & torch.isfinite(prob)
+    if not bool(keep.any()):
+        return []
+    scores = prob[keep]
+    xyxy = cell_boxes(out)[0].permute(1, 2, 0)[keep] * step  # letterbox pixels
+    xyxy[:, 0::2] = xyxy[:, 0::2].clamp(left, left + nw)
+    xyxy[:, 1::2] = xyxy[:, 1::2].clamp(top, top + nh)
+    finite = torch.isfinite(xyxy).all(1) & (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+    xyxy, scores = xyxy[finite], scores[finite]
+    boxes = []
+    for i in nms(xyxy, scores, NMS_IOU)[:MAX_BOXES].tolist():
+        x0, y0, x1, y1 = xyxy[i].tolist()
+        box = [
+            ((x0 + x1) / 2 - left) / nw,
+            ((y0 + y1) / 2 - top) / nh,
+            (x1 - x0) / nw,
+            (y1 - y0) / nh,
+        ]
+        boxes.append([round(v, DECIMALS) for v in (*box, float(scores[i]))])
+    return boxes
+
+
+def predicted_boxes(
+    prob_map: np.ndarray,
+    decoded_size: tuple[int, int],
+    threshold: float,
+    raw: np.ndarray | None = None,
+) -> list[list[float]]:
+    """One image's scored boxes: from the head's box channels when ``raw`` (its ``(C, h, w)``
+    output) has them, else from the map's components (runs trained before box regression)."""
+    if raw is not None and np.ndim(raw) == 3 and np.shape(raw)[0] >= 5:
+        return decode_regressed_boxes(raw, decoded_size, prob_map.shape[-1], threshold)
+    return decode_boxes(crop_map(prob_map, decoded_size), threshold)
+
+
 def map_peak(crop: np.ndarray) -> list[float]:
     """``[x, y]`` (normalised) of the cropped map's maximum."""
     height, width = crop.shape
@@ -109,12 +168,14 @@ def loc_row(
     decoded_size: tuple[int, int],
     true_boxes: Sequence[Sequence[float]],
     threshold: float,
+    raw: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The predictions-CSV localisation columns of one image (:data:`LOC_COLUMNS`)."""
+    """The predictions-CSV localisation columns of one image (:data:`LOC_COLUMNS`); ``raw``:
+    the head's ``(C, h, w)`` output, whose box channels (if any) give the boxes."""
     crop = crop_map(prob_map, decoded_size)
     return {
         "boxes": json.dumps([list(b[:4]) for b in true_boxes]),
-        "pred_boxes": json.dumps(decode_boxes(crop, threshold)),
+        "pred_boxes": json.dumps(predicted_boxes(prob_map, decoded_size, threshold, raw)),
         "map_peak": json.dumps(map_peak(crop)),
         "energy_in_box": energy_in_box(crop, true_boxes),
     }

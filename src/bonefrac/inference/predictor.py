@@ -381,32 +381,34 @@ class Predictor:
                 return self._model(x).float().reshape(n, -1)[:, 0].cpu().numpy()
 
     def _forward_with_map(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Logits ``(B,)`` and the map's logits ``(B, h, w)`` from one forward pass."""
+        """Logits ``(B,)`` and the head's output ``(B, C, h, w)`` (channel 0: the map's logits;
+        1-4 where present: box regression) from one forward pass."""
         n = x.shape[0]
         with self._lock:
             if self.backend == "onnx":
                 feed = {self._session.get_inputs()[0].name: x.cpu().numpy()}
                 logit, maps = self._session.run(None, feed)[:2]
                 logit = np.asarray(logit, dtype=np.float32).reshape(n, -1)[:, 0]
-                return logit, np.asarray(maps, dtype=np.float32)[:, 0]
+                return logit, np.asarray(maps, dtype=np.float32)
             with torch.inference_mode(), inference_autocast(x.device):
                 logit, maps = self._model.forward_with_map(x)
             return (
                 logit.float().reshape(n, -1)[:, 0].cpu().numpy(),
-                maps.float()[:, 0].cpu().numpy(),
+                maps.float().cpu().numpy(),
             )
 
     def logits_and_map_logits(
         self, arrays: Sequence[np.ndarray] | torch.Tensor
     ) -> tuple[np.ndarray, np.ndarray]:
-        """A localising run's logits ``(B,)`` and map logits ``(B, h, w)`` (stride 8)."""
+        """A localising run's logits ``(B,)`` and head output ``(B, C, h, w)`` (stride 8;
+        channel 0 the map's logits, see :mod:`bonefrac.models.lochead`)."""
         if not self.localizes:
             raise ModelError(
                 f"{self.name or self.architecture}: the model has no localisation head "
                 "(model.localize: false); use Grad-CAM (cams) instead"
             )
         if len(arrays) == 0:
-            return np.zeros(0, dtype=np.float32), np.zeros((0, 1, 1), dtype=np.float32)
+            return np.zeros(0, dtype=np.float32), np.zeros((0, 1, 1, 1), dtype=np.float32)
         return self._forward_with_map(self.input_tensor(arrays))
 
     def maps(self, arrays: Sequence[np.ndarray] | torch.Tensor) -> np.ndarray:
@@ -546,7 +548,7 @@ class Predictor:
                 bar.advance(task, len(x))
         logits = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
         check_finite(logits, f"{self.name or self.architecture}: {description}")
-        all_maps = np.concatenate(map_out) if map_out else np.zeros((0, 1, 1), np.float32)
+        all_maps = np.concatenate(map_out) if map_out else np.zeros((0, 1, 1, 1), np.float32)
         return logits, all_maps
 
     def cams(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -633,11 +635,14 @@ class Predictor:
                 ood_score=float(ood_scores[i]) if ood_scores is not None else None,
             )
             if map_probs is not None:  # no boxes for an input declined as out of scope
-                from bonefrac.inference.localize import crop_map, decode_boxes
+                from bonefrac.inference.localize import predicted_boxes
 
-                crop = crop_map(map_probs[i], p.decoded_size)
                 pred.pred_boxes = (
-                    [] if pred.out_of_scope else decode_boxes(crop, self.box_threshold)
+                    []
+                    if pred.out_of_scope
+                    else predicted_boxes(
+                        map_probs[i], p.decoded_size, self.box_threshold, map_logits[i]
+                    )
                 )
             if heats is not None:
                 pred.heatmap = heatmap_for_display(heats[i], p)

@@ -139,6 +139,7 @@ def build_model(
     weights_path: str | None = None,
     dropout: float = 0.2,
     localize: bool = False,
+    box_regression: bool = True,
 ) -> FractureClassifier:
     """Build ``name`` with one output logit (fractured).
 
@@ -148,11 +149,13 @@ def build_model(
     (.pth/.pt/.safetensors) for the backbone or the whole model.
     ``freeze``: ``none`` | ``backbone`` | ``partial:<n>``.
     ``localize``: add the localisation head (:mod:`bonefrac.models.lochead`) on the stride
-    8/16/32 features (simple_cnn and timm models with multi-scale features).
+    8/16/32 features (simple_cnn and timm models with multi-scale features);
+    ``box_regression``: the head also regresses each cell's box (False only to load runs
+    trained before box regression).
     """
     spec = resolve_spec(name)
     use_imagenet = pretrained is True or pretrained == "imagenet"
-    model = _BUILDERS[spec.family](spec, dropout, localize)
+    model = _BUILDERS[spec.family](spec, dropout, localize, box_regression)
     if weights_path:
         W.load_weights_file(model, weights_path)
     elif use_imagenet:
@@ -189,7 +192,9 @@ def _cam_layer(spec: ModelSpec, net: nn.Module, default: nn.Module) -> nn.Module
 # --- family builders --------------------------------------------------------------------
 
 
-def _build_simple_cnn(spec: ModelSpec, dropout: float, localize: bool) -> FractureClassifier:
+def _build_simple_cnn(
+    spec: ModelSpec, dropout: float, localize: bool, box_regression: bool = True
+) -> FractureClassifier:
     from bonefrac.models.lochead import LocalizationHead
     from bonefrac.models.simple_cnn import SimpleCNN
 
@@ -200,7 +205,9 @@ def _build_simple_cnn(spec: ModelSpec, dropout: float, localize: bool) -> Fractu
         return FractureClassifier(net, net.num_features, stages, cam, dropout)
     # stage i halves the resolution i + 1 times: stages 2 and 3 are strides 8 and 16
     indices = [2, 3]
-    head = LocalizationHead([net.stages[i][4].num_features for i in indices])
+    head = LocalizationHead(
+        [net.stages[i][4].num_features for i in indices], box_regression=box_regression
+    )
 
     def intermediates(backbone: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         return backbone.forward_intermediates(x, indices)  # type: ignore[operator]
@@ -208,7 +215,9 @@ def _build_simple_cnn(spec: ModelSpec, dropout: float, localize: bool) -> Fractu
     return FractureClassifier(net, net.num_features, stages, cam, dropout, head, intermediates)
 
 
-def _build_timm(spec: ModelSpec, dropout: float, localize: bool) -> FractureClassifier:
+def _build_timm(
+    spec: ModelSpec, dropout: float, localize: bool, box_regression: bool = True
+) -> FractureClassifier:
     import timm
 
     net = timm.create_model(spec.arch, pretrained=False, num_classes=0)
@@ -230,7 +239,7 @@ def _build_timm(spec: ModelSpec, dropout: float, localize: bool) -> FractureClas
     # one entry per stride (the last feature map of each), finest first
     last = {info[i]["reduction"]: i for i in picked}
     indices = [last[s] for s in sorted(last)]
-    head = LocalizationHead([info[i]["num_chs"] for i in indices])
+    head = LocalizationHead([info[i]["num_chs"] for i in indices], box_regression=box_regression)
 
     def intermediates(backbone: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         final, feats = backbone.forward_intermediates(x, indices=indices)  # type: ignore[operator]
@@ -256,7 +265,9 @@ def _timm_stages(net: nn.Module) -> tuple[list[nn.Module], nn.Module]:
     return stages, cam
 
 
-def _build_torchvision(spec: ModelSpec, dropout: float, localize: bool) -> FractureClassifier:
+def _build_torchvision(
+    spec: ModelSpec, dropout: float, localize: bool, box_regression: bool = True
+) -> FractureClassifier:
     import torchvision
 
     if localize:
@@ -308,7 +319,7 @@ def _last_conv_container(module: nn.Module) -> nn.Module:
     return convs[-1] if convs else module
 
 
-_BUILDERS: dict[str, Callable[[ModelSpec, float, bool], FractureClassifier]] = {
+_BUILDERS: dict[str, Callable[[ModelSpec, float, bool, bool], FractureClassifier]] = {
     "simple_cnn": _build_simple_cnn,
     "timm": _build_timm,
     "torchvision": _build_torchvision,

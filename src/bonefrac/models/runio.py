@@ -69,7 +69,11 @@ def load_model(run: RunDir, meta: ModelMeta) -> FractureClassifier:
     path = run.weights_path
     try:
         model = build_model(
-            meta.architecture, pretrained="none", dropout=meta.dropout, localize=meta.localize
+            meta.architecture,
+            pretrained="none",
+            dropout=meta.dropout,
+            localize=meta.localize,
+            box_regression=meta.box_regression,
         )
     except BonefracError as exc:
         raise RunDirError(f"{run.meta_path}: architecture {meta.architecture!r}: {exc}") from None

@@ -112,6 +112,8 @@ class ModelMeta(BaseModel):
 
     localize: bool = False
     """The model has a localisation head (its weights include it)."""
+    box_regression: bool = False
+    """Its head also regresses each map cell's box (False in runs trained before it)."""
     box_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     """Map probability a decoded box must reach to be reported (chosen on val at training)."""
 

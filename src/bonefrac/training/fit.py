@@ -219,7 +219,7 @@ def _loc_columns(ds: Any, map_logits: Any, meta: ModelMeta) -> dict[str, list[An
     for i, (path, value) in enumerate(zip(ds.paths, truth, strict=True)):
         prob = upsample_maps(map_logits[i : i + 1], meta.image_size)[0]
         size = ds.cache.original_size(path)
-        rows.append(loc_row(prob, size, row_boxes(value), meta.box_threshold))
+        rows.append(loc_row(prob, size, row_boxes(value), meta.box_threshold, raw=map_logits[i]))
     return loc_columns(rows)
 
 
@@ -272,6 +272,7 @@ def _write_outputs(
     }
     if cfg.model.localize:
         raw_meta["localize"] = True
+        raw_meta["box_regression"] = bool(getattr(model.loc_head, "box_regression", False))
     meta = ModelMeta.parse(raw_meta, run.meta_path)
     # predict val/test where training ran, through the same door as evaluate/predict/serve
     predictor = Predictor.from_model(model, meta, device=trainer.strategy.root_device)

@@ -96,7 +96,8 @@ class CollapseGuard(L.Callback):
         score = _as_float(metrics.get(self.monitor))
         if math.isfinite(score):
             self.scores[int(trainer.current_epoch)] = score
-        logged = metrics.get("train_loss_epoch")
+        # a localising model's train loss includes its map's: judge the class logit's alone
+        logged = metrics.get("train_cls_loss_epoch", metrics.get("train_loss_epoch"))
         loss = _as_float(logged)
         reason = self._nonfinite
         if reason is None and logged is not None and not math.isfinite(loss):
