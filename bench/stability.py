@@ -7,6 +7,9 @@ resumed from its last checkpoint.
 
     .venv/bin/python bench/stability.py --config configs/lite0.yaml \\
         --manifest /tmp/fa_data/manifest.csv --seeds 5 [--set train.epochs=3 ...] [--out DIR]
+
+On a GPU, ``--parallel N`` trains N seeds at once (each one's output then goes to
+``OUT/seed<N>.log``); per-run times are then shared-device times, not a speed measurement.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +31,11 @@ from sklearn.metrics import roc_auc_score
 COLLAPSED_EXIT = 3
 
 
-def train_seed(config: Path, manifest: Path, seed: int, sets: list[str], run: Path) -> float:
-    """Train (or resume) one seed through the CLI; returns the wall seconds spent now."""
+def train_seed(
+    config: Path, manifest: Path, seed: int, sets: list[str], run: Path, log: Path | None = None
+) -> float:
+    """Train (or resume) one seed through the CLI; returns the wall seconds spent now. With
+    ``log`` its output goes to that file instead of the terminal."""
     cmd = [sys.executable, "-c", "from bonefrac.cli import app; app()", "train", "--no-progress"]
     if (run / "checkpoints" / "last.ckpt").is_file() and (run / "config.yaml").is_file():
         cmd += ["--resume", str(run)]
@@ -38,11 +45,21 @@ def train_seed(config: Path, manifest: Path, seed: int, sets: list[str], run: Pa
         for item in sets:
             cmd += ["--set", item]
     start = time.perf_counter()
-    result = subprocess.run(cmd, check=False)
+    if log is None:
+        result = subprocess.run(cmd, check=False)
+    else:
+        with log.open("w") as sink:
+            result = subprocess.run(cmd, check=False, stdout=sink, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     if result.returncode not in (0, COLLAPSED_EXIT):
-        raise SystemExit(f"seed {seed}: bonefrac train exited {result.returncode}; see above")
+        where = f"in {log}" if log is not None else "above"
+        raise SystemExit(f"seed {seed}: bonefrac train exited {result.returncode}; see {where}")
     return wall
+
+
+def seed_done(out: Path, seed: int) -> bool:
+    run = out / f"seed{seed}"
+    return (run / "model.json").is_file() and (run / "predictions" / "test.csv").is_file()
 
 
 def auc(frame: pd.DataFrame) -> float:
@@ -94,19 +111,33 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=1, help="seeds are first..first+N-1")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, help="default: runs/stability/<config stem>")
+    parser.add_argument("--parallel", type=int, default=1, help="seeds trained at once (a GPU)")
     args = parser.parse_args()
     out = args.out or REPO / "runs" / "stability" / args.config.stem
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    rows = []
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+
+    def one(seed: int) -> str | None:
+        """Train one seed; the reason it failed, or None."""
         run = out / f"seed{seed}"
         if (run / "model.json").is_file():
             print(f"seed {seed}: finished earlier, reading {run}", flush=True)
-        else:
-            print(f"seed {seed}: training into {run}", flush=True)
-            train_seed(args.config, args.manifest.resolve(), seed, args.sets, run)
-        rows.append(seed_row(seed, run))
+            return None
+        print(f"seed {seed}: training into {run}", flush=True)
+        log = out / f"seed{seed}.log" if args.parallel > 1 else None
+        try:
+            train_seed(args.config, args.manifest.resolve(), seed, args.sets, run, log)
+        except SystemExit as exc:  # one failed seed does not lose the others
+            print(exc, flush=True)
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        failures = [f for f in pool.map(one, seeds) if f]
+    rows = [seed_row(seed, out / f"seed{seed}") for seed in seeds if seed_done(out, seed)]
+    if not rows:
+        raise SystemExit(f"no seed finished: {'; '.join(failures)}")
     wall = time.perf_counter() - start
     table = pd.DataFrame(rows)
     collapsed = int((table["status"] == "collapsed").sum())
@@ -117,7 +148,7 @@ def main() -> None:
     print(summary(table).to_string(index=False))
     train_total = float(pd.to_numeric(table["train_s"], errors="coerce").sum())
     print(
-        f"\ncollapsed runs: {collapsed} of {len(table)}; wall time this invocation "
+        f"\nfailed runs: {len(failures)}; collapsed runs: {collapsed} of {len(table)}; wall time this invocation "
         f"{wall:.0f} s; training time over all seeds {train_total:.0f} s"
     )
 

@@ -12,7 +12,8 @@ then:
   ``[cx, cy, w, h, score]``. Runs trained before box regression: connected components of the
   cells at or above half the map's peak, each component's bounding box scored by its highest
   probability.
-* the peak: ``[x, y]`` of the map's maximum (the pixel centre).
+* the peak: ``[x, y]`` of the map's maximum (the pixel centre), and ``map_max``, its
+  probability (a second image-level score beside the fracture logit).
 * energy in box: the map's mass inside the true boxes, by
   :func:`bonefrac.explain.localization.score_image`.
 """
@@ -41,7 +42,7 @@ NEGATIVE_BOX_RATE = 0.05
 DECIMALS = 4
 
 #: The predictions-CSV columns of a localising run.
-LOC_COLUMNS = ("boxes", "pred_boxes", "map_peak", "energy_in_box")
+LOC_COLUMNS = ("boxes", "pred_boxes", "map_peak", "map_max", "energy_in_box")
 
 
 def upsample_maps(map_logits: np.ndarray | torch.Tensor, size: int) -> np.ndarray:
@@ -177,6 +178,7 @@ def loc_row(
         "boxes": json.dumps([list(b[:4]) for b in true_boxes]),
         "pred_boxes": json.dumps(predicted_boxes(prob_map, decoded_size, threshold, raw)),
         "map_peak": json.dumps(map_peak(crop)),
+        "map_max": round(float(crop.max()), 6) if crop.size else math.nan,
         "energy_in_box": energy_in_box(crop, true_boxes),
     }
 
