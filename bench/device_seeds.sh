@@ -9,7 +9,7 @@
 #   .whl/           wheels of the Python packages the machine lacks
 # Writes to $OUT: runs.tar.gz (every run directory without weights or checkpoints), one
 # localising run's weights (loc_seed1.tar.gz) and log.txt. Budget: TRAIN_S seconds of training.
-# Dry run on a CPU: OUT=/tmp/dry TRAIN_S=600 SEEDS_A=2 SEEDS_B=1 EXTRA="--set train.epochs=1" \
+# Dry run on a CPU: WHL=none OUT=/tmp/dry TRAIN_S=600 SEEDS_A=2 SEEDS_B=1 EXTRA="--set train.epochs=1" \
 #   PYTHON=.venv/bin/python bash bench/device_seeds.sh
 set -u
 OUT=${OUT:?set OUT}
@@ -21,11 +21,12 @@ SEEDS_C=${SEEDS_C:-3}
 EXTRA=${EXTRA:-}
 RUNS=${RUNS:-/tmp/device_runs}
 PACK=${PACK:-.pack}
+WHL=${WHL:-.whl}
 mkdir -p "$OUT" "$RUNS"
 exec > >(tee "$OUT/log.txt") 2>&1
-if ls .whl/*.whl >/dev/null 2>&1; then
+if ls "$WHL"/*.whl >/dev/null 2>&1; then
   $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
+    --target /tmp/site "$WHL"/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
