@@ -78,6 +78,9 @@ class ModelConfig(_Strict):
     localize: bool = False
     """Add a localisation head trained on the manifest's fracture boxes: the run then outputs
     a map and boxes (``pred_boxes``) beside the fracture probability."""
+    fuse_map_score: bool = True
+    """A localising model's image score fuses its class logit with its map's peak, weights
+    fitted on val after training (logistic regression); false: the class logit alone."""
 
     @field_validator("freeze")
     @classmethod

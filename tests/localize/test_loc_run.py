@@ -135,3 +135,31 @@ def test_onnx_map_parity_and_same_boxes(loc_run: Path, test_preds: pd.DataFrame,
     np.testing.assert_allclose(onnx.maps(arrays), torch_pred.maps(arrays), atol=1e-4)
     got = [p.pred_boxes for p in onnx.predict(paths)]
     assert got == [json.loads(v) for v in test_preds["pred_boxes"][:8]]
+
+
+def test_image_score_fuses_logit_and_map_peak(loc_run: Path, test_preds: pd.DataFrame):
+    # fitted on val after training and stored in model.json; the reloaded model scores with it
+    meta = RunDir.open(loc_run).meta()
+    assert meta.score_fusion is not None and meta.score_fusion.fitted_on == "val"
+    predictor = Predictor.from_run(loc_run)
+    assert predictor.torch_model.score_fusion == meta.score_fusion.as_tuple()
+    rows = test_preds.head(6)
+    preds = predictor.predict(list(rows["path"]))
+    np.testing.assert_allclose([p.logit for p in preds], rows["logit"], atol=1e-4)
+    # the fused logit is a * class logit + b * the map's highest logit + c
+    import torch
+
+    from bonefrac.models.classifier import map_peak_logit
+
+    model = predictor.torch_model
+    x = predictor.input_tensor([predictor.prepare(p).array for p in rows["path"]])
+    with torch.no_grad():
+        fused, maps = model.forward_with_map(x)
+        model.score_fusion = None
+        try:
+            plain, _ = model.forward_with_map(x)
+        finally:
+            model.score_fusion = meta.score_fusion.as_tuple()
+    a, b, c = meta.score_fusion.as_tuple()
+    torch.testing.assert_close(fused, a * plain + b * map_peak_logit(maps) + c)
+    torch.testing.assert_close(model(x), fused)  # forward() scores the same way

@@ -10,6 +10,11 @@ from torch import Tensor, nn
 Intermediates = Callable[[nn.Module, Tensor], tuple[Tensor, list[Tensor]]]
 
 
+def map_peak_logit(maps: Tensor) -> Tensor:
+    """The highest map logit of each image, ``(B, 1)``: its most fracture-like cell."""
+    return maps[:, :1].flatten(1).amax(dim=1, keepdim=True)
+
+
 class FractureClassifier(nn.Module):
     """Backbone -> dropout -> Linear(num_features, 1). Output shape ``(B, 1)``: the fracture logit.
 
@@ -18,6 +23,12 @@ class FractureClassifier(nn.Module):
     With a ``loc_head`` (and the ``intermediates`` function that feeds it) the model also
     localises: :meth:`forward_with_map` returns the logit and the localisation map's logits
     from one backbone pass; :meth:`forward` still returns the logit alone.
+
+    ``score_fusion`` ``(a, b, c)``, set after training (fitted on val, stored in model.json):
+    the image's logit becomes ``a * class logit + b * the map's highest logit + c`` in
+    :meth:`forward` and :meth:`forward_with_map` alike, so every consumer (predict, serve,
+    Grad-CAM, ONNX export) scores with it. None (the default, and while training): the class
+    logit alone.
     """
 
     def __init__(
@@ -40,6 +51,7 @@ class FractureClassifier(nn.Module):
         object.__setattr__(self, "_stages", list(stages))
         object.__setattr__(self, "_cam_layer", cam_layer)
         self._frozen: list[nn.Module] = []
+        self.score_fusion: tuple[float, float, float] | None = None
 
     @property
     def stages(self) -> list[nn.Module]:
@@ -55,14 +67,21 @@ class FractureClassifier(nn.Module):
         return self.loc_head is not None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.score_fusion is not None and self.loc_head is not None:
+            return self.forward_with_map(x)[0]
         return self.head(self.dropout(self.backbone(x)))
 
     def forward_with_map(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(logit (B, 1), map logits (B, 1, h, w))`` from one backbone pass."""
+        """``(logit (B, 1), head output (B, C, h, w))`` from one backbone pass; channel 0 of
+        the head output is the map's logits (see :mod:`bonefrac.models.lochead`)."""
         if self.loc_head is None or self._intermediates is None:  # type: ignore[attr-defined]
             raise RuntimeError("this model has no localisation head (model.localize: false)")
         pooled, features = self._intermediates(self.backbone, x)  # type: ignore[attr-defined]
-        return self.head(self.dropout(pooled)), self.loc_head(features)
+        logit, maps = self.head(self.dropout(pooled)), self.loc_head(features)
+        if self.score_fusion is not None:
+            a, b, c = self.score_fusion
+            logit = a * logit + b * map_peak_logit(maps) + c
+        return logit, maps
 
     # --- freezing -----------------------------------------------------------------------
     def set_freeze(self, mode: str) -> None:

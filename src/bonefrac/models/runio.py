@@ -94,6 +94,8 @@ def load_model(run: RunDir, meta: ModelMeta) -> FractureClassifier:
             f"{path}: does not match architecture {meta.architecture!r}"
             f" (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    if meta.score_fusion is not None and model.localizes:
+        model.score_fusion = meta.score_fusion.as_tuple()
     return model.eval()
 
 

@@ -77,6 +77,22 @@ class OodRule(BaseModel):
     weights_sha256: str | None = None  # the weights whose features the statistics describe
 
 
+class ScoreFusion(BaseModel):
+    """A localising model's image logit: ``logit_weight * class logit + map_weight * the map's
+    highest logit + bias``, fitted by logistic regression on val (see
+    :class:`bonefrac.models.classifier.FractureClassifier`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    logit_weight: FiniteFloat
+    map_weight: FiniteFloat
+    bias: FiniteFloat
+    fitted_on: Literal["val"] = "val"
+
+    def as_tuple(self) -> tuple[float, float, float]:
+        return (self.logit_weight, self.map_weight, self.bias)
+
+
 class ModelMeta(BaseModel):
     """The fields of model.json that predictions depend on; other keys are kept as they are."""
 
@@ -114,6 +130,8 @@ class ModelMeta(BaseModel):
     """The model has a localisation head (its weights include it)."""
     box_regression: bool = False
     """Its head also regresses each map cell's box (False in runs trained before it)."""
+    score_fusion: ScoreFusion | None = None
+    """How the image logit fuses the class logit with the map's peak (None: the class logit)."""
     box_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     """Map probability a decoded box must reach to be reported (chosen on val at training)."""
 

@@ -210,6 +210,39 @@ def _box_threshold(ds: Any, map_logits: Any, size: int) -> dict[str, Any]:
     }
 
 
+#: Fewest val images of each class for fitting the score fusion.
+MIN_FUSION_CLASS = 10
+
+
+def _score_fusion(val: tuple[Any, Any], labels: Any) -> dict[str, Any] | None:
+    """Logistic regression of the val labels on (class logit, map's highest logit): the
+    weights of a localising model's image logit; None when val is too small to fit them."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    logits, maps = val
+    y = np.asarray(labels, dtype=int)
+    x = np.c_[np.asarray(logits, dtype=float), np.asarray(maps)[:, 0].reshape(len(y), -1).max(1)]
+    if min(int(y.sum()), int(len(y) - y.sum())) < MIN_FUSION_CLASS or not np.isfinite(x).all():
+        return None
+    fit = LogisticRegression(C=1.0).fit(x, y)
+    (a, b), c = fit.coef_[0], fit.intercept_[0]
+    return {"logit_weight": float(a), "map_weight": float(b), "bias": float(c), "fitted_on": "val"}
+
+
+def _fused(model: Any, logits: Any, maps: Any) -> Any:
+    """Class logits and head outputs of a split -> the fused image logits (as the model's own
+    forward computes them, in float32)."""
+    import numpy as np
+    import torch
+
+    from bonefrac.models.classifier import map_peak_logit
+
+    a, b, c = model.score_fusion
+    peak = map_peak_logit(torch.as_tensor(np.asarray(maps, dtype=np.float32)))[:, 0].numpy()
+    return (a * np.asarray(logits, dtype=np.float32) + b * peak + c).astype(np.float32)
+
+
 def _loc_columns(ds: Any, map_logits: Any, meta: ModelMeta) -> dict[str, list[Any]]:
     """The localisation columns of a split's predictions CSV."""
     from bonefrac.inference.localize import loc_columns, loc_row, row_boxes, upsample_maps
@@ -289,8 +322,13 @@ def _write_outputs(
                 ds, cfg.data.eval_batch_size, progress=progress, description=description
             )
             outputs[split] = (logits, None)
-    if cfg.model.localize:  # the box threshold comes from val only
+    if cfg.model.localize:  # the box threshold and the score fusion come from val only
         raw_meta.update(_box_threshold(dm.datasets["val"], outputs["val"][1], meta.image_size))
+        fusion = _score_fusion(outputs["val"], dm.datasets["val"].labels)
+        if cfg.model.fuse_map_score and fusion is not None:
+            raw_meta["score_fusion"] = fusion
+            model.score_fusion = (fusion["logit_weight"], fusion["map_weight"], fusion["bias"])
+            outputs = {k: (_fused(model, *v), v[1]) for k, v in outputs.items()}
         meta = ModelMeta.parse(raw_meta, run.meta_path)
     for split in RUN_SPLITS:
         ds = dm.datasets[split]
