@@ -227,3 +227,22 @@ def test_sizes_from_image_headers_and_fallback(tmp_path):
     assert "unit square" in m["localization"]["notes"]["sizes"]
     df["width"], df["height"] = 60, 20
     assert read_inputs(df, "x.csv").sizes == [(60, 20)] * 10
+
+
+def test_ap_and_froc_rank_the_candidate_boxes_when_present():
+    # the shown boxes (pred_boxes, above the box threshold) miss half the fractures; the
+    # candidates down to the score floor (cand_boxes) hold them all: AP and FROC use those
+    df = add_localization(make_predictions(80, seed=20), seed=21, quality="perfect")
+    shown = [json.dumps(b if i % 2 else []) for i, b in enumerate(df["pred_boxes"].map(json.loads))]
+    df = df.assign(cand_boxes=df["pred_boxes"], pred_boxes=shown)
+    m = split_localization(df, "x.csv", n_boot=0)
+    assert m["ap50"]["value"] == pytest.approx(1.0)
+    assert m["froc_1"]["value"] == pytest.approx(1.0)
+    assert m["localization"]["settings"]["ranked_boxes"] == "cand_boxes"
+    n_shown = sum(len(json.loads(v)) for v in shown)
+    assert m["localization"]["support"]["n_pred_boxes"] == n_shown  # the shown ones are counted
+    without = split_localization(df.drop(columns=["cand_boxes"]), "x.csv", n_boot=0)
+    assert without["ap50"]["value"] < 0.75
+    assert without["localization"]["settings"]["ranked_boxes"] == "pred_boxes"
+    half = read_inputs(df, "x.csv", sizes=[(100, 100)] * len(df)).subset(range(10))
+    assert half.cand_boxes is not None and len(half.cand_boxes) == 10

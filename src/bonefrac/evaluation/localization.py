@@ -3,7 +3,10 @@
 A localising run's predictions CSV carries, per image (all normalised to the ORIGINAL image):
 
 - ``boxes``: the true fracture boxes ``[[cx, cy, w, h], ...]`` (``[]`` or empty when none);
-- ``pred_boxes``: the model's boxes ``[[cx, cy, w, h, score], ...]`` (possibly ``[]``);
+- ``pred_boxes``: the model's boxes ``[[cx, cy, w, h, score], ...]`` (possibly ``[]``), those
+  shown (at or above the run's box threshold);
+- ``cand_boxes`` (optional): every decoded box down to a low score floor, the ranked list AP and
+  FROC are computed from (as detectors are scored); without it they use ``pred_boxes``;
 - ``map_peak``: ``[x, y]``, where the shown map peaks;
 - ``energy_in_box``: the share of the map's energy inside the true boxes (empty without boxes).
 
@@ -55,6 +58,7 @@ from bonefrac.explain.localization import (
 
 TRUE_BOXES = "boxes"
 PRED_BOXES = "pred_boxes"
+CAND_BOXES = "cand_boxes"
 MAP_PEAK = "map_peak"
 ENERGY = "energy_in_box"
 
@@ -93,12 +97,18 @@ class LocInputs:
     true_boxes: list[list[list[float]]]
     sizes: list[Size | None]
     pred_boxes: list[list[list[float]]] | None = None
+    cand_boxes: list[list[list[float]]] | None = None
     peaks: list[tuple[float, float] | None] | None = None
     energy: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return len(self.image_ids)
+
+    @property
+    def ranked_boxes(self) -> list[list[list[float]]] | None:
+        """The boxes AP and FROC rank: the candidates when present, else the shown boxes."""
+        return self.cand_boxes if self.cand_boxes is not None else self.pred_boxes
 
     @property
     def boxed(self) -> np.ndarray:
@@ -116,6 +126,7 @@ class LocInputs:
             true_boxes=[self.true_boxes[i] for i in idx],
             sizes=[self.sizes[i] for i in idx],
             pred_boxes=pick(self.pred_boxes),
+            cand_boxes=pick(self.cand_boxes),
             peaks=pick(self.peaks),
             energy=None if self.energy is None else self.energy[idx],
         )
@@ -230,6 +241,11 @@ def read_inputs(
         col = df[PRED_BOXES].tolist()
         inputs.pred_boxes = [
             _boxes(v, source, i, PRED_BOXES, 5) for v, i in zip(col, ids, strict=True)
+        ]
+    if CAND_BOXES in df.columns:
+        col = df[CAND_BOXES].tolist()
+        inputs.cand_boxes = [
+            _boxes(v, source, i, CAND_BOXES, 5) for v, i in zip(col, ids, strict=True)
         ]
     if MAP_PEAK in df.columns:
         inputs.peaks = [
@@ -529,12 +545,13 @@ def localization_metrics(
         notes["hit_rate"] = "undefined: no image of this split has a true box"
 
     n_pred = 0
-    if inputs.pred_boxes is not None:
-        n_pred = sum(len(b) for b in inputs.pred_boxes)
-        coco = CocoAP(inputs.true_boxes, inputs.pred_boxes)
+    ranked = inputs.ranked_boxes
+    if ranked is not None:
+        n_pred = sum(len(b) for b in inputs.pred_boxes or [])
+        coco = CocoAP(inputs.true_boxes, ranked)
         dist = np.array([coco.ap(row) for row in samples[:ap_n_boot]]) if ap_n_boot else None
         out["ap50"] = _entry(coco.ap(), dist, ci)
-        items = froc_items(inputs.true_boxes, inputs.pred_boxes)
+        items = froc_items(inputs.true_boxes, ranked)
         budgets = list(FROC_BUDGETS.values())
         point = froc_sensitivities(items, budgets)
         boot = np.array([froc_sensitivities(items, budgets, w) for w in weights])
@@ -563,8 +580,9 @@ def localization_metrics(
             "ap_backend": "pycocotools COCOeval (bbox, 101 recall points)",
             "froc_budgets": budgets_text(),
             "froc_match": "centre of a predicted box inside a true box",
+            "ranked_boxes": CAND_BOXES if inputs.cand_boxes is not None else PRED_BOXES,
             "n_boot": n_boot,
-            "ap_n_boot": ap_n_boot if inputs.pred_boxes is not None else 0,
+            "ap_n_boot": ap_n_boot if ranked is not None else 0,
             "seed": int(seed),
             "ci": float(ci),
             "method": "percentile bootstrap over images, stratified by has-boxes",

@@ -11,7 +11,8 @@ then:
   ones are dropped by ``torchvision.ops.nms``; the best :data:`MAX_BOXES` are reported as
   ``[cx, cy, w, h, score]``. Runs trained before box regression: connected components of the
   cells at or above half the map's peak, each component's bounding box scored by its highest
-  probability.
+  probability. ``cand_boxes``: the same decoding down to :data:`CANDIDATE_FLOOR` (at most
+  :data:`MAX_CANDIDATES`), the ranked list AP50 and FROC are computed from.
 * the peak: ``[x, y]`` of the map's maximum (the pixel centre), and ``map_max``, its
   probability (a second image-level score beside the fracture logit).
 * energy in box: the map's mass inside the true boxes, by
@@ -33,6 +34,10 @@ from bonefrac.data.transforms import letterbox_geometry
 
 #: At most this many boxes per image.
 MAX_BOXES = 5
+#: Candidate boxes (the ranked list AP and FROC are computed from) go down to this score ...
+CANDIDATE_FLOOR = 0.05
+#: ... at most this many per image.
+MAX_CANDIDATES = 10
 #: A component is made of the cells at or above this share of the map's peak.
 COMPONENT_LEVEL = 0.5
 #: Boxes overlapping a better one by more than this IoU are dropped.
@@ -42,7 +47,7 @@ NEGATIVE_BOX_RATE = 0.05
 DECIMALS = 4
 
 #: The predictions-CSV columns of a localising run.
-LOC_COLUMNS = ("boxes", "pred_boxes", "map_peak", "map_max", "energy_in_box")
+LOC_COLUMNS = ("boxes", "pred_boxes", "cand_boxes", "map_peak", "map_max", "energy_in_box")
 
 
 def upsample_maps(map_logits: np.ndarray | torch.Tensor, size: int) -> np.ndarray:
@@ -63,7 +68,9 @@ def crop_map(prob_map: np.ndarray, decoded_size: tuple[int, int]) -> np.ndarray:
     return heatmap_to_original(prob_map, (nw, nh), decoded_size)
 
 
-def decode_boxes(crop: np.ndarray, threshold: float) -> list[list[float]]:
+def decode_boxes(
+    crop: np.ndarray, threshold: float, max_boxes: int = MAX_BOXES
+) -> list[list[float]]:
     """Scored boxes ``[cx, cy, w, h, score]`` (normalised) from a cropped probability map."""
     import cv2
     from torchvision.ops import nms
@@ -87,7 +94,7 @@ def decode_boxes(crop: np.ndarray, threshold: float) -> list[list[float]]:
         return []
     keep = nms(torch.tensor(xyxy, dtype=torch.float32), torch.tensor(scores), NMS_IOU)
     out = []
-    for i in keep[:MAX_BOXES].tolist():
+    for i in keep[:max_boxes].tolist():
         x0, y0, x1, y1 = xyxy[i]
         box = [(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height]
         out.append([round(v, DECIMALS) for v in (*box, scores[i])])
@@ -95,7 +102,11 @@ def decode_boxes(crop: np.ndarray, threshold: float) -> list[list[float]]:
 
 
 def decode_regressed_boxes(
-    raw: np.ndarray, decoded_size: tuple[int, int], size: int, threshold: float
+    raw: np.ndarray,
+    decoded_size: tuple[int, int],
+    size: int,
+    threshold: float,
+    max_boxes: int = MAX_BOXES,
 ) -> list[list[float]]:
     """Scored boxes ``[cx, cy, w, h, score]`` (normalised to the original image) from one
     image's head output ``(5, h, w)``: map logits and per-cell box log distances (in cells)
@@ -123,7 +134,7 @@ def decode_regressed_boxes(
     finite = torch.isfinite(xyxy).all(1) & (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
     xyxy, scores = xyxy[finite], scores[finite]
     boxes = []
-    for i in nms(xyxy, scores, NMS_IOU)[:MAX_BOXES].tolist():
+    for i in nms(xyxy, scores, NMS_IOU)[:max_boxes].tolist():
         x0, y0, x1, y1 = xyxy[i].tolist()
         box = [
             ((x0 + x1) / 2 - left) / nw,
@@ -140,12 +151,14 @@ def predicted_boxes(
     decoded_size: tuple[int, int],
     threshold: float,
     raw: np.ndarray | None = None,
+    max_boxes: int = MAX_BOXES,
 ) -> list[list[float]]:
     """One image's scored boxes: from the head's box channels when ``raw`` (its ``(C, h, w)``
     output) has them, else from the map's components (runs trained before box regression)."""
     if raw is not None and np.ndim(raw) == 3 and np.shape(raw)[0] >= 5:
-        return decode_regressed_boxes(raw, decoded_size, prob_map.shape[-1], threshold)
-    return decode_boxes(crop_map(prob_map, decoded_size), threshold)
+        size = prob_map.shape[-1]
+        return decode_regressed_boxes(raw, decoded_size, size, threshold, max_boxes)
+    return decode_boxes(crop_map(prob_map, decoded_size), threshold, max_boxes)
 
 
 def map_peak(crop: np.ndarray) -> list[float]:
@@ -177,6 +190,11 @@ def loc_row(
     return {
         "boxes": json.dumps([list(b[:4]) for b in true_boxes]),
         "pred_boxes": json.dumps(predicted_boxes(prob_map, decoded_size, threshold, raw)),
+        "cand_boxes": json.dumps(
+            predicted_boxes(
+                prob_map, decoded_size, min(threshold, CANDIDATE_FLOOR), raw, MAX_CANDIDATES
+            )
+        ),
         "map_peak": json.dumps(map_peak(crop)),
         "map_max": round(float(crop.max()), 6) if crop.size else math.nan,
         "energy_in_box": energy_in_box(crop, true_boxes),
