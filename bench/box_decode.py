@@ -22,6 +22,7 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
+from box_threshold import head_outputs
 
 from bonefrac.evaluation.localization import FROC_BUDGETS, ap50, froc_items, froc_sensitivities
 from bonefrac.inference.localize import MAX_CANDIDATES, decode_regressed_boxes, row_boxes
@@ -67,11 +68,7 @@ def main() -> None:
     print("| split | source | decode | AP50 | FROC 0.5 / 1 / 2 |\n|---|---|---|---|---|")
     for split in ("val", "test"):
         df = run.predictions(split)
-        raws, sizes = [], []
-        for i in range(0, len(df), args.batch_size):
-            chunk = [pred.prepare(p) for p in df["path"].iloc[i : i + args.batch_size]]
-            raws += list(pred.logits_and_map_logits([c.array for c in chunk])[1])
-            sizes += [c.decoded_size for c in chunk]
+        raws, sizes = head_outputs(pred, df["path"], args.batch_size)
         truth = [row_boxes(v) for v in df["boxes"]]
         for source in sorted(df["source"].unique()):
             idx = np.flatnonzero(df["source"].to_numpy() == source)

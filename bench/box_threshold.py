@@ -12,11 +12,28 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
+
+import numpy as np
 
 from bonefrac.evaluation.localization import split_localization
 from bonefrac.inference.localize import predicted_boxes, upsample_maps
 from bonefrac.inference.predictor import Predictor
 from bonefrac.rundir import RunDir
+
+
+def head_outputs(
+    pred: Predictor, paths: Iterable[str], batch_size: int
+) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    """A localising run's head output ``(C, h, w)`` and decoded ``(W, H)`` of every image."""
+    paths = list(paths)
+    raws: list[np.ndarray] = []
+    sizes: list[tuple[int, int]] = []
+    for i in range(0, len(paths), batch_size):
+        chunk = [pred.prepare(p, name=p) for p in paths[i : i + batch_size]]
+        raws += list(pred.logits_and_map_logits([c.array for c in chunk])[1])
+        sizes += [c.decoded_size for c in chunk]
+    return raws, sizes
 
 
 def main() -> None:
@@ -33,15 +50,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for split in args.splits:
         df = run.read_predictions_raw(split)
-        decoded = []  # (upsampled map, head output, original size) per image
-        for i in range(0, len(df), args.batch_size):
-            chunk = [pred.prepare(p, name=p) for p in df["path"].iloc[i : i + args.batch_size]]
-            _, maps = pred.logits_and_map_logits([c.array for c in chunk])
-            probs = upsample_maps(maps, pred.image_size)
-            decoded += [(m, r, c.decoded_size) for m, r, c in zip(probs, maps, chunk, strict=True)]
+        raws, sizes = head_outputs(pred, df["path"], args.batch_size)
+        probs = [upsample_maps(raw[None], pred.image_size)[0] for raw in raws]
         for t in args.thresholds:
-            boxes = [predicted_boxes(m, size, t, raw) for m, raw, size in decoded]
-            scored = df.assign(pred_boxes=[json.dumps(b) for b in boxes])
+            boxes = [
+                predicted_boxes(prob, size, t, raw)
+                for prob, size, raw in zip(probs, sizes, raws, strict=True)
+            ]
+            # AP and FROC rank the candidate column when there is one: score these boxes instead
+            scored = df.drop(columns=["cand_boxes"], errors="ignore")
+            scored = scored.assign(pred_boxes=[json.dumps(b) for b in boxes])
             m = split_localization(scored, run.prediction_path(split), n_boot=0)
             if m is None:
                 raise SystemExit(f"{run.path}: {split} predictions have no localisation columns")

@@ -1,7 +1,15 @@
-# Sourced by the bench/device_*.sh scripts: the Python environment and the image pack on a lent
-# GPU machine. Needs PYTHON, PACK, WHL (see bench/device_seeds.sh); leaves PYTHONPATH, the
-# BONEFRAC_LITE<N>_WEIGHTS copies and, beside PACK/manifest.csv, manifest_fa.csv (FracAtlas
-# rows) and manifest_rf.csv (Roboflow rows), all with the pack's splits.
+# Sourced by the bench/device_*.sh scripts (after they set RUNS and TRAIN_S): the output, the
+# Python environment and the image pack on a lent GPU machine. Reads OUT (required), PYTHON,
+# PACK, WHL, EXTRA (see bench/device_seeds.sh); leaves $OUT/log.txt (all output), PYTHONPATH,
+# the BONEFRAC_LITE<N>_WEIGHTS copies and, beside PACK/manifest.csv, manifest_fa.csv
+# (FracAtlas rows) and manifest_rf.csv (Roboflow rows), all with the pack's splits.
+OUT=${OUT:?set OUT}
+PYTHON=${PYTHON:-python3}
+PACK=${PACK:-.pack}
+WHL=${WHL:-.whl}
+EXTRA=${EXTRA:-}
+mkdir -p "$OUT" "$RUNS"
+exec > >(tee "$OUT/log.txt") 2>&1
 if ls "$WHL"/*.whl >/dev/null 2>&1; then
   $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site "$WHL"/*.whl || exit 1

@@ -8,17 +8,10 @@
 # Dry run on a CPU: WHL=none OUT=/tmp/dry PACK=/tmp/pack TRAIN_S=600 SEEDS=1 EPOCHS=2 \
 #   EXTRA="--set data.image_size=64" PYTHON=.venv/bin/python bash bench/device_fa_transfer.sh
 set -u
-OUT=${OUT:?set OUT}
-PYTHON=${PYTHON:-python3}
 TRAIN_S=${TRAIN_S:-175}
 SEEDS=${SEEDS:-3}
 EPOCHS=${EPOCHS:-10}
-EXTRA=${EXTRA:-}
 RUNS=${RUNS:-/tmp/fa_transfer}
-PACK=${PACK:-.pack}
-WHL=${WHL:-.whl}
-mkdir -p "$OUT" "$RUNS"
-exec > >(tee "$OUT/log.txt") 2>&1
 . bench/device_env.sh
 start=$(date +%s)
 jobs=()

@@ -13,18 +13,11 @@
 # Dry run on a CPU: WHL=none OUT=/tmp/dry TRAIN_S=600 SEEDS_A=2 SEEDS_B=1 EXTRA="--set train.epochs=1" \
 #   PYTHON=.venv/bin/python bash bench/device_seeds.sh
 set -u
-OUT=${OUT:?set OUT}
-PYTHON=${PYTHON:-python3}
 TRAIN_S=${TRAIN_S:-470}
 SEEDS_A=${SEEDS_A:-10}
 SEEDS_B=${SEEDS_B:-3}
 SEEDS_C=${SEEDS_C:-3}
-EXTRA=${EXTRA:-}
 RUNS=${RUNS:-/tmp/device_runs}
-PACK=${PACK:-.pack}
-WHL=${WHL:-.whl}
-mkdir -p "$OUT" "$RUNS"
-exec > >(tee "$OUT/log.txt") 2>&1
 . bench/device_env.sh
 start=$(date +%s)
 jobs=()
