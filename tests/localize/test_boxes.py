@@ -220,3 +220,19 @@ def test_box_loss_pulls_the_cells_box_to_the_true_one():
     maps.grad = None
     localization_loss(maps, target, torch.zeros(1)).backward()  # a masked image teaches nothing
     assert maps.grad.abs().sum() == 0
+
+
+def test_score_fusion_is_fitted_on_val_and_kept_only_when_it_ranks_no_worse():
+    from bonefrac.training.fit import MIN_FUSION_CLASS, _score_fusion
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(40), np.zeros(40)].astype(int)
+    logits = y + rng.normal(0, 1.0, len(y))  # a weak class logit ...
+    maps = rng.normal(-3, 0.5, (len(y), 1, 4, 4))
+    maps[y == 1, 0, 1, 1] += 3.0  # ... and a map that peaks on the positives
+    fusion = _score_fusion((logits, maps), y)
+    assert fusion is not None and fusion["map_weight"] > 0
+    assert fusion["val_roc_auc"] >= fusion["val_roc_auc_logit_alone"]
+    few = y.copy()
+    few[MIN_FUSION_CLASS - 1 :] = 0  # too few positives to fit three weights
+    assert _score_fusion((logits, maps), few) is None

@@ -216,9 +216,11 @@ MIN_FUSION_CLASS = 10
 
 def _score_fusion(val: tuple[Any, Any], labels: Any) -> dict[str, Any] | None:
     """Logistic regression of the val labels on (class logit, map's highest logit): the
-    weights of a localising model's image logit; None when val is too small to fit them."""
+    weights of a localising model's image logit. None when val is too small to fit them, or
+    when the fused score ranks val worse than the class logit alone (then it is not used)."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
 
     logits, maps = val
     y = np.asarray(labels, dtype=int)
@@ -227,7 +229,21 @@ def _score_fusion(val: tuple[Any, Any], labels: Any) -> dict[str, Any] | None:
         return None
     fit = LogisticRegression(C=1.0).fit(x, y)
     (a, b), c = fit.coef_[0], fit.intercept_[0]
-    return {"logit_weight": float(a), "map_weight": float(b), "bias": float(c), "fitted_on": "val"}
+    fused_auc = roc_auc_score(y, x @ np.array([a, b]) + c)
+    logit_auc = roc_auc_score(y, x[:, 0])
+    if fused_auc < logit_auc:
+        log.info(
+            "score fusion not used: val ROC-AUC %.4f < %.4f (logit alone)", fused_auc, logit_auc
+        )
+        return None
+    return {
+        "logit_weight": float(a),
+        "map_weight": float(b),
+        "bias": float(c),
+        "fitted_on": "val",
+        "val_roc_auc": round(float(fused_auc), 6),
+        "val_roc_auc_logit_alone": round(float(logit_auc), 6),
+    }
 
 
 def _fused(model: Any, logits: Any, maps: Any) -> Any:
