@@ -80,7 +80,8 @@ class ModelConfig(_Strict):
     a map and boxes (``pred_boxes``) beside the fracture probability."""
     fuse_map_score: bool = True
     """A localising model's image score fuses its class logit with its map's peak, weights
-    fitted on val after training (logistic regression); false: the class logit alone."""
+    fitted on val after training (logistic regression), kept only when the fused score ranks
+    val no worse than the logit; false: the class logit alone."""
 
     @field_validator("freeze")
     @classmethod
