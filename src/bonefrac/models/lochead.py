@@ -58,11 +58,6 @@ class LocalizationHead(nn.Module):
             nn.init.normal_(self.box[-1].weight, std=0.01)
             nn.init.constant_(self.box[-1].bias, math.log(INITIAL_HALF_SIZE))
 
-    @property
-    def channels(self) -> int:
-        """Channels of the output: 1 (map) or 1 + :data:`BOX_CHANNELS`."""
-        return 1 + (BOX_CHANNELS if self.box is not None else 0)
-
     def forward(self, features: list[Tensor]) -> Tensor:
         merged = next(
             iter(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values())
