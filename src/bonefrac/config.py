@@ -78,6 +78,9 @@ class ModelConfig(_Strict):
     localize: bool = False
     """Add a localisation head trained on the manifest's fracture boxes: the run then outputs
     a map and boxes (``pred_boxes``) beside the fracture probability."""
+    loc_stride: Literal[4, 8] = 8
+    """Input pixels per cell of a localising model's map and boxes: 8, or 4 for finer box
+    geometry (the head then also reads the stride-4 features, at more compute)."""
     fuse_map_score: bool = True
     """A localising model's image score fuses its class logit with its map's peak, weights
     fitted on val after training (logistic regression), kept only when the fused score ranks

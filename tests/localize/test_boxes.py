@@ -49,6 +49,14 @@ def test_head_shapes(name):
     torch.testing.assert_close(logit, plain)  # one backbone pass gives the same logit
 
 
+@pytest.mark.parametrize("name", ["simple_cnn", "efficientnet_lite0"])
+def test_stride_4_head_reads_the_stride_4_features(name):
+    model = build_model(name, localize=True, loc_stride=4).eval()
+    with torch.no_grad():
+        logit, maps = model.forward_with_map(torch.randn(2, 3, SIZE, SIZE))
+    assert logit.shape == (2, 1) and maps.shape == (2, 5, SIZE // 4, SIZE // 4)
+
+
 def test_torchvision_refuses_localize():
     with pytest.raises(ModelError, match="model.localize"):
         build_model("resnet50", localize=True)

@@ -163,3 +163,21 @@ def test_image_score_fuses_logit_and_map_peak(loc_run: Path, test_preds: pd.Data
     a, b, c = meta.score_fusion.as_tuple()
     torch.testing.assert_close(fused, a * plain + b * map_peak_logit(maps) + c)
     torch.testing.assert_close(model(x), fused)  # forward() scores the same way
+
+
+@pytest.mark.slow  # trains a (tiny) run
+def test_a_stride_4_run_round_trips(tmp_path: Path):
+    from bonefrac.config import load_config
+    from bonefrac.training.fit import train
+    from tests.synthetic import FAST_OVERRIDES, make_manifest
+
+    manifest = make_manifest(tmp_path, {"train": 24, "val": 12, "test": 12}, pos_rate=0.5)
+    overrides = ["model.localize=true", "model.loc_stride=4", "train.epochs=1"]
+    run = train(load_config(None, FAST_OVERRIDES + overrides), manifest, tmp_path / "run")
+    meta = RunDir.open(run).meta()
+    assert meta.loc_stride == 4 and meta.box_regression
+    predictor = Predictor.from_run(run)
+    preds = RunDir.open(run).predictions("test")
+    _, head = predictor.logits_and_map_logits([predictor.prepare(preds["path"].iloc[0]).array])
+    assert head.shape[-1] == predictor.image_size // 4  # the reloaded model maps at stride 4
+    assert "pred_boxes" in preds.columns and "cand_boxes" in preds.columns

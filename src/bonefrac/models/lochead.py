@@ -1,9 +1,10 @@
 """The localisation head: multi-scale backbone features merged (FPN) into a dense fracture map
 and, per cell, the fracture box that cell belongs to.
 
-The head takes the backbone's feature maps at strides 8, 16 (and 32 where there is one), merges
-them top-down with torchvision's :class:`~torchvision.ops.FeaturePyramidNetwork` and reads the
-finest level (stride :data:`MAP_STRIDE`) with two small branches, as FCOS does:
+The head takes the backbone's feature maps at the map's stride (8 by default, or 4) and the
+coarser ones up to 32, merges them top-down with torchvision's
+:class:`~torchvision.ops.FeaturePyramidNetwork` and reads the finest level with two small
+branches, as FCOS does:
 
 * channel 0, the map: one logit per cell, "this cell lies inside a fracture box";
 * channels 1-4 (``box_regression``), the box: ``log`` of the distances from the cell's centre to
@@ -11,7 +12,7 @@ finest level (stride :data:`MAP_STRIDE`) with two small branches, as FCOS does:
   peaks, so its size comes from the image rather than from the map's blob (whose thresholded
   outline never matched the radiologists' boxes: AP50 stayed near 0).
 
-Output ``(B, 1 + 4, S / 8, S / 8)`` for an ``S x S`` input (``(B, 1, ...)`` without
+Output ``(B, 1 + 4, S / stride, S / stride)`` for an ``S x S`` input (``(B, 1, ...)`` without
 ``box_regression``, the layout of runs trained before it).
 """
 
@@ -23,10 +24,10 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-#: Pixels of input per cell of the localisation map.
+#: Pixels of input per cell of the localisation map, by default (``model.loc_stride``: 8 or 4).
 MAP_STRIDE = 8
-#: Feature strides the head merges (those the backbone has).
-HEAD_STRIDES = (8, 16, 32)
+#: Feature strides the head may merge (those at or above the map's stride that the backbone has).
+HEAD_STRIDES = (4, 8, 16, 32)
 #: Box channels after the map channel: log distances (in cells) to the left, top, right, bottom.
 BOX_CHANNELS = 4
 #: Initial half-size of a regressed box, in cells (about a fracture box at 384 px).

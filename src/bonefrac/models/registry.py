@@ -25,6 +25,15 @@ HALF = (0.5, 0.5, 0.5)
 
 
 @dataclass(frozen=True)
+class HeadOptions:
+    """The localisation head a builder adds: its map's stride (input pixels per cell, the
+    finest feature level it reads) and whether it regresses boxes."""
+
+    stride: int = 8
+    box_regression: bool = True
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """What bonefrac needs to know about an architecture."""
 
@@ -140,6 +149,7 @@ def build_model(
     dropout: float = 0.2,
     localize: bool = False,
     box_regression: bool = True,
+    loc_stride: int = 8,
 ) -> FractureClassifier:
     """Build ``name`` with one output logit (fractured).
 
@@ -151,11 +161,13 @@ def build_model(
     ``localize``: add the localisation head (:mod:`bonefrac.models.lochead`) on the stride
     8/16/32 features (simple_cnn and timm models with multi-scale features);
     ``box_regression``: the head also regresses each cell's box (False only to load runs
-    trained before box regression).
+    trained before box regression); ``loc_stride``: input pixels per map cell, 8 or 4 (the
+    finest feature level the head reads).
     """
     spec = resolve_spec(name)
     use_imagenet = pretrained is True or pretrained == "imagenet"
-    model = _BUILDERS[spec.family](spec, dropout, localize, box_regression)
+    head = HeadOptions(loc_stride, box_regression) if localize else None
+    model = _BUILDERS[spec.family](spec, dropout, head)
     if weights_path:
         W.load_weights_file(model, weights_path)
     elif use_imagenet:
@@ -193,7 +205,7 @@ def _cam_layer(spec: ModelSpec, net: nn.Module, default: nn.Module) -> nn.Module
 
 
 def _build_simple_cnn(
-    spec: ModelSpec, dropout: float, localize: bool, box_regression: bool = True
+    spec: ModelSpec, dropout: float, head_options: HeadOptions | None
 ) -> FractureClassifier:
     from bonefrac.models.lochead import LocalizationHead
     from bonefrac.models.simple_cnn import SimpleCNN
@@ -201,12 +213,13 @@ def _build_simple_cnn(
     net = SimpleCNN()
     stages = list(net.stages)
     cam = _cam_layer(spec, net, stages[-1])
-    if not localize:
+    if head_options is None:
         return FractureClassifier(net, net.num_features, stages, cam, dropout)
-    # stage i halves the resolution i + 1 times: stages 2 and 3 are strides 8 and 16
-    indices = [2, 3]
+    # stage i halves the resolution i + 1 times: stages 1, 2 and 3 are strides 4, 8 and 16
+    indices = [i for i in (1, 2, 3) if 2 ** (i + 1) >= head_options.stride]
     head = LocalizationHead(
-        [net.stages[i][4].num_features for i in indices], box_regression=box_regression
+        [net.stages[i][4].num_features for i in indices],
+        box_regression=head_options.box_regression,
     )
 
     def intermediates(backbone: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -216,30 +229,34 @@ def _build_simple_cnn(
 
 
 def _build_timm(
-    spec: ModelSpec, dropout: float, localize: bool, box_regression: bool = True
+    spec: ModelSpec, dropout: float, head_options: HeadOptions | None
 ) -> FractureClassifier:
     import timm
 
     net = timm.create_model(spec.arch, pretrained=False, num_classes=0)
     stages, cam = _timm_stages(net)
     cam = _cam_layer(spec, net, cam)
-    if not localize:
+    if head_options is None:
         return FractureClassifier(net, net.num_features, stages, cam, dropout)
-    from bonefrac.models.lochead import HEAD_STRIDES, MAP_STRIDE, LocalizationHead
+    from bonefrac.models.lochead import HEAD_STRIDES, LocalizationHead
 
+    stride = head_options.stride
     info = list(getattr(net, "feature_info", []) or [])
-    picked = [i for i, f in enumerate(info) if f.get("reduction") in HEAD_STRIDES]
+    wanted = [s for s in HEAD_STRIDES if s >= stride]
+    picked = [i for i, f in enumerate(info) if f.get("reduction") in wanted]
     strides = [info[i]["reduction"] for i in picked]
-    if not hasattr(net, "forward_intermediates") or MAP_STRIDE not in strides:
+    if not hasattr(net, "forward_intermediates") or stride not in strides:
         raise ModelError(
-            f"{spec.name}: model.localize needs multi-scale features (a stride-{MAP_STRIDE} "
+            f"{spec.name}: model.localize needs multi-scale features (a stride-{stride} "
             "feature map and forward_intermediates); use efficientnet_lite0, simple_cnn or "
             "another timm CNN, or set model.localize: false"
         )
     # one entry per stride (the last feature map of each), finest first
     last = {info[i]["reduction"]: i for i in picked}
     indices = [last[s] for s in sorted(last)]
-    head = LocalizationHead([info[i]["num_chs"] for i in indices], box_regression=box_regression)
+    head = LocalizationHead(
+        [info[i]["num_chs"] for i in indices], box_regression=head_options.box_regression
+    )
 
     def intermediates(backbone: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         final, feats = backbone.forward_intermediates(x, indices=indices)  # type: ignore[operator]
@@ -266,11 +283,11 @@ def _timm_stages(net: nn.Module) -> tuple[list[nn.Module], nn.Module]:
 
 
 def _build_torchvision(
-    spec: ModelSpec, dropout: float, localize: bool, box_regression: bool = True
+    spec: ModelSpec, dropout: float, head_options: HeadOptions | None
 ) -> FractureClassifier:
     import torchvision
 
-    if localize:
+    if head_options is not None:
         raise ModelError(
             f"{spec.name}: model.localize is supported for simple_cnn and timm models "
             "(e.g. efficientnet_lite0, timm:resnet50); set model.localize: false"
@@ -319,7 +336,7 @@ def _last_conv_container(module: nn.Module) -> nn.Module:
     return convs[-1] if convs else module
 
 
-_BUILDERS: dict[str, Callable[[ModelSpec, float, bool, bool], FractureClassifier]] = {
+_BUILDERS: dict[str, Callable[[ModelSpec, float, HeadOptions | None], FractureClassifier]] = {
     "simple_cnn": _build_simple_cnn,
     "timm": _build_timm,
     "torchvision": _build_torchvision,

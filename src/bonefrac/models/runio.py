@@ -74,6 +74,7 @@ def load_model(run: RunDir, meta: ModelMeta) -> FractureClassifier:
             dropout=meta.dropout,
             localize=meta.localize,
             box_regression=meta.box_regression,
+            loc_stride=meta.loc_stride,
         )
     except BonefracError as exc:
         raise RunDirError(f"{run.meta_path}: architecture {meta.architecture!r}: {exc}") from None

@@ -130,6 +130,8 @@ class ModelMeta(BaseModel):
     """The model has a localisation head (its weights include it)."""
     box_regression: bool = False
     """Its head also regresses each map cell's box (False in runs trained before it)."""
+    loc_stride: Literal[4, 8] = 8
+    """Input pixels per cell of its map (``model.loc_stride``)."""
     score_fusion: ScoreFusion | None = None
     """How the image logit fuses the class logit with the map's peak (None: the class logit)."""
     box_threshold: float = Field(0.5, gt=0.0, lt=1.0)

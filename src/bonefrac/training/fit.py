@@ -16,7 +16,6 @@ from bonefrac.config import ExperimentConfig
 from bonefrac.data.schema import read_manifest
 from bonefrac.fileio import file_sha1
 from bonefrac.inference.predictor import Predictor
-from bonefrac.models.lochead import MAP_STRIDE
 from bonefrac.models.registry import build_model, resolve_spec
 from bonefrac.models.runio import save_weights
 from bonefrac.precision import resolve_precision
@@ -105,6 +104,7 @@ def _build(cfg: ExperimentConfig):  # noqa: ANN202
         weights_path=cfg.model.weights_path,
         dropout=cfg.model.dropout,
         localize=cfg.model.localize,
+        loc_stride=cfg.model.loc_stride,
     )
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -125,7 +125,7 @@ def _fit(
     spec = resolve_spec(cfg.model.name)
     progress = progress and cfg.train.progress_bar
     start = time.perf_counter()
-    loc_stride = MAP_STRIDE if cfg.model.localize else None
+    loc_stride = cfg.model.loc_stride if cfg.model.localize else None
     dm = FractureDataModule(frames, cfg.data, cfg.seed, progress=progress, loc_stride=loc_stride)
     dm.prepare_data()
     steps = dm.steps_per_epoch()
@@ -322,6 +322,7 @@ def _write_outputs(
     if cfg.model.localize:
         raw_meta["localize"] = True
         raw_meta["box_regression"] = bool(getattr(model.loc_head, "box_regression", False))
+        raw_meta["loc_stride"] = cfg.model.loc_stride
     meta = ModelMeta.parse(raw_meta, run.meta_path)
     # predict val/test where training ran, through the same door as evaluate/predict/serve
     predictor = Predictor.from_model(model, meta, device=trainer.strategy.root_device)
