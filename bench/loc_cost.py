@@ -32,7 +32,7 @@ MODEL = "efficientnet_lite0"
 CONFIGS = {"cls": REPO / "configs/lite0.yaml", "loc": REPO / "configs/lite0_loc.yaml"}
 
 
-def make_batches(n: int, batch: int, size: int) -> list[tuple[torch.Tensor, ...]]:
+def make_batches(n: int, batch: int, size: int, stride: int) -> list[tuple[torch.Tensor, ...]]:
     """Random greyscale uint8 images, ~30% positive, each positive with one random box."""
     gen = torch.Generator().manual_seed(0)
     out = []
@@ -43,17 +43,18 @@ def make_batches(n: int, batch: int, size: int) -> list[tuple[torch.Tensor, ...]
         for label in y.tolist():
             wh = torch.randint(size // 14, size // 3, (2,), generator=gen).float()
             x0y0 = torch.rand(2, generator=gen) * (size - wh)
-            target, has_box = render_box_targets(torch.cat([x0y0, x0y0 + wh]), size, 8, True)
+            box = torch.cat([x0y0, x0y0 + wh])
+            target, has_box = render_box_targets(box, size, stride, True)
             targets.append(target if label else target.zero_())
             valid.append(float(has_box) if label else 1.0)
         out.append((x, y, torch.stack(targets), torch.tensor(valid)))
     return out
 
 
-def build(kind: str, steps: int) -> tuple[FractureModule, torch.optim.Optimizer]:
+def build(kind: str, steps: int, stride: int) -> tuple[FractureModule, torch.optim.Optimizer]:
     torch.manual_seed(0)  # same head init; backbone weights are the packaged ImageNet ones
     spec = resolve_spec(MODEL)
-    model = build_model(MODEL, pretrained="imagenet", localize=kind == "loc")
+    model = build_model(MODEL, pretrained="imagenet", localize=kind == "loc", loc_stride=stride)
     cfg = load_config(CONFIGS[kind])
     module = FractureModule(
         model.to(memory_format=torch.channels_last), cfg, spec.mean, spec.std, None, steps
@@ -64,9 +65,11 @@ def build(kind: str, steps: int) -> tuple[FractureModule, torch.optim.Optimizer]
 def train_rates(args: argparse.Namespace) -> dict[str, tuple[FractureModule, float]]:
     """img/s of each model: batch / median step time over alternating steps."""
     n = args.warmup + args.steps
-    setups = {k: build(k, n) for k in ("cls", "loc")}
+    setups = {k: build(k, n, args.loc_stride) for k in ("cls", "loc")}
     times: dict[str, list[float]] = {"cls": [], "loc": []}
-    for i, (x, y, target, valid) in enumerate(make_batches(n, args.batch, args.size)):
+    for i, (x, y, target, valid) in enumerate(
+        make_batches(n, args.batch, args.size, args.loc_stride)
+    ):
         for kind in ("cls", "loc") if i % 2 == 0 else ("loc", "cls"):
             module, opt = setups[kind]
             batch = (x, y) if kind == "cls" else (x, y, target, valid)
@@ -119,6 +122,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--loc-stride", type=int, default=8, choices=(4, 8))
     args = parser.parse_args()
     torch.set_num_threads(usable_cpus())
     warnings.filterwarnings("ignore", message=".*self.log.*")  # training_step outside a Trainer
@@ -128,7 +132,7 @@ def main() -> None:
     print(f"commit: {git_commit()}")
     print(f"machine: {machine()}")
     print(
-        f"{MODEL}, {args.size} px; train: batch {args.batch}, {args.steps} timed steps each"
+        f"{MODEL}, {args.size} px, map stride {args.loc_stride}; train: batch {args.batch}, {args.steps} timed steps each"
         f" (after {args.warmup}); inference: batch 1, median of {args.iters}"
         f" (loc decoded {ms['boxes']:.2f} boxes/image at threshold 0.5)\n"
     )
