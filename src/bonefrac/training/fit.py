@@ -224,7 +224,7 @@ def _score_fusion(val: tuple[Any, Any], labels: Any) -> dict[str, Any] | None:
 
     logits, maps = val
     y = np.asarray(labels, dtype=int)
-    x = np.c_[np.asarray(logits, dtype=float), np.asarray(maps)[:, 0].reshape(len(y), -1).max(1)]
+    x = np.c_[np.asarray(logits, dtype=float), _map_peaks(maps)]
     if min(int(y.sum()), int(len(y) - y.sum())) < MIN_FUSION_CLASS or not np.isfinite(x).all():
         return None
     fit = LogisticRegression(C=1.0).fit(x, y)
@@ -246,17 +246,23 @@ def _score_fusion(val: tuple[Any, Any], labels: Any) -> dict[str, Any] | None:
     }
 
 
-def _fused(model: Any, logits: Any, maps: Any) -> Any:
-    """Class logits and head outputs of a split -> the fused image logits (as the model's own
-    forward computes them, in float32)."""
+def _map_peaks(maps: Any) -> Any:
+    """Each image's highest map logit, ``(B,)``, as the model's own forward takes it."""
     import numpy as np
     import torch
 
     from bonefrac.models.classifier import map_peak_logit
 
-    a, b, c = model.score_fusion
-    peak = map_peak_logit(torch.as_tensor(np.asarray(maps, dtype=np.float32)))[:, 0].numpy()
-    return (a * np.asarray(logits, dtype=np.float32) + b * peak + c).astype(np.float32)
+    return map_peak_logit(torch.as_tensor(np.asarray(maps, dtype=np.float32)))[:, 0].numpy()
+
+
+def _fused(fusion: tuple[float, float, float], logits: Any, maps: Any) -> Any:
+    """Class logits and head outputs of a split -> the fused image logits (as the model's own
+    forward computes them, in float32)."""
+    import numpy as np
+
+    a, b, c = fusion
+    return (a * np.asarray(logits, dtype=np.float32) + b * _map_peaks(maps) + c).astype(np.float32)
 
 
 def _loc_columns(ds: Any, map_logits: Any, meta: ModelMeta) -> dict[str, list[Any]]:
@@ -341,12 +347,14 @@ def _write_outputs(
             outputs[split] = (logits, None)
     if cfg.model.localize:  # the box threshold and the score fusion come from val only
         raw_meta.update(_box_threshold(dm.datasets["val"], outputs["val"][1], meta.image_size))
-        fusion = _score_fusion(outputs["val"], dm.datasets["val"].labels)
-        if cfg.model.fuse_map_score and fusion is not None:
-            raw_meta["score_fusion"] = fusion
-            model.score_fusion = (fusion["logit_weight"], fusion["map_weight"], fusion["bias"])
-            outputs = {k: (_fused(model, *v), v[1]) for k, v in outputs.items()}
+        if cfg.model.fuse_map_score:
+            fusion = _score_fusion(outputs["val"], dm.datasets["val"].labels)
+            if fusion is not None:
+                raw_meta["score_fusion"] = fusion
         meta = ModelMeta.parse(raw_meta, run.meta_path)
+        if meta.score_fusion is not None:  # the model scores with it from now on
+            model.score_fusion = meta.score_fusion.as_tuple()
+            outputs = {k: (_fused(model.score_fusion, *v), v[1]) for k, v in outputs.items()}
     for split in RUN_SPLITS:
         ds = dm.datasets[split]
         logits, map_logits = outputs[split]
