@@ -4,6 +4,7 @@ map decoding back to the original image, the masked map loss, bad box rows."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -14,8 +15,10 @@ from torchvision.transforms import v2
 
 from bonefrac.data.dataset import PreparedImageCache, RadiographDataset
 from bonefrac.data.transforms import (
+    box_outlines,
     boxes_to_letterbox,
     letterbox,
+    outline_boxes,
     render_box_targets,
     train_augment,
 )
@@ -149,6 +152,59 @@ def test_dataset_survives_bad_box_rows(tmp_path):
     assert valid[:3] == [0.0, 0.0, 0.0]  # zero area, unreadable, outside: classifier only
     assert valid[4] == 1.0 and ds[4][2].sum() == 0  # a negative teaches an empty map
     assert json.loads(values[3]) and ds.boxes[3][0][2] == pytest.approx(0.3)  # clipped
+
+
+def test_rotation_does_not_inflate_boxes():
+    """Boxes ride through augmentation as outline points: flips and crops keep them exact, a
+    rotation grows them only as much as the rotated inscribed ellipse (v2's rotated corners
+    make a 2:1 box a third higher at 10 degrees)."""
+    from torchvision import tv_tensors
+
+    xyxy = torch.tensor([[10.0, 20.0, 40.0, 35.0], [0.0, 50.0, 6.0, 64.0]])
+    boxes = tv_tensors.BoundingBoxes(xyxy, format="XYXY", canvas_size=(SIZE, SIZE))
+    img = torch.zeros(1, SIZE, SIZE, dtype=torch.uint8)
+    torch.testing.assert_close(outline_boxes(box_outlines(boxes), SIZE), xyxy)
+    _, flipped = v2.RandomHorizontalFlip(p=1.0)(img, box_outlines(boxes))
+    torch.testing.assert_close(outline_boxes(flipped, SIZE), v2.functional.horizontal_flip(boxes))
+    cropped = v2.functional.crop(box_outlines(boxes), 5, 7, 40, 50)
+    torch.testing.assert_close(
+        outline_boxes(cropped, 40)[0], v2.functional.crop(boxes, 5, 7, 40, 50)[0]
+    )
+    angle = math.radians(10)
+    rotated = outline_boxes(v2.functional.rotate(box_outlines(boxes), 10.0), SIZE)[0]
+    w, h = 30.0, 15.0
+    ellipse_h = math.sqrt(h**2 * math.cos(angle) ** 2 + w**2 * math.sin(angle) ** 2)
+    assert float(rotated[3] - rotated[1]) == pytest.approx(ellipse_h, rel=0.01)
+    assert float(rotated[2] - rotated[0]) <= w  # no wider than the box itself
+    corners = v2.functional.rotate(boxes, 10.0)[0]
+    assert float(corners[3] - corners[1]) > 1.25 * h  # what the corners would have taught
+    # centres stay put under rotation about the image centre
+    centre = (rotated[:2] + rotated[2:]) / 2
+    torch.testing.assert_close(centre, (corners[:2] + corners[2:]) / 2, atol=0.05, rtol=0)
+
+
+def test_augmented_targets_keep_the_boxes_shape():
+    """Through the training augmentation (same random draws both ways) a 2:1 box keeps its
+    shape as outline points; as corners, rotation makes it about an eighth higher."""
+    from torchvision import tv_tensors
+
+    aug = train_augment(SIZE, "medium")
+    img = torch.zeros(1, SIZE, SIZE, dtype=torch.uint8)
+    boxes = tv_tensors.BoundingBoxes(
+        torch.tensor([[24.0, 28.0, 40.0, 36.0]]), format="XYXY", canvas_size=(SIZE, SIZE)
+    )
+
+    def aspect(box: torch.Tensor) -> float:
+        return float((box[3] - box[1]) / (box[2] - box[0]))
+
+    outlined, cornered = [], []
+    for seed in range(300):
+        torch.manual_seed(seed)
+        outlined.append(aspect(outline_boxes(aug(img, box_outlines(boxes))[1], SIZE)[0]))
+        torch.manual_seed(seed)
+        cornered.append(aspect(aug(img, boxes)[1][0].clamp(0, SIZE)))
+    assert np.median(outlined) == pytest.approx(0.5, abs=0.015)
+    assert np.median(cornered) > 0.54
 
 
 def test_old_single_channel_head_still_builds():

@@ -97,8 +97,10 @@ class RadiographDataset(Dataset):
 
     With ``loc_stride`` (a localising model) items are ``(image, label, target, valid)``: the
     manifest's fracture boxes go through the letterbox and the same augmentation as the image
-    (as ``tv_tensors.BoundingBoxes``) and are rendered as a box-interior map plus each marked
-    cell's box corners ``(5, S/stride, S/stride)`` (:func:`render_box_targets`); ``valid`` is 0 for a fractured image without (visible) boxes, whose map is
+    (as points on each box's inscribed ellipse, :func:`~bonefrac.data.transforms.box_outlines`,
+    so a rotation does not inflate them) and are rendered as a box-interior map plus each
+    marked cell's box corners ``(5, S/stride, S/stride)`` (:func:`render_box_targets`);
+    ``valid`` is 0 for a fractured image without (visible) boxes, whose map is
     then not trained, and 1 otherwise (a non-fractured image teaches an empty map).
     """
 
@@ -132,11 +134,17 @@ class RadiographDataset(Dataset):
             if self.transform is not None:
                 x = self.transform(x)
             return x, label
-        from bonefrac.data.transforms import boxes_to_letterbox, render_box_targets
+        from bonefrac.data.transforms import (
+            box_outlines,
+            boxes_to_letterbox,
+            outline_boxes,
+            render_box_targets,
+        )
 
         boxes = boxes_to_letterbox(self.boxes[index], self.cache.original_size(path), arr.shape[-1])
-        if self.transform is not None:
-            x, boxes = self.transform(x, boxes)
+        if self.transform is not None:  # the boxes travel as outline points (see box_outlines)
+            x, points = self.transform(x, box_outlines(boxes))
+            boxes = outline_boxes(points, x.shape[-1])
         target, has_box = render_box_targets(boxes, x.shape[-1], self.loc_stride, regression=True)
         valid = 1.0 if self.labels[index] == 0 else float(has_box)
         if self.labels[index] == 0:
