@@ -133,6 +133,7 @@ ROWS = (
     ("chance_hit_rate", "baseline: random point (area-based chance)"),
     ("energy_in_box", "energy in box"),
     ("ap50", "AP50 (COCO, all images)"),
+    ("ap50_boxed", "AP50 (COCO, images with boxes only: the benchmark convention)"),
     ("froc_0.5", "FROC sensitivity @ 0.5 FP/image"),
     ("froc_1", "FROC sensitivity @ 1 FP/image"),
     ("froc_2", "FROC sensitivity @ 2 FP/image"),

@@ -315,7 +315,8 @@ def evaluate(
         show(
             f"hit rate: map peak inside a true box (tolerance {st['tolerance']:g} of the longer "
             f"side); baselines: centre_hit_rate (always the image centre), chance_hit_rate "
-            f"(random point). AP50: COCO AP at IoU {st['ap_iou']:g} over all images. "
+            f"(random point). AP50: COCO AP at IoU {st['ap_iou']:g} over all images "
+            "(ap50_boxed: images with true boxes only, as detection benchmarks score). "
             f"FROC: {st['froc_budgets']} ({st['froc_match']})."
         )
         for note in res.metrics["localization"]["notes"].values():

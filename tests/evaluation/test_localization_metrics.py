@@ -246,3 +246,18 @@ def test_ap_and_froc_rank_the_candidate_boxes_when_present():
     assert without["localization"]["settings"]["ranked_boxes"] == "pred_boxes"
     half = read_inputs(df, "x.csv", sizes=[(100, 100)] * len(df)).subset(range(10))
     assert half.cand_boxes is not None and len(half.cand_boxes) == 10
+
+
+def test_ap50_boxed_ignores_boxes_on_images_without_true_boxes():
+    truth = [[[0.3, 0.3, 0.2, 0.2]], [[0.6, 0.6, 0.2, 0.2]], [], []]
+    found = [[[0.3, 0.3, 0.2, 0.2, 0.6]], [[0.6, 0.6, 0.2, 0.2, 0.5]]]
+    # confident boxes on the two negatives outrank the true ones
+    noisy = [*found, [[0.5, 0.5, 0.1, 0.1, 0.9]], [[0.4, 0.4, 0.1, 0.1, 0.8]]]
+    sizes = [(100, 100)] * 4
+    m = localization_metrics(LocInputs(["a", "b", "c", "d"], truth, sizes, noisy), n_boot=100)
+    assert m["ap50_boxed"]["value"] == pytest.approx(1.0)  # the benchmark convention
+    assert m["ap50"]["value"] < 0.6  # all images: the negatives' boxes cost precision
+    assert m["ap50_boxed"]["ci_low"] == pytest.approx(1.0)
+    clean = [*found, [], []]
+    c = localization_metrics(LocInputs(["a", "b", "c", "d"], truth, sizes, clean), n_boot=0)
+    assert c["ap50"]["value"] == pytest.approx(c["ap50_boxed"]["value"])

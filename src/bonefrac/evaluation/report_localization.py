@@ -36,6 +36,7 @@ LABELS = {
     "hit_rate": "hit rate (map peak in a box)",
     "energy_in_box": "energy in box",
     "ap50": "AP50 (COCO, all images)",
+    "ap50_boxed": "AP50 (COCO, images with boxes only)",
     "froc_0.5": "FROC sensitivity @ 0.5 FP/image",
     "froc_1": "FROC sensitivity @ 1 FP/image",
     "froc_2": "FROC sensitivity @ 2 FP/image",
@@ -85,7 +86,8 @@ def section(run: RunDir, metrics: dict[str, Any] | None) -> str | None:
         f"{_e(info.get('ap_n_boot', '?'))}). Hit rate: the map's peak inside a true box or within "
         f"{_e(info.get('tolerance', 0.05))} x the image's longer side, over images with boxes; "
         "compare it with the two baselines below it. AP50: COCO AP at IoU 0.5 over all images, "
-        "negatives included. FROC: a true box is found when a predicted box's centre lies in "
+        "negatives included; ap50_boxed: over the images with true boxes only (how detection "
+        "benchmarks, FracAtlas's included, are scored). FROC: a true box is found when a predicted box's centre lies in "
         "it; other predicted boxes are false positives.</p>",
         f"<table>{head}{body}</table>",
     ]
