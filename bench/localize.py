@@ -67,6 +67,25 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
     return point_metrics(y, p)["roc_auc"] if 0 < y.sum() < len(y) else math.nan
 
 
+def box_size_ratios(inputs: Any) -> tuple[float, float]:
+    """Median width and height ratio (predicted / true) of the boxes the model puts on true
+    boxes: for each true box, the best-scored ranked box whose centre lies inside it (the
+    FROC match). ``(nan, nan)`` when no true box is found."""
+    ranked = inputs.ranked_boxes or [[] for _ in inputs.true_boxes]
+    widths: list[float] = []
+    heights: list[float] = []
+    for truth, preds in zip(inputs.true_boxes, ranked, strict=True):
+        for cx, cy, w, h in (t[:4] for t in truth):
+            inside = [p for p in preds if abs(p[0] - cx) <= w / 2 and abs(p[1] - cy) <= h / 2]
+            if inside and w > 0 and h > 0:
+                best = max(inside, key=lambda p: p[4])
+                widths.append(math.log(best[2] / w))
+                heights.append(math.log(best[3] / h))
+    if not widths:
+        return math.nan, math.nan
+    return math.exp(float(np.median(widths))), math.exp(float(np.median(heights)))
+
+
 def seed_results(
     loc_dir: Path, cls_dir: Path | None, split: str, by: list[str], n_boot: int = 0
 ) -> dict[str, dict[str, float]]:
@@ -89,6 +108,7 @@ def seed_results(
         sub = inputs.subset(idx)
         m = localization_metrics(sub, n_boot=n_boot)
         row = {k: _value(m[k]) for k in LOC_METRIC_NAMES if k in m}
+        row["box_w_ratio"], row["box_h_ratio"] = box_size_ratios(sub)
         row["n_images"] = float(len(idx))
         row["n_with_boxes"] = float(m["localization"]["support"]["n_with_boxes"])
         row["roc_auc_loc"] = _auc(y[idx], p_loc[idx])
@@ -134,6 +154,8 @@ ROWS = (
     ("energy_in_box", "energy in box"),
     ("ap50", "AP50 (COCO, all images)"),
     ("ap50_boxed", "AP50 (COCO, images with boxes only: the benchmark convention)"),
+    ("box_w_ratio", "box width / true width (median, boxes found)"),
+    ("box_h_ratio", "box height / true height (median, boxes found)"),
     ("froc_0.5", "FROC sensitivity @ 0.5 FP/image"),
     ("froc_1", "FROC sensitivity @ 1 FP/image"),
     ("froc_2", "FROC sensitivity @ 2 FP/image"),

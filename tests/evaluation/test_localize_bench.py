@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def test_bench_prints_mean_sd_delong_and_sources(tmp_path, bench_mod, capsys):
     assert len(rows) == 3
     for r in rows:
         assert r["ap50"] > 0.9 and 0.5 < r["hit_rate"] < 1.0
+        assert r["ap50_boxed"] >= r["ap50"]
+        assert r["box_w_ratio"] == pytest.approx(1.0) and r["box_h_ratio"] == pytest.approx(1.0)
         assert r["roc_auc_loc"] > r["roc_auc_cls"] and r["delong_diff"] > 0
         assert 0 <= r["delong_p"] <= 1
     for word in ("mean ± sd over 3 seed(s)", "always the image centre", "area-based chance",
@@ -77,3 +80,18 @@ def test_bench_refuses_unpaired_or_classification_runs(tmp_path, bench_mod):
         bench_mod.bench(cls, loc)
     only = bench_mod.bench(loc, [])
     assert "roc_auc_cls" not in only["all"][0] and "roc_auc_loc" in only["all"][0]
+
+
+def test_box_size_ratios_read_the_box_found_on_each_true_box(bench_mod):
+    from bonefrac.evaluation.localization import LocInputs
+
+    truth = [[[0.5, 0.5, 0.2, 0.1]], [[0.3, 0.3, 0.1, 0.1]], []]
+    preds = [
+        [[0.52, 0.5, 0.3, 0.2, 0.9], [0.5, 0.5, 0.1, 0.1, 0.2]],  # the best-scored one counts
+        [[0.7, 0.7, 0.1, 0.1, 0.9]],  # its centre is outside: not found
+        [[0.5, 0.5, 0.1, 0.1, 0.9]],
+    ]
+    inputs = LocInputs(["a", "b", "c"], truth, [(100, 100)] * 3, preds)
+    assert bench_mod.box_size_ratios(inputs) == pytest.approx((1.5, 2.0))
+    missed = LocInputs(["b"], truth[1:2], [(100, 100)], preds[1:2])
+    assert all(math.isnan(v) for v in bench_mod.box_size_ratios(missed))
