@@ -18,7 +18,7 @@ fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 for v in 0 1 2; do
-  [ -f .pack/weights/lite$v.pth ] && export BONEFRAC_LITE${v}_WEIGHTS=$PWD/.pack/weights/lite$v.pth
+  [ -f "$PACK/weights/lite$v.pth" ] && export BONEFRAC_LITE${v}_WEIGHTS=$(cd "$PACK/weights" && pwd)/lite$v.pth
 done
 if [ -f "$PACK/pack.tar.gz" ] && [ ! -f "$PACK/manifest.csv" ]; then
   tar -xzf "$PACK/pack.tar.gz" -C "$PACK" || exit 1
