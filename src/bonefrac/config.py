@@ -120,6 +120,10 @@ class TrainConfig(_Strict):
     loss: Literal["bce", "focal"] = "bce"
     loc_loss_weight: float = Field(1.0, ge=0)
     """Weight of the localisation map's loss beside the fracture logit's (model.localize)."""
+    loc_target: Literal["box", "gaussian"] = "box"
+    """The map's training target: ``box`` (1 on every cell inside a fracture box) or
+    ``gaussian`` (peaking at 1 on the box's centre, falling to about 0.14 at its edges; the box
+    loss then weights cells the same way)."""
     focal_gamma: float = Field(2.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     monitor: Literal["val_roc_auc", "val_loss", "val_f1", "val_pr_auc"] = "val_roc_auc"

@@ -227,6 +227,47 @@ def test_box_targets_carry_each_cells_box():
     assert plain.shape == (1, 8, 8)
 
 
+def test_gaussian_targets_peak_at_the_box_centre():
+    box = torch.tensor([[8.0, 16.0, 56.0, 48.0]])  # cells 1..7 x 2..6, centre cell (4, 4)
+    hard, _ = render_box_targets(box, SIZE, 8, regression=True)
+    soft, has_box = render_box_targets(box, SIZE, 8, regression=True, kind="gaussian")
+    assert has_box
+    assert torch.equal(soft[0] > 0, hard[0] > 0)  # same support: the box's cells
+    torch.testing.assert_close(soft[1:], hard[1:])  # same box corners to regress
+    assert soft[0, 4, 4] == 1.0 and soft[0].max() == 1.0
+    assert soft[0, 4, 1] < soft[0, 4, 3] < soft[0, 4, 4]  # falls off towards the edges
+    # cell (4, 1): centre (12, 36) px, box centre (32, 32), sigma (12, 8) px
+    edge = math.exp(-0.5 * (((12 - 32) / 12) ** 2 + ((36 - 32) / 8) ** 2))
+    assert float(soft[0, 4, 1]) == pytest.approx(edge, rel=1e-4)
+    with pytest.raises(ValueError, match="loc target"):
+        render_box_targets(box, SIZE, 8, kind="disk")
+
+
+def test_box_loss_weights_cells_by_their_map_target():
+    box = torch.tensor([[8.0, 16.0, 56.0, 48.0]])
+    soft, _ = render_box_targets(box, SIZE, 8, regression=True, kind="gaussian")
+    hard, _ = render_box_targets(box, SIZE, 8, regression=True)
+    # a box branch right at the centre cell and wrong one cell from the edge
+    raw = torch.from_numpy(_head_output([1.0, 2.0, 7.0, 6.0], (4, 4)))[None]
+    raw[0, 1:, 4, 1] = torch.log(torch.tensor([0.1, 0.1, 0.1, 0.1]))
+    raw[:, 0] = 0.0
+    valid = torch.ones(1)
+    # the wrong cell weighs less under the Gaussian target, so the box part of the loss is lower
+    assert localization_loss(raw, soft[None], valid, pos_weight=1.0) < localization_loss(
+        raw, hard[None], valid, pos_weight=1.0
+    )
+
+
+def test_config_takes_the_loc_target():
+    from bonefrac.config import load_config
+
+    cfg = load_config("configs/lite0_loc.yaml", ["train.loc_target=gaussian"])
+    assert cfg.train.loc_target == "gaussian"
+    assert load_config("configs/lite0_loc.yaml").train.loc_target == "box"
+    with pytest.raises(ConfigError):
+        load_config("configs/lite0_loc.yaml", ["train.loc_target=disk"])
+
+
 def _head_output(box_cells: list[float], peak: tuple[int, int], cells: int = 8) -> np.ndarray:
     """A (5, cells, cells) head output: one map peak at ``peak`` (row, col) and, everywhere, the
     log distances from each cell's centre to the XYXY ``box_cells`` edges (floored at 0.05)."""

@@ -110,6 +110,7 @@ class RadiographDataset(Dataset):
         cache: PreparedImageCache,
         transform: Callable[..., Any] | None = None,
         loc_stride: int | None = None,
+        loc_target: str = "box",
     ) -> None:
         self.frame = frame.reset_index(drop=True)
         self.paths = self.frame["path"].astype(str).tolist()
@@ -117,6 +118,7 @@ class RadiographDataset(Dataset):
         self.cache = cache
         self.transform = transform
         self.loc_stride = loc_stride
+        self.loc_target = loc_target
         self.boxes: list[list[list[float]]] = []
         if loc_stride:
             column = self.frame["boxes"] if "boxes" in self.frame.columns else [None] * len(self)
@@ -145,7 +147,9 @@ class RadiographDataset(Dataset):
         if self.transform is not None:  # the boxes travel as outline points (see box_outlines)
             x, points = self.transform(x, box_outlines(boxes))
             boxes = outline_boxes(points, x.shape[-1])
-        target, has_box = render_box_targets(boxes, x.shape[-1], self.loc_stride, regression=True)
+        target, has_box = render_box_targets(
+            boxes, x.shape[-1], self.loc_stride, regression=True, kind=self.loc_target
+        )
         valid = 1.0 if self.labels[index] == 0 else float(has_box)
         if self.labels[index] == 0:
             target.zero_()

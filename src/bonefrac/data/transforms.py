@@ -198,8 +198,15 @@ def outline_boxes(points: Tensor, size: int) -> Tensor:
     return xyxy.clamp(0, size)
 
 
+#: Map target kinds (``train.loc_target``).
+LOC_TARGETS = ("box", "gaussian")
+#: A Gaussian target's sigma per axis, as a share of the box's half-size there (the box's edge
+#: then gets exp(-2), about 0.14).
+GAUSSIAN_SIGMA = 0.5
+
+
 def render_box_targets(
-    boxes: Tensor, size: int, stride: int, regression: bool = False
+    boxes: Tensor, size: int, stride: int, regression: bool = False, kind: str = "box"
 ) -> tuple[Tensor, bool]:
     """Box-interior target map ``(1, size // stride, size // stride)`` for pixel XYXY boxes in
     a ``size x size`` frame: 1 on cells whose centre lies in a box (at least the cell holding the
@@ -208,7 +215,14 @@ def render_box_targets(
 
     With ``regression`` the target has 4 more channels: the XYXY corners, in cells, of the box
     each marked cell belongs to (the smallest one where boxes overlap, as FCOS assigns), 0 on
-    unmarked cells."""
+    unmarked cells.
+
+    ``kind="gaussian"``: the marked cells get ``exp(-d^2 / 2)`` instead of 1, ``d`` the distance
+    to the box's centre in units of :data:`GAUSSIAN_SIGMA` times its half-size per axis (1 on
+    the centre cell), so the map learns to peak at the box's centre; the box loss weights each
+    cell by that value (FCOS weights its box loss by centre-ness the same way)."""
+    if kind not in LOC_TARGETS:
+        raise ValueError(f"loc target must be one of {LOC_TARGETS}, got {kind!r}")
     cells = max(1, size // stride)
     target = torch.zeros(5 if regression else 1, cells, cells)
     b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).clamp(0, size)
@@ -221,10 +235,20 @@ def render_box_targets(
     for x0, y0, x1, y1 in b.tolist():
         cols = (centres >= x0) & (centres <= x1)
         rows = (centres >= y0) & (centres <= y1)
-        cols[min(cells - 1, int((x0 + x1) / 2 / step))] = True
-        rows[min(cells - 1, int((y0 + y1) / 2 / step))] = True
+        centre_col = min(cells - 1, int((x0 + x1) / 2 / step))
+        centre_row = min(cells - 1, int((y0 + y1) / 2 / step))
+        cols[centre_col] = True
+        rows[centre_row] = True
         inside = rows[:, None] & cols[None, :]
-        target[0] = torch.maximum(target[0], inside.float())
+        value = inside.float()
+        if kind == "gaussian":
+            sx = max(GAUSSIAN_SIGMA * (x1 - x0) / 2, 1e-3)
+            sy = max(GAUSSIAN_SIGMA * (y1 - y0) / 2, 1e-3)
+            dx = (centres - (x0 + x1) / 2) / sx
+            dy = (centres - (y0 + y1) / 2) / sy
+            value = torch.exp(-0.5 * (dy[:, None] ** 2 + dx[None, :] ** 2)) * value
+            value[centre_row, centre_col] = 1.0
+        target[0] = torch.maximum(target[0], value)
         if regression:
             own = inside & ((x1 - x0) * (y1 - y0) < area)
             area[own] = (x1 - x0) * (y1 - y0)

@@ -59,7 +59,8 @@ def split_frames(
 class FractureDataModule(L.LightningDataModule):
     """Train/val/test loaders. Images are decoded once into memory when ``cfg.cache``.
 
-    ``loc_stride`` (a localising model): training items carry box targets at that stride.
+    ``loc_stride`` (a localising model): training items carry box targets at that stride, of
+    kind ``loc_target`` (``box`` or ``gaussian``).
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class FractureDataModule(L.LightningDataModule):
         seed: int,
         progress: bool = True,
         loc_stride: int | None = None,
+        loc_target: str = "box",
     ) -> None:
         super().__init__()
         self.frames = frames
@@ -84,6 +86,7 @@ class FractureDataModule(L.LightningDataModule):
                 self.train_cache,
                 train_augment(cfg.image_size, cfg.augment),
                 loc_stride=loc_stride,
+                loc_target=loc_target,
             ),
             "val": RadiographDataset(frames["val"], self.eval_cache),
             "test": RadiographDataset(frames["test"], self.eval_cache),

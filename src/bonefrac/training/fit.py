@@ -126,7 +126,14 @@ def _fit(
     progress = progress and cfg.train.progress_bar
     start = time.perf_counter()
     loc_stride = cfg.model.loc_stride if cfg.model.localize else None
-    dm = FractureDataModule(frames, cfg.data, cfg.seed, progress=progress, loc_stride=loc_stride)
+    dm = FractureDataModule(
+        frames,
+        cfg.data,
+        cfg.seed,
+        progress=progress,
+        loc_stride=loc_stride,
+        loc_target=cfg.train.loc_target,
+    )
     dm.prepare_data()
     steps = dm.steps_per_epoch()
     if cfg.train.max_steps_per_epoch:

@@ -51,7 +51,8 @@ def localization_loss(
     targets, averaged over the images with ``valid`` = 1 only (0 when none is valid in the
     batch). A head with box channels (``C = 5``) and targets with box corners (channels 1-4 of
     :func:`bonefrac.data.transforms.render_box_targets`) adds torchvision's generalized-IoU loss
-    of each marked cell's box, averaged over the marked cells of valid images."""
+    of each marked cell's box, averaged over the marked cells of valid images, each weighted by
+    its map target (1 inside a box; the centre-ness of a Gaussian target)."""
     from torchvision.ops import generalized_box_iou_loss
 
     from bonefrac.models.lochead import cell_boxes
@@ -68,12 +69,14 @@ def localization_loss(
     loss = (per_image * weights).sum() / weights.sum().clamp_min(1.0)
     if map_logits.shape[1] < 5 or target.shape[1] < 5:
         return loss
-    marked = (target[:, 0] > 0.5) & (weights.view(-1, 1, 1) > 0)
+    marked = (target[:, 0] > 0) & (weights.view(-1, 1, 1) > 0)
     if not bool(marked.any()):
         return loss + 0.0 * map_logits[:, 1:5].sum()  # keeps the box branch in the graph
     pred = cell_boxes(map_logits).permute(0, 2, 3, 1)[marked]
     true = target[:, 1:5].permute(0, 2, 3, 1)[marked]
-    box = generalized_box_iou_loss(pred, true, reduction="mean")
+    cell_weight = target[:, 0][marked]  # 1 on box targets; centre-ness on Gaussian ones
+    per_cell = generalized_box_iou_loss(pred, true, reduction="none")
+    box = (per_cell * cell_weight).sum() / cell_weight.sum().clamp_min(1e-6)
     return loss + BOX_LOSS_WEIGHT * box
 
 
