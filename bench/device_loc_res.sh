@@ -3,7 +3,8 @@
 # configs/lite0_loc.yaml at 384 px and at SIZE_B px (default 512), both sources, SEEDS seeds each,
 # all side by side on one GPU machine (the `device` tool), paired on the same split and seeds;
 # then bench/localize.py on the test split of each arm (hit rate, AP50, ap50_boxed, box size).
-# ARM_C="--set KEY=VALUE ...": a third 384 px arm with those settings (paired the same way).
+# ARM_C="--set KEY=VALUE ...": a third 384 px arm with those settings, paired the same way
+# (default: Gaussian map targets, train.loc_target=gaussian; ARM_C= for none).
 # Inputs as for bench/device_seeds.sh (.whl/ and a pack), but the pack made at SIZE_B, with only
 # Lite0's weights, so that it and the wheels fit the 64 MiB a call carries (39 + 7 + 3 MB):
 #   bench/pack_images.py MANIFEST --size 512 --format webp --quality 80 --out /tmp/pack512
@@ -19,7 +20,7 @@ set -u
 TRAIN_S=${TRAIN_S:-480}
 SEEDS=${SEEDS:-3}
 SIZE_B=${SIZE_B:-512}
-ARM_C=${ARM_C:-}  # e.g. "--set train.loc_target=gaussian": a third, 384 px arm
+ARM_C=${ARM_C---set train.loc_target=gaussian}  # a third, 384 px arm ("" for none)
 RUNS=${RUNS:-/tmp/loc_res}
 . bench/device_env.sh
 start=$(date +%s)
