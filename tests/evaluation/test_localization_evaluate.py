@@ -116,8 +116,12 @@ def test_compare_shows_localisation(tmp_path):
     assert res.exit_code == 0, res.output
     assert "ap50" in res.output and "hit_rate" in res.output
     md = (out / "compare.md").read_text()
-    assert "ap50" in md and "hit_rate" in md
+    assert "ap50" in md and "hit_rate" in md and "ap50_boxed" in md
     assert "<h2>Localisation</h2>" in (out / "compare.html").read_text()
     data = read_json(out / "compare.json")
     assert data["localization"]["a"]["ap50"]["value"] > 0.9
+    assert (
+        data["localization"]["a"]["ap50_boxed"]["value"]
+        >= data["localization"]["a"]["ap50"]["value"]
+    )
     assert data["localization"]["b"] is None

@@ -266,11 +266,11 @@ def table_rows(result: CompareResult, bold: tuple[str, str] = ("**", "**")) -> l
 
 
 #: localisation metrics shown beside the classification table
-COMPARE_LOC_METRICS = ("hit_rate", "ap50")
+COMPARE_LOC_METRICS = ("hit_rate", "ap50", "ap50_boxed")
 
 
 def localization_rows(result: CompareResult) -> list[list[str]]:
-    """Rows ``[run, hit_rate, ap50]`` (``n/a`` for a run without localisation)."""
+    """Rows ``[run, *COMPARE_LOC_METRICS]`` (``n/a`` for a run without localisation)."""
     rows = []
     for name in result.names:
         loc = result.localization.get(name) or {}

@@ -118,7 +118,9 @@ def compare_table(result: Any) -> Table:
             cells.append(f"[bold green]{text}[/]" if best else text)
         table.add_row(metric, *cells)
     if getattr(result, "has_localization", False):
-        for metric in ("hit_rate", "ap50"):
+        from bonefrac.evaluation.compare import COMPARE_LOC_METRICS
+
+        for metric in COMPARE_LOC_METRICS:
             cells = [
                 format_ci((result.localization.get(name) or {}).get(metric))
                 for name in result.names
