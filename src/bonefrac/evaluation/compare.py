@@ -30,7 +30,7 @@ from scipy.stats import norm, rankdata
 from bonefrac.errors import ConfigError, DataError
 from bonefrac.evaluation import plots
 from bonefrac.evaluation.localization import split_localization
-from bonefrac.evaluation.tables import markdown_table
+from bonefrac.evaluation.tables import COMPARE_LOC_METRICS, markdown_table
 from bonefrac.fileio import atomic_open, write_json
 from bonefrac.metrics import METRIC_NAMES, compute_metrics, format_ci
 from bonefrac.rundir import RunDir, check_name, run_probabilities
@@ -263,10 +263,6 @@ def table_rows(result: CompareResult, bold: tuple[str, str] = ("**", "**")) -> l
             cells.append(text)
         rows.append(cells)
     return rows
-
-
-#: localisation metrics shown beside the classification table
-COMPARE_LOC_METRICS = ("hit_rate", "ap50", "ap50_boxed")
 
 
 def localization_rows(result: CompareResult) -> list[list[str]]:

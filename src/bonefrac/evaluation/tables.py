@@ -11,6 +11,9 @@ from rich.table import Table
 
 from bonefrac.metrics import METRIC_NAMES, format_ci
 
+#: localisation metrics `bonefrac compare` shows beside the classification table
+COMPARE_LOC_METRICS = ("hit_rate", "ap50", "ap50_boxed")
+
 
 def markdown_table(head: Sequence[object], rows: Iterable[Sequence[object]]) -> str:
     """A markdown table: header, ``---`` rule, one line per row (cells via ``str``)."""
@@ -118,8 +121,6 @@ def compare_table(result: Any) -> Table:
             cells.append(f"[bold green]{text}[/]" if best else text)
         table.add_row(metric, *cells)
     if getattr(result, "has_localization", False):
-        from bonefrac.evaluation.compare import COMPARE_LOC_METRICS
-
         for metric in COMPARE_LOC_METRICS:
             cells = [
                 format_ci((result.localization.get(name) or {}).get(metric))
