@@ -174,9 +174,9 @@ def box_outlines(boxes: tv_tensors.BoundingBoxes) -> tv_tensors.BoundingBoxes:
     ``KeyPoints`` flip one pixel off from its boxes).
 
     A rotation moves a box's corners outside the fracture it marked, so the rotated corners'
-    enclosing box (what v2 does to ``BoundingBoxes``) grows by up to ``w sin a + h cos a``: 10
-    degrees make a 2:1 box 1.2 times as high. Trained on such targets the head learned boxes
-    about 15 % too large. The rotated ellipse's enclosing box, ``sqrt(w^2 cos^2 a + h^2
+    enclosing box (what v2 does to ``BoundingBoxes``) is ``h cos a + w sin a`` high: 10 degrees
+    make a 2:1 box 1.33 times as high. Trained on such targets the head learned boxes 5-20 %
+    too large (BENCHMARKS.md). The rotated ellipse's enclosing box, ``sqrt(w^2 cos^2 a + h^2
     sin^2 a)`` wide, is the usual tighter estimate; crops, flips and resizes (no rotation) give
     back the exact box (:func:`outline_boxes`)."""
     xyxy = boxes.as_subclass(Tensor).reshape(-1, 4).float()

@@ -87,8 +87,8 @@ def section(run: RunDir, metrics: dict[str, Any] | None) -> str | None:
         f"{_e(info.get('tolerance', 0.05))} x the image's longer side, over images with boxes; "
         "compare it with the two baselines below it. AP50: COCO AP at IoU 0.5 over all images, "
         "negatives included; ap50_boxed: over the images with true boxes only (how detection "
-        "benchmarks, FracAtlas's included, are scored). FROC: a true box is found when a predicted box's centre lies in "
-        "it; other predicted boxes are false positives.</p>",
+        "benchmarks, FracAtlas's included, are scored). FROC: a true box is found when a "
+        "predicted box's centre lies in it; other predicted boxes are false positives.</p>",
         f"<table>{head}{body}</table>",
     ]
     if notes:
