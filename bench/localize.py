@@ -34,6 +34,7 @@ from bonefrac.errors import ConfigError  # noqa: E402
 from bonefrac.evaluation.compare import delong_test, load_aligned  # noqa: E402
 from bonefrac.evaluation.localization import (  # noqa: E402
     LOC_METRIC_NAMES,
+    centre_inside,
     has_localization,
     localization_metrics,
     read_inputs,
@@ -75,12 +76,16 @@ def box_size_ratios(inputs: Any) -> tuple[float, float]:
     widths: list[float] = []
     heights: list[float] = []
     for truth, preds in zip(inputs.true_boxes, ranked, strict=True):
-        for cx, cy, w, h in (t[:4] for t in truth):
-            inside = [p for p in preds if abs(p[0] - cx) <= w / 2 and abs(p[1] - cy) <= h / 2]
-            if inside and w > 0 and h > 0:
-                best = max(inside, key=lambda p: p[4])
-                widths.append(math.log(best[2] / w))
-                heights.append(math.log(best[3] / h))
+        best: dict[int, list[float]] = {}  # true box -> its best-scored box centred in it
+        for box in preds:
+            for j in centre_inside((box[0], box[1]), truth):
+                if j not in best or box[4] > best[j][4]:
+                    best[j] = box
+        for j, box in best.items():
+            w, h = truth[j][2], truth[j][3]
+            if w > 0 and h > 0:
+                widths.append(math.log(box[2] / w))
+                heights.append(math.log(box[3] / h))
     if not widths:
         return math.nan, math.nan
     return math.exp(float(np.median(widths))), math.exp(float(np.median(heights)))

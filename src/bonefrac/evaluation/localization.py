@@ -310,7 +310,7 @@ def chance_hits(
     return out
 
 
-def _centre_inside(point: tuple[float, float], boxes: Sequence[Sequence[float]]) -> list[int]:
+def centre_inside(point: tuple[float, float], boxes: Sequence[Sequence[float]]) -> list[int]:
     """Indices of the (normalised) boxes that contain the point."""
     return [
         j
@@ -338,7 +338,7 @@ def froc_items(
     for i, (truth, preds) in enumerate(zip(true_boxes, pred_boxes, strict=True)):
         best = [-math.inf] * len(truth)
         for box in preds:
-            inside = _centre_inside((box[0], box[1]), truth) if truth else []
+            inside = centre_inside((box[0], box[1]), truth) if truth else []
             if not inside:
                 fp_s.append(box[4])
                 fp_i.append(i)
