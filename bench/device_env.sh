@@ -42,5 +42,10 @@ stab() {
     --set data.num_workers=1 "$@" $EXTRA > "$RUNS/$name.summary.txt" 2>&1
   echo "== $name (exit $?)"; cat "$RUNS/$name.summary.txt"
 }
+# pack_runs FILE: every run directory under RUNS, without weights or checkpoints, as OUT/FILE
+pack_runs() {
+  tar -C "$RUNS" -czf "$OUT/$1" --exclude='*.safetensors' --exclude='checkpoints' \
+    --exclude='*.ckpt' .
+}
 # trainings a timeout cut off (stability.py's children outlive it)
 stop_trainings() { pkill -f 'bonefrac.cli import app; app\(\) train' 2>/dev/null; }

@@ -22,8 +22,7 @@ stab 0 cls_fa "$SEEDS" configs/lite0_loc.yaml "$PACK/manifest_fa.csv" \
 wait "${jobs[@]}"  # not a bare wait: that would also wait for the tee above
 stop_trainings
 echo "trained after $(( $(date +%s) - start )) s"
-tar -C "$RUNS" -czf "$OUT/fa_trained.tar.gz" --exclude='*.safetensors' --exclude='checkpoints' \
-  --exclude='*.ckpt' .  # in case the scoring below runs out of time
+pack_runs fa_trained.tar.gz  # in case the scoring below runs out of time
 evals=()
 for run in "$RUNS"/*/seed*/; do
   [ -f "$run/model.json" ] || continue
@@ -33,6 +32,5 @@ for run in "$RUNS"/*/seed*/; do
 done
 [ ${#evals[@]} -gt 0 ] && wait "${evals[@]}"
 echo "scored after $(( $(date +%s) - start )) s"
-tar -C "$RUNS" -czf "$OUT/fa_transfer.tar.gz" --exclude='*.safetensors' --exclude='checkpoints' \
-  --exclude='*.ckpt' .
+pack_runs fa_transfer.tar.gz
 ls -la "$OUT"

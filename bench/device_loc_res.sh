@@ -43,6 +43,5 @@ for arm in loc384 "loc$SIZE_B" loc384c; do
   # shellcheck disable=SC2086
   $PYTHON bench/localize.py --loc $runs --json "$OUT/localize_$arm.json" || true
 done
-tar -C "$RUNS" -czf "$OUT/loc_res.tar.gz" --exclude='*.safetensors' --exclude='checkpoints' \
-  --exclude='*.ckpt' .
+pack_runs loc_res.tar.gz
 ls -la "$OUT"

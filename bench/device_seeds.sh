@@ -31,8 +31,7 @@ sleep 60; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv 2>/dev
 wait "${jobs[@]}"  # not a bare wait: that would also wait for the tee above
 stop_trainings
 echo "all done after $(( $(date +%s) - start )) s"
-tar -C "$RUNS" -czf "$OUT/runs.tar.gz" --exclude='*.safetensors' --exclude='checkpoints' \
-  --exclude='*.ckpt' .
+pack_runs runs.tar.gz
 [ -f "$RUNS/loc/seed1/model.safetensors" ] && tar -C "$RUNS/loc" -czf "$OUT/loc_seed1.tar.gz" \
   --exclude='checkpoints' seed1
 ls -la "$OUT"
