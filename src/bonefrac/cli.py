@@ -182,8 +182,15 @@ def train(
     resume: Path = typer.Option(None, "--resume", help="Continue a run from its last.ckpt."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing run directory."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
+    no_deploy: bool = typer.Option(
+        False,
+        "--no-deploy",
+        help="Skip the fits on val that end training (threshold, temperature, refer rule, "
+        "out-of-scope detector; the config's deploy block).",
+    ),
 ) -> None:
-    """Train a model and write a run directory (weights, predictions, metrics, plots)."""
+    """Train a model and write a run directory (weights, predictions, metrics, plots), then fit
+    on val what deploying it needs (threshold, temperature, refer rule, out-of-scope detector)."""
     from bonefrac.config import load_config
     from bonefrac.errors import ConfigError
     from bonefrac.training import fit
@@ -205,8 +212,35 @@ def train(
         err_console.print(Text.assemble(("training collapsed: ", "bold red"), str(exc)))
         raise typer.Exit(code=TrainingCollapsedError.exit_code) from None
     if is_launcher_rank_zero():  # the other ranks of a multi-process run write nothing
+        report = None if no_deploy else _deploy(run)
         _print_run_summary(run)
+        if report is not None:
+            _print_deploy_report(report)
         _exit_if_collapsed(run)
+
+
+def _deploy(path: Path) -> Any:
+    from bonefrac.deploy import deploy_trained_run
+
+    return deploy_trained_run(
+        path,
+        on_start=lambda: show("fitting on val what deploying needs (skip with --no-deploy) ..."),
+    )
+
+
+def _print_deploy_report(report: Any) -> None:
+    for name, line in report.fitted.items():
+        show(("deploy: ", "green"), f"{name}: {line}")
+    for name, why in report.failed.items():
+        show(("deploy: ", "bold yellow"), f"{name} NOT fitted: {why}")
+    if report.skipped:
+        show(("deploy: ", "yellow"), "skipped by the config: " + ", ".join(report.skipped))
+    if report.seconds:
+        parts = ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items())
+        share = ""
+        if report.train_seconds:
+            share = f" ({report.total_seconds / report.train_seconds:.1%} of the training time)"
+        show(f"deploy fits took {report.total_seconds:.0f} s{share}: {parts}")
 
 
 def _exit_if_collapsed(path: Path) -> None:

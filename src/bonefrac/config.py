@@ -1,6 +1,7 @@
 """Experiment configuration: pydantic models over the YAML files in ``configs/``.
 
-A config has ``seed``, ``data``, ``model``, ``train`` and ``tune`` (used by ``bonefrac tune``). Flags override
+A config has ``seed``, ``data``, ``model``, ``train``, ``tune`` (used by ``bonefrac tune``) and
+``deploy`` (the fits on val that end ``bonefrac train``). Flags override
 fields with dotted ``key=value`` strings (``train.epochs=3``); a typo or a bad value
 is a :class:`ConfigError` naming the field.
 """
@@ -203,6 +204,62 @@ class TuneConfig(_Strict):
         )
 
 
+CRITERIA_HELP = "f1 | youden | sensitivity:X | specificity:X  (X in (0, 1], e.g. sensitivity:0.90)"
+
+
+def parse_criterion(criterion: str) -> tuple[str, float | None]:
+    """``"sensitivity:0.9"`` -> ``("sensitivity", 0.9)``; ``"f1"`` -> ``("f1", None)``."""
+    text = (criterion or "").strip().lower()
+    name, _, arg = text.partition(":")
+    if name in ("f1", "youden"):
+        if arg:
+            raise ConfigError(f"criterion {criterion!r}: '{name}' takes no value; use {name}")
+        return name, None
+    if name in ("sensitivity", "specificity", "sens", "spec"):
+        name = {"sens": "sensitivity", "spec": "specificity"}.get(name, name)
+        try:
+            target = float(arg)
+        except ValueError:
+            raise ConfigError(
+                f"criterion {criterion!r}: expected {name}:X with X a number, e.g. {name}:0.90"
+            ) from None
+        if target > 1 and target <= 100:
+            target /= 100.0  # sensitivity:90 means 90 %
+        if not 0 < target <= 1:
+            raise ConfigError(f"criterion {criterion!r}: X must be in (0, 1], e.g. {name}:0.90")
+        return name, target
+    raise ConfigError(f"unknown threshold criterion {criterion!r}; choose {CRITERIA_HELP}")
+
+
+class DeployConfig(_Strict):
+    """What ``bonefrac train`` fits on val after training, so the run it leaves is deployable
+    (``bonefrac train --no-deploy`` skips all four; the separate commands refit them)."""
+
+    threshold: str = "f1"
+    """``f1`` | ``youden`` | ``sensitivity:<x>`` | ``specificity:<x>`` | ``none`` (keep 0.5)."""
+    calibrate: bool = True
+    """Fit the temperature on val logits (``bonefrac calibrate``)."""
+    refer_coverage: float | None = Field(0.9, gt=0.0, le=1.0)
+    """Fit a refer rule answering this share of val images (``bonefrac threshold
+    --refer-coverage``); ``null``: no refer rule."""
+    ood: Literal["mahalanobis", "energy", "none"] = "mahalanobis"
+    """Out-of-scope detector (``bonefrac ood --method``); ``none``: no detector."""
+    ood_max_images: int = Field(2000, ge=10)
+    """At most this many train images for the Mahalanobis statistics."""
+
+    @field_validator("threshold")
+    @classmethod
+    def _check_threshold(cls, value: str) -> str:
+        text = str(value).strip().lower()
+        if text == "none":
+            return text
+        try:
+            name, target = parse_criterion(text)
+        except ConfigError as exc:
+            raise ValueError(f"{exc}, or none") from None
+        return name if target is None else f"{name}:{target:g}"
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: int = 42
@@ -210,6 +267,7 @@ class ExperimentConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
 
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:

@@ -28,35 +28,10 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
+from bonefrac.config import parse_criterion
 from bonefrac.errors import ConfigError, DataError
 from bonefrac.metrics import compute_metrics
 from bonefrac.rundir import ModelMeta, RunDir, run_probabilities, usable_threshold
-
-CRITERIA_HELP = "f1 | youden | sensitivity:X | specificity:X  (X in (0, 1], e.g. sensitivity:0.90)"
-
-
-def parse_criterion(criterion: str) -> tuple[str, float | None]:
-    """``"sensitivity:0.9"`` -> ``("sensitivity", 0.9)``; ``"f1"`` -> ``("f1", None)``."""
-    text = (criterion or "").strip().lower()
-    name, _, arg = text.partition(":")
-    if name in ("f1", "youden"):
-        if arg:
-            raise ConfigError(f"criterion {criterion!r}: '{name}' takes no value; use {name}")
-        return name, None
-    if name in ("sensitivity", "specificity", "sens", "spec"):
-        name = {"sens": "sensitivity", "spec": "specificity"}.get(name, name)
-        try:
-            target = float(arg)
-        except ValueError:
-            raise ConfigError(
-                f"criterion {criterion!r}: expected {name}:X with X a number, e.g. {name}:0.90"
-            ) from None
-        if target > 1 and target <= 100:
-            target /= 100.0  # sensitivity:90 means 90 %
-        if not 0 < target <= 1:
-            raise ConfigError(f"criterion {criterion!r}: X must be in (0, 1], e.g. {name}:0.90")
-        return name, target
-    raise ConfigError(f"unknown threshold criterion {criterion!r}; choose {CRITERIA_HELP}")
 
 
 def choose_threshold(y_true: Any, prob: Any, criterion: str) -> float:
