@@ -92,7 +92,8 @@ def test_refer_coverage_on_val_equals_the_request(decided_run: Path) -> None:
     u = uncertainty_for(rule.score, run, "val", meta)
     assert np.mean(u <= rule.cutoff) == pytest.approx(0.8, abs=1 / len(u))
     raw = run.raw_meta()["refer"]
-    assert set(raw["error_auroc"]) == {"margin", "tta_std"}
+    assert set(raw["error_auroc"]) == {"p_error", "margin", "tta_std"}
+    assert raw["tta_model_calls_per_image"] == 8 and set(raw["tta_gain"]) == {"gain", "low", "high"}
     # the TTA spread is cached in val.csv, so refitting does not predict the images again
     assert "tta_std" in run.read_predictions_raw("val").columns
 
@@ -123,6 +124,39 @@ def test_margin_uncertainty_ranks_synthetic_errors() -> None:
     y = (rng.random(2000) < p).astype(int)
     wrong = ((p >= 0.5) != (y == 1)).astype(int)
     assert error_detection_auroc(margin_uncertainty(p, 0.5), wrong) > 0.7
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.3])
+def test_error_probability_ranks_errors_where_margin_fails_off_centre(threshold: float) -> None:
+    # calibrated scores (labels drawn from them), skewed low as fracture scores are, and a
+    # threshold below 0.5: the margin stretches the short side and ranks errors near chance
+    from bonefrac.rundir import error_probability, margin_uncertainty
+
+    rng = np.random.default_rng(3)
+    p = rng.random(2000) ** 2
+    y = (rng.random(2000) < p).astype(int)
+    wrong = ((p >= threshold) != (y == 1)).astype(int)
+    margin = error_detection_auroc(margin_uncertainty(p, threshold), wrong)
+    p_error = error_detection_auroc(error_probability(p, threshold), wrong)
+    assert p_error > 0.8 and p_error > margin + 0.1
+    # at 0.5 both rank alike
+    wrong = ((p >= 0.5) != (y == 1)).astype(int)
+    assert error_detection_auroc(error_probability(p, 0.5), wrong) == pytest.approx(
+        error_detection_auroc(margin_uncertainty(p, 0.5), wrong)
+    )
+
+
+def test_tta_is_kept_only_when_clearly_better_than_the_free_score() -> None:
+    from bonefrac.inference.uncertainty import tta_gain
+
+    rng = np.random.default_rng(0)
+    wrong = (rng.random(600) < 0.2).astype(int)
+    free = wrong + rng.normal(0, 1.0, 600)  # ranks errors a little
+    clearly = tta_gain(wrong + rng.normal(0, 0.2, 600), free, wrong)
+    assert clearly["low"] > 0 and clearly["gain"] > 0.1
+    same = tta_gain(wrong + rng.normal(0, 1.0, 600), free, wrong)
+    assert same["low"] < 0 < same["high"]
+    assert tta_gain(free, free, np.zeros(600, dtype=int))["gain"] is None
 
 
 def test_predictor_gives_the_vocabulary(decided_run: Path, synthetic_manifest: Path) -> None:

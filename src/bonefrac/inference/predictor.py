@@ -46,7 +46,14 @@ from bonefrac.data.transforms import prepare_image, to_input
 from bonefrac.errors import ImageDecodeError, ModelError, ModelOutputError, RunDirError
 from bonefrac.fileio import file_sha256
 from bonefrac.precision import inference_autocast
-from bonefrac.rundir import FRACTURE, ModelMeta, RunDir, check_finite, margin_uncertainty
+from bonefrac.rundir import (
+    FRACTURE,
+    ModelMeta,
+    RunDir,
+    check_finite,
+    error_probability,
+    margin_uncertainty,
+)
 from bonefrac.system import usable_cpus
 
 log = logging.getLogger(__name__)
@@ -484,6 +491,8 @@ class Predictor:
         rule = self.meta.refer
         if rule is not None and rule.score == "tta_std":
             return tta_std(self.tta_logits(arrays))
+        if rule is not None and rule.score == "p_error":
+            return error_probability(probs, self.threshold)
         return margin_uncertainty(probs, self.threshold)
 
     def dataset_logits(

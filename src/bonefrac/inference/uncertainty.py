@@ -1,16 +1,21 @@
 """Per-image uncertainty and the refer rule (``bonefrac threshold RUN --refer-coverage X``).
 
-Two candidate scores, both higher = less sure:
+Candidate scores, all higher = less sure:
 
-- ``margin``: ``1 - |p - threshold| / max(threshold, 1 - threshold)`` from the calibrated
-  probability (free: no extra model call);
+- ``p_error``: the calibrated chance that the call is wrong, ``p`` below the threshold and
+  ``1 - p`` at or above it (free: no extra model call);
+- ``margin``: ``1 - |p - threshold| / max(threshold, 1 - threshold)`` (free); it stretches the
+  shorter side of the scale, so with a threshold far from 0.5 it refers sure calls of that side
+  first (what made a localising run's refer rule rank its errors near chance);
 - ``tta_std``: the standard deviation of the logit over test-time augmentations of the image
   (:data:`TTA_VIEWS`: flips, small shifts and scales; 8 model calls per image).
 
 The refer rule is fitted on val only: each score's ROC-AUC for telling wrong answers (at the
-run's threshold) from right ones is measured, ``tta_std`` is kept only when it ranks errors
-better than ``margin``, and the cut-off accepts the requested share of val images (coverage).
-Val's ``tta_std`` values are cached as a column of ``predictions/val.csv``.
+run's threshold) from right ones is measured; the better free score is kept unless ``tta_std``
+ranks errors *clearly* better (the lower end of a paired bootstrap 95% interval of its gain
+above 0), since it makes every prediction :data:`TTA_VIEWS`-fold more expensive. The cut-off
+accepts the requested share of val images (coverage). Val's ``tta_std`` values are cached as a
+column of ``predictions/val.csv``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from bonefrac.rundir import (
     ModelMeta,
     RunDir,
     check_finite,
+    error_probability,
     margin_uncertainty,
     run_probabilities,
 )
@@ -67,11 +73,38 @@ def uncertainty_for(
     score: str, run: RunDir, name: str, meta: ModelMeta, predictor: Any = None
 ) -> np.ndarray:
     """Uncertainty ``score`` (``margin`` | ``tta_std``) of every row of ``predictions/<name>``."""
+    if score == "p_error":
+        return error_probability(run_probabilities(run.predictions(name), meta), meta.threshold)
     if score == "margin":
         return margin_uncertainty(run_probabilities(run.predictions(name), meta), meta.threshold)
     if score == "tta_std":
         return split_tta_std(run, name, predictor)
-    raise ConfigError(f"unknown uncertainty score {score!r}; choose margin or tta_std")
+    raise ConfigError(f"unknown uncertainty score {score!r}; choose p_error, margin or tta_std")
+
+
+#: Free scores: read off the probability, no extra model call.
+FREE_SCORES = ("p_error", "margin")
+#: Paired bootstrap resamples of val for the test-time augmentation's gain.
+TTA_GAIN_BOOT = 500
+
+
+def tta_gain(u_tta: np.ndarray, u_free: np.ndarray, wrong: np.ndarray, seed: int = 0) -> dict:
+    """Error-ranking ROC-AUC of ``tta_std`` minus the free score's on val, with a paired
+    bootstrap 95% interval (``None`` values when val has no errors or only errors)."""
+    base = error_detection_auroc(u_tta, wrong)
+    free = error_detection_auroc(u_free, wrong)
+    if base is None or free is None:
+        return {"gain": None, "low": None, "high": None}
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(TTA_GAIN_BOOT):
+        idx = rng.integers(0, len(wrong), len(wrong))
+        a = error_detection_auroc(u_tta[idx], wrong[idx])
+        b = error_detection_auroc(u_free[idx], wrong[idx])
+        if a is not None and b is not None:
+            diffs.append(a - b)
+    low, high = np.percentile(diffs, [2.5, 97.5]) if diffs else (np.nan, np.nan)
+    return {"gain": base - free, "low": float(low), "high": float(high)}
 
 
 def fit_refer(
@@ -79,13 +112,15 @@ def fit_refer(
     coverage: float,
     meta: ModelMeta,
     *,
-    scores: Sequence[str] = ("margin", "tta_std"),
+    scores: Sequence[str] = ("p_error", "margin", "tta_std"),
     predictor: Any = None,
 ) -> dict[str, Any]:
     """The refer rule for ``meta``'s threshold and temperature, fitted on val (not written).
 
     Returns the model.json ``refer`` record; its ``error_auroc`` lists each score's ROC-AUC for
-    ranking val's wrong answers above its right ones, and ``val_coverage`` the share answered.
+    ranking val's wrong answers above its right ones, ``tta_gain`` the test-time augmentation's
+    gain over the best free score (with its 95% interval), and ``val_coverage`` the share
+    answered.
     """
     if not 0 < coverage <= 1:
         raise ConfigError(f"--refer-coverage {coverage}: must be in (0, 1], e.g. 0.8")
@@ -94,13 +129,19 @@ def fit_refer(
     wrong = (meta.decide(run_probabilities(val, meta)) != (y == 1)).astype(int)
     candidates = {s: uncertainty_for(s, run, "val", meta, predictor) for s in scores}
     aurocs = {s: error_detection_auroc(u, wrong) for s, u in candidates.items()}
-    best = "margin" if "margin" in candidates else next(iter(candidates))
-    for s, a in aurocs.items():
-        if a is not None and (aurocs.get(best) is None or a > aurocs[best]):
+    free = [s for s in candidates if s in FREE_SCORES] or list(candidates)
+    best = free[0]
+    for s in free[1:]:
+        if aurocs[s] is not None and (aurocs[best] is None or aurocs[s] > aurocs[best]):
             best = s
+    gain = None
+    if "tta_std" in candidates and best != "tta_std":
+        gain = tta_gain(candidates["tta_std"], candidates[best], wrong)
+        if gain["low"] is not None and gain["low"] > 0:
+            best = "tta_std"
     u = candidates[best]
     cutoff = coverage_cutoff(u, coverage)
-    return {
+    record = {
         "score": best,
         "coverage": float(coverage),
         "cutoff": cutoff,
@@ -113,3 +154,7 @@ def fit_refer(
         "error_auroc": aurocs,
         "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if gain is not None:
+        record["tta_gain"] = gain
+        record["tta_model_calls_per_image"] = len(TTA_VIEWS)
+    return record

@@ -42,7 +42,7 @@ OUT_OF_SCOPE = "out_of_scope"
 #: The decision vocabulary of every output (CSV, API, page).
 DECISIONS = (FRACTURE, NO_FRACTURE, REFER, OUT_OF_SCOPE)
 #: Uncertainty scores a refer rule can use (see :mod:`bonefrac.inference.uncertainty`).
-UNCERTAINTY_SCORES = ("margin", "tta_std")
+UNCERTAINTY_SCORES = ("p_error", "margin", "tta_std")
 
 
 def margin_uncertainty(prob: Any, threshold: float) -> np.ndarray:
@@ -52,13 +52,23 @@ def margin_uncertainty(prob: Any, threshold: float) -> np.ndarray:
     return 1.0 - np.abs(p - threshold) / max(threshold, 1.0 - threshold)
 
 
+def error_probability(prob: Any, threshold: float) -> np.ndarray:
+    """The chance that the call at ``threshold`` is wrong, read off the calibrated probability:
+    ``p`` for a ``no_fracture`` call (a missed fracture), ``1 - p`` for a ``fracture`` call (a
+    false alarm). Unlike :func:`margin_uncertainty` it does not stretch the shorter side of the
+    scale: at a threshold of 0.2 every ``no_fracture`` call had a margin uncertainty of at
+    least 0.75, so a margin rule referred sure negatives before unsure positives."""
+    p = np.asarray(prob, dtype=float)
+    return np.where(p >= threshold, 1.0 - p, p)
+
+
 class ReferRule(BaseModel):
     """Refer an image to a radiologist when its uncertainty is above ``cutoff`` (chosen on val
     so that a share ``coverage`` of val images is answered)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    score: Literal["margin", "tta_std"]
+    score: Literal["p_error", "margin", "tta_std"]
     coverage: float = Field(gt=0.0, le=1.0)
     cutoff: FiniteFloat
     threshold: FiniteFloat  # the run's threshold and temperature when the rule was fitted
