@@ -72,7 +72,7 @@ def run_experiment(
     """Train (unless ``--rescore`` finds the run's predictions already there), then score."""
     name = exp["name"]
     run_dir = args.out / name
-    config = REPO / (exp.get("config") or defaults.get("config") or "configs/lite0.yaml")
+    config = REPO / (exp.get("config") or defaults.get("config") or "configs/lite0_cls.yaml")
     overrides = [*defaults.get("set", []), *exp.get("set", []), *(args.set or [])]
     cfg = load_config(config, overrides)
     cfg.name = name

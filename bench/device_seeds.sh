@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Multi-seed trainings side by side on one GPU machine (the `device` tool), in one call:
-#   lite0   configs/lite0.yaml, FracAtlas only, SEEDS_A seeds   (issue 14: collapses, seed sd)
+#   lite0   configs/lite0_cls.yaml, FracAtlas only, SEEDS_A seeds   (issue 14: collapses, seed sd)
 #   lite1/2 configs/lite1.yaml / lite2.yaml, FracAtlas only     (issue 14: Lite0/1/2 at native size)
 #   loc/cls configs/lite0_loc.yaml with and without model.localize, both sources (issue 15, paired)
 # Expects in the repo root (ignored by git, named in the call's `carry`):
@@ -24,7 +24,7 @@ jobs=()
 stab 0 loc "$SEEDS_B" configs/lite0_loc.yaml "$PACK/manifest.csv" & jobs+=($!)
 stab 0 cls384 "$SEEDS_B" configs/lite0_loc.yaml "$PACK/manifest.csv" --set model.localize=false &
 jobs+=($!)
-stab 5 lite0 "$SEEDS_A" configs/lite0.yaml "$PACK/manifest_fa.csv" & jobs+=($!)
+stab 5 lite0 "$SEEDS_A" configs/lite0_cls.yaml "$PACK/manifest_fa.csv" & jobs+=($!)
 stab 10 lite1 "$SEEDS_C" configs/lite1.yaml "$PACK/manifest_fa.csv" & jobs+=($!)
 stab 10 lite2 "$SEEDS_C" configs/lite2.yaml "$PACK/manifest_fa.csv" & jobs+=($!)
 sleep 60; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv 2>/dev/null; uptime

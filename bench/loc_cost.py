@@ -4,7 +4,7 @@ Issue 15's goal: training img/s of the localising model / the classification-onl
 >= 0.75 at 224 px, and the inference latency ratio likewise (cls latency / loc latency >= 0.75,
 i.e. localising costs at most 1/0.75 of classifying). Both models are efficientnet_lite0 with
 the same ImageNet backbone weights; training steps are ``FractureModule.training_step`` under
-each model's config (configs/lite0.yaml, configs/lite0_loc.yaml: full fine-tuning, frozen
+each model's config (configs/lite0_cls.yaml, configs/lite0_loc.yaml: full fine-tuning, frozen
 BatchNorm, channels_last) with AdamW, cls and loc steps alternating so machine noise hits both
 alike. Inference is batch 1: cls = forward + sigmoid; loc = forward_with_map + upsample_maps +
 predicted_boxes (threshold 0.5, a 224 x 224 image), as the predictor does.
@@ -29,7 +29,7 @@ from bonefrac.system import usable_cpus
 from bonefrac.training.module import FractureModule
 
 MODEL = "efficientnet_lite0"
-CONFIGS = {"cls": REPO / "configs/lite0.yaml", "loc": REPO / "configs/lite0_loc.yaml"}
+CONFIGS = {"cls": REPO / "configs/lite0_cls.yaml", "loc": REPO / "configs/lite0_loc.yaml"}
 
 
 def make_batches(n: int, batch: int, size: int, stride: int) -> list[tuple[torch.Tensor, ...]]:

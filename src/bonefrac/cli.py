@@ -412,6 +412,12 @@ def threshold(
         help="Also store a refer rule answering this share of val images (e.g. 0.8); "
         "the rest is 'refer'.",
     ),
+    refer_tta: bool = typer.Option(
+        True,
+        "--refer-tta/--no-refer-tta",
+        help="Also try the test-time augmentation spread as the refer score (8 model calls per "
+        "val image; kept only when clearly better than the free scores).",
+    ),
 ) -> None:
     """Choose the decision threshold (and refer rule) on validation predictions; store them in
     model.json."""
@@ -419,7 +425,9 @@ def threshold(
     from bonefrac.evaluation.thresholds import tune_threshold
     from bonefrac.rundir import RunDir
 
-    result = tune_threshold(run, criterion, on=on, refer_coverage=refer_coverage)
+    result = tune_threshold(
+        run, criterion, on=on, refer_coverage=refer_coverage, refer_tta=refer_tta
+    )
     if "metrics" in result:
         console.print(threshold_table(result))
     if result["temperature"] != 1.0:

@@ -156,7 +156,9 @@ def _calibrate(calibrate_run: Any, run: Path) -> str:
 
 def _threshold(tune_threshold: Any, run: Path, config: DeployConfig, report: DeployReport) -> str:
     criterion = None if config.threshold == "none" else config.threshold
-    result = tune_threshold(run, criterion, refer_coverage=config.refer_coverage)
+    result = tune_threshold(
+        run, criterion, refer_coverage=config.refer_coverage, refer_tta=config.refer_tta
+    )
     rule = result.get("refer")
     refer_line = None
     if rule:

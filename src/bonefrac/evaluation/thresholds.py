@@ -68,9 +68,11 @@ def tune_threshold(
     criterion: str | None,
     on: str = "val",
     refer_coverage: float | None = None,
+    refer_tta: bool = True,
 ) -> dict[str, Any]:
     """Choose the threshold on ``predictions/val.csv`` (``criterion``; ``None`` keeps it) and
-    the refer rule (``refer_coverage``), store them in model.json, and return val/test metrics
+    the refer rule (``refer_coverage``; ``refer_tta``: also try the test-time augmentation
+    spread, which costs 8 model calls per val image), store them in model.json, and return val/test metrics
     at the old and the new threshold (point estimates) and the refer record."""
     if criterion is None and refer_coverage is None:
         raise ConfigError("give --criterion, --refer-coverage or both")
@@ -86,7 +88,7 @@ def tune_threshold(
         raise ConfigError(f"--refer-coverage {refer_coverage}: must be in (0, 1], e.g. 0.8")
     run = RunDir.open(run_dir)
     if criterion is None:
-        return _refer_only(run, float(refer_coverage))
+        return _refer_only(run, float(refer_coverage), refer_tta)
     name, target = parse_criterion(criterion)
     criterion = name if target is None else f"{name}:{target:g}"
     meta = run.meta()
@@ -133,7 +135,9 @@ def tune_threshold(
         raw = run.raw_meta()
         raw.update(changes)
         raw.pop("refer", None)
-        changes["refer"] = fit_refer(run, coverage, ModelMeta.parse(raw, run.meta_path))
+        changes["refer"] = fit_refer(
+            run, coverage, ModelMeta.parse(raw, run.meta_path), scores=refer_scores(refer_tta)
+        )
         result["refer"] = changes["refer"]
     run.update_meta(**changes)
     return result
@@ -143,10 +147,15 @@ def _kept_coverage(meta: ModelMeta) -> float | None:
     return meta.refer.coverage if meta.refer is not None else None
 
 
-def _refer_only(run: RunDir, coverage: float) -> dict[str, Any]:
+def refer_scores(tta: bool) -> tuple[str, ...]:
+    """The uncertainty scores a refer fit compares (the free ones, plus TTA when asked)."""
+    return ("p_error", "margin", "tta_std") if tta else ("p_error", "margin")
+
+
+def _refer_only(run: RunDir, coverage: float, tta: bool) -> dict[str, Any]:
     from bonefrac.inference.uncertainty import fit_refer
 
     meta = run.meta()
-    record = fit_refer(run, coverage, meta)
+    record = fit_refer(run, coverage, meta, scores=refer_scores(tta))
     run.update_meta(refer=record)
     return {"refer": record, "temperature": meta.temperature, "new_threshold": meta.threshold}
