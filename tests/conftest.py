@@ -63,8 +63,30 @@ def loc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train(cfg, manifest, out, progress=False)
 
 
+@pytest.fixture(scope="session")
+def ready_run(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
+    """A copy of ``tiny_run`` with all four safeguards, fitted by the functions the commands
+    use: tuned threshold (f1), temperature, out-of-scope detector, refer rule (0.9).
+
+    Treat it as read-only; copy it (shutil.copytree) before modifying.
+    """
+    import shutil
+
+    from bonefrac.evaluation.calibration import calibrate_run
+    from bonefrac.evaluation.thresholds import tune_threshold
+    from bonefrac.inference.ood import fit_ood
+
+    run = tmp_path_factory.mktemp("ready") / "tiny"
+    shutil.copytree(tiny_run, run)
+    tune_threshold(run, "f1")
+    calibrate_run(run)
+    fit_ood(run, "mahalanobis")
+    tune_threshold(run, None, refer_coverage=0.9)  # last: a new temperature drops the rule
+    return run
+
+
 #: Fixtures that train a Lightning run: a test using one is marked ``slow``.
-TRAINING_FIXTURES = {"tiny_run", "exported_run", "loc_run"}
+TRAINING_FIXTURES = {"tiny_run", "exported_run", "loc_run", "ready_run"}
 #: Test modules whose tests train runs themselves.
 TRAINING_MODULES = {"test_fit.py", "test_study.py", "test_ddp.py"}
 

@@ -27,6 +27,7 @@ METRIC_NAMES = (
     "sensitivity",
     "specificity",
     "precision",
+    "npv",
     "f1",
     "roc_auc",
     "pr_auc",
@@ -80,8 +81,9 @@ def confusion_counts(y_true: Any, prob: Any, threshold: float = 0.5) -> dict[str
 def _rates(tn: Any, fp: Any, fn: Any, tp: Any) -> dict[str, np.ndarray]:
     """Threshold metrics from (arrays of) confusion counts; NaN where undefined.
 
-    Precision and F1 follow scikit-learn's ``zero_division=0``; sensitivity, specificity and
-    balanced accuracy are NaN when the class they need is absent.
+    Precision (PPV) and F1 follow scikit-learn's ``zero_division=0``; sensitivity,
+    specificity and balanced accuracy are NaN when the class they need is absent, and NPV
+    (``tn / (tn + fn)``) when no image is called negative.
     """
     tn, fp, fn, tp = (np.asarray(v, dtype=float) for v in (tn, fp, fn, tp))
     n = tn + fp + fn + tp
@@ -89,6 +91,7 @@ def _rates(tn: Any, fp: Any, fn: Any, tp: Any) -> dict[str, np.ndarray]:
         sens = np.where(tp + fn > 0, tp / (tp + fn), np.nan)
         spec = np.where(tn + fp > 0, tn / (tn + fp), np.nan)
         prec = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        npv = np.where(tn + fn > 0, tn / (tn + fn), np.nan)
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
         acc = np.where(n > 0, (tp + tn) / n, np.nan)
     return {
@@ -96,6 +99,7 @@ def _rates(tn: Any, fp: Any, fn: Any, tp: Any) -> dict[str, np.ndarray]:
         "sensitivity": sens,
         "specificity": spec,
         "precision": prec,
+        "npv": npv,
         "f1": f1,
         "balanced_accuracy": (sens + spec) / 2.0,
     }

@@ -16,7 +16,7 @@ from bonefrac.cli import app
 from bonefrac.data.manifest import build_manifest
 from bonefrac.data.probe import probe_image
 from bonefrac.data.report import report
-from bonefrac.data.schema import MANIFEST_COLUMNS, parse_boxes, read_manifest
+from bonefrac.data.schema import MANIFEST_COLUMNS, parse_boxes, path_image_ids, read_manifest
 from bonefrac.errors import DataError
 from tests.data.test_sources import make_folder, make_fracatlas, make_yolo, radiograph, save
 
@@ -240,3 +240,19 @@ def test_synthetic_images_are_distinct() -> None:
     # radiograph() images of different seeds are not near duplicates of each other
     a, b = radiograph(1).astype(float), radiograph(2).astype(float)
     assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.9
+
+
+def test_path_image_ids_stay_unique_across_folders(tmp_path: Path) -> None:
+    # the same base name in two folders: ids relative to the common root, POSIX separators
+    assert path_image_ids(["/d/test/fractured/0.png", "/d/val/fractured/0.png"]) == [
+        "test/fractured/0.png",
+        "val/fractured/0.png",
+    ]
+    assert path_image_ids(["/d/a.png", "/d/b.png"]) == ["a.png", "b.png"]  # one folder: names
+    assert path_image_ids(["/d/x/only.png"]) == ["only.png"]
+    assert path_image_ids([]) == []
+    csv = tmp_path / "plain.csv"
+    pd.DataFrame({"path": ["test/f/0.png", "val/f/0.png"], "label": [1, 1]}).to_csv(
+        csv, index=False
+    )
+    assert read_manifest(csv)["image_id"].tolist() == ["test/f/0.png", "val/f/0.png"]

@@ -122,6 +122,26 @@ def test_external_path_label_csv(fake_run, tmp_path, patched_predict):
     assert list(pred["image_id"]) == [f"a{i}.png" for i in range(10)]
 
 
+def test_external_plain_csv_ids_stay_unique_across_folders(tmp_path, patched_predict):
+    # Roboflow-style export: the same file name in several folders
+    from bonefrac.evaluation.compare import compare_runs
+    from tests.evaluation.conftest import make_run
+
+    paths = [f"{split}/{cls}/{i}.png" for split in ("test", "val")
+             for cls in ("fractured", "not fractured") for i in range(5)]  # fmt: skip
+    csv = tmp_path / "plain.csv"
+    labels = [int("not" not in p) for p in paths]
+    pd.DataFrame({"path": paths, "label": labels}).to_csv(csv, index=False)
+    runs = [make_run(tmp_path, name) for name in ("a", "b")]
+    for run in runs:
+        evaluate_run(run, manifest=csv, n_boot=0, report=False)
+    ids = pd.read_csv(runs[0] / "predictions" / "external.csv")["image_id"].tolist()
+    assert ids == paths  # relative to the folder all paths share, POSIX separators
+    assert len(set(ids)) == len(ids)
+    result = compare_runs(runs, split="external", n_boot=0)  # no "appears more than once"
+    assert len(result.names) == 2 and result.n_images == len(paths)
+
+
 def test_external_errors(fake_run, tmp_path, patched_predict):
     man = _manifest(tmp_path)
     with pytest.raises(ConfigError, match="reserved"):

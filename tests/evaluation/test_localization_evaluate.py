@@ -82,7 +82,10 @@ def test_report_localisation_section_and_gallery(tmp_path):
     section = text.split('id="localization"')[1].split("<h2")[0]
     for word in ("hit_rate", "ap50", "froc_2", "always the image centre", "random point"):
         assert word in section, word
-    assert "Gallery (test)" in section and "1 image(s) left out" in section
+    # without explain overlays, the box gallery is the first section's gallery (not repeated)
+    assert "Gallery (test)" not in section
+    section = text.split('id="summary"')[1].split("<h2")[0].split("Gallery (test)")[1]
+    assert "1 image(s) left out" in section
     tiles = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', section)
     assert len(tiles) == 11
     img = Image.open(io.BytesIO(base64.b64decode(tiles[0])))
@@ -106,6 +109,18 @@ def test_gallery_pick_mixes_boxed_images_and_false_alarms(tmp_path):
     boxed = [i for i in pick if truth[i]]
     alarms = [i for i in pick if not truth[i]]
     assert len(boxed) == 8 and alarms == [38, 36, 34, 32]
+
+
+def test_gallery_pick_keeps_one_image_per_duplicate_group():
+    from bonefrac.evaluation.localization import LocInputs
+
+    truth = [[[0.5, 0.5, 0.1, 0.1]] if i % 2 else [] for i in range(40)]
+    preds = [[[0.3, 0.3, 0.1, 0.1, i / 40]] for i in range(40)]
+    inp = LocInputs([str(i) for i in range(40)], truth, [None] * 40, preds)
+    groups = [f"g{i % 2}-{i // 4}" for i in range(40)]  # pairs of siblings (i, i + 2)
+    pick = pick_gallery(inp, 12, groups=groups)
+    assert len(pick) == 12 and len({groups[i] for i in pick}) == 12
+    assert len([i for i in pick if truth[i]]) == 8 and len([i for i in pick if not truth[i]]) == 4
 
 
 def test_compare_shows_localisation(tmp_path):

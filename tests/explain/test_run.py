@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from bonefrac.cli import app
 from bonefrac.data.schema import parse_boxes, read_manifest
 from bonefrac.errors import DataError, RunDirError
-from bonefrac.explain.run import Item, explain_run, safe_name, select_for_overlay
+from bonefrac.explain.run import Item, explain_run, select_for_overlay
+from bonefrac.rundir import overlay_stem
 
 
 def _n_boxed_test(run) -> int:
@@ -41,7 +42,7 @@ def test_cli_score_writes_localization(run_copy):
     assert sorted(p.name for p in edir.glob("*.png")) == ["grid.png"]
     # every overlay is at the original size of its image
     preds = pd.read_csv(run_copy / "predictions" / "test.csv", dtype={"image_id": str})
-    by_stem = {safe_name(i): p for i, p in zip(preds["image_id"], preds["path"], strict=True)}
+    by_stem = {overlay_stem(i): p for i, p in zip(preds["image_id"], preds["path"], strict=True)}
     for ov in overlays:
         with Image.open(ov) as a, Image.open(by_stem[ov.stem]) as b:
             assert a.size == b.size
@@ -123,7 +124,7 @@ def test_errors(run_copy, tmp_path):
     assert len(res["overlays"]) == 2
 
 
-def test_safe_name():
-    assert safe_name("IMG0001.jpg") == "IMG0001"
-    assert safe_name("a/b c.png") == "a_b_c"
-    assert safe_name("...") == "image"
+def test_overlay_stem():
+    assert overlay_stem("IMG0001.jpg") == "IMG0001"
+    assert overlay_stem("a/b c.png") == "a_b_c"
+    assert overlay_stem("...") == "image"

@@ -55,6 +55,10 @@ def test_upload_shows_probability_and_heatmap(server_url, synthetic_manifest, tm
             page.goto(server_url + "/")
             sync_api.expect(page.locator("#caveat")).to_contain_text("not a diagnosis")
             sync_api.expect(page.locator("#model-info")).to_contain_text("threshold")
+            # the tiny run has none of the four safeguards: the banner names them
+            sync_api.expect(page.locator("#safeguards")).to_be_visible()
+            sync_api.expect(page.locator("#safeguard-list li")).to_have_count(4)
+            sync_api.expect(page.locator("#safeguards")).to_contain_text("bonefrac calibrate RUN")
             page.set_input_files("#file", str(image))
             sync_api.expect(page.locator("#probability")).to_have_text(
                 re.compile(r"^[<>]?\d+(\.\d)?%$"), timeout=30_000

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
+import os
+from collections.abc import Sequence
+from pathlib import Path, PurePath
 
 import pandas as pd
 
@@ -52,7 +54,8 @@ def binary_labels(
 def read_manifest(path: str | Path, *, require_split: bool = False) -> pd.DataFrame:
     """Read a manifest CSV (or any CSV with at least ``path,label``), checking its shape.
 
-    Missing optional columns are filled (``image_id`` from the file name, ``boxes`` as "[]").
+    Missing optional columns are filled (``image_id`` by :func:`path_image_ids`, ``boxes`` as
+    "[]").
     Relative paths are resolved against the CSV's folder. Boxes reaching outside the image are
     clipped and boxes without area dropped, with a warning naming the image.
     """
@@ -76,7 +79,7 @@ def read_manifest(path: str | Path, *, require_split: bool = False) -> pd.DataFr
     base = path.resolve().parent
     df["path"] = [str(p if Path(p).is_absolute() else (base / p)) for p in df["path"].astype(str)]
     if "image_id" not in df.columns:
-        df["image_id"] = [Path(p).name for p in df["path"]]
+        df["image_id"] = path_image_ids(df["path"].tolist())
     df["image_id"] = df["image_id"].astype(str)
     if "boxes" not in df.columns:
         df["boxes"] = "[]"
@@ -86,6 +89,25 @@ def read_manifest(path: str | Path, *, require_split: bool = False) -> pd.DataFr
         if bad_splits:
             raise DataError(f"{path}: column 'split' must be train/val/test, found {bad_splits}")
     return df
+
+
+def path_image_ids(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Image ids for rows without one: each path relative to the deepest folder all of them
+    share, with POSIX separators.
+
+    Files that share a name in different folders (``test/fractured/0.png`` and
+    ``val/fractured/0.png``) keep distinct ids, so predictions from a plain ``path,label`` CSV
+    can be joined on ``image_id`` (``bonefrac compare``); files of one folder keep their bare
+    names. Paths that share no root (absolute mixed with relative) keep their whole path.
+    """
+    pure = [PurePath(p) for p in paths]
+    if not pure:
+        return []
+    try:
+        root = os.path.commonpath([str(p.parent) for p in pure])
+    except ValueError:
+        return [p.as_posix() for p in pure]
+    return [p.relative_to(root).as_posix() for p in pure]
 
 
 def _checked_boxes(values: pd.Series, images: pd.Series, source: Path) -> list[str]:

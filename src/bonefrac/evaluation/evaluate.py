@@ -38,7 +38,7 @@ from bonefrac.rundir import RunDir, check_name, metrics_entry, run_probabilities
 log = logging.getLogger(__name__)
 
 RESERVED_NAMES = ("train", "val", "test")
-SUBGROUP_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc")
+SUBGROUP_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc", "pr_auc")
 
 
 @dataclass
@@ -66,7 +66,7 @@ def subgroup_table(
     df: pd.DataFrame, prob: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0
 ) -> pd.DataFrame:
     """One row per (column, value) for each subgroup column present: n, n_pos and
-    accuracy/sensitivity/specificity/roc_auc with bootstrap CIs (``<metric>_low/_high``)."""
+    accuracy/sensitivity/specificity/roc_auc/pr_auc with bootstrap CIs (``<metric>_low/_high``)."""
     rows: list[dict[str, Any]] = []
     y = df["label"].to_numpy()
     for col in SUBGROUP_COLUMNS:

@@ -1,11 +1,14 @@
 """``RUN/report.html``: one self-contained page (PNGs embedded as base64 data URIs, inline CSS,
 no scripts) that opens in a browser without a server.
 
-Sections (each an ``<h2 id=...>``): model & config, data, training, metrics (with CIs), plots,
-localisation (only for a localising run: :mod:`.report_localization`), threshold & calibration,
-subgroups, explanations (only when ``RUN/explain`` exists). Missing
-inputs give a short "not available" line rather than an error, so a report can be produced at
-any stage of a run's life.
+Sections (each an ``<h2 id=...>``), the answer first: summary (:mod:`.report_summary`: missing
+safeguards, test ROC-AUC / PR-AUC with CIs, sensitivity / specificity / PPV / NPV at the stored
+threshold, per-source lines, refer and out-of-scope shares, ROC curve, a gallery of overlays on
+distinct images), then metrics of every split (with CIs), plots, localisation (only for a
+localising run: :mod:`.report_localization`), threshold & calibration, refer & out of scope,
+subgroups, explanations (only when ``RUN/explain`` exists), data, training, and last model &
+config (versions, config.yaml). Missing inputs give a short "not available" line rather than an
+error, so a report can be produced at any stage of a run's life.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from bonefrac.evaluation import report_localization
+from bonefrac.evaluation import report_gallery, report_localization, report_summary
 from bonefrac.fileio import atomic_open, read_json
 from bonefrac.metrics import METRIC_NAMES, format_ci, is_metric_entry
 from bonefrac.rundir import RunDir
@@ -30,9 +33,7 @@ log = logging.getLogger(__name__)
 PLOT_KINDS = ("roc", "pr", "confusion", "reliability", "threshold", "risk_coverage")
 MAX_CAM_IMAGES = 24
 SECTIONS = (
-    ("config", "Model and config"),
-    ("data", "Data"),
-    ("training", "Training"),
+    ("summary", "Summary: how well it works (test)"),
     ("metrics", "Metrics"),
     ("plots", "Plots"),
     ("localization", "Localisation (boxes and map)"),
@@ -40,6 +41,9 @@ SECTIONS = (
     ("selective", "Refer and out-of-scope (selective prediction)"),
     ("subgroups", "Subgroups"),
     ("explain", "Explanations (CAM)"),
+    ("data", "Data"),
+    ("training", "Training"),
+    ("config", "Model and config"),
 )
 
 _CSS = """
@@ -55,6 +59,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 figcaption{font-size:.8rem;color:#555;text-align:center}
 pre{background:#f7f7f7;padding:.8rem;overflow:auto;font-size:.8rem;max-height:420px}
 nav a{margin-right:.8rem}
+.warn{background:#fdecea;border:1px solid #e0a39c;border-radius:6px;padding:.5rem .9rem}
+.warn-inline{color:#a1271b}.ok{color:#1e6b35}
 """
 
 
@@ -300,7 +306,7 @@ def _section_selective(model: dict[str, Any], metrics: dict[str, Any] | None) ->
             shown = {k: v for k, v in rec.items() if not str(k).endswith("sha256")}
             parts.append(f"<h3>{label}</h3>" + _kv_table(shown))
         else:
-            how = "threshold RUN --refer-coverage 0.8" if key == "refer" else "ood RUN"
+            how = "threshold RUN --refer-coverage 0.9" if key == "refer" else "ood RUN"
             parts.append(f"<h3>{label}</h3>" + _na(f"none ('bonefrac {how}' fits one)"))
     rows = []
     for split, m in (metrics or {}).items():
@@ -348,7 +354,10 @@ def _section_subgroups(run: RunDir) -> str:
     return "".join(parts) or _na("no subgroup columns (region, view, source, hardware) found")
 
 
-def _section_explain(run: RunDir) -> str | None:
+def _section_explain(run: RunDir, gallery_shown: bool) -> str | None:
+    """The localisation score of the maps; the overlays themselves are in the first section's
+    gallery (one per duplicate group). Only when no overlay is of a test image (``explain
+    --images``) are they shown here, with the grid."""
     edir = run.explain_dir
     if not edir.is_dir():
         return None
@@ -357,15 +366,26 @@ def _section_explain(run: RunDir) -> str | None:
     if isinstance(loc, dict):
         flat = {k: v for k, v in loc.items() if not isinstance(v, dict | list)}
         parts.append("<h3>Localisation against fracture boxes</h3>" + _kv_table(flat))
+    overlays = run.explain_overlays()
+    if gallery_shown:
+        parts.append(
+            f"<p>{len(overlays)} overlay(s) in {_e(edir)}; the first section shows up to "
+            f"{report_gallery.MAX_GALLERY} of them, one image per duplicate group.</p>"
+        )
+        return "".join(parts)
     grid = edir / "grid.png"
     if grid.is_file():
         parts.append('<div class="figs">' + _figure(grid, "CAM gallery", wide=True) + "</div>")
-    others = sorted(p for p in edir.glob("*.png") if p.name != "grid.png")
-    if others:
-        shown = others[:MAX_CAM_IMAGES]
-        parts.append("<h3>Per-image overlays</h3>" + _figs([(p, p.stem) for p in shown]))
-        if len(others) > len(shown):
-            parts.append(_na(f"{len(others) - len(shown)} more in {edir}"))
+    if overlays:
+        shown = list(overlays.values())[:MAX_CAM_IMAGES]
+        parts.append(
+            "<h3>Per-image overlays</h3>"
+            + '<div class="figs">'
+            + "".join(report_gallery.image_figure(p, p.stem) for p in shown)
+            + "</div>"
+        )
+        if len(overlays) > len(shown):
+            parts.append(_na(f"{len(overlays) - len(shown)} more in {edir}"))
     return "".join(parts) or _na("explain/ exists but holds no outputs")
 
 
@@ -374,17 +394,26 @@ def render_report(run_dir: str | Path) -> str:
     run = RunDir.open(run_dir)
     model = run.raw_meta()
     metrics = _read_json_safe(run.metrics_path)
+    found = report_gallery.overlay_gallery(run, report_summary.SPLIT)
+    overlays_shown = found is not None
+    boxes_in_summary = not overlays_shown and report_summary.SPLIT in (
+        report_localization.localization_splits(metrics)
+    )
     bodies = {
-        "config": _section_config(run, model),
-        "data": _section_data(run, model),
-        "training": _section_training(run),
+        "summary": report_summary.section(run, model, metrics, found),
         "metrics": _section_metrics(metrics),
         "plots": _section_plots(run, metrics),
-        "localization": report_localization.section(run, metrics),
+        # without overlays, the first section shows the localisation gallery instead
+        "localization": report_localization.section(
+            run, metrics, with_gallery=not boxes_in_summary
+        ),
         "threshold": _section_threshold(run, model),
         "selective": _section_selective(model, metrics),
         "subgroups": _section_subgroups(run),
-        "explain": _section_explain(run),
+        "explain": _section_explain(run, overlays_shown),
+        "data": _section_data(run, model),
+        "training": _section_training(run),
+        "config": _section_config(run, model),
     }
     title = f"bonefrac report: {run.name}"
     nav = " ".join(

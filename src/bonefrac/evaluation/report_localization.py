@@ -3,7 +3,8 @@ of test images with true boxes (white), predicted boxes with scores (amber) and 
 
 Only a localising run's metrics (``hit_rate``, ``ap50``, ... in ``metrics.json[split]``) make the
 section appear. Gallery images are read from the predictions CSV's ``path`` column; files that
-are missing or cannot be decoded are left out with a count.
+are missing or cannot be decoded are left out with a count. The gallery shows at most one image
+per duplicate group (the manifest's ``group``: Roboflow augmentation siblings share one).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import html
 import io
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -24,6 +26,7 @@ from bonefrac.evaluation.localization import (
     has_localization,
     read_inputs,
 )
+from bonefrac.evaluation.report_gallery import image_groups
 from bonefrac.metrics import format_ci
 from bonefrac.rundir import RunDir
 
@@ -49,13 +52,10 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
-def section(run: RunDir, metrics: dict[str, Any] | None) -> str | None:
-    """The section's HTML, or ``None`` when no split has localisation metrics."""
-    splits = [
-        k
-        for k, v in (metrics or {}).items()
-        if isinstance(v, dict) and any(n in v for n in LOC_METRIC_NAMES)
-    ]
+def section(run: RunDir, metrics: dict[str, Any] | None, with_gallery: bool = True) -> str | None:
+    """The section's HTML, or ``None`` when no split has localisation metrics.
+    ``with_gallery=False`` leaves the gallery out (the report's first section shows it)."""
+    splits = localization_splits(metrics)
     if not splits:
         return None
     assert metrics is not None
@@ -93,25 +93,53 @@ def section(run: RunDir, metrics: dict[str, Any] | None) -> str | None:
     ]
     if notes:
         parts.append(f"<ul>{notes}</ul>")
-    parts.append(gallery(run, "test" if "test" in splits else splits[0]))
+    if with_gallery:
+        parts.append(gallery(run, "test" if "test" in splits else splits[0]))
     return "".join(parts)
 
 
-def pick_gallery(inputs: LocInputs, k: int = MAX_GALLERY) -> list[int]:
-    """Up to ``k`` rows: images with true boxes spread evenly over the split (two thirds of
-    the places), then images without boxes whose top predicted box scores highest (false
-    alarms), then more boxed images if places are left."""
-    boxed = [i for i in range(inputs.n) if inputs.true_boxes[i]]
+def localization_splits(metrics: dict[str, Any] | None) -> list[str]:
+    """The metrics.json keys with localisation metrics."""
+    return [
+        k
+        for k, v in (metrics or {}).items()
+        if isinstance(v, dict) and any(n in v for n in LOC_METRIC_NAMES)
+    ]
+
+
+def pick_gallery(
+    inputs: LocInputs, k: int = MAX_GALLERY, groups: Sequence[str] | None = None
+) -> list[int]:
+    """Up to ``k`` rows, at most one per group of ``groups`` (``None``: each row its own):
+    images with true boxes spread evenly over the split (two thirds of the places), then
+    images without boxes whose top predicted box scores highest (false alarms), then more
+    boxed images if places are left."""
+    groups = groups if groups is not None else [str(i) for i in range(inputs.n)]
+    boxed = _first_per_group([i for i in range(inputs.n) if inputs.true_boxes[i]], groups)
     preds = inputs.pred_boxes or [[] for _ in range(inputs.n)]
     alarms = sorted(
         (i for i in range(inputs.n) if not inputs.true_boxes[i] and preds[i]),
         key=lambda i: -max(b[4] for b in preds[i]),
     )
+    alarms = _first_per_group(alarms, groups, {groups[i] for i in boxed})
     n_boxed = min(len(boxed), max(k - len(alarms), (2 * k) // 3))
     step = len(boxed) / n_boxed if n_boxed else 1
     chosen = [boxed[int(j * step)] for j in range(n_boxed)]
     chosen += alarms[: k - len(chosen)]
     return chosen
+
+
+def _first_per_group(
+    rows: list[int], groups: Sequence[str], taken: set[str] | None = None
+) -> list[int]:
+    """``rows`` in order, keeping the first of each group not in ``taken``."""
+    seen = set(taken or ())
+    out = []
+    for i in rows:
+        if groups[i] not in seen:
+            seen.add(groups[i])
+            out.append(i)
+    return out
 
 
 def render_tile(path: str, true_boxes: list, pred_boxes: list, peak: Any) -> Image.Image:
@@ -148,8 +176,9 @@ def gallery(run: RunDir, split: str) -> str:
         inputs = read_inputs(df, run.prediction_path(split), sizes=[None] * len(df))
     except Exception as exc:  # noqa: BLE001
         return head + f'<p class="muted">{_e(exc)}</p>'
+    groups = image_groups(run, df["image_id"].astype(str).tolist())
     figures, missing = [], 0
-    for i in pick_gallery(inputs):
+    for i in pick_gallery(inputs, groups=groups.of_row):
         path = str(df["path"].iloc[i])
         try:
             tile = render_tile(
@@ -166,8 +195,10 @@ def gallery(run: RunDir, split: str) -> str:
     parts = [
         head,
         "<p>White: true boxes. Amber: predicted boxes with their scores. Cyan cross: where "
-        "the map peaks.</p>",
+        "the map peaks. At most one image per duplicate group.</p>",
     ]
+    if groups.note:
+        parts.append(f'<p class="muted">{_e(groups.note)}</p>')
     if figures:
         parts.append('<div class="figs">' + "".join(figures) + "</div>")
     if missing:

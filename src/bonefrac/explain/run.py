@@ -15,9 +15,10 @@ run's manifest by path when the file is there, otherwise the label shows as ``?`
 
 Outputs (``out_dir`` defaults to ``RUN/explain``)::
 
-    <out>/<method>/<image_id>.png    one overlay per image, at the original resolution
+    <out>/<method>/<stem>.png        one overlay per image, at the original resolution
+                                     (stem: :func:`bonefrac.rundir.overlay_stem` of its id)
     <out>/<method>/grid.png          captioned grid (id, probability, label)
-    <out>/grid.png                   copy of the latest grid (report.html shows it)
+    <out>/grid.png                   copy of the latest grid
     <out>/localization.json          with score=True (also copied to <out>/<method>/)
 
 Re-running overwrites these derived files (there is nothing to lose: they are recomputed from
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +48,7 @@ from bonefrac.explain.localization import (
     summarise,
 )
 from bonefrac.fileio import atomic_path, write_json
-from bonefrac.rundir import RunDir
+from bonefrac.rundir import RunDir, overlay_stem
 
 log = logging.getLogger(__name__)
 
@@ -346,22 +346,12 @@ def _handle_item(
     full = heatmap_to_original(heat, size, decoded_size)
     if item.overlay:
         img = render_overlay(base, full, item.boxes)
-        path = save_png(img, method_dir / f"{safe_name(item.image_id)}.png")
+        path = save_png(img, method_dir / f"{overlay_stem(item.image_id)}.png")
         overlays.append(path)
         panels.append(Panel(thumbnail(img), caption(item.image_id, prob, item.label)))
     if item.score and item.boxes:
         res = score_image(full, item.boxes, tolerance)
         scored.append({"image_id": item.image_id, "label": item.label, "prob": prob, **res})
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_IMAGE_SUFFIX = re.compile(r"\.(jpe?g|png|bmp|tiff?|webp|dcm|dicom)$", re.IGNORECASE)
-
-
-def safe_name(image_id: str) -> str:
-    """A file-name-safe stem from an image id (``a/b c.jpg`` -> ``a_b_c``)."""
-    stem = _IMAGE_SUFFIX.sub("", image_id.strip())
-    return _UNSAFE.sub("_", stem).strip("._") or "image"
 
 
 def _copy(src: Path, dst: Path) -> None:

@@ -16,6 +16,10 @@
 - Decoding runs in DataLoader worker processes when ``workers > 0``; ``devices > 1`` shards the
   files over that many processes (:mod:`bonefrac.inference.distributed`), each streaming to its
   own part file, merged into ``out`` at the end (and by any later resume).
+- A run without a safeguard (tuned threshold, temperature, out-of-scope detector, refer rule:
+  :func:`bonefrac.rundir.missing_safeguards`) still predicts, with one warning per missing
+  safeguard per job (logged on stderr by the CLI), and :attr:`BatchSummary.missing_safeguards`
+  names them.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from bonefrac.inference.batchmeta import (
 from bonefrac.inference.csvpaths import decode_path, encode_path, safe_text
 from bonefrac.inference.dicomout import DicomOutCounts, write_dicom_out
 from bonefrac.inference.predictor import Predictor, PreparedInput, prepare_input
-from bonefrac.rundir import OUT_OF_SCOPE, REFER
+from bonefrac.rundir import OUT_OF_SCOPE, REFER, warn_missing_safeguards
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +91,7 @@ class BatchSummary:
     processes: int = 1
     errors: list[tuple[str, str]] = field(default_factory=list)  # (CSV path, error) this run
     dicom_out: DicomOutCounts = field(default_factory=DicomOutCounts)
+    missing_safeguards: list[str] = field(default_factory=list)  # names (warned once)
 
     @property
     def any_failed(self) -> bool:
@@ -286,6 +291,8 @@ def prepare_job(job: BatchJob, predictor: Predictor) -> tuple[list[Path], BatchS
         raise _write_error(exc, out) from None
     files = collect_inputs(job.inputs)
     summary = BatchSummary(out=out, total=len(files))
+    missing = warn_missing_safeguards(predictor.meta, str(job.run_dir))
+    summary.missing_safeguards = [item.name for item in missing]
     todo = []
     for f in files:
         key = encode_path(f)

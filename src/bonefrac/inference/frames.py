@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bonefrac.data.schema import path_image_ids
 from bonefrac.errors import DataError, ImageDecodeError
 from bonefrac.inference.predictor import Predictor, PreparedInput, decoded_batches
 from bonefrac.rundir import check_finite, predictions_frame
@@ -43,7 +44,7 @@ def predict_frame(
 
     frame = df.reset_index(drop=True).copy()
     if "image_id" not in frame.columns:
-        frame["image_id"] = [Path(p).name for p in frame["path"]]
+        frame["image_id"] = path_image_ids(frame["path"].astype(str).tolist())
     kept: list[int] = []
     failed: list[tuple[int, ImageDecodeError]] = []
     logits: list[np.ndarray] = []

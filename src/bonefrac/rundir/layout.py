@@ -12,7 +12,9 @@
       history.csv          per-epoch training metrics
       metrics.json         per-split metrics with confidence intervals
       predictions/<name>.csv
-      plots/*.png, subgroups/<name>.csv, explain/, report.html
+      plots/*.png, subgroups/<name>.csv, report.html
+      explain/<method>/<image>.png   per-image overlays ('bonefrac explain'; :func:`overlay_stem`)
+      explain/grid.png, explain/localization.json
 
 No other module spells these names: they ask a :class:`RunDir` for the path.
 """
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from bonefrac.data.schema import SUBGROUP_COLUMNS, binary_labels
+from bonefrac.data.schema import SUBGROUP_COLUMNS, binary_labels, path_image_ids
 from bonefrac.errors import RunDirError
 from bonefrac.fileio import atomic_open, read_json, write_csv, write_json
 from bonefrac.metrics import compute_metrics, logit_from_prob, sigmoid
@@ -58,7 +60,17 @@ TTA_STD_COLUMN = "tta_std"
 #: Splits written by training; other prediction names come from ``evaluate --manifest``.
 RUN_SPLITS = ("val", "test")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Files of ``explain/`` (and of each method folder) that are not one image's overlay.
+EXPLAIN_GRID = "grid.png"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_IMAGE_SUFFIX = re.compile(r"\.(jpe?g|png|bmp|tiff?|webp|dcm|dicom)$", re.IGNORECASE)
 log = logging.getLogger(__name__)
+
+
+def overlay_stem(image_id: str) -> str:
+    """The file stem of an image's overlay in ``explain/<method>/`` (``a/b c.jpg`` -> ``a_b_c``)."""
+    stem = _IMAGE_SUFFIX.sub("", image_id.strip())
+    return _UNSAFE.sub("_", stem).strip("._") or "image"
 
 
 def check_name(name: str) -> str:
@@ -180,6 +192,17 @@ class RunDir:
     @property
     def explain_dir(self) -> Path:
         return self.path / EXPLAIN
+
+    def explain_overlays(self) -> dict[str, Path]:
+        """Per-image overlays in ``explain/`` and its method folders, by :func:`overlay_stem`;
+        where several methods drew the same image, the newest file wins."""
+        folder = self.explain_dir
+        if not folder.is_dir():
+            return {}
+        found = [p for p in (*folder.glob("*.png"), *folder.glob("*/*.png")) if p.is_file()]
+        found = [p for p in found if p.name != EXPLAIN_GRID]
+        found.sort(key=lambda p: (p.stat().st_mtime, str(p)))
+        return {p.stem: p for p in found}
 
     @property
     def predictions_dir(self) -> Path:
@@ -348,7 +371,7 @@ def validate_predictions(df: pd.DataFrame, source: object) -> pd.DataFrame:
     if "image_id" not in df.columns:
         if "path" not in df.columns:
             raise RunDirError(f"{source}: needs an 'image_id' or 'path' column")
-        df["image_id"] = [Path(str(p)).name for p in df["path"]]
+        df["image_id"] = path_image_ids(df["path"].astype(str).tolist())
     df["image_id"] = df["image_id"].astype(str)
     df["label"] = binary_labels(df["label"], source, RunDirError)
     for col in ("prob", "logit"):

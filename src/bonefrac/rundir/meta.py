@@ -11,12 +11,19 @@ is the only place the temperature is applied.
 Decisions a clinician sees (:meth:`ModelMeta.decisions`): ``out_of_scope`` when the optional
 ``ood`` record flags the input as unlike the training radiographs, else ``refer`` when the
 optional ``refer`` rule's uncertainty is above its cut-off, else ``fracture`` / ``no_fracture``.
+
+Safeguards (:func:`missing_safeguards`): a run loads without a tuned threshold, a fitted
+temperature, an out-of-scope detector or a refer rule, but every output that serves it (predict,
+serve, the report) names what is missing and the command that adds it, from this one list.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import platform
+import shlex
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -32,6 +39,8 @@ from pydantic import (
 
 from bonefrac.errors import ModelOutputError, RunDirError
 from bonefrac.metrics import apply_temperature
+
+log = logging.getLogger(__name__)
 
 CLASS_NAMES = ["not_fractured", "fractured"]
 
@@ -234,6 +243,83 @@ class ModelMeta(BaseModel):
         out[np.atleast_1d(ref)] = REFER
         out[np.atleast_1d(oos)] = OUT_OF_SCOPE
         return [str(d) for d in out]
+
+
+@dataclass(frozen=True)
+class MissingSafeguard:
+    """A safeguard the run lacks: its ``name``, what that means for the answers (``detail``)
+    and the ``command`` that adds it."""
+
+    name: str
+    detail: str
+    command: str
+
+    def as_dict(self) -> dict[str, str]:
+        """``{"name", "detail", "command"}`` (the ``/v1/model`` shape)."""
+        return asdict(self)
+
+
+#: How a run gets all four safeguards at once.
+RETRAIN_HINT = "retraining with 'bonefrac train' (without --no-deploy) fits all four"
+
+
+def missing_safeguards(meta: ModelMeta, run: str = "RUN") -> list[MissingSafeguard]:
+    """The safeguards ``meta`` lacks, in the order their commands should run (the refer rule
+    last: a new threshold or temperature refits or removes it); empty when the run is ready.
+
+    ``run`` fills the commands' run argument (quoted for a shell); the default ``RUN`` keeps
+    paths out of what a server shows.
+    """
+    where = run if run == "RUN" else shlex.quote(run)
+    out = []
+    if meta.get("threshold_criterion", "default") in (None, "default"):
+        out.append(
+            MissingSafeguard(
+                "threshold",
+                f"no tuned threshold: decisions use the default {meta.threshold:g}, not a "
+                "threshold chosen on val",
+                f"bonefrac threshold {where} --criterion f1",
+            )
+        )
+    if not isinstance(meta.get("calibration"), dict):
+        out.append(
+            MissingSafeguard(
+                "calibration",
+                "no fitted temperature: probabilities are the raw model's, not calibrated on val",
+                f"bonefrac calibrate {where}",
+            )
+        )
+    if meta.ood is None:
+        out.append(
+            MissingSafeguard(
+                "ood",
+                "no out-of-scope detector: an image unlike the training radiographs still gets "
+                "a fracture call",
+                f"bonefrac ood {where}",
+            )
+        )
+    if meta.refer is None:
+        out.append(
+            MissingSafeguard(
+                "refer",
+                "no refer rule: uncertain images get a fracture call instead of 'refer'",
+                f"bonefrac threshold {where} --refer-coverage 0.9",
+            )
+        )
+    return out
+
+
+def warn_missing_safeguards(meta: ModelMeta, run: str = "RUN") -> list[MissingSafeguard]:
+    """Log one warning per safeguard ``meta`` lacks (with its command), then one line on
+    retraining; return them (once per job or server start, never per image)."""
+    missing = missing_safeguards(meta, run)
+    shown = shlex.quote(run) if run != "RUN" else run
+    for item in missing:
+        log.warning("%s: %s; add it with '%s'", shown, item.detail, item.command)
+    if missing:
+        names = ", ".join(item.name for item in missing)
+        log.warning("%s: missing safeguard(s): %s; %s", shown, names, RETRAIN_HINT)
+    return missing
 
 
 def usable_threshold(threshold: float) -> float:

@@ -39,6 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from bonefrac.data.imageio import PNG_SIGNATURE, is_dicom_bytes
 from bonefrac.errors import BonefracError, ImageDecodeError, ModelOutputError
 from bonefrac.inference.dicomout import DicomOutError
+from bonefrac.rundir import missing_safeguards, warn_missing_safeguards
 from bonefrac.serving.budget import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -177,10 +178,16 @@ def png_b64(img: Any) -> str:
 
 
 def public_model_info(pred: Any) -> dict[str, Any]:
-    """What ``/v1/model`` shows: settings that shape the answer, no filesystem paths."""
+    """What ``/v1/model`` shows: settings that shape the answer, no filesystem paths.
+
+    ``missing_safeguards``: ``[{"name", "detail", "command"}]`` for each safeguard the run
+    lacks (:func:`bonefrac.rundir.missing_safeguards`; commands say ``RUN``), ``[]`` when the
+    run has all four.
+    """
     meta = pred.meta.model_dump(mode="json")
     info: dict[str, Any] = {"model": pred.name, "backend": pred.backend}
     info.update({k: meta[k] for k in PUBLIC_META_KEYS if k in meta})
+    info["missing_safeguards"] = [m.as_dict() for m in missing_safeguards(pred.meta)]
     return info
 
 
@@ -251,6 +258,7 @@ def create_app(
         import numpy as np
 
         pred.predict(np.zeros((pred.image_size, pred.image_size), np.uint8), heatmap=True)
+    warn_missing_safeguards(pred.meta, str(run_dir))  # once; the page and /v1/model show them
     assets = docs_assets() if docs else None
     if docs and assets is None:
         log.warning("API docs off: the fastapi-offline package (Swagger UI assets) is missing")

@@ -17,12 +17,30 @@
     $("token").focus();
   }
 
+  // a banner for each safeguard the run lacks (tuned threshold, temperature, out-of-scope
+  // detector, refer rule): what it means and the command that adds it; hidden when none
+  function showSafeguards(missing) {
+    const list = $("safeguard-list");
+    list.replaceChildren();
+    const items = Array.isArray(missing) ? missing.filter((m) => m && typeof m === "object") : [];
+    for (const m of items) {
+      const li = document.createElement("li");
+      li.appendChild(document.createTextNode(String(m.detail || m.name || "") + " — "));
+      const code = document.createElement("code");
+      code.textContent = String(m.command || "");
+      li.appendChild(code);
+      list.appendChild(li);
+    }
+    $("safeguards").hidden = items.length === 0;
+  }
+
   function loadModel() {
     fetch("/v1/model", { headers: authHeaders() }).then((r) => {
       if (r.status === 401) { askToken(); throw new Error("token"); }
       return r.json();
     }).then((m) => {
       criterion = m.threshold_criterion || "";
+      showSafeguards(m.missing_safeguards);
       $("model-info").textContent = "Model: " + (m.architecture || "?") +
         " · input " + (m.image_size || "?") + " px · decision threshold " +
         (isNum(m.threshold) ? m.threshold.toFixed(3) : "unknown");
