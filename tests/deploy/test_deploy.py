@@ -62,7 +62,9 @@ def test_train_ends_with_every_safeguard_fitted_on_val(deployed: tuple[Path, str
     assert "of the training time" in output
 
 
-def test_no_deploy_leaves_the_run_untuned_and_resume_fits_it(tmp_path: Path) -> None:
+def test_no_deploy_leaves_the_run_untuned_and_resume_fits_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     manifest = make_manifest(tmp_path / "data", {"train": 40, "val": 20, "test": 10})
     result = runner.invoke(app, _train_args(manifest, tmp_path / "run", "--no-deploy"))
     assert result.exit_code == 0, result.output
@@ -71,6 +73,16 @@ def test_no_deploy_leaves_the_run_untuned_and_resume_fits_it(tmp_path: Path) -> 
     assert meta["temperature"] == 1.0
     assert not {"refer", "ood", "calibration", "deploy"} & set(meta)
     assert "deploy:" not in result.output
+    # predicting with it warns, once per job, naming each missing safeguard
+    image = tmp_path / "data" / "images" / "test_0000.png"
+    with caplog.at_level("WARNING"):
+        predicted = runner.invoke(
+            app, ["predict", str(tmp_path / "run"), str(image), "--out", str(tmp_path / "p.csv")]
+        )
+    assert predicted.exit_code == 0, predicted.output
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    for command in ("bonefrac threshold", "bonefrac calibrate", "bonefrac ood"):
+        assert command in warned
     # a resumed run ends like a fresh one: with the fits
     resumed = runner.invoke(app, ["train", "--resume", str(tmp_path / "run"), "--no-progress"])
     assert resumed.exit_code == 0, resumed.output
