@@ -1,18 +1,24 @@
-"""Out-of-scope detection on real radiographs: does the detector refuse what it should?
+"""Out-of-scope detection on real radiographs: does the Predictor refuse what it should, and why?
 
 For a run trained on FracAtlas (with ``bonefrac ood RUN`` already fitted, or fitted here with
 ``--fit``), the script scores with BOTH out-of-scope scores (Mahalanobis on penultimate
-features with a Ledoit-Wolf covariance fitted on the train split, and the logit's energy):
+features with a Ledoit-Wolf covariance fitted on the train split, and the logit's energy) and
+asks the Predictor itself for its decision and ``ood_reason`` (``modality`` / ``colour`` /
+``blank`` / ``features``, :mod:`bonefrac.inference.scope`):
 
 - in scope: the run's test split images from its manifest (FracAtlas test);
 - out of scope: the offline probes of :mod:`bonefrac.inference.ood_probes` (scikit-learn's
-  sample photographs, rendered text pages, noise, blank frames);
-- the same test radiographs rotated 90 / 180 degrees and inverted (should stay in scope);
+  sample photographs in grey, in colour and tinted, rendered text pages, noise, blank frames,
+  CT and MR DICOM files built with pydicom);
+- the same test radiographs rotated 90 / 180 degrees and inverted (should stay in scope),
+  tinted (the colour rule should refuse them) and wrapped as CT DICOM files (the modality rule
+  should refuse them);
 - an external radiograph set: the Roboflow "Bone Fracture Detection" test split (another
   source, other regions: how much of it a FracAtlas model calls out of scope).
 
-It prints the AUROC of in-scope vs probes for each score and the share of each group flagged
-at each score's val cut-off (the 99th percentile of val scores), as a markdown table.
+It prints the AUROC of in-scope vs probes for each score, the share of each group flagged at
+each score's val cut-off (the 99th percentile of val scores) and by the Predictor, with the
+Predictor's reasons, as markdown tables, then the reason of every probe.
 
     .venv/bin/python bench/ood.py --run /tmp/fa_run \
         --external ../shared/data/bone_fracture_yolo/test/images [--fit]
@@ -24,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from benchinfo import git_commit, machine
@@ -34,9 +42,19 @@ from bonefrac.data.imageio import IMAGE_SUFFIXES
 from bonefrac.data.schema import read_manifest
 from bonefrac.evaluation.tables import markdown_table
 from bonefrac.inference import ood, ood_stats
-from bonefrac.inference.ood_probes import probe_images, transformed
-from bonefrac.inference.predictor import Predictor
+from bonefrac.inference.ood_probes import (
+    dicom_bytes,
+    dicom_probes,
+    probe_images,
+    tinted,
+    transformed,
+)
+from bonefrac.inference.predictor import Predictor, PreparedInput
 from bonefrac.rundir import RunDir
+
+SCORES = ("mahalanobis", "energy")
+#: At most this many test radiographs are wrapped as CT DICOM files.
+MAX_AS_CT = 40
 
 
 def _paths(manifest: Path, split: str, limit: int, seed: int = 0) -> list[str]:
@@ -50,6 +68,38 @@ def _paths(manifest: Path, split: str, limit: int, seed: int = 0) -> list[str]:
     if len(df) > limit:
         df = df.sample(n=limit, random_state=seed)
     return df["path"].astype(str).tolist()
+
+
+class Scorer:
+    """Both scores and the Predictor's answers for a list of sources."""
+
+    def __init__(self, pred: Predictor, stats: ood_stats.MahalanobisStats, batch: int = 32):
+        self.pred = pred
+        self.stats = stats
+        self.batch = batch
+
+    def __call__(self, sources: list[Any]) -> dict[str, Any]:
+        prepared = [self.pred.prepare(s) for s in sources]
+        return self.prepared(prepared)
+
+    def prepared(self, prepared: list[PreparedInput]) -> dict[str, Any]:
+        maha, energy, reasons = [], [], []
+        for i in range(0, len(prepared), self.batch):
+            chunk = prepared[i : i + self.batch]
+            feats, logits = self.pred.features([p.array for p in chunk])
+            maha.append(self.stats.score(feats))
+            energy.append(ood_stats.energy_score(logits))
+            reasons += [p.ood_reason for p in self.pred.predict_prepared(chunk)]
+        return {
+            "mahalanobis": np.concatenate(maha),
+            "energy": np.concatenate(energy),
+            "reason": reasons,
+        }
+
+
+def _reasons(reasons: list[str | None]) -> str:
+    counts = Counter(r for r in reasons if r)
+    return ", ".join(f"{k} {v}" for k, v in counts.most_common()) or "-"
 
 
 def main() -> None:
@@ -66,54 +116,57 @@ def main() -> None:
         ood.fit_ood(args.run, "mahalanobis", max_images=args.max_train, force=True)
     run = RunDir.open(args.run)
     meta = run.meta()
+    if meta.ood is None or meta.ood.method != "mahalanobis":
+        raise SystemExit(f"{args.run}: no Mahalanobis out-of-scope detector; pass --fit")
     pred = Predictor.from_run(run)
-    stats = ood_stats.load_stats(run, meta.ood)
-
-    def features(sources: list) -> tuple[np.ndarray, np.ndarray]:
-        f, z, _ = ood.image_features(pred, sources)
-        return f, z
-
-    def scores(sources: list) -> dict[str, np.ndarray]:
-        f, z = features(sources)
-        # the Predictor's rule: a blank frame is out of scope whatever its score
-        blank = ood_stats.blank_frames([pred.prepare(s).array for s in sources])
-        return {"mahalanobis": stats.score(f), "energy": ood_stats.energy_score(z), "blank": blank}
+    scores = Scorer(pred, ood_stats.load_stats(run, meta.ood))
 
     val = scores(run.predictions("val")["path"].astype(str).tolist())
-    cut = {k: float(np.percentile(val[k], 99.0)) for k in ("mahalanobis", "energy")}
-    manifest = Path(meta.get("manifest"))
-    test_paths = _paths(manifest, "test", args.limit)
-    inside_arrays = [pred.prepare(p).array for p in test_paths]
-    groups: dict[str, dict[str, np.ndarray]] = {"test (in scope)": scores(inside_arrays)}
-    probes = probe_images()
-    for kind, imgs in probes.items():
-        groups[f"probe: {kind}"] = scores(imgs)
+    cut = {k: float(np.percentile(val[k], 99.0)) for k in SCORES}
+    test_paths = _paths(Path(meta.get("manifest")), "test", args.limit)
+    inside = [pred.prepare(p) for p in test_paths]
+    arrays = [p.array for p in inside]
+    groups: dict[str, dict[str, Any]] = {"test (in scope)": scores.prepared(inside)}
+    probes: dict[str, list[Any]] = {**probe_images(), **dicom_probes()}
+    for kind, items in probes.items():
+        groups[f"probe: {kind}"] = scores(items)
     for kind in ("rot90", "rot180", "inverted"):
-        groups[f"test {kind}"] = scores([transformed(a)[kind] for a in inside_arrays])
+        groups[f"test {kind}"] = scores([transformed(a)[kind] for a in arrays])
+    for kind in tinted(arrays[0]):
+        groups[f"test {kind}"] = scores([tinted(a)[kind] for a in arrays])
+    groups["test as CT DICOM"] = scores([dicom_bytes(a, "CT") for a in arrays[:MAX_AS_CT]])
     if args.external:
         ext = _paths(args.external, "test", args.limit)
         groups[f"external: {args.external} ({len(ext)} images)"] = scores(ext)
 
-    all_probes = {k: np.concatenate([groups[f"probe: {p}"][k] for p in probes]) for k in cut}
+    probe_groups = [groups[f"probe: {kind}"] for kind in probes]
+    all_probes = {k: np.concatenate([g[k] for g in probe_groups]) for k in SCORES}
     s_in = groups["test (in scope)"]
-    rows = []
-    for name, g in groups.items():
-        rows.append([name, len(g["mahalanobis"])]
-                    + [f"{np.mean(g[k] > cut[k]):.1%}" for k in ("mahalanobis", "energy")]
-                    + [f"{np.mean((g['mahalanobis'] > cut['mahalanobis']) | g['blank']):.1%}"])  # fmt: skip
     auroc = {
         k: roc_auc_score(
             np.r_[np.zeros(len(s_in[k])), np.ones(len(all_probes[k]))],
             np.r_[s_in[k], all_probes[k]],
         )  # fmt: skip
-        for k in cut
+        for k in SCORES
     }
+    rows = []
+    for name, g in groups.items():
+        flagged = np.mean([r is not None for r in g["reason"]])
+        rows.append([name, len(g["reason"])]
+                    + [f"{np.mean(g[k] > cut[k]):.1%}" for k in SCORES]
+                    + [f"{flagged:.1%}", _reasons(g["reason"])])  # fmt: skip
     print(f"run {args.run} ({meta.architecture}); commit {git_commit()}; {machine()}")
     print("out-of-scope AUROC, test vs offline probes: "
           + ", ".join(f"{k} {v:.3f}" for k, v in auroc.items()))  # fmt: skip
     head = ["group", "n", "flagged (mahalanobis)", "flagged (energy)",
-            "flagged (mahalanobis + blank-frame rule: what the Predictor does)"]  # fmt: skip
+            "out of scope (the Predictor: rules + its detector)", "ood_reason"]  # fmt: skip
     print(markdown_table(head, rows))
+    per_probe = [
+        [kind, i, g["reason"][i] or "in scope", f"{g['mahalanobis'][i]:.1f}"]
+        for kind, g in zip(probes, probe_groups, strict=True)
+        for i in range(len(g["reason"]))
+    ]
+    print(markdown_table(["probe", "#", "ood_reason", "mahalanobis"], per_probe))
     print(f"cut-offs (val 99th percentile): {cut}; {time.time() - t0:.0f} s")
 
 

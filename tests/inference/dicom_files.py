@@ -27,8 +27,10 @@ def write_dicom(
     transfer_syntax: UID = ExplicitVRLittleEndian,
     encapsulated: bytes | None = None,
     preamble: bool = True,
+    modality: str | None = "DX",
 ) -> Path:
-    """``pixels``: (rows, cols) or (frames, rows, cols) of uint8/uint16/int16; None: no PixelData."""
+    """``pixels``: (rows, cols) or (frames, rows, cols) of uint8/uint16/int16; None: no PixelData.
+    ``modality``: the Modality element (None: left out)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -36,7 +38,8 @@ def write_dicom(
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128 if preamble else None)
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
+    if modality is not None:
+        ds.Modality = modality
     ds.PatientName = "Test^Synthetic"
     if pixels is not None:
         arr = np.asarray(pixels)

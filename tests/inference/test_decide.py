@@ -172,12 +172,14 @@ def test_predictor_gives_the_vocabulary(decided_run: Path, synthetic_manifest: P
         if p.decision in ("fracture", "no_fracture"):
             assert not p.refer and not p.out_of_scope
             assert (p.decision == "fracture") == (p.probability >= p.threshold)
+        assert p.ood_reason == ("features" if p.decision == "out_of_scope" else None)
         d = p.as_dict()
         assert {"uncertainty", "refer", "out_of_scope", "ood_score", "decision"} <= set(d)
     assert any(p.decision == "refer" for p in out)
     for value in (0, 128, 255):  # blank frames: out of scope whatever their score
         blank = pred.predict(np.full((64, 64), value, np.uint8))[0]
         assert blank.decision == "out_of_scope" and blank.out_of_scope
+        assert blank.ood_reason == "blank"
         assert blank.ood_score is not None and np.isfinite(blank.ood_score)
 
 
@@ -270,6 +272,7 @@ def test_predict_csv_has_the_decision_columns(decided_run: Path, synthetic_manif
     assert all(r["uncertainty"] and r["ood_score"] and r["refer"] in "01" for r in rows)
     row = next(r for r in rows if r["path"].endswith("blank.png"))
     assert row["decision"] == "out_of_scope" and row["out_of_scope"] == "1"
+    assert row["ood_reason"] == "blank"
 
 
 def test_cli_threshold_refer_coverage_and_ood(tiny_run: Path, tmp_path: Path) -> None:

@@ -112,10 +112,12 @@ def test_no_boxes_and_decision_words(tmp_path):
     assert sr.content.get_planar_roi_measurement_groups() == []
     (group,) = sr.content.get_image_measurement_groups()
     assert group.get_qualitative_evaluations()[0].value.value == "refer"
-    sc, _, sr = roundtrip(tmp_path, fake_prediction(decision="out_of_scope"), src)
+    oos = fake_prediction(decision="out_of_scope")
+    oos.ood_reason = "colour"
+    sc, _, sr = roundtrip(tmp_path, oos, src)
     (group,) = sr.content.get_image_measurement_groups()
     assert group.get_measurements() == []  # no fracture call, so no probability
-    assert "probability" not in sc.ImageComments
+    assert "probability" not in sc.ImageComments and "(colour)" in sc.ImageComments
     assert decision_label(fake_prediction(decision=False)) == "no_fracture"
 
 

@@ -68,6 +68,7 @@ def assert_ok(resp, expected: Predictor | None = None) -> dict:
     assert body["decision"] in ("fracture", "no_fracture") and isinstance(body["threshold"], float)
     assert (body["decision"] == "fracture") == (body["probability"] >= body["threshold"])
     assert body["refer"] is False and body["out_of_scope"] is False and body["ood_score"] is None
+    assert "ood_reason" in body and body["ood_reason"] is None
     assert isinstance(body["uncertainty"], float)
     assert body["model"] == "tiny"
     return body
@@ -128,6 +129,25 @@ def bad_inputs(png: bytes, tmp: Path) -> dict[str, tuple[bytes, str, int, str]]:
         "dicom without pixels": (nopix, "a.dcm", 422, "no pixel data"),
         "corrupt png": (png[:40] + b"\0" * 40 + png[80:], "c.png", 422, ""),
     }
+
+
+def test_colour_photo_and_ct_dicom_are_out_of_scope_with_their_reason(client, tmp_path):
+    # the tiny run has no fitted out-of-scope detector: the scope rules apply anyway
+    from bonefrac.inference.ood_probes import colour_images
+
+    photo = colour_images(np.random.default_rng(0), n=2)[0]
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, format="JPEG")
+    arr = (np.random.default_rng(1).random((64, 64)) * 4000).astype(np.uint16)
+    ct = write_dicom(tmp_path / "ct.dcm", arr, modality="CT").read_bytes()
+    for data, name, reason in ((buf.getvalue(), "photo.jpg", "colour"), (ct, "ct.dcm", "modality")):
+        resp = post(client, data, name)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert (body["decision"], body["out_of_scope"], body["ood_reason"]) == (
+            "out_of_scope", True, reason
+        )  # fmt: skip
+    assert_ok(post(client, write_dicom(tmp_path / "dx.dcm", arr).read_bytes(), "dx.dcm"))
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,11 @@
 """Decode radiographs (JPEG, PNG, other Pillow formats, DICOM) to 8-bit greyscale.
 
+:func:`decode_image` also keeps what the grey conversion loses or the pixels cannot tell
+(:class:`DecodedImage`): the source's chroma (:mod:`bonefrac.data.chroma`, measured before the
+colour is dropped) and a DICOM file's Modality. :func:`load_grayscale` is the same decode
+without the chroma measurement (training and data build need only the grey image); both give
+the same grey pixels.
+
 Every decoder path raises :class:`ImageDecodeError` with a short ``reason`` label
 (``zero bytes``, ``truncated``, ``not an image``, ``undecodable``, ``bad checksum``,
 ``too many pixels``, ``no pixel data``, ``multi-frame``, ``missing decoder``) so callers can quarantine
@@ -9,11 +15,13 @@ or report the file without guessing.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from bonefrac.data.chroma import chroma_of, chroma_of_array, chroma_ycbcr
 from bonefrac.errors import ImageDecodeError
 
 # Never let Pillow quietly pad a truncated file with grey.
@@ -48,6 +56,19 @@ def is_candidate_image(path: str | Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom_file(path)
 
 
+@dataclass(frozen=True)
+class DecodedImage:
+    """One decoded input: the 8-bit greyscale image, and what the grey image cannot tell."""
+
+    image: Image.Image  # mode "L"
+    #: :func:`bonefrac.data.chroma.chroma_of` of the source before the grey conversion (0 for
+    #: greyscale sources, and when the measurement was not asked for)
+    chroma: float = 0.0
+    #: a DICOM file's Modality (stripped, upper case; "" when empty); None when the file has
+    #: none or is not DICOM
+    modality: str | None = None
+
+
 def load_grayscale(
     source: str | Path | bytes,
     *,
@@ -62,6 +83,31 @@ def load_grayscale(
     still at least ``draft_size`` (fast path for big radiographs).
     ``dicom_frame``: for multi-frame DICOM, which frame to take; ``None`` rejects them.
     """
+    return _decode(source, draft_size, max_pixels, dicom_frame, name, measure=False).image
+
+
+def decode_image(
+    source: str | Path | bytes,
+    *,
+    draft_size: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    dicom_frame: int | None = None,
+    name: str | None = None,
+) -> DecodedImage:
+    """:func:`load_grayscale` (the same grey pixels) with the source's chroma and a DICOM
+    file's Modality."""
+    return _decode(source, draft_size, max_pixels, dicom_frame, name, measure=True)
+
+
+def _decode(
+    source: str | Path | bytes,
+    draft_size: int | None,
+    max_pixels: int,
+    dicom_frame: int | None,
+    name: str | None,
+    *,
+    measure: bool,
+) -> DecodedImage:
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     data = _read_bytes(source, label)
     if len(data) == 0:
@@ -71,8 +117,12 @@ def load_grayscale(
     )
     try:
         if dicom:
-            return _load_dicom(data, label, max_pixels=max_pixels, frame=dicom_frame)
-        return _load_pillow(data, label, draft_size=draft_size, max_pixels=max_pixels)
+            return _load_dicom(
+                data, label, max_pixels=max_pixels, frame=dicom_frame, measure=measure
+            )
+        return _load_pillow(
+            data, label, draft_size=draft_size, max_pixels=max_pixels, measure=measure
+        )
     except ImageDecodeError:
         raise
     except MemoryError as exc:
@@ -128,8 +178,8 @@ def png_crc_error(data: bytes) -> str | None:
 
 
 def _load_pillow(
-    data: bytes, label: str, *, draft_size: int | None, max_pixels: int
-) -> Image.Image:
+    data: bytes, label: str, *, draft_size: int | None, max_pixels: int, measure: bool
+) -> DecodedImage:
     crc_error = png_crc_error(data)
     if crc_error:
         raise ImageDecodeError(label, "bad checksum", crc_error)
@@ -147,7 +197,10 @@ def _load_pillow(
             label, "too many pixels", f"{width}x{height} exceeds the limit of {max_pixels} pixels"
         )
     if draft_size and img.format == "JPEG":
-        img.draft("L", (draft_size, draft_size))
+        # libjpeg's grey output is the Y plane; "YCbCr" keeps the very same Y plane and adds
+        # the chroma planes (no colour conversion), so the grey pixels do not depend on
+        # whether the chroma is measured
+        img.draft("YCbCr" if measure else "L", (draft_size, draft_size))
     try:
         img.load()
     except OSError as exc:
@@ -156,18 +209,23 @@ def _load_pillow(
         raise ImageDecodeError(label, reason, msg) from exc
     except Exception as exc:  # noqa: BLE001
         raise ImageDecodeError(label, "undecodable", str(exc)) from exc
-    return _to_l(img)
+    grey, chroma = _to_l(img, measure)
+    return DecodedImage(grey, chroma)
 
 
-def _to_l(img: Image.Image) -> Image.Image:
+def _to_l(img: Image.Image, measure: bool = False) -> tuple[Image.Image, float]:
+    """8-bit greyscale, and (``measure``) the chroma of ``img`` before the conversion."""
     if img.mode == "L":
-        return img
+        return img, 0.0
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float32)
-        return Image.fromarray(_window_to_uint8(arr))
+        return Image.fromarray(_window_to_uint8(arr)), 0.0
+    if img.mode == "YCbCr":  # a JPEG drafted without colour conversion: Y is the grey image
+        return img.getchannel(0), chroma_ycbcr(img) if measure else 0.0
+    chroma = chroma_of(img) if measure else 0.0
     if img.mode in ("RGBA", "LA", "P"):
         img = img.convert("RGBA").convert("RGB")
-    return img.convert("L")
+    return img.convert("L"), chroma
 
 
 def _window_to_uint8(
@@ -187,12 +245,13 @@ def _window_to_uint8(
     return out.astype(np.uint8)
 
 
-#: Transfer syntax families -> the pip packages that decode them (for error messages).
+#: Transfer syntax families -> the pip packages that decode them (for error messages). All but
+#: ``pyjpegls`` are in bonefrac's default install, so a missing one means a broken environment.
 _DECODER_HINTS = {
-    "JPEG-LS": "'pylibjpeg pylibjpeg-libjpeg' or 'pyjpegls' or 'python-gdcm'",
-    "JPEG 2000": "'pylibjpeg pylibjpeg-openjpeg' or 'python-gdcm'",
+    "JPEG-LS": "'python-gdcm' or 'pyjpegls'",
+    "JPEG 2000": "'python-gdcm' or 'pylibjpeg pylibjpeg-openjpeg'",
     "High-Throughput JPEG 2000": "'pylibjpeg pylibjpeg-openjpeg'",
-    "JPEG": "'pylibjpeg pylibjpeg-libjpeg' or 'python-gdcm'",
+    "JPEG": "'python-gdcm'",
     "RLE": "'pylibjpeg pylibjpeg-rle'",
 }
 
@@ -201,7 +260,7 @@ def _decoder_hint(ts_name: str) -> str:
     for key, hint in _DECODER_HINTS.items():
         if ts_name.startswith(key):
             return hint
-    return "'pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg' or 'python-gdcm'"
+    return "'python-gdcm pylibjpeg pylibjpeg-openjpeg pylibjpeg-rle'"
 
 
 def _missing_decoder(label: str, ts: object, extra: str = "") -> ImageDecodeError:
@@ -212,7 +271,23 @@ def _missing_decoder(label: str, ts: object, extra: str = "") -> ImageDecodeErro
     return ImageDecodeError(label, "missing decoder", detail)
 
 
-def _load_dicom(data: bytes, label: str, *, max_pixels: int, frame: int | None) -> Image.Image:
+def _no_capable_decoder(lines: list[str]) -> bool:
+    """True when pydicom's failure says no installed decoder can take this data (each plugin
+    that was tried says it does not support it), not that the data is broken.
+
+    pydicom reports ``Unable to decode as exceptions were raised by all available plugins:``
+    and one line per plugin; a plugin that *tried* and failed (a corrupt codestream) makes the
+    file undecodable, not a missing decoder.
+    """
+    if not lines or not any(w in lines[0].lower() for w in ("decoder", "plugin", "install")):
+        return False
+    per_plugin = lines[1:]
+    return all("support" in line.lower() for line in per_plugin)
+
+
+def _load_dicom(
+    data: bytes, label: str, *, max_pixels: int, frame: int | None, measure: bool = False
+) -> DecodedImage:
     """DICOM -> 8-bit greyscale as a viewer would show it.
 
     Order (PS3.3 C.11): decode (one frame) -> modality LUT / rescale slope+intercept ->
@@ -224,6 +299,10 @@ def _load_dicom(data: bytes, label: str, *, max_pixels: int, frame: int | None) 
     import pydicom
     from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
     from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from bonefrac.data.dicom_codecs import register
+
+    register()  # 12-bit JPEG Extended through GDCM (see bonefrac.data.dicom_codecs)
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
@@ -277,24 +356,40 @@ def _load_dicom(data: bytes, label: str, *, max_pixels: int, frame: int | None) 
     try:
         arr = pixel_array(ds, index=frame if n_frames > 1 else None)
     except Exception as exc:  # noqa: BLE001
-        msg = (str(exc).splitlines() or [type(exc).__name__])[0]
-        if compressed and any(w in msg.lower() for w in ("decoder", "plugin", "install")):
-            raise _missing_decoder(label, ts, msg) from exc
-        raise ImageDecodeError(label, "undecodable", msg) from exc
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        msg = lines[0] if lines else type(exc).__name__
+        if compressed and _no_capable_decoder(lines):
+            raise _missing_decoder(label, ts, "; ".join(lines)[:400]) from exc
+        raise ImageDecodeError(label, "undecodable", "; ".join(lines)[:400] or msg) from exc
 
+    modality = dicom_modality(ds)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper().strip()
     if int(ds.get("SamplesPerPixel", 1) or 1) > 1 or photometric == "PALETTE COLOR":
-        return _dicom_colour_to_l(arr, ds, photometric)
+        grey, chroma = _dicom_colour_to_l(arr, ds, photometric, measure)
+        return DecodedImage(grey, chroma, modality)
 
     arr = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
     out = _dicom_voi_to_uint8(arr, ds)
     shape = str(ds.get("PresentationLUTShape", "")).upper().strip()
     if photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE"):
         out = 255 - out
-    return Image.fromarray(out)
+    return DecodedImage(Image.fromarray(out), 0.0, modality)
 
 
-def _dicom_colour_to_l(arr: np.ndarray, ds: object, photometric: str) -> Image.Image:
+def dicom_modality(ds: object) -> str | None:
+    """The dataset's Modality, stripped and upper case ("" when empty, None when absent);
+    a (malformed) multi-valued one gives its first value."""
+    value = ds.get("Modality")  # type: ignore[attr-defined]
+    if value is None:
+        return None
+    if not isinstance(value, str) and hasattr(value, "__len__"):
+        value = value[0] if len(value) else ""
+    return str(value).strip().upper()
+
+
+def _dicom_colour_to_l(
+    arr: np.ndarray, ds: object, photometric: str, measure: bool
+) -> tuple[Image.Image, float]:
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
@@ -303,7 +398,8 @@ def _dicom_colour_to_l(arr: np.ndarray, ds: object, photometric: str) -> Image.I
     rgb = np.asarray(arr)[..., :3]
     if rgb.dtype != np.uint8:
         rgb = _window_to_uint8(rgb.astype(np.float32))
-    return Image.fromarray(np.ascontiguousarray(rgb), mode="RGB").convert("L")
+    chroma = chroma_of_array(rgb) if measure else 0.0
+    return Image.fromarray(np.ascontiguousarray(rgb), mode="RGB").convert("L"), chroma
 
 
 def _dicom_voi_to_uint8(arr: np.ndarray, ds: object) -> np.ndarray:
@@ -344,13 +440,15 @@ def _first_float(value: object) -> float | None:
         return None
 
 
-def image_to_grayscale(img: Image.Image) -> Image.Image:
-    """Any PIL image -> 8-bit greyscale (16-bit and float images windowed to their range)."""
-    return _to_l(img)
+def decode_pil_image(img: Image.Image) -> DecodedImage:
+    """Any PIL image -> 8-bit greyscale (16-bit and float images windowed to their range),
+    with its chroma."""
+    grey, chroma = _to_l(img, measure=True)
+    return DecodedImage(grey, chroma)
 
 
-def array_to_grayscale(arr: np.ndarray, label: str = "<array>") -> Image.Image:
-    """A numpy image -> 8-bit greyscale PIL image.
+def decode_array(arr: np.ndarray, label: str = "<array>") -> DecodedImage:
+    """A numpy image -> 8-bit greyscale PIL image, with its chroma.
 
     Greyscale ``(H, W)`` of any numeric type (non-uint8 windowed to its range), ``(H, W, 1)``,
     or colour ``(H, W, 3|4)``.
@@ -362,13 +460,14 @@ def array_to_grayscale(arr: np.ndarray, label: str = "<array>") -> Image.Image:
         rgb = arr[..., :3]
         if rgb.dtype != np.uint8:
             rgb = _window_to_uint8(rgb.astype(np.float32))
-        return Image.fromarray(np.ascontiguousarray(rgb), "RGB").convert("L")
+        img = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+        return DecodedImage(img.convert("L"), chroma_of(img))
     if arr.ndim != 2:
         raise ImageDecodeError(
             label, "not an image", f"expected (H, W) or (H, W, 3), got shape {arr.shape}"
         )
     if arr.dtype == np.uint8:
-        return Image.fromarray(np.ascontiguousarray(arr), "L")
+        return DecodedImage(Image.fromarray(np.ascontiguousarray(arr), "L"))
     if arr.dtype == np.bool_:
-        return Image.fromarray(arr.astype(np.uint8) * 255, "L")
-    return Image.fromarray(_window_to_uint8(arr.astype(np.float32)), "L")
+        return DecodedImage(Image.fromarray(arr.astype(np.uint8) * 255, "L"))
+    return DecodedImage(Image.fromarray(_window_to_uint8(arr.astype(np.float32)), "L"))

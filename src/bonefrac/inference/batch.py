@@ -68,9 +68,12 @@ COLUMNS = [
     "error",
     "cam_path",
     "pred_boxes",
+    "ood_reason",
 ]
 #: ``pred_boxes``: a localising run's boxes as JSON ``[[cx, cy, w, h, score], ...]`` normalised
 #: to the image (empty for a model without a localisation head).
+#: ``ood_reason``: why an ``out_of_scope`` row is out of scope: ``modality`` / ``colour`` /
+#: ``blank`` / ``features`` (:mod:`bonefrac.inference.scope`); empty when in scope.
 #: Prefix of the error text of rows whose image decoded but the model's output was unusable.
 MODEL_ERROR = "model output"
 
@@ -470,6 +473,7 @@ def _predict_items(
             row["refer"] = int(pred.refer)
             row["out_of_scope"] = int(pred.out_of_scope)
             row["ood_score"] = "" if pred.ood_score is None else f"{pred.ood_score:.6g}"
+            row["ood_reason"] = pred.ood_reason or ""
             if pred.pred_boxes is not None:
                 row["pred_boxes"] = json.dumps(pred.pred_boxes)
             summary.predicted += 1

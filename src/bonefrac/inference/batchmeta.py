@@ -1,7 +1,8 @@
 """The sidecar of a predictions CSV (``<out>.meta.json``): which model and settings wrote it.
 
 Resuming appends rows to the CSV, so every row must come from the same weights, threshold,
-temperature, refer rule, out-of-scope detector, backend, input size and DICOM frame. The sidecar is written atomically before the
+temperature, refer rule, out-of-scope detector and scope rules, backend, input size and DICOM
+frame. The sidecar is written atomically before the
 CSV's header; a resume compares it with the model about to predict and refuses on any
 difference (``--force`` starts over).
 """
@@ -15,6 +16,7 @@ from typing import Any
 from bonefrac.errors import DataError
 from bonefrac.fileio import file_sha256, read_json, write_json
 from bonefrac.inference.csvpaths import encode_path
+from bonefrac.inference.scope import rules_record
 
 FORMAT = "bonefrac-predictions/1"
 PATH_ENCODING = "fs-bytes, UTF-8, percent-encoded where unsafe (see bonefrac.inference.csvpaths)"
@@ -29,6 +31,7 @@ COMPARED = (
     "dicom_frame",
     "refer",
     "ood",
+    "scope",
 )
 
 
@@ -56,6 +59,7 @@ def fingerprint(predictor: Any, dicom_frame: int | None, columns: list[str]) -> 
         "dicom_frame": dicom_frame,
         "refer": _rule(predictor.meta.refer, ("score", "cutoff", "coverage")),
         "ood": _rule(predictor.meta.ood, ("method", "cutoff", "stats_sha256")),
+        "scope": rules_record(),
     }
 
 

@@ -125,6 +125,8 @@ def finding_lines(pred: Any, model: ModelInfo) -> list[str]:
     first = DECISION_TEXT.get(decision, decision)
     if decision != "out_of_scope":
         first += f" - fracture probability {pred.probability:.2f} (threshold {pred.threshold:.2f})"
+    elif getattr(pred, "ood_reason", None):
+        first += f" ({pred.ood_reason})"  # modality | colour | blank | features
     return [first, f"bonefrac {__version__}, model {model.label}", CAVEAT]
 
 

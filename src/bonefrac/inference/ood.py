@@ -11,8 +11,10 @@ Two scores (higher = less like the training data):
 model was trained on; at most ``max_images``), scores val, and sets the cut-off at a high
 percentile of val (in-scope by construction): with the default 99, about 1 % of in-scope
 images are flagged. The record goes to model.json (``ood``); the :class:`Predictor` then
-returns ``ood_score`` and ``out_of_scope`` for each input. An input without contrast (a blank
-frame: :func:`blank_frames`) is out of scope whatever its score.
+returns ``ood_score`` and ``out_of_scope`` for each input (``ood_reason`` ``features`` when
+the score put it there). A DICOM file of another modality, a colour image and a blank frame are
+out of scope whatever their score, with or without a fitted detector
+(:mod:`bonefrac.inference.scope`).
 """
 
 from __future__ import annotations

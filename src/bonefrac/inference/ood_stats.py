@@ -1,11 +1,12 @@
 """Out-of-scope scores of a run's model: the statistics and score functions the Predictor uses.
 
-Fitting them (``bonefrac ood``) lives in :mod:`bonefrac.inference.ood`.
+Fitting them (``bonefrac ood``) lives in :mod:`bonefrac.inference.ood`; the rules that put an
+input out of scope whatever its score (modality, colour, blank frame) in
+:mod:`bonefrac.inference.scope`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +15,6 @@ import numpy as np
 from bonefrac.errors import DataError, RunDirError
 from bonefrac.fileio import atomic_path, file_sha256
 from bonefrac.rundir import RunDir
-
-#: A letterboxed input whose grey levels span less than this is a blank frame: out of scope
-#: whatever its score (measured: a black frame's features sit close to the train mean, so the
-#: Mahalanobis distance alone lets it through).
-MIN_CONTRAST = 8
-
-
-def blank_frames(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """True for inputs with (almost) no contrast: max - min grey level below MIN_CONTRAST."""
-    return np.array([int(a.max()) - int(a.min()) < MIN_CONTRAST for a in arrays], dtype=bool)
 
 
 def energy_score(logits: Any) -> np.ndarray:

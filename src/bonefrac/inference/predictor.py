@@ -9,8 +9,10 @@ threshold`` with the run's stored calibration and threshold. The decision a clin
 one of ``fracture`` / ``no_fracture`` / ``refer`` / ``out_of_scope``
 (:meth:`bonefrac.rundir.ModelMeta.decisions`): ``refer`` when the run has a refer rule
 (``bonefrac threshold RUN --refer-coverage X``) and the image's uncertainty is above its cut-off,
-``out_of_scope`` when the run has an out-of-scope detector (``bonefrac ood RUN``) and the input's
-score is above its cut-off.
+``out_of_scope`` when a rule of :mod:`bonefrac.inference.scope` applies (a DICOM file of another
+modality, a colour image, a blank frame: always, with or without a fitted detector) or the run
+has an out-of-scope detector (``bonefrac ood RUN``) and the input's score is above its cut-off;
+:attr:`Prediction.ood_reason` says which (``modality`` / ``colour`` / ``blank`` / ``features``).
 
 Backends: ``torch`` (the safetensors weights) or ``onnx`` (``RUN/model.onnx`` from
 ``bonefrac export RUN --onnx``, ONNX Runtime on CPU). Heatmaps (Grad-CAM on the fracture logit)
@@ -36,15 +38,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bonefrac.data.imageio import (
-    MAX_PIXELS,
-    array_to_grayscale,
-    image_to_grayscale,
-    load_grayscale,
-)
+from bonefrac.data.imageio import MAX_PIXELS, decode_array, decode_image, decode_pil_image
 from bonefrac.data.transforms import prepare_image, to_input
 from bonefrac.errors import ImageDecodeError, ModelError, ModelOutputError, RunDirError
 from bonefrac.fileio import file_sha256
+from bonefrac.inference.scope import is_colour, ood_reasons
 from bonefrac.precision import inference_autocast
 from bonefrac.rundir import (
     FRACTURE,
@@ -73,6 +71,14 @@ class PreparedInput:
     decoded_size: tuple[int, int]  # (w, h) of the decoded image the letterbox was made from
     name: str = ""
     display: Image.Image | None = None  # greyscale, long side <= DISPLAY_MAX_SIDE (for overlays)
+    #: the source's chroma measured before the grey conversion (:mod:`bonefrac.data.chroma`)
+    chroma: float = 0.0
+    modality: str | None = None  # a DICOM file's Modality (None: not DICOM, or none given)
+
+    @property
+    def colour(self) -> bool:
+        """The source is a colour image (:func:`bonefrac.inference.scope.is_colour`)."""
+        return is_colour(self.chroma)
 
 
 @dataclass
@@ -86,8 +92,10 @@ class Prediction:
     name: str = ""
     uncertainty: float | None = None  # the refer rule's score (margin without a rule)
     refer: bool = False  # uncertainty above the refer rule's cut-off
-    out_of_scope: bool = False  # ood_score above the out-of-scope cut-off
+    out_of_scope: bool = False  # a scope rule applies or ood_score is above its cut-off
     ood_score: float | None = None  # None when the run has no out-of-scope detector
+    #: why the input is out of scope: modality | colour | blank | features (None: in scope)
+    ood_reason: str | None = None
     #: float32 (h, w) in [0, 1], aligned with ``display`` (letterbox padding removed)
     heatmap: np.ndarray | None = field(default=None, repr=False)
     display: Image.Image | None = field(default=None, repr=False)
@@ -127,6 +135,7 @@ class Prediction:
             "refer": self.refer,
             "out_of_scope": self.out_of_scope,
             "ood_score": self.ood_score,
+            "ood_reason": self.ood_reason,
         }
         if self.pred_boxes is not None:
             out["pred_boxes"] = self.pred_boxes
@@ -154,20 +163,21 @@ def prepare_input(
     of any numeric type, or ``(H, W, 3|4)`` colour) or a PIL image.
     """
     if isinstance(source, np.ndarray):
-        img = array_to_grayscale(source, name or "<array>")
         label = name or "<array>"
+        decoded = decode_array(source, label)
     elif isinstance(source, Image.Image):
-        img = image_to_grayscale(source)
+        decoded = decode_pil_image(source)
         label = name or "<image>"
     else:
         label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
-        img = load_grayscale(
+        decoded = decode_image(
             source if isinstance(source, bytes) else Path(source),
             draft_size=size,
             max_pixels=max_pixels,
             dicom_frame=dicom_frame,
             name=label,
         )
+    img = decoded.image
     w, h = img.size
     if w * h > max_pixels:  # arrays / PIL images given directly
         raise ImageDecodeError(label, "too many pixels", f"{w}x{h} exceeds {max_pixels} pixels")
@@ -176,7 +186,14 @@ def prepare_input(
         display = img.copy()
         if max(w, h) > DISPLAY_MAX_SIDE:
             display.thumbnail((DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE), Image.Resampling.BILINEAR)
-    return PreparedInput(prepare_image(img, size, clahe=clahe), (w, h), label, display)
+    return PreparedInput(
+        prepare_image(img, size, clahe=clahe),
+        (w, h),
+        label,
+        display,
+        chroma=decoded.chroma,
+        modality=decoded.modality,
+    )
 
 
 def decoded_batches(
@@ -616,14 +633,12 @@ class Predictor:
         logits = np.where(usable, raw, 0.0)
         uncertainty = np.where(usable, uncertainty, 0.0)
         ood_scores = self.ood_scores(arrays, logits) if arrays else None
-        flagged = None  # scores the decision uses: a blank frame is out of scope
-        if ood_scores is not None:
-            from bonefrac.inference.ood_stats import blank_frames
-
-            flagged = np.where(blank_frames(arrays), np.inf, ood_scores)
-        decisions = self.meta.decisions(probs, uncertainty, flagged)
+        by_score = self.meta.out_of_scope(ood_scores) if ood_scores is not None else None
+        # the scope rules (modality, colour, blank) apply with or without a fitted detector
+        reasons = ood_reasons(prepared, by_score)
+        oos = np.array([r is not None for r in reasons], dtype=bool)
+        decisions = self.meta.decisions(probs, uncertainty, flagged=oos)
         refer = self.meta.refers(uncertainty)
-        oos = self.meta.out_of_scope(flagged) if flagged is not None else None
         heats = None
         if heatmap and arrays and usable.any():
             heats = map_probs if map_probs is not None else self.cams(arrays)
@@ -640,8 +655,9 @@ class Predictor:
                 name=p.name,
                 uncertainty=float(uncertainty[i]),
                 refer=bool(refer[i]),
-                out_of_scope=bool(oos[i]) if oos is not None else False,
+                out_of_scope=bool(oos[i]),
                 ood_score=float(ood_scores[i]) if ood_scores is not None else None,
+                ood_reason=reasons[i],
             )
             if map_probs is not None:  # no boxes for an input declined as out of scope
                 from bonefrac.inference.localize import predicted_boxes

@@ -9,7 +9,8 @@ calibrate`` fits one); the fracture call is ``probability >= threshold``. :meth:
 is the only place the temperature is applied.
 
 Decisions a clinician sees (:meth:`ModelMeta.decisions`): ``out_of_scope`` when the optional
-``ood`` record flags the input as unlike the training radiographs, else ``refer`` when the
+``ood`` record flags the input as unlike the training radiographs, or a scope rule does (the
+Predictor's, :mod:`bonefrac.inference.scope`), else ``refer`` when the
 optional ``refer`` rule's uncertainty is above its cut-off, else ``fracture`` / ``no_fracture``.
 
 Safeguards (:func:`missing_safeguards`): a run loads without a tuned threshold, a fitted
@@ -233,12 +234,21 @@ class ModelMeta(BaseModel):
             return np.zeros(s.shape, dtype=bool)
         return ~(s <= self.ood.cutoff)  # NaN: out of scope
 
-    def decisions(self, prob: Any, uncertainty: Any = None, ood_score: Any = None) -> list[str]:
+    def decisions(
+        self, prob: Any, uncertainty: Any = None, ood_score: Any = None, flagged: Any = None
+    ) -> list[str]:
         """The decision vocabulary (:data:`DECISIONS`) for each image: out of scope first,
-        then refer, then the fracture call at the threshold."""
+        then refer, then the fracture call at the threshold.
+
+        ``flagged``: True where the input is out of scope whatever its score (the Predictor's
+        scope rules: another modality, a colour image, a blank frame; with or without an
+        ``ood`` record).
+        """
         p = np.atleast_1d(np.asarray(prob, dtype=float))
         ref = self.refers(uncertainty) if uncertainty is not None else np.zeros(p.shape, bool)
         oos = self.out_of_scope(ood_score) if ood_score is not None else np.zeros(p.shape, bool)
+        if flagged is not None:
+            oos = np.atleast_1d(oos) | np.atleast_1d(np.asarray(flagged, dtype=bool))
         out = np.where(p >= self.threshold, FRACTURE, NO_FRACTURE).astype(object)
         out[np.atleast_1d(ref)] = REFER
         out[np.atleast_1d(oos)] = OUT_OF_SCOPE

@@ -313,6 +313,8 @@ def create_app(
             "refer": result.refer,
             "out_of_scope": result.out_of_scope,
             "ood_score": result.ood_score,
+            # why out of scope: modality | colour | blank | features; null when in scope
+            "ood_reason": result.ood_reason,
             "threshold": result.threshold,
             "model": pred.name,
             "logit": result.logit,

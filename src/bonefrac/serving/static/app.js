@@ -138,8 +138,14 @@
       if (body.decision === "out_of_scope") {
         dec.textContent = "This does not look like a limb radiograph";
         dec.className = "decision oos";
-        $("threshold-note").textContent = "The image is unlike the radiographs the model " +
-          "was trained on, so it gives no fracture estimate (model " + body.model + ").";
+        const WHY = {
+          modality: "The DICOM file is not a projection radiograph (its Modality), so ",
+          colour: "It is a colour image, and radiographs are greyscale, so ",
+          blank: "The image is (almost) blank, so ",
+        };
+        $("threshold-note").textContent = (WHY[body.ood_reason] ||
+          "The image is unlike the radiographs the model was trained on, so ") +
+          "the model gives no fracture estimate (model " + body.model + ").";
       } else if (body.decision === "refer") {
         dec.textContent = "Refer to a radiologist";
         dec.className = "decision refer";
