@@ -6,7 +6,8 @@ features with a Ledoit-Wolf covariance fitted on the train split, and the logit'
 asks the Predictor itself for its decision and ``ood_reason`` (``modality`` / ``colour`` /
 ``blank`` / ``features``, :mod:`bonefrac.inference.scope`):
 
-- in scope: the run's test split images from its manifest (FracAtlas test);
+- in scope: the run's test split images from its manifest (at most ``--limit`` per source;
+  each source also alone when there are several);
 - out of scope: the offline probes of :mod:`bonefrac.inference.ood_probes` (scikit-learn's
   sample photographs in grey, in colour and tinted, rendered text pages, noise, blank frames,
   CT and MR DICOM files built with pydicom);
@@ -70,6 +71,18 @@ def _paths(manifest: Path, split: str, limit: int, seed: int = 0) -> list[str]:
     return df["path"].astype(str).tolist()
 
 
+def _test_by_source(manifest: Path, limit: int, seed: int = 0) -> dict[str, list[str]]:
+    """The manifest's test paths per source, at most ``limit`` of each."""
+    df = read_manifest(manifest)
+    df = df[df["split"].astype(str) == "test"]
+    out = {}
+    for source, part in df.groupby(df["source"].astype(str), sort=True):
+        if len(part) > limit:
+            part = part.sample(n=limit, random_state=seed)
+        out[str(source)] = part["path"].astype(str).tolist()
+    return out
+
+
 class Scorer:
     """Both scores and the Predictor's answers for a list of sources."""
 
@@ -123,10 +136,13 @@ def main() -> None:
 
     val = scores(run.predictions("val")["path"].astype(str).tolist())
     cut = {k: float(np.percentile(val[k], 99.0)) for k in SCORES}
-    test_paths = _paths(Path(meta.get("manifest")), "test", args.limit)
-    inside = [pred.prepare(p) for p in test_paths]
+    by_source = _test_by_source(Path(meta.get("manifest")), args.limit)
+    inside = [pred.prepare(p) for paths in by_source.values() for p in paths]
     arrays = [p.array for p in inside]
     groups: dict[str, dict[str, Any]] = {"test (in scope)": scores.prepared(inside)}
+    if len(by_source) > 1:  # the in-scope share per source (goal: <= 2 % flagged)
+        for source, paths in by_source.items():
+            groups[f"test, {source} only"] = scores(paths)
     probes: dict[str, list[Any]] = {**probe_images(), **dicom_probes()}
     for kind, items in probes.items():
         groups[f"probe: {kind}"] = scores(items)
