@@ -179,3 +179,36 @@ def test_service_dicom_zip(tiny_run, tmp_path):
             "/v1/predict", files={"file": ("x.png", buf.getvalue())}, params={"dicom": "true"}
         )
         assert resp.status_code == 415 and resp.json()["reason"] == "not DICOM"
+
+
+@pytest.mark.parametrize("fixture", ["loc_run", "tiny_run"])
+def test_predict_and_serve_burn_in_the_same_map(fixture, tmp_path, request):
+    """Every output of one image shows the Predictor's map: the learned map of a localising
+    run (Grad-CAM for a classification run), through `predict --dicom-out` and `?dicom=true`
+    alike (predict used to fall back to Grad-CAM without --cam-dir)."""
+    from fastapi.testclient import TestClient
+
+    from bonefrac.inference.predictor import Predictor
+    from bonefrac.serving.app import create_app
+
+    run = request.getfixturevalue(fixture)
+    src = study_dicom(tmp_path / "wrist.dcm")
+    out_dir = tmp_path / "dicom"
+    res = CliRunner().invoke(
+        app,
+        ["predict", str(run), str(src), "--out", str(tmp_path / "p.csv"),
+         "--dicom-out", str(out_dir), "--no-progress", "--workers", "0"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    by_predict = pydicom.dcmread(next(p for p in out_dir.iterdir() if "_sc" in p.name))
+    with TestClient(create_app(run, predictor=Predictor.from_run(run))) as client:
+        resp = client.post(
+            "/v1/predict", files={"file": ("wrist.dcm", src.read_bytes())}, params={"dicom": "true"}
+        )
+        assert resp.status_code == 200, resp.text
+        with zipfile.ZipFile(io.BytesIO(resp.content)) as zf:
+            by_serve = pydicom.dcmread(io.BytesIO(zf.read("bonefrac_sc.dcm")))
+    assert np.array_equal(by_predict.pixel_array, by_serve.pixel_array)
+    learned = fixture == "loc_run"
+    assert ("learned fracture map" in by_serve.DerivationDescription) is learned
+    assert ("Grad-CAM" in by_predict.DerivationDescription) is not learned

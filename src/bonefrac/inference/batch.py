@@ -443,7 +443,11 @@ def _predict_items(
     batch_error = ""
     try:
         preds = predictor.predict_prepared(
-            [p for _, p in ok], heatmap=cam_dir is not None, strict=False
+            # the DICOM capture shows the same map as the page: the Predictor's (the learned map
+            # of a localising run, Grad-CAM otherwise), asked for here as serve asks for it
+            [p for _, p in ok],
+            heatmap=cam_dir is not None or dicom_out is not None,
+            strict=False,
         )
         by_index = {i: pred for (i, _), pred in zip(ok, preds, strict=True)}
     except ModelOutputError as exc:  # the whole batch's answer is untrustworthy

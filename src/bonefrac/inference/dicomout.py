@@ -2,7 +2,8 @@
 
 For one DICOM input and its :class:`~bonefrac.inference.predictor.Prediction`:
 
-- **Secondary Capture** (RGB): the Grad-CAM overlay, the boxes when the prediction has them,
+- **Secondary Capture** (RGB): the Predictor's map overlay (the learned fracture map of a
+  localising run, Grad-CAM otherwise), the boxes when the prediction has them,
   and a banner with the finding burned in (probability, decision, model, a decision-support
   caveat). No patient data is burned in (``BurnedInAnnotation`` ``NO``).
 - **Comprehensive SR** holding a TID 1500 measurement report: one image-level group with the
@@ -65,12 +66,21 @@ class ModelInfo:
     name: str
     architecture: str
     weights_sha256: str = ""
+    learned_map: bool = False
+    """The heatmap is the model's own fracture map (a localising run), not Grad-CAM."""
 
     @classmethod
     def of(cls, predictor: Any) -> ModelInfo:
         """From a :class:`~bonefrac.inference.predictor.Predictor` (run name, architecture)."""
         sha = str(predictor.meta.get("weights_sha256") or "")
-        return cls(str(predictor.name or predictor.architecture), predictor.architecture, sha)
+        name = str(predictor.name or predictor.architecture)
+        return cls(name, predictor.architecture, sha, bool(predictor.localizes))
+
+    @property
+    def map_description(self) -> str:
+        if self.learned_map:
+            return "learned fracture map (trained on radiologists' fracture boxes) over the input"
+        return "Grad-CAM heatmap of the fracture logit over the input image"
 
     @property
     def label(self) -> str:
@@ -264,7 +274,7 @@ def _build_capture(source: Any, pred: Any, model: ModelInfo, hd: Any) -> Any:
     sc.SeriesDescription = f"bonefrac {model.name} heatmap"[:64]
     sc.BurnedInAnnotation = "NO"  # the finding is burned in, nothing that identifies the patient
     sc.ImageComments = " ".join(finding_lines(pred, model))[:10240]
-    sc.DerivationDescription = "Grad-CAM heatmap of the fracture logit over the input image"
+    sc.DerivationDescription = model.map_description
     sc.SourceImageSequence = [_reference(source)]
     if "AccessionNumber" in source:
         sc.AccessionNumber = source.AccessionNumber
@@ -421,11 +431,14 @@ def outputs_zip(outputs: DicomOutputs, stem: str = "result") -> bytes:
 
 
 def with_heatmap(predictor: Any, prepared: Any, pred: Any) -> Any:
-    """``pred`` with its heatmap and display image (Grad-CAM computed here when missing)."""
-    from bonefrac.inference.predictor import heatmap_for_display
-
+    """``pred`` with its heatmap and display image. A prediction made without its heatmap is
+    refused rather than given another map here: every output of one image shows the map the
+    Predictor made (the learned map of a localising run, Grad-CAM otherwise)."""
     if pred.heatmap is None:
-        pred.heatmap = heatmap_for_display(predictor.cams([prepared.array])[0], prepared)
+        raise DicomOutError(
+            f"{pred.name}: predicted without a heatmap; DICOM output needs "
+            "predict_prepared(..., heatmap=True)"
+        )
     if pred.display is None:
         pred.display = prepared.display
     if pred.display is None:
