@@ -122,6 +122,10 @@ def main() -> None:
     ap.add_argument("--fit", action="store_true", help="fit 'bonefrac ood' (mahalanobis) first")
     ap.add_argument("--max-train", type=int, default=1200)
     ap.add_argument("--limit", type=int, default=400, help="at most this many test images")
+    ap.add_argument(
+        "--limit-transformed", type=int, default=100,
+        help="at most this many of them rotated, inverted, tinted and wrapped as CT",
+    )  # fmt: skip
     args = ap.parse_args()
 
     t0 = time.time()
@@ -146,6 +150,7 @@ def main() -> None:
     probes: dict[str, list[Any]] = {**probe_images(), **dicom_probes()}
     for kind, items in probes.items():
         groups[f"probe: {kind}"] = scores(items)
+    arrays = arrays[: args.limit_transformed]  # rotated, inverted, tinted and CT copies
     for kind in ("rot90", "rot180", "inverted"):
         groups[f"test {kind}"] = scores([transformed(a)[kind] for a in arrays])
     for kind in tinted(arrays[0]):

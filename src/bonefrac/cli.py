@@ -413,7 +413,7 @@ def threshold(
         "the rest is 'refer'.",
     ),
     refer_tta: bool = typer.Option(
-        True,
+        False,
         "--refer-tta/--no-refer-tta",
         help="Also try the test-time augmentation spread as the refer score (8 model calls per "
         "val image; kept only when clearly better than the free scores).",

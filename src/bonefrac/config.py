@@ -242,9 +242,11 @@ class DeployConfig(_Strict):
     refer_coverage: float | None = Field(0.9, gt=0.0, le=1.0)
     """Fit a refer rule answering this share of val images (``bonefrac threshold
     --refer-coverage``); ``null``: no refer rule."""
-    refer_tta: bool = True
+    refer_tta: bool = False
     """Also try the test-time augmentation spread as the refer score (8 model calls per val
-    image to fit; kept only when it ranks val errors clearly better than the free scores)."""
+    image to fit; kept only when it ranks val errors clearly better than the free scores). Off
+    by default: measured, it ranked errors far worse than ``p_error`` (BENCHMARKS.md, "Safe and
+    useful by default") and makes every prediction 8 model calls."""
     ood: Literal["mahalanobis", "energy", "none"] = "mahalanobis"
     """Out-of-scope detector (``bonefrac ood --method``); ``none``: no detector."""
     ood_max_images: int = Field(2000, ge=10)

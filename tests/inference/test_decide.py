@@ -77,7 +77,7 @@ def decided_run(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Pat
 
     run = tmp_path_factory.mktemp("decide") / "tiny"
     shutil.copytree(tiny_run, run)
-    tune_threshold(run, None, refer_coverage=0.8)
+    tune_threshold(run, None, refer_coverage=0.8, refer_tta=True)
     fit_ood(run, "mahalanobis")
     return run
 

@@ -68,7 +68,7 @@ def tune_threshold(
     criterion: str | None,
     on: str = "val",
     refer_coverage: float | None = None,
-    refer_tta: bool = True,
+    refer_tta: bool = False,
 ) -> dict[str, Any]:
     """Choose the threshold on ``predictions/val.csv`` (``criterion``; ``None`` keeps it) and
     the refer rule (``refer_coverage``; ``refer_tta``: also try the test-time augmentation
