@@ -127,6 +127,15 @@ def test_header_without_study_uid_is_refused(tmp_path):
         read_header(src)
 
 
+def predict_dicom_out(run: Path, inputs: Path, csv: Path, out_dir: Path):
+    """``bonefrac predict RUN INPUTS --out CSV --dicom-out OUT_DIR`` in this process."""
+    return CliRunner().invoke(
+        app,
+        ["predict", str(run), str(inputs), "--out", str(csv), "--dicom-out", str(out_dir),
+         "--no-progress", "--workers", "0"],
+    )  # fmt: skip
+
+
 def test_predict_dicom_out_writes_dicom_and_skips_other_inputs(tiny_run, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -134,11 +143,7 @@ def test_predict_dicom_out_writes_dicom_and_skips_other_inputs(tiny_run, tmp_pat
     Image.fromarray((marker_image() / 12).astype(np.uint8)).save(folder / "photo.png")
     write_dicom(folder / "bare.dcm", marker_image())  # no study: a DICOM out failure
     out_dir = tmp_path / "dicom"
-    res = CliRunner().invoke(
-        app,
-        ["predict", str(tiny_run), str(folder), "--out", str(tmp_path / "p.csv"),
-         "--dicom-out", str(out_dir), "--no-progress", "--workers", "0"],
-    )  # fmt: skip
+    res = predict_dicom_out(tiny_run, folder, tmp_path / "p.csv", out_dir)
     assert res.exit_code == 1, res.output  # predictions stand, one requested output is missing
     assert "1 input(s) not DICOM" in res.output and "1 failed" in res.output
     assert "StudyInstanceUID" in res.output
@@ -194,11 +199,7 @@ def test_predict_and_serve_burn_in_the_same_map(fixture, tmp_path, request):
     run = request.getfixturevalue(fixture)
     src = study_dicom(tmp_path / "wrist.dcm")
     out_dir = tmp_path / "dicom"
-    res = CliRunner().invoke(
-        app,
-        ["predict", str(run), str(src), "--out", str(tmp_path / "p.csv"),
-         "--dicom-out", str(out_dir), "--no-progress", "--workers", "0"],
-    )  # fmt: skip
+    res = predict_dicom_out(run, src, tmp_path / "p.csv", out_dir)
     assert res.exit_code == 0, res.output
     by_predict = pydicom.dcmread(next(p for p in out_dir.iterdir() if "_sc" in p.name))
     with TestClient(create_app(run, predictor=Predictor.from_run(run))) as client:
