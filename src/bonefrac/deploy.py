@@ -30,12 +30,12 @@ from typing import Any
 
 from bonefrac.config import DeployConfig
 from bonefrac.errors import BonefracError
+from bonefrac.evaluation.calibration import calibrate_run
+from bonefrac.evaluation.thresholds import tune_threshold
+from bonefrac.inference.ood import fit_ood
 from bonefrac.rundir import RUN_SPLITS, RunDir, metrics_entry, run_probabilities
 
 log = logging.getLogger(__name__)
-
-#: The fits in the order they run (the refer rule is fitted at the tuned threshold).
-STEPS = ("calibrate", "threshold", "refer", "ood")
 
 
 @dataclass
@@ -83,10 +83,6 @@ def _one_class(run: RunDir) -> str | None:
 
 def deploy_run(run_dir: str | Path, config: DeployConfig) -> DeployReport:
     """Fit what ``config`` asks on val, store it in the run, and return what happened."""
-    from bonefrac.evaluation.calibration import calibrate_run
-    from bonefrac.evaluation.thresholds import tune_threshold
-    from bonefrac.inference.ood import fit_ood
-
     run = RunDir.open(run_dir)
     report = DeployReport(train_seconds=run.raw_meta().get("train_seconds"))
     one_class = _one_class(run)
@@ -106,7 +102,7 @@ def deploy_run(run_dir: str | Path, config: DeployConfig) -> DeployReport:
         report.seconds[name] = time.perf_counter() - start
 
     if config.calibrate:
-        step("calibrate", True, lambda: _calibrate(calibrate_run, run.path))
+        step("calibrate", True, lambda: _calibrate(run.path))
     else:
         report.skipped.append("calibrate")
     tune_on = config.threshold != "none"
@@ -117,11 +113,11 @@ def deploy_run(run_dir: str | Path, config: DeployConfig) -> DeployReport:
     if tune_on or config.refer_coverage is not None:
         # one call tunes the threshold and fits the refer rule at it, as the command does
         name = "threshold" if tune_on else "refer"
-        step(name, True, lambda: _threshold(tune_threshold, run.path, config, report))
+        step(name, True, lambda: _threshold(run.path, config, report))
         if name in report.failed and tune_on and config.refer_coverage is not None:
             report.failed["refer"] = "not fitted: the threshold step failed"
     if config.ood != "none":
-        step("ood", False, lambda: _ood(fit_ood, run.path, config))
+        step("ood", False, lambda: _ood(run.path, config))
     else:
         report.skipped.append("ood")
 
@@ -146,7 +142,7 @@ def deploy_trained_run(
     return deploy_run(run.path, run.config().deploy)
 
 
-def _calibrate(calibrate_run: Any, run: Path) -> str:
+def _calibrate(run: Path) -> str:
     summary = calibrate_run(run)
     return (
         f"temperature {summary['temperature']:.3f} (val ECE {summary['val']['ece_before']:.3f}"
@@ -154,7 +150,7 @@ def _calibrate(calibrate_run: Any, run: Path) -> str:
     )
 
 
-def _threshold(tune_threshold: Any, run: Path, config: DeployConfig, report: DeployReport) -> str:
+def _threshold(run: Path, config: DeployConfig, report: DeployReport) -> str:
     criterion = None if config.threshold == "none" else config.threshold
     result = tune_threshold(
         run, criterion, refer_coverage=config.refer_coverage, refer_tta=config.refer_tta
@@ -176,7 +172,7 @@ def _threshold(tune_threshold: Any, run: Path, config: DeployConfig, report: Dep
     return f"threshold {result['new_threshold']:.4f} ({criterion} on val)"
 
 
-def _ood(fit_ood: Any, run: Path, config: DeployConfig) -> str:
+def _ood(run: Path, config: DeployConfig) -> str:
     rec = fit_ood(run, config.ood, max_images=config.ood_max_images, force=True)
     return (
         f"out-of-scope detector {rec['method']}, cut-off {rec['cutoff']:.4g} "

@@ -130,7 +130,7 @@ def tune_threshold(
     }
     coverage = refer_coverage if refer_coverage is not None else _kept_coverage(meta)
     if coverage is not None:
-        from bonefrac.inference.uncertainty import fit_refer
+        from bonefrac.inference.uncertainty import fit_refer, refer_scores
 
         raw = run.raw_meta()
         raw.update(changes)
@@ -147,13 +147,8 @@ def _kept_coverage(meta: ModelMeta) -> float | None:
     return meta.refer.coverage if meta.refer is not None else None
 
 
-def refer_scores(tta: bool) -> tuple[str, ...]:
-    """The uncertainty scores a refer fit compares (the free ones, plus TTA when asked)."""
-    return ("p_error", "margin", "tta_std") if tta else ("p_error", "margin")
-
-
 def _refer_only(run: RunDir, coverage: float, tta: bool) -> dict[str, Any]:
-    from bonefrac.inference.uncertainty import fit_refer
+    from bonefrac.inference.uncertainty import fit_refer, refer_scores
 
     meta = run.meta()
     record = fit_refer(run, coverage, meta, scores=refer_scores(tta))

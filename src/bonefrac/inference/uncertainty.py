@@ -84,6 +84,13 @@ def uncertainty_for(
 
 #: Free scores: read off the probability, no extra model call.
 FREE_SCORES = ("p_error", "margin")
+
+
+def refer_scores(tta: bool) -> tuple[str, ...]:
+    """The uncertainty scores a refer fit compares: the free ones, plus TTA when asked."""
+    return (*FREE_SCORES, "tta_std") if tta else FREE_SCORES
+
+
 #: Paired bootstrap resamples of val for the test-time augmentation's gain.
 TTA_GAIN_BOOT = 500
 
@@ -112,7 +119,7 @@ def fit_refer(
     coverage: float,
     meta: ModelMeta,
     *,
-    scores: Sequence[str] = ("p_error", "margin", "tta_std"),
+    scores: Sequence[str] = refer_scores(tta=True),
     predictor: Any = None,
 ) -> dict[str, Any]:
     """The refer rule for ``meta``'s threshold and temperature, fitted on val (not written).
