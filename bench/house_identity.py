@@ -92,14 +92,26 @@ def serve_sc(run: Path, dicom: Path) -> str:
         return sc_pixels(zf.read(name))
 
 
+def study_dicom(path: Path, image: Path) -> Path:
+    """A DX file of ``image`` with the study attributes DICOM output needs (fixed UIDs)."""
+    import pydicom
+    from PIL import Image
+
+    write_dicom(path, np.asarray(Image.open(image)))
+    ds = pydicom.dcmread(path)
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.2"
+    ds.PatientID = "P0001"
+    ds.save_as(path)
+    return path
+
+
 def fingerprint(work: Path, name: str, overrides: list[str], manifest: Path) -> dict:
     run = work / name
     sets = [x for o in overrides for x in ("--set", o)]
     bonefrac("train", "--manifest", str(manifest), "--out", str(run), "--force", *sets)
     images = sorted((manifest.parent / "images").glob("test_*.png"))[:6]
-    dicom = write_dicom(
-        work / f"{name}_scan.dcm", np.asarray(__import__("PIL.Image").Image.open(images[0]))
-    )
+    dicom = study_dicom(work / f"{name}_scan.dcm", images[0])
     pred_csv = work / f"{name}_pred.csv"
     dicom_dir = work / f"{name}_dicom_out"
     bonefrac(
