@@ -136,8 +136,11 @@ def fingerprint(work: Path, name: str, overrides: list[str], manifest: Path) -> 
     }
     explain_dir = run / "explain"
     for f in sorted(explain_dir.rglob("*")) if explain_dir.is_dir() else []:
-        if f.is_file() and f.suffix in {".png", ".csv", ".json"}:
+        if f.is_file() and f.suffix == ".png":
             out[f"explain/{f.relative_to(explain_dir)}"] = sha(f.read_bytes())
+        elif f.is_file() and f.suffix in {".csv", ".json"}:  # they name the temporary folder
+            text = f.read_text(encoding="utf-8").replace(str(work), "WORK")
+            out[f"explain/{f.relative_to(explain_dir)}"] = sha(text.encode())
     scs = sorted(p for p in dicom_dir.rglob("*") if p.is_file() and "sc" in p.name.lower())
     out["sc_predict"] = sc_pixels(scs[0]) if scs else None
     out["sc_serve"] = serve_sc(run, dicom)
