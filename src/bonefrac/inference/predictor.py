@@ -30,7 +30,6 @@ all show it.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -56,8 +55,6 @@ from bonefrac.rundir import (
     error_probability,
     margin_uncertainty,
 )
-
-log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx")
 #: Long side of the greyscale image kept for overlays (heatmap=True).
