@@ -38,8 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bonefrac.inference.onnx import export_model
-from bonefrac.inference.predictor import default_threads
+from bonefrac.inference.onnx import default_threads, export_model
 from bonefrac.models import build_model, resolve_spec
 from bonefrac.precision import BF16_CPU_FLAGS, cpu_bf16_flags, inference_dtype
 

@@ -22,6 +22,7 @@ from bonefrac.inference.dicomout import (
     build_outputs,
     decision_label,
     read_header,
+    with_heatmap,
     write_outputs,
 )
 from bonefrac.inference.predictor import Prediction
@@ -213,3 +214,63 @@ def test_predict_and_serve_burn_in_the_same_map(fixture, tmp_path, request):
     learned = fixture == "loc_run"
     assert ("learned fracture map" in by_serve.DerivationDescription) is learned
     assert ("Grad-CAM" in by_predict.DerivationDescription) is not learned
+
+
+def test_every_output_of_a_localising_run_shows_the_predictors_map(loc_run, tmp_path):
+    """One DICOM image of a localising run: `predict --dicom-out --cam-dir`, `?dicom=true`,
+    `?heatmap=true` and the Predictor itself carry one map, the learned one
+    (:meth:`Predictor.heatmaps`): byte-identical Secondary Capture PixelData, identical
+    overlay pixels."""
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from bonefrac.inference.predictor import Predictor, heatmap_for_display
+    from bonefrac.serving.app import create_app
+
+    src = study_dicom(tmp_path / "wrist.dcm")
+    out_dir, cams = tmp_path / "dicom", tmp_path / "cams"
+    res = CliRunner().invoke(
+        app,
+        ["predict", str(loc_run), str(src), "--out", str(tmp_path / "p.csv"), "--dicom-out",
+         str(out_dir), "--cam-dir", str(cams), "--no-progress", "--workers", "0"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    by_predict = pydicom.dcmread(next(p for p in out_dir.iterdir() if "_sc" in p.name))
+    (cam_png,) = cams.glob("*.png")
+
+    predictor = Predictor.from_run(loc_run)
+    with TestClient(create_app(loc_run, predictor=predictor)) as client:
+        files = {"file": ("wrist.dcm", src.read_bytes())}
+        zipped = client.post("/v1/predict", files=files, params={"dicom": "true"})
+        answer = client.post("/v1/predict", files=files, params={"heatmap": "true"})
+    assert zipped.status_code == 200 and answer.status_code == 200, answer.text
+    with zipfile.ZipFile(io.BytesIO(zipped.content)) as zf:
+        by_serve = pydicom.dcmread(io.BytesIO(zf.read("bonefrac_sc.dcm")))
+    api_overlay = Image.open(io.BytesIO(base64.b64decode(answer.json()["heatmap_png"])))
+
+    prepared = predictor.prepare(src, keep_display=True)
+    (pred,) = predictor.predict_prepared([prepared], heatmap=True)
+    learned = heatmap_for_display(predictor.maps([prepared.array])[0], prepared)
+    np.testing.assert_array_equal(pred.heatmap, learned)
+    np.testing.assert_array_equal(
+        predictor.heatmaps([prepared.array]), predictor.maps([prepared.array])
+    )
+    by_api = build_outputs(read_header(src), pred, ModelInfo.of(predictor)).capture
+
+    assert by_predict.PixelData == by_serve.PixelData == by_api.PixelData
+    assert "learned fracture map" in by_predict.DerivationDescription
+    overlay = np.asarray(pred.overlay())
+    np.testing.assert_array_equal(np.asarray(Image.open(cam_png)), overlay)
+    np.testing.assert_array_equal(np.asarray(api_overlay.convert("RGB")), overlay)
+
+
+def test_a_prediction_without_its_map_gets_no_capture():
+    pred = fake_prediction()
+    pred.heatmap = None
+    with pytest.raises(DicomOutError, match="without a heatmap"):
+        with_heatmap(pred)
+    pred = fake_prediction()
+    pred.display = None
+    with pytest.raises(DicomOutError, match="keep_display"):
+        with_heatmap(pred)

@@ -108,11 +108,11 @@ def test_model_with_non_finite_output_refuses_to_start(run_copy):
 
 
 def test_non_finite_logit_is_an_error_not_a_decision(run_copy):
-    pred = Predictor.from_run(run_copy.path)
-    pred._model = _Constant(float("nan"))
+    meta = Predictor.from_run(run_copy.path).meta
+    pred = Predictor.from_model(_Constant(float("nan")), meta)
     with pytest.raises(ModelOutputError, match="not finite"):
         pred.predict(IMAGE)
-    pred._model = _Constant(float("inf"))
+    pred = Predictor.from_model(_Constant(float("inf")), meta)
     with pytest.raises(ModelOutputError):
         pred.predict(IMAGE)
 

@@ -236,3 +236,42 @@ def test_predict_workers_decode_in_processes(tiny_run, synthetic_manifest, tmp_p
     assert summary.predicted == 6 and summary.failed == 1 and summary.any_failed
     buf = io.StringIO((tmp_path / "p.csv").read_text())
     assert len(list(csv.DictReader(buf))) == 7
+
+
+def test_every_forward_goes_through_one_method(tiny_run, loc_run, monkeypatch):
+    """logits (and their TTA), features, Grad-CAM, the learned map and the heatmap of a
+    prediction all come from ``Predictor._run``: no side door to the model."""
+    outputs: list[str] = []
+    run = Predictor._run
+
+    def counted(self, x, output="logits"):
+        outputs.append(output)
+        return run(self, x, output)
+
+    monkeypatch.setattr(Predictor, "_run", counted)
+    cls, loc = Predictor.from_run(tiny_run), Predictor.from_run(loc_run)
+    arrays = [np.zeros((64, 64), np.uint8), np.full((64, 64), 90, np.uint8)]
+    outputs.clear()
+    cls.logits(arrays)
+    cls.logits(arrays, tta=True)
+    assert cls.tta_logits(arrays).shape == (2, 8)
+    cls.features(arrays)
+    np.testing.assert_array_equal(cls.heatmaps(arrays), cls.cams(arrays))
+    assert outputs == ["logits"] * 11 + ["features", "cam", "cam"]
+    outputs.clear()
+    loc.logits_and_map_logits(arrays)
+    loc.maps(arrays)
+    (pred,) = loc.predict(arrays[1], heatmap=True)
+    assert pred.heatmap is not None and outputs == ["head"] * 3
+
+
+def test_onnx_backend_borrows_the_torch_model_with_the_same_input(exported_run):
+    """Features (out-of-scope scores) and Grad-CAM of the ONNX backend are the PyTorch
+    model's, bit for bit: the same conversion feeds both backends."""
+    torch_pred = Predictor.from_run(exported_run)
+    onnx_pred = Predictor.from_run(exported_run, backend="onnx")
+    arrays = [np.random.default_rng(i).integers(0, 255, (64, 64), np.uint8) for i in range(3)]
+    for a, b in zip(onnx_pred.features(arrays), torch_pred.features(arrays), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(onnx_pred.cams(arrays), torch_pred.cams(arrays))
+    np.testing.assert_allclose(onnx_pred.logits(arrays), torch_pred.logits(arrays), atol=1e-4)

@@ -15,7 +15,8 @@ resolution, and the fracture logits). Methods:
     see :mod:`bonefrac.explain.saliency`.
 ``model``
     the learned localisation map of a model trained with ``model.localize: true`` (no
-    gradients: the map head's per-pixel fracture probability, upsampled to the input).
+    gradients: the map head's per-pixel fracture probability, upsampled to the input by
+    :func:`bonefrac.inference.localize.upsample_maps`, as the Predictor does).
 
 The target. The models have ONE output, the fracture logit (shape ``(B, 1)``). The map must show
 evidence *for* fracture, i.e. the gradient of ``+logit``: that is ``ClassifierOutputTarget(0)``
@@ -184,13 +185,12 @@ class _MapExplainer(_Explainer):
         super().__init__(model, MODEL_METHOD)
 
     def __call__(self, x: Tensor) -> Explanation:
-        import torch.nn.functional as F
+        from bonefrac.inference.localize import upsample_maps
 
         device = next(self.model.parameters()).device
         with torch.no_grad():
             logits, maps = self.model.forward_with_map(x.to(device))  # type: ignore[operator]
-            up = F.interpolate(maps[:, :1].float(), size=x.shape[-2:], mode="bilinear")
-            heat = torch.sigmoid(up)[:, 0].cpu().numpy()
+        heat = upsample_maps(maps.float().cpu().numpy(), x.shape[-1])  # square model inputs
         flat = logits.float().reshape(len(x), -1)[:, 0].cpu().numpy()
         return Explanation(np.ascontiguousarray(heat, dtype=np.float32), flat)
 

@@ -31,16 +31,17 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from bonefrac.errors import ConfigError, DataError, RunDirError
-from bonefrac.explain.cam import CAM_METHODS, MODEL_METHOD, check_method, explainer
+from bonefrac.explain.cam import CAM_METHODS, MODEL_METHOD, check_method, explainer, resolve_layer
 from bonefrac.explain.localization import (
     DEFAULT_TOLERANCE,
     heatmap_to_original,
@@ -49,6 +50,9 @@ from bonefrac.explain.localization import (
 )
 from bonefrac.fileio import atomic_path, write_json
 from bonefrac.rundir import RunDir, overlay_stem
+
+if TYPE_CHECKING:
+    from bonefrac.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -132,21 +136,22 @@ def explain_run(
     overlays: list[Path] = []
     panels: list[Any] = []
     scored: list[dict[str, Any]] = []
-    layer_name: str | None = None
     from rich.progress import Progress
 
     with (
-        explainer(predictor.torch_model, method, layer) as ex,
+        _heat_source(predictor, method, layer) as (heat_of, layer_name),
         Progress(disable=not progress, transient=True) as bar,
     ):
-        layer_name = ex.layer_name if method in CAM_METHODS else None
         task = bar.add_task(f"explain ({method})", total=len(todo))
         for chunk in _batched(todo, batch_size):
             prepared = [predictor.prepare(item.path, name=item.path) for item in chunk]
-            exp = ex(predictor.input_tensor([p.array for p in prepared]))
-            for item, heat, logit, prep in zip(chunk, exp.heat, exp.logits, prepared, strict=True):
-                if item.logit is None:
-                    item.logit = float(logit)
+            arrays = [p.array for p in prepared]
+            heats = heat_of(arrays)
+            if any(item.logit is None for item in chunk):  # not in the predictions CSV
+                for item, logit in zip(chunk, predictor.logits(arrays), strict=True):
+                    if item.logit is None:
+                        item.logit = float(logit)
+            for item, heat, prep in zip(chunk, heats, prepared, strict=True):
                 prob = float(predictor.probabilities(item.logit))
                 _handle_item(
                     item, heat, prep.decoded_size, prob, method, method_dir, tolerance,
@@ -316,6 +321,35 @@ def _float(value: Any) -> float | None:
 
 
 # --- processing ---------------------------------------------------------------------------
+
+
+@contextmanager
+def _heat_source(
+    predictor: Predictor, method: str, layer: str | None
+) -> Iterator[tuple[Callable[[list[np.ndarray]], np.ndarray], str | None]]:
+    """``(arrays -> heatmaps (B, S, S), CAM layer name)`` for ``method``.
+
+    The run's own heatmap (the learned map of a localising run, Grad-CAM at the model's CAM
+    layer otherwise) and plain Grad-CAM come from the Predictor, so the overlays show what
+    predict, serve and DICOM output show; the other methods (or another ``layer``) run their
+    explainer over the Predictor's model and input.
+    """
+    own = MODEL_METHOD if predictor.localizes else "gradcam"
+    if method == own and (layer is None or method == MODEL_METHOD):
+        yield predictor.heatmaps, (_cam_layer(predictor) if method in CAM_METHODS else None)
+    elif method == "gradcam" and layer is None:
+        yield predictor.cams, _cam_layer(predictor)
+    else:
+        with explainer(predictor.torch_model, method, layer) as ex:
+
+            def heat_of(arrays: list[np.ndarray]) -> np.ndarray:
+                return ex(predictor.input_tensor(arrays)).heat
+
+            yield heat_of, (ex.layer_name if method in CAM_METHODS else None)
+
+
+def _cam_layer(predictor: Predictor) -> str:
+    return resolve_layer(predictor.torch_model)[1]
 
 
 def _batched(items: Sequence[Item], size: int) -> Iterable[list[Item]]:

@@ -430,17 +430,16 @@ def outputs_zip(outputs: DicomOutputs, stem: str = "result") -> bytes:
     return buf.getvalue()
 
 
-def with_heatmap(predictor: Any, prepared: Any, pred: Any) -> Any:
-    """``pred`` with its heatmap and display image. A prediction made without its heatmap is
-    refused rather than given another map here: every output of one image shows the map the
-    Predictor made (the learned map of a localising run, Grad-CAM otherwise)."""
+def with_heatmap(pred: Any) -> Any:
+    """``pred``, checked to carry the Predictor's heatmap and display image. A prediction made
+    without them is refused rather than given another map here: every output of one image
+    shows :meth:`~bonefrac.inference.predictor.Predictor.heatmaps` (the learned map of a
+    localising run, Grad-CAM otherwise)."""
     if pred.heatmap is None:
         raise DicomOutError(
             f"{pred.name}: predicted without a heatmap; DICOM output needs "
             "predict_prepared(..., heatmap=True)"
         )
-    if pred.display is None:
-        pred.display = prepared.display
     if pred.display is None:
         raise DicomOutError(f"{pred.name}: the decoded image was not kept (keep_display=True)")
     return pred
@@ -451,9 +450,7 @@ def dicom_out_for_file(
 ) -> tuple[Path, Path]:
     """Write the capture and report of one DICOM input file into ``out_dir``."""
     source = read_header(path)
-    outputs = build_outputs(
-        source, with_heatmap(predictor, prepared, pred), ModelInfo.of(predictor)
-    )
+    outputs = build_outputs(source, with_heatmap(pred), ModelInfo.of(predictor))
     return write_outputs(outputs, out_dir, output_stem(path))
 
 
@@ -508,7 +505,5 @@ def write_dicom_out(
 def dicom_out_zip(predictor: Any, prepared: Any, pred: Any, data: bytes) -> bytes:
     """The service's ``?dicom=true``: the capture and report of an uploaded DICOM, zipped."""
     source = read_header(data, pred.name)
-    outputs = build_outputs(
-        source, with_heatmap(predictor, prepared, pred), ModelInfo.of(predictor)
-    )
+    outputs = build_outputs(source, with_heatmap(pred), ModelInfo.of(predictor))
     return outputs_zip(outputs, "bonefrac")

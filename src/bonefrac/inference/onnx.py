@@ -12,6 +12,11 @@ the Predictor applies ``model.json``'s calibration, so re-tuning needs no re-exp
 
 Exporter: PyTorch's TorchScript-based exporter (``dynamo=False``). The newer torch.export-based
 exporter needs the ``onnxscript`` package, which is not among the project's dependencies.
+
+Running it: :func:`open_onnx_session` opens ``RUN/model.onnx`` (refusing a stale or corrupt
+export) and :class:`OnnxBackend` is the Predictor's backend over that session. The parity check
+runs the candidate graph with the very session options the Predictor uses
+(:func:`session_options`), so what passed at export is what answers at predict time.
 """
 
 from __future__ import annotations
@@ -19,14 +24,22 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from bonefrac.errors import ModelError
+from bonefrac.data.transforms import to_input
+from bonefrac.errors import ModelError, RunDirError
 from bonefrac.fileio import atomic_path, file_sha256
+from bonefrac.inference.backend import Forward, Output, first_logit
+from bonefrac.system import usable_cpus
+
+if TYPE_CHECKING:
+    from bonefrac.rundir import ModelMeta, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +117,7 @@ def sample_inputs(image_size: int, seed: int = 0) -> list[np.ndarray]:
 def parity(model: torch.nn.Module, onnx_path: str | Path, inputs: list[np.ndarray]) -> float:
     """Max |Δ| between PyTorch and ONNX Runtime (CPU) over ``inputs``: the logit, and the map's
     logits for a localising model."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(
-        str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
-    )
+    session = onnx_session(onnx_path)
     worst = 0.0
     graph = graph_module(model)
     for x in inputs:
@@ -190,3 +197,94 @@ def export_onnx(
     seconds = time.perf_counter() - start
     log.info("exported %s (opset %d, max |Δlogit| %.2e, %.1f s)", target, opset, diff, seconds)
     return ExportResult(target, opset, diff, seconds)
+
+
+# --- running ------------------------------------------------------------------------------
+
+
+def default_threads() -> int:
+    """CPU threads for one inference call: the CPUs this process may use, at most 8."""
+    return max(1, min(8, usable_cpus()))
+
+
+def session_options(threads: int | None = None) -> Any:
+    """ONNX Runtime options of every session here: ``threads`` intra-op threads (default
+    :func:`default_threads`), one inter-op thread, sequential, all graph optimisations."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or default_threads()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return opts
+
+
+def onnx_session(path: str | Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session on ``path`` with :func:`session_options` (ORT's own errors
+    propagate)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(
+        str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+    )
+
+
+def open_onnx_session(run: RunDir, meta: ModelMeta, threads: int | None = None) -> Any:
+    """The session on ``RUN/model.onnx``; refuses a stale or corrupt export."""
+    path = run.onnx_path
+    if not path.is_file():
+        raise RunDirError(f"{path}: not found; run 'bonefrac export {run.path} --onnx' first")
+    record = meta.get("onnx") or {}
+    if not isinstance(record, dict):
+        raise RunDirError(f"{run.meta_path}: 'onnx' must be an object; re-export the model")
+    if record.get("weights_sha256") and run.weights_path.is_file():
+        if file_sha256(run.weights_path) != record["weights_sha256"]:
+            raise RunDirError(
+                f"{path}: exported from other weights than {run.weights_path}; "
+                f"re-run 'bonefrac export {run.path} --onnx'"
+            )
+    else:
+        log.warning(
+            "%s: no export record in %s; cannot check it is up to date", path, run.meta_path
+        )
+    if record.get("sha256") and file_sha256(path) != record["sha256"]:
+        raise RunDirError(
+            f"{path}: SHA-256 differs from the one recorded at export: the file is corrupted "
+            f"or was replaced; re-run 'bonefrac export {run.path} --onnx --force'"
+        )
+    try:
+        return onnx_session(path, threads)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        raise RunDirError(
+            f"{path}: ONNX Runtime cannot load it ({str(exc)[:200]}); "
+            f"re-run 'bonefrac export {run.path} --onnx --force'"
+        ) from None
+
+
+class OnnxBackend:
+    """The Predictor's backend over an ONNX Runtime session (CPU, contiguous float input):
+    the logit, and a localising export's second output (the head's)."""
+
+    kind = "onnx"
+    outputs = frozenset({"logits", "head"})
+    device = torch.device("cpu")
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self._input_name = session.get_inputs()[0].name
+
+    def input(
+        self, batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+    ) -> torch.Tensor:
+        return to_input(batch.to(self.device), mean, std).contiguous()
+
+    def run(self, x: torch.Tensor, output: Output = "logits") -> Forward:
+        if output not in self.outputs:
+            raise ModelError(f"the ONNX backend gives no {output!r}; use the PyTorch model")
+        n = x.shape[0]
+        outs = self.session.run(None, {self._input_name: x.cpu().numpy()})
+        if output == "head":
+            return Forward(first_logit(outs[0], n), head=np.asarray(outs[1], dtype=np.float32))
+        return Forward(first_logit(outs[0], n))

@@ -14,19 +14,22 @@ modality, a colour image, a blank frame: always, with or without a fitted detect
 has an out-of-scope detector (``bonefrac ood RUN``) and the input's score is above its cut-off;
 :attr:`Prediction.ood_reason` says which (``modality`` / ``colour`` / ``blank`` / ``features``).
 
-Backends: ``torch`` (the safetensors weights) or ``onnx`` (``RUN/model.onnx`` from
-``bonefrac export RUN --onnx``, ONNX Runtime on CPU). Heatmaps (Grad-CAM on the fracture logit)
-always use the PyTorch model, loaded on first use with the ONNX backend.
+Backends: ``torch`` (the safetensors weights, :class:`bonefrac.inference.backend.TorchBackend`)
+or ``onnx`` (``RUN/model.onnx`` from ``bonefrac export RUN --onnx``, ONNX Runtime on CPU,
+:class:`bonefrac.inference.onnx.OnnxBackend`). Every forward pass goes through one method,
+``Predictor._run``, over the predictor's backend; Grad-CAM and the out-of-scope features need
+the PyTorch model, loaded on first use with the ONNX backend and fed the same input.
 
 A localising run (``model.json`` ``localize: true``) also returns its learned map (both
 backends: the ONNX graph's second output) and the boxes decoded from it
-(:attr:`Prediction.pred_boxes`, see :mod:`bonefrac.inference.localize`); its heatmap is that map,
-not Grad-CAM.
+(:attr:`Prediction.pred_boxes`, see :mod:`bonefrac.inference.localize`). The heatmap of an image
+(:meth:`Predictor.heatmaps`) is that learned map for a localising run, Grad-CAM of the fracture
+logit otherwise; predict ``--cam-dir``, the API, ``bonefrac explain``'s default and DICOM output
+all show it.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -39,11 +42,11 @@ import torch
 from PIL import Image
 
 from bonefrac.data.imageio import MAX_PIXELS, decode_array, decode_image, decode_pil_image
-from bonefrac.data.transforms import prepare_image, to_input
+from bonefrac.data.transforms import prepare_image
 from bonefrac.errors import ImageDecodeError, ModelError, ModelOutputError, RunDirError
-from bonefrac.fileio import file_sha256
+from bonefrac.inference.backend import Backend, Forward, Output, TorchBackend
+from bonefrac.inference.onnx import OnnxBackend, open_onnx_session
 from bonefrac.inference.scope import is_colour, ood_reasons
-from bonefrac.precision import inference_autocast
 from bonefrac.rundir import (
     FRACTURE,
     ModelMeta,
@@ -52,9 +55,6 @@ from bonefrac.rundir import (
     error_probability,
     margin_uncertainty,
 )
-from bonefrac.system import usable_cpus
-
-log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx")
 #: Long side of the greyscale image kept for overlays (heatmap=True).
@@ -140,11 +140,6 @@ class Prediction:
         if self.pred_boxes is not None:
             out["pred_boxes"] = self.pred_boxes
         return out
-
-
-def default_threads() -> int:
-    """CPU threads for one inference call: the CPUs this process may use, at most 8."""
-    return max(1, min(8, usable_cpus()))
 
 
 def prepare_input(
@@ -239,24 +234,12 @@ class Predictor:
     predictions). Thread-safe: model calls are serialised by a lock.
     """
 
-    def __init__(
-        self,
-        meta: ModelMeta,
-        backend: str = "torch",
-        *,
-        model: torch.nn.Module | None = None,
-        session: Any = None,
-        run: RunDir | None = None,
-        device: str | torch.device = "cpu",
-    ) -> None:
-        if backend not in BACKENDS:
-            raise RunDirError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    def __init__(self, meta: ModelMeta, backend: Backend, *, run: RunDir | None = None) -> None:
         self.meta = meta
-        self.backend = backend
         self.run = run
-        self.device = torch.device(device)
-        self._model = model
-        self._session = session
+        self._backend = backend
+        #: the PyTorch backend for what the ONNX backend cannot give (Grad-CAM, features)
+        self._torch: TorchBackend | None = backend if isinstance(backend, TorchBackend) else None
         self._lock = threading.Lock()  # torch forward, Grad-CAM hooks and ORT calls
         self._load_lock = threading.Lock()
         self._ood_stats: Any = None
@@ -284,10 +267,10 @@ class Predictor:
         run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
         meta = run.meta()
         if backend == "torch":
-            predictor = cls(meta, backend, model=load_model(run, meta), run=run)
+            predictor = cls(meta, TorchBackend(load_model(run, meta)), run=run)
         else:
             session = open_onnx_session(run, meta, threads=threads)
-            predictor = cls(meta, backend, session=session, run=run)
+            predictor = cls(meta, OnnxBackend(session), run=run)
         if check:
             predictor.self_check()
         return predictor
@@ -297,17 +280,24 @@ class Predictor:
         cls, model: torch.nn.Module, meta: ModelMeta, device: str | torch.device = "cpu"
     ) -> Predictor:
         """A predictor over a model in memory (moved to ``device``, eval mode)."""
-        return cls(meta, "torch", model=model.to(device).eval(), device=device)
+        return cls(meta, TorchBackend(model.to(device).eval(), device))
 
     def to(self, device: str | torch.device) -> Predictor:
         """The same run's PyTorch model on ``device`` (e.g. ``cuda:1``) as a new predictor."""
         if self.backend != "torch":
             raise RunDirError("only the PyTorch backend runs on another device")
-        return Predictor(
-            self.meta, "torch", model=self.torch_model.to(device), run=self.run, device=device
-        )
+        return Predictor(self.meta, TorchBackend(self.torch_model.to(device), device), run=self.run)
 
     # --- settings from model.json ---------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """``torch`` or ``onnx``."""
+        return self._backend.kind
+
+    @property
+    def device(self) -> torch.device:
+        return self._backend.device
+
     @property
     def name(self) -> str:
         return self.run.name if self.run is not None else str(self.meta.get("name") or "")
@@ -352,15 +342,18 @@ class Predictor:
     @property
     def torch_model(self) -> torch.nn.Module:
         """The PyTorch model (loaded on first use with the ONNX backend, for heatmaps)."""
-        if self._model is None:
+        return self._torch_backend().model
+
+    def _torch_backend(self) -> TorchBackend:
+        if self._torch is None:
             with self._load_lock:
-                if self._model is None:
+                if self._torch is None:
                     from bonefrac.models.runio import load_model
 
                     if self.run is None:
                         raise RunDirError("this predictor has no PyTorch model to explain with")
-                    self._model = load_model(self.run, self.meta)
-        return self._model
+                    self._torch = TorchBackend(load_model(self.run, self.meta), self.device)
+        return self._torch
 
     # --- steps ----------------------------------------------------------------------------
     def prepare(
@@ -384,42 +377,20 @@ class Predictor:
 
     def input_tensor(self, arrays: Sequence[np.ndarray] | torch.Tensor) -> torch.Tensor:
         """Letterboxed uint8 ``(S, S)`` arrays (or a ``(B, 1, S, S)`` uint8 tensor) -> the
-        normalised float batch the model takes, on the predictor's device."""
+        normalised float batch the backend takes (the one input conversion)."""
         if isinstance(arrays, torch.Tensor):
             batch = arrays
         else:
             batch = torch.from_numpy(np.stack(arrays))[:, None]
-        batch = batch.to(self.device)
-        if self.backend == "onnx":
-            return to_input(batch, self.mean, self.std).contiguous()
-        return to_input(batch, self.mean, self.std, channels_last=True)
+        return self._backend.input(batch, self.mean, self.std)
 
-    def _forward(self, x: torch.Tensor) -> np.ndarray:
-        n = x.shape[0]
+    def _run(self, x: torch.Tensor, output: Output = "logits") -> Forward:
+        """THE forward pass: every model output of this predictor comes from here. ``x`` from
+        :meth:`input_tensor`; what the ONNX backend cannot give (Grad-CAM, features) runs on
+        the PyTorch model."""
+        backend = self._backend if output in self._backend.outputs else self._torch_backend()
         with self._lock:
-            if self.backend == "onnx":
-                feed = {self._session.get_inputs()[0].name: x.cpu().numpy()}
-                out = self._session.run(None, feed)[0]
-                return np.asarray(out, dtype=np.float32).reshape(n, -1)[:, 0]
-            with torch.inference_mode(), inference_autocast(x.device):
-                return self._model(x).float().reshape(n, -1)[:, 0].cpu().numpy()
-
-    def _forward_with_map(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Logits ``(B,)`` and the head's output ``(B, C, h, w)`` (channel 0: the map's logits;
-        1-4 where present: box regression) from one forward pass."""
-        n = x.shape[0]
-        with self._lock:
-            if self.backend == "onnx":
-                feed = {self._session.get_inputs()[0].name: x.cpu().numpy()}
-                logit, maps = self._session.run(None, feed)[:2]
-                logit = np.asarray(logit, dtype=np.float32).reshape(n, -1)[:, 0]
-                return logit, np.asarray(maps, dtype=np.float32)
-            with torch.inference_mode(), inference_autocast(x.device):
-                logit, maps = self._model.forward_with_map(x)
-            return (
-                logit.float().reshape(n, -1)[:, 0].cpu().numpy(),
-                maps.float().cpu().numpy(),
-            )
+            return backend.run(x, output)
 
     def logits_and_map_logits(
         self, arrays: Sequence[np.ndarray] | torch.Tensor
@@ -433,7 +404,8 @@ class Predictor:
             )
         if len(arrays) == 0:
             return np.zeros(0, dtype=np.float32), np.zeros((0, 1, 1, 1), dtype=np.float32)
-        return self._forward_with_map(self.input_tensor(arrays))
+        out = self._run(self.input_tensor(arrays), "head")
+        return out.logits, out.head  # type: ignore[return-value]
 
     def maps(self, arrays: Sequence[np.ndarray] | torch.Tensor) -> np.ndarray:
         """A localising run's learned map, ``(B, S, S)`` probabilities in ``[0, 1]``."""
@@ -442,14 +414,25 @@ class Predictor:
         _, map_logits = self.logits_and_map_logits(arrays)
         return upsample_maps(map_logits, self.image_size)
 
+    def heatmaps(
+        self, arrays: Sequence[np.ndarray], *, maps: np.ndarray | None = None
+    ) -> np.ndarray:
+        """THE heatmap of each image, ``(B, S, S)`` in ``[0, 1]``: the learned map of a
+        localising run, Grad-CAM of the fracture logit otherwise. Every output of one image
+        (predict --cam-dir, the API, DICOM, ``bonefrac explain``'s default) shows this map.
+        ``maps``: a localising run's :meth:`maps` of ``arrays``, already computed."""
+        if not self.localizes:
+            return self.cams(arrays)
+        return self.maps(arrays) if maps is None else maps
+
     def logits(self, arrays: Sequence[np.ndarray] | torch.Tensor, tta: bool = False) -> np.ndarray:
         """Raw logits ``(B,)``; ``tta``: the mean logit of each image and its mirror image."""
         if len(arrays) == 0:
             return np.zeros(0, dtype=np.float32)
         x = self.input_tensor(arrays)
-        out = self._forward(x)
+        out = self._run(x).logits
         if tta:
-            out = 0.5 * (out + self._forward(torch.flip(x, dims=[3])))
+            out = 0.5 * (out + self._run(torch.flip(x, dims=[3])).logits)
         return out
 
     def tta_logits(self, arrays: Sequence[np.ndarray] | torch.Tensor) -> np.ndarray:
@@ -463,21 +446,14 @@ class Predictor:
             batch = arrays
         else:
             batch = torch.from_numpy(np.stack(arrays))[:, None]
-        views = [self._forward(self.input_tensor(v)) for v in tta_batches(batch)]
+        views = [self._run(self.input_tensor(v)).logits for v in tta_batches(batch)]
         return np.stack(views, axis=1)
 
     def features(self, arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Penultimate (pooled backbone) features ``(B, D)`` and logits ``(B,)`` of the PyTorch
-        model (loaded on first use with the ONNX backend)."""
-        model = self.torch_model
-        if not hasattr(model, "backbone") or not hasattr(model, "head"):
-            raise RunDirError(f"{self.architecture}: the model exposes no penultimate features")
-        batch = torch.from_numpy(np.stack(arrays))[:, None].to(self.device)
-        x = to_input(batch, self.mean, self.std)
-        with self._lock, torch.inference_mode(), inference_autocast(x.device):
-            feats = model.backbone(x).float().reshape(x.shape[0], -1)
-            logits = model.head(feats).float()
-        return feats.cpu().numpy(), logits.reshape(-1).cpu().numpy()
+        """Penultimate (pooled backbone) features ``(B, D)`` and the class head's logits
+        ``(B,)`` on them, from the PyTorch model (loaded on first use with the ONNX backend)."""
+        out = self._run(self.input_tensor(arrays), "features")
+        return out.features, out.logits  # type: ignore[return-value]
 
     def ood_scores(
         self, arrays: Sequence[np.ndarray], logits: np.ndarray | None = None
@@ -579,13 +555,7 @@ class Predictor:
 
     def cams(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Grad-CAM of the fracture logit, ``(B, S, S)`` in ``[0, 1]`` (PyTorch model)."""
-        from bonefrac.explain.cam import explainer
-
-        model = self.torch_model
-        batch = torch.from_numpy(np.stack(arrays))[:, None].to(self.device)
-        x = to_input(batch, self.mean, self.std)
-        with self._lock, explainer(model, "gradcam") as ex:
-            return ex(x).heat
+        return self._run(self.input_tensor(arrays), "cam").cam  # type: ignore[return-value]
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated ``sigmoid(logit / temperature)``; a probability that cannot be computed
@@ -641,7 +611,7 @@ class Predictor:
         refer = self.meta.refers(uncertainty)
         heats = None
         if heatmap and arrays and usable.any():
-            heats = map_probs if map_probs is not None else self.cams(arrays)
+            heats = self.heatmaps(arrays, maps=map_probs)
         out: list[Prediction | None] = []
         for i, p in enumerate(prepared):
             if not usable[i]:
@@ -705,45 +675,3 @@ class Predictor:
         if chunk:
             results += self.predict_prepared(chunk, heatmap)
         return results
-
-
-def open_onnx_session(run: RunDir, meta: ModelMeta, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session on ``RUN/model.onnx``; refuses a stale or corrupt export."""
-    import onnxruntime as ort
-
-    path = run.onnx_path
-    if not path.is_file():
-        raise RunDirError(f"{path}: not found; run 'bonefrac export {run.path} --onnx' first")
-    record = meta.get("onnx") or {}
-    if not isinstance(record, dict):
-        raise RunDirError(f"{run.meta_path}: 'onnx' must be an object; re-export the model")
-    if record.get("weights_sha256") and run.weights_path.is_file():
-        if file_sha256(run.weights_path) != record["weights_sha256"]:
-            raise RunDirError(
-                f"{path}: exported from other weights than {run.weights_path}; "
-                f"re-run 'bonefrac export {run.path} --onnx'"
-            )
-    else:
-        log.warning(
-            "%s: no export record in %s; cannot check it is up to date", path, run.meta_path
-        )
-    if record.get("sha256") and file_sha256(path) != record["sha256"]:
-        raise RunDirError(
-            f"{path}: SHA-256 differs from the one recorded at export: the file is corrupted "
-            f"or was replaced; re-run 'bonefrac export {run.path} --onnx --force'"
-        )
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or default_threads()
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(
-            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-        raise RunDirError(
-            f"{path}: ONNX Runtime cannot load it ({str(exc)[:200]}); "
-            f"re-run 'bonefrac export {run.path} --onnx --force'"
-        ) from None
