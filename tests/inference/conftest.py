@@ -25,7 +25,7 @@ def make_untrained_run(out: Path, size: int = 64, **meta) -> Path:
 
     from bonefrac.models import build_model, resolve_spec
     from bonefrac.models.runio import save_weights
-    from bonefrac.rundir import RunDir
+    from bonefrac.rundir import FORMAT_VERSION, RunDir
 
     spec = resolve_spec("simple_cnn")
     torch.manual_seed(0)
@@ -33,6 +33,7 @@ def make_untrained_run(out: Path, size: int = 64, **meta) -> Path:
     run = RunDir.create(out, force=True)
     run.write_meta(
         {
+            "format_version": FORMAT_VERSION,
             "architecture": "simple_cnn",
             "image_size": size,
             "mean": list(spec.mean),

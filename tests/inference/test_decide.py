@@ -20,9 +20,15 @@ from bonefrac.metrics import (
     error_detection_auroc,
     risk_coverage,
 )
-from bonefrac.rundir import DECISIONS, ModelMeta, RunDir
+from bonefrac.rundir import DECISIONS, FORMAT_VERSION, ModelMeta, RunDir
 
-META = {"architecture": "simple_cnn", "image_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3}
+META = {
+    "format_version": FORMAT_VERSION,
+    "architecture": "simple_cnn",
+    "image_size": 64,
+    "mean": [0.5] * 3,
+    "std": [0.25] * 3,
+}
 
 
 # --- pure functions ------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def fake_prediction(decision: object = True, boxes: list | None = None) -> Predi
         heatmap=rng.random((48, 32)).astype(np.float32), display=display,
     )  # fmt: skip
     if boxes is not None:
-        pred.boxes = boxes  # a box head may add this attribute later
+        pred.pred_boxes = boxes
     return pred
 
 

@@ -84,13 +84,61 @@ def test_bad_metadata_stops_predict_with_one_line(run_copy, tmp_path, change, ma
 
 
 def test_garbage_and_truncated_weights_are_refused(run_copy):
-    run_copy.update_meta(weights_sha256=None)  # an old run without a hash
+    # the hash recorded for the broken file, so only its contents can refuse it
     run_copy.weights_path.write_bytes(run_copy.weights_path.read_bytes()[:1000])
+    run_copy.update_meta(weights_sha256=file_sha256(run_copy.weights_path))
     with pytest.raises(RunDirError, match="not a readable safetensors"):
         Predictor.from_run(run_copy.path)
     run_copy.weights_path.write_bytes(b"\x00" * 64)
+    run_copy.update_meta(weights_sha256=file_sha256(run_copy.weights_path))
     with pytest.raises(RunDirError, match="not a readable safetensors"):
         Predictor.from_run(run_copy.path)
+
+
+def test_weights_without_a_recorded_hash_are_refused(run_copy):
+    run_copy.update_meta(weights_sha256=None)
+    with pytest.raises(RunDirError, match="records no weights_sha256.*retrain"):
+        Predictor.from_run(run_copy.path)
+
+
+@pytest.mark.parametrize(
+    ("version", "shown", "match"),
+    [
+        (None, "missing", "trained with an older bonefrac"),
+        (0, "0", "trained with an older bonefrac"),
+        ("1", "'1'", "trained with an older bonefrac"),
+        (99, "99", "written by a newer bonefrac"),
+    ],
+)
+def test_another_format_version_is_refused_with_one_line(run_copy, tmp_path, version, shown, match):
+    from PIL import Image
+
+    from bonefrac import load
+    from bonefrac.fileio import write_json
+    from bonefrac.rundir import FORMAT_VERSION
+
+    meta = run_copy.raw_meta()
+    if version is None:
+        del meta["format_version"]
+    else:
+        meta["format_version"] = version
+    write_json(run_copy.meta_path, meta)  # as a run from another bonefrac would be
+    line = (
+        f"{run_copy.meta_path}: {match} (model.json format_version {shown}, this version reads "
+        f"{FORMAT_VERSION}); "
+    )
+    for refused in (Predictor.from_run, load):
+        with pytest.raises(RunDirError) as err:
+            refused(run_copy.path)
+        assert str(err.value).startswith(line) and "retrain it with 'bonefrac train'" in str(
+            err.value
+        )
+    Image.fromarray(IMAGE).save(tmp_path / "x.png")
+    out = str(tmp_path / "p.csv")
+    output = _one_line_exit_2(
+        ["predict", str(run_copy.path), str(tmp_path / "x.png"), "--out", out], match
+    )
+    assert "retrain it with 'bonefrac train'" in output and not (tmp_path / "p.csv").exists()
 
 
 def test_model_with_non_finite_output_refuses_to_start(run_copy):

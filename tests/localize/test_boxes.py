@@ -27,7 +27,6 @@ from bonefrac.explain.cam import explainer
 from bonefrac.inference.localize import (
     choose_box_threshold,
     crop_map,
-    decode_boxes,
     map_peak,
     predicted_boxes,
     upsample_maps,
@@ -103,19 +102,15 @@ def test_boxes_follow_letterbox_and_flip(size_wh):
 
 
 @pytest.mark.parametrize("size_wh", [(200, 100), (90, 160)])
-def test_map_decodes_back_to_original_coordinates(size_wh):
+def test_map_peak_decodes_back_to_original_coordinates(size_wh):
     box = [0.3, 0.6, 0.2, 0.25]
     boxes = boxes_to_letterbox([box], size_wh, SIZE)
     x0, y0, x1, y1 = boxes[0].tolist()
     prob = np.zeros((SIZE, SIZE), np.float32)
     prob[round(y0) : round(y1), round(x0) : round(x1)] = 0.9
     crop = crop_map(prob, size_wh)
-    (got,) = decode_boxes(crop, threshold=0.5)
-    assert got[:4] == pytest.approx(box, abs=2.5 / SIZE)
-    assert got[4] == pytest.approx(0.9, abs=1e-3)
     px, py = map_peak(crop)
     assert abs(px - box[0]) <= box[2] / 2 and abs(py - box[1]) <= box[3] / 2
-    assert decode_boxes(crop, threshold=0.95) == []  # below the threshold: no box
 
 
 def test_box_threshold_from_negatives():
@@ -207,13 +202,6 @@ def test_augmented_targets_keep_the_boxes_shape():
     assert np.median(cornered) > 0.54
 
 
-def test_old_single_channel_head_still_builds():
-    model = build_model("simple_cnn", localize=True, box_regression=False).eval()
-    with torch.no_grad():
-        _, maps = model.forward_with_map(torch.randn(1, 3, SIZE, SIZE))
-    assert maps.shape == (1, 1, SIZE // 8, SIZE // 8)
-
-
 def test_box_targets_carry_each_cells_box():
     # two overlapping boxes (pixel XYXY in a 64 px frame, stride 8): the smaller one owns the
     # cells they share, and every marked cell carries its box's corners in cells
@@ -297,8 +285,6 @@ def test_regressed_box_decodes_back_to_original_coordinates(size_wh):
     assert got[:4] == pytest.approx(box, abs=1e-3)  # exact: no blob outline involved
     assert got[4] == pytest.approx(1 / (1 + np.exp(-3.0)), abs=1e-3)
     assert predicted_boxes(prob, size_wh, 0.99, raw) == []  # below the threshold: no box
-    # the same output without its box channels falls back to the map's outline
-    assert predicted_boxes(prob, size_wh, 0.5) == decode_boxes(crop_map(prob, size_wh), 0.5)
 
 
 def test_peaks_in_the_letterbox_padding_give_no_box():

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from bonefrac.errors import RunDirError
-from bonefrac.rundir import ModelMeta, RunDir, usable_threshold
+from bonefrac.rundir import FORMAT_VERSION, ModelMeta, RunDir, usable_threshold
 
 GOOD = {
+    "format_version": FORMAT_VERSION,
     "architecture": "simple_cnn",
     "image_size": 64,
     "mean": [0.5, 0.5, 0.5],
@@ -51,6 +52,34 @@ def test_missing_field_is_named():
     del meta["image_size"]
     with pytest.raises(RunDirError, match="image_size: Field required"):
         ModelMeta.parse(meta, "model.json")
+
+
+@pytest.mark.parametrize(
+    ("version", "line"),
+    [
+        (None, "trained with an older bonefrac (model.json format_version missing"),
+        (0, "trained with an older bonefrac (model.json format_version 0"),
+        (True, "trained with an older bonefrac (model.json format_version True"),
+        (FORMAT_VERSION + 1, f"written by a newer bonefrac (model.json format_version "
+         f"{FORMAT_VERSION + 1}"),
+    ],
+)  # fmt: skip
+def test_another_format_version_is_one_line_that_says_to_retrain(version, line):
+    meta = {k: v for k, v in GOOD.items() if k != "format_version"}
+    if version is not None:
+        meta["format_version"] = version
+    with pytest.raises(RunDirError) as err:
+        ModelMeta.parse({**meta, "threshold": 7.0}, "run/model.json")  # the version comes first
+    message = str(err.value)
+    assert message.startswith(f"run/model.json: {line}, this version reads {FORMAT_VERSION}); ")
+    assert message.endswith("retrain it with 'bonefrac train'") and "\n" not in message
+
+
+def test_rewriting_model_json_keeps_its_format_version(tmp_path):
+    run = RunDir.create(tmp_path / "run")
+    run.write_meta(GOOD)
+    run.update_meta(threshold=0.3)
+    assert run.raw_meta()["format_version"] == FORMAT_VERSION == run.meta().format_version
 
 
 def test_probability_and_decision_use_temperature_and_threshold():

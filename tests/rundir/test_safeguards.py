@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from bonefrac.rundir import ModelMeta, missing_safeguards, warn_missing_safeguards
+from bonefrac.rundir import FORMAT_VERSION, ModelMeta, missing_safeguards, warn_missing_safeguards
 
 BARE = {
+    "format_version": FORMAT_VERSION,
     "architecture": "simple_cnn",
     "image_size": 64,
     "mean": [0.5] * 3,

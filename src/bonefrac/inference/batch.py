@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -499,12 +499,6 @@ def _save_png(img: Any, path: Path) -> None:
 
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
-
-
-def iter_rows(out: str | Path) -> Iterator[dict[str, str]]:
-    """Rows of a predictions CSV (for callers that post-process it); ``path`` stays encoded."""
-    with open(out, newline="", encoding="utf-8") as fh:
-        yield from csv.DictReader(fh)
 
 
 def row_path(row: dict[str, str]) -> Path:

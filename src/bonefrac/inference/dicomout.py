@@ -118,7 +118,7 @@ def decision_label(pred: Any) -> str:
 def prediction_boxes(pred: Any) -> list[list[float]]:
     """Boxes ``[cx, cy, w, h, score]`` (normalised to the image) when the prediction has
     them; ``[]`` otherwise (a model without a box head)."""
-    boxes = getattr(pred, "boxes", None)
+    boxes = pred.pred_boxes
     if boxes is None:
         return []
     out = []

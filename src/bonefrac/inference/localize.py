@@ -5,14 +5,13 @@ square letterboxed probability map ``(S, S)`` is cropped to the image area throu
 :func:`bonefrac.explain.localization.heatmap_to_original` (at the letterbox's own resolution),
 then:
 
-* boxes, from a head with box channels (:mod:`bonefrac.models.lochead`): every local maximum
+* boxes, from the head's box channels (:mod:`bonefrac.models.lochead`): every local maximum
   of the map (3 x 3 cells) inside the image area whose probability reaches the run's
   ``box_threshold`` gives the box its cell regressed, scored by that probability; overlapping
   ones are dropped by ``torchvision.ops.nms``; the best :data:`MAX_BOXES` are reported as
-  ``[cx, cy, w, h, score]``. Runs trained before box regression: connected components of the
-  cells at or above half the map's peak, each component's bounding box scored by its highest
-  probability. ``cand_boxes``: the same decoding down to :data:`CANDIDATE_FLOOR` (at most
-  :data:`MAX_CANDIDATES`), the ranked list AP50 and FROC are computed from.
+  ``[cx, cy, w, h, score]``. ``cand_boxes``: the same decoding down to
+  :data:`CANDIDATE_FLOOR` (at most :data:`MAX_CANDIDATES`), the ranked list AP50 and FROC are
+  computed from.
 * the peak: ``[x, y]`` of the map's maximum (the pixel centre), and ``map_max``, its
   probability (a second image-level score beside the fracture logit).
 * energy in box: the map's mass inside the true boxes, by
@@ -38,8 +37,6 @@ MAX_BOXES = 5
 CANDIDATE_FLOOR = 0.05
 #: ... at most this many per image.
 MAX_CANDIDATES = 10
-#: A component is made of the cells at or above this share of the map's peak.
-COMPONENT_LEVEL = 0.5
 #: Boxes overlapping a better one by more than this IoU are dropped.
 NMS_IOU = 0.5
 #: Share of val negatives allowed to show a box: the box threshold is their map peaks' quantile.
@@ -66,39 +63,6 @@ def crop_map(prob_map: np.ndarray, decoded_size: tuple[int, int]) -> np.ndarray:
     size = prob_map.shape[-1]
     _, _, _, nw, nh = letterbox_geometry(*decoded_size, size)
     return heatmap_to_original(prob_map, (nw, nh), decoded_size)
-
-
-def decode_boxes(
-    crop: np.ndarray, threshold: float, max_boxes: int = MAX_BOXES
-) -> list[list[float]]:
-    """Scored boxes ``[cx, cy, w, h, score]`` (normalised) from a cropped probability map."""
-    import cv2
-    from torchvision.ops import nms
-
-    height, width = crop.shape
-    top = float(crop.max()) if crop.size else 0.0
-    if not math.isfinite(top) or top < threshold:
-        return []
-    mask = (crop >= COMPONENT_LEVEL * top).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    xyxy: list[list[float]] = []
-    scores: list[float] = []
-    for k in range(1, count):
-        score = float(crop[labels == k].max())
-        if score < threshold:
-            continue
-        x, y, w, h = (int(v) for v in stats[k, :4])
-        xyxy.append([x, y, x + w, y + h])
-        scores.append(score)
-    if not xyxy:
-        return []
-    keep = nms(torch.tensor(xyxy, dtype=torch.float32), torch.tensor(scores), NMS_IOU)
-    out = []
-    for i in keep[:max_boxes].tolist():
-        x0, y0, x1, y1 = xyxy[i]
-        box = [(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height]
-        out.append([round(v, DECIMALS) for v in (*box, scores[i])])
-    return out
 
 
 def decode_regressed_boxes(
@@ -150,15 +114,12 @@ def predicted_boxes(
     prob_map: np.ndarray,
     decoded_size: tuple[int, int],
     threshold: float,
-    raw: np.ndarray | None = None,
+    raw: np.ndarray,
     max_boxes: int = MAX_BOXES,
 ) -> list[list[float]]:
-    """One image's scored boxes: from the head's box channels when ``raw`` (its ``(C, h, w)``
-    output) has them, else from the map's components (runs trained before box regression)."""
-    if raw is not None and np.ndim(raw) == 3 and np.shape(raw)[0] >= 5:
-        size = prob_map.shape[-1]
-        return decode_regressed_boxes(raw, decoded_size, size, threshold, max_boxes)
-    return decode_boxes(crop_map(prob_map, decoded_size), threshold, max_boxes)
+    """One image's scored boxes from the head's box channels (``raw``: its ``(5, h, w)``
+    output; ``prob_map``: its upsampled map, whose side is the letterbox's)."""
+    return decode_regressed_boxes(raw, decoded_size, prob_map.shape[-1], threshold, max_boxes)
 
 
 def map_peak(crop: np.ndarray) -> list[float]:
@@ -182,10 +143,10 @@ def loc_row(
     decoded_size: tuple[int, int],
     true_boxes: Sequence[Sequence[float]],
     threshold: float,
-    raw: np.ndarray | None = None,
+    raw: np.ndarray,
 ) -> dict[str, Any]:
     """The predictions-CSV localisation columns of one image (:data:`LOC_COLUMNS`); ``raw``:
-    the head's ``(C, h, w)`` output, whose box channels (if any) give the boxes."""
+    the head's ``(5, h, w)`` output, whose box channels give the boxes."""
     crop = crop_map(prob_map, decoded_size)
     return {
         "boxes": json.dumps([list(b[:4]) for b in true_boxes]),

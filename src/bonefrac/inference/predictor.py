@@ -103,15 +103,6 @@ class Prediction:
     #: ``None`` for a model without a localisation head
     pred_boxes: list[list[float]] | None = None
 
-    @property
-    def boxes(self) -> list[list[float]] | None:
-        """Alias of :attr:`pred_boxes` (what overlay and DICOM writers look for)."""
-        return self.pred_boxes
-
-    @boxes.setter
-    def boxes(self, value: list[list[float]] | None) -> None:
-        self.pred_boxes = value
-
     def overlay(self) -> Image.Image:
         """The heatmap blended onto the greyscale image (RGB), as the page and --cam-dir show it."""
         if self.heatmap is None or self.display is None:

@@ -116,9 +116,6 @@ class FractureClassifier(nn.Module):
                 module.eval()
         return self
 
-    def backbone_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.backbone.parameters() if p.requires_grad]
-
     def head_parameters(self) -> list[nn.Parameter]:
         """The new layers (class head and localisation head): trained at the full LR."""
         params = list(self.head.parameters())

@@ -7,13 +7,12 @@ coarser ones up to 32, merges them top-down with torchvision's
 branches, as FCOS does:
 
 * channel 0, the map: one logit per cell, "this cell lies inside a fracture box";
-* channels 1-4 (``box_regression``), the box: ``log`` of the distances from the cell's centre to
+* channels 1-4, the box: ``log`` of the distances from the cell's centre to
   the left, top, right and bottom edges of its box, in cells. A box is read off wherever the map
   peaks, so its size comes from the image rather than from the map's blob (whose thresholded
   outline never matched the radiologists' boxes: AP50 stayed near 0).
 
-Output ``(B, 1 + 4, S / stride, S / stride)`` for an ``S x S`` input (``(B, 1, ...)`` without
-``box_regression``, the layout of runs trained before it).
+Output ``(B, 1 + 4, S / stride, S / stride)`` for an ``S x S`` input.
 """
 
 from __future__ import annotations
@@ -41,11 +40,9 @@ def _branch(width: int, out: int) -> nn.Sequential:
 
 
 class LocalizationHead(nn.Module):
-    """FPN over ``in_channels`` (finest first) -> a map branch and (optionally) a box branch."""
+    """FPN over ``in_channels`` (finest first) -> a map branch and a box branch."""
 
-    def __init__(
-        self, in_channels: list[int], width: int = 64, box_regression: bool = True
-    ) -> None:
+    def __init__(self, in_channels: list[int], width: int = 64) -> None:
         super().__init__()
         from torchvision.ops import FeaturePyramidNetwork
 
@@ -53,19 +50,15 @@ class LocalizationHead(nn.Module):
         self.out = _branch(width, 1)
         # start near "no fracture anywhere" (about 1% per cell) so the first steps are calm
         nn.init.constant_(self.out[-1].bias, -4.6)
-        self.box_regression = box_regression
-        self.box = _branch(width, BOX_CHANNELS) if box_regression else None
-        if self.box is not None:
-            nn.init.normal_(self.box[-1].weight, std=0.01)
-            nn.init.constant_(self.box[-1].bias, math.log(INITIAL_HALF_SIZE))
+        self.box = _branch(width, BOX_CHANNELS)
+        nn.init.normal_(self.box[-1].weight, std=0.01)
+        nn.init.constant_(self.box[-1].bias, math.log(INITIAL_HALF_SIZE))
 
     def forward(self, features: list[Tensor]) -> Tensor:
         merged = next(
             iter(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values())
         )
         heat = self.out(merged)
-        if self.box is None:
-            return heat
         # log distances clamped so exp() stays finite in half precision
         return torch.cat([heat, self.box(merged).clamp(-4.0, 6.0)], dim=1)
 

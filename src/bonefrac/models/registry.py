@@ -27,10 +27,9 @@ HALF = (0.5, 0.5, 0.5)
 @dataclass(frozen=True)
 class HeadOptions:
     """The localisation head a builder adds: its map's stride (input pixels per cell, the
-    finest feature level it reads) and whether it regresses boxes."""
+    finest feature level it reads)."""
 
     stride: int = 8
-    box_regression: bool = True
 
 
 @dataclass(frozen=True)
@@ -148,7 +147,6 @@ def build_model(
     weights_path: str | None = None,
     dropout: float = 0.2,
     localize: bool = False,
-    box_regression: bool = True,
     loc_stride: int = 8,
 ) -> FractureClassifier:
     """Build ``name`` with one output logit (fractured).
@@ -159,14 +157,13 @@ def build_model(
     (.pth/.pt/.safetensors) for the backbone or the whole model.
     ``freeze``: ``none`` | ``backbone`` | ``partial:<n>``.
     ``localize``: add the localisation head (:mod:`bonefrac.models.lochead`) on the stride
-    8/16/32 features (simple_cnn and timm models with multi-scale features);
-    ``box_regression``: the head also regresses each cell's box (False only to load runs
-    trained before box regression); ``loc_stride``: input pixels per map cell, 8 or 4 (the
-    finest feature level the head reads).
+    8/16/32 features (simple_cnn and timm models with multi-scale features), a map and each
+    cell's box; ``loc_stride``: input pixels per map cell, 8 or 4 (the finest feature level
+    the head reads).
     """
     spec = resolve_spec(name)
     use_imagenet = pretrained is True or pretrained == "imagenet"
-    head = HeadOptions(loc_stride, box_regression) if localize else None
+    head = HeadOptions(loc_stride) if localize else None
     model = _BUILDERS[spec.family](spec, dropout, head)
     if weights_path:
         W.load_weights_file(model, weights_path)
@@ -217,10 +214,7 @@ def _build_simple_cnn(
         return FractureClassifier(net, net.num_features, stages, cam, dropout)
     # stage i halves the resolution i + 1 times: stages 1, 2 and 3 are strides 4, 8 and 16
     indices = [i for i in (1, 2, 3) if 2 ** (i + 1) >= head_options.stride]
-    head = LocalizationHead(
-        [net.stages[i][4].num_features for i in indices],
-        box_regression=head_options.box_regression,
-    )
+    head = LocalizationHead([net.stages[i][4].num_features for i in indices])
 
     def intermediates(backbone: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         return backbone.forward_intermediates(x, indices)  # type: ignore[operator]
@@ -254,9 +248,7 @@ def _build_timm(
     # one entry per stride (the last feature map of each), finest first
     last = {info[i]["reduction"]: i for i in picked}
     indices = [last[s] for s in sorted(last)]
-    head = LocalizationHead(
-        [info[i]["num_chs"] for i in indices], box_regression=head_options.box_regression
-    )
+    head = LocalizationHead([info[i]["num_chs"] for i in indices])
 
     def intermediates(backbone: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         final, feats = backbone.forward_intermediates(x, indices=indices)  # type: ignore[operator]

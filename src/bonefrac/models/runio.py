@@ -7,7 +7,6 @@ these problems is a :class:`RunDirError` naming the file, never a model that ans
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +14,6 @@ from bonefrac.errors import BonefracError, RunDirError
 from bonefrac.fileio import atomic_path, file_sha256
 from bonefrac.models.classifier import FractureClassifier
 from bonefrac.rundir import ModelMeta, RunDir
-
-log = logging.getLogger(__name__)
 
 
 def save_weights(model: FractureClassifier, run: RunDir) -> str:
@@ -35,13 +32,10 @@ def verify_weights(run: RunDir, meta: ModelMeta) -> None:
     if not path.is_file():
         raise RunDirError(f"{path}: not found; training did not finish for {run.path}")
     if meta.weights_sha256 is None:
-        log.warning(
-            "%s: %s records no weights_sha256 (a run from an older bonefrac), so the "
-            "weights cannot be checked for corruption",
-            path,
-            run.meta_path.name,
+        raise RunDirError(
+            f"{run.meta_path}: records no weights_sha256, so {path.name} cannot be checked "
+            "for corruption; retrain it with 'bonefrac train'"
         )
-        return
     if file_sha256(path) != meta.weights_sha256:
         raise RunDirError(
             f"{path}: SHA-256 differs from the one recorded in {run.meta_path.name} at training: the "
@@ -73,7 +67,6 @@ def load_model(run: RunDir, meta: ModelMeta) -> FractureClassifier:
             pretrained="none",
             dropout=meta.dropout,
             localize=meta.localize,
-            box_regression=meta.box_regression,
             loc_stride=meta.loc_stride,
         )
     except BonefracError as exc:

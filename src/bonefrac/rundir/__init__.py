@@ -18,6 +18,7 @@ from bonefrac.rundir.layout import (
 from bonefrac.rundir.meta import (
     CLASS_NAMES,
     DECISIONS,
+    FORMAT_VERSION,
     FRACTURE,
     NO_FRACTURE,
     OUT_OF_SCOPE,
@@ -40,6 +41,7 @@ from bonefrac.rundir.meta import (
 __all__ = [
     "CLASS_NAMES",
     "DECISIONS",
+    "FORMAT_VERSION",
     "FRACTURE",
     "NO_FRACTURE",
     "OUT_OF_SCOPE",

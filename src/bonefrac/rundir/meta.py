@@ -13,6 +13,10 @@ Decisions a clinician sees (:meth:`ModelMeta.decisions`): ``out_of_scope`` when 
 Predictor's, :mod:`bonefrac.inference.scope`), else ``refer`` when the
 optional ``refer`` rule's uncertainty is above its cut-off, else ``fracture`` / ``no_fracture``.
 
+Format (:data:`FORMAT_VERSION`): model.json records the version of its layout; a run of
+another version is refused at load with one line that says to retrain, never read through a
+compatibility branch (bonefrac has no released runs to keep).
+
 Safeguards (:func:`missing_safeguards`): a run loads without a tuned threshold, a fitted
 temperature, an out-of-scope detector or a refer rule, but every output that serves it (predict,
 serve, the report) names what is missing and the command that adds it, from this one list.
@@ -42,6 +46,10 @@ from bonefrac.errors import ModelOutputError, RunDirError
 from bonefrac.metrics import apply_temperature
 
 log = logging.getLogger(__name__)
+
+#: The layout of model.json and of the weights it describes. Bump it when either changes
+#: meaning (a key, a default, a head's output channels): runs of another version are refused.
+FORMAT_VERSION = 1
 
 CLASS_NAMES = ["not_fractured", "fractured"]
 
@@ -118,6 +126,8 @@ class ModelMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
+    format_version: int = FORMAT_VERSION
+    """The layout this model.json was written in (:meth:`parse` refuses any other)."""
     architecture: str = Field(min_length=1)
     image_size: int = Field(gt=0, le=4096)
     mean: tuple[float, float, float]
@@ -147,9 +157,7 @@ class ModelMeta(BaseModel):
         return self
 
     localize: bool = False
-    """The model has a localisation head (its weights include it)."""
-    box_regression: bool = False
-    """Its head also regresses each map cell's box (False in runs trained before it)."""
+    """The model has a localisation head (a map and each cell's box; its weights include it)."""
     loc_stride: Literal[4, 8] = 8
     """Input pixels per cell of its map (``model.loc_stride``)."""
     score_fusion: ScoreFusion | None = None
@@ -189,9 +197,11 @@ class ModelMeta(BaseModel):
 
     @classmethod
     def parse(cls, data: Any, source: object = "model.json") -> ModelMeta:
-        """Validate a model.json mapping; a bad value is a :class:`RunDirError` naming it."""
+        """Validate a model.json mapping; a bad value is a :class:`RunDirError` naming it, and
+        another :data:`FORMAT_VERSION` is one line that says to retrain."""
         if not isinstance(data, dict):
             raise RunDirError(f"{source}: expected a JSON object")
+        _check_format_version(data, source)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -253,6 +263,23 @@ class ModelMeta(BaseModel):
         out[np.atleast_1d(ref)] = REFER
         out[np.atleast_1d(oos)] = OUT_OF_SCOPE
         return [str(d) for d in out]
+
+
+def _check_format_version(data: dict[str, Any], source: object = "model.json") -> None:
+    """Refuse a model.json whose ``format_version`` is missing or not :data:`FORMAT_VERSION`."""
+    found = data.get("format_version")
+    if type(found) is int and found == FORMAT_VERSION:
+        return
+    shown = "missing" if "format_version" not in data else repr(found)
+    if type(found) is int and found > FORMAT_VERSION:
+        raise RunDirError(
+            f"{source}: written by a newer bonefrac (model.json format_version {shown}, this "
+            f"version reads {FORMAT_VERSION}); upgrade bonefrac or retrain it with 'bonefrac train'"
+        )
+    raise RunDirError(
+        f"{source}: trained with an older bonefrac (model.json format_version {shown}, this "
+        f"version reads {FORMAT_VERSION}); retrain it with 'bonefrac train'"
+    )
 
 
 @dataclass(frozen=True)

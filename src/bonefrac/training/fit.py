@@ -21,6 +21,7 @@ from bonefrac.models.runio import save_weights
 from bonefrac.precision import resolve_precision
 from bonefrac.rundir import (
     CLASS_NAMES,
+    FORMAT_VERSION,
     RUN_SPLITS,
     ModelMeta,
     RunDir,
@@ -301,6 +302,7 @@ def _write_outputs(
     weights_sha256 = save_weights(model, run)
     score = best_cb.best_model_score
     raw_meta = {
+        "format_version": FORMAT_VERSION,
         "name": cfg.name,
         "architecture": cfg.model.name,
         "library_arch": spec.arch,
@@ -334,7 +336,7 @@ def _write_outputs(
     }
     if cfg.model.localize:
         raw_meta["localize"] = True
-        raw_meta["box_regression"] = bool(getattr(model.loc_head, "box_regression", False))
+        raw_meta["box_regression"] = True  # the head always regresses boxes
         raw_meta["loc_stride"] = cfg.model.loc_stride
     meta = ModelMeta.parse(raw_meta, run.meta_path)
     # predict val/test where training ran, through the same door as evaluate/predict/serve
