@@ -23,7 +23,7 @@ from bonefrac.evaluation.localization import (
     read_inputs,
     split_localization,
 )
-from bonefrac.explain.localization import box_mask
+from bonefrac.maps.pointing_game import box_mask
 from tests.evaluation.conftest import make_predictions
 from tests.evaluation.locfake import add_localization
 

@@ -23,7 +23,6 @@ from bonefrac.data.transforms import (
     train_augment,
 )
 from bonefrac.errors import ConfigError, ModelError
-from bonefrac.explain.cam import explainer
 from bonefrac.inference.localize import (
     choose_box_threshold,
     crop_map,
@@ -31,6 +30,7 @@ from bonefrac.inference.localize import (
     predicted_boxes,
     upsample_maps,
 )
+from bonefrac.maps.cam import explainer
 from bonefrac.models.lochead import cell_boxes
 from bonefrac.models.registry import build_model
 from bonefrac.training.losses import localization_loss

@@ -47,6 +47,27 @@ def letterbox_geometry(width: int, height: int, size: int) -> tuple[float, int, 
     return scale, (size - nw) // 2, (size - nh) // 2, nw, nh
 
 
+def heatmap_to_original(
+    heat: np.ndarray,
+    original_size: tuple[int, int],
+    letterboxed_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Square letterboxed heatmap ``(S, S)`` -> ``(H, W)`` of the original ``(W, H)`` image.
+
+    ``letterboxed_size``: the ``(W, H)`` that was letterboxed (e.g. a JPEG-draft decode),
+    when it differs from ``original_size``; it sets where the padding is cut off.
+    """
+    import cv2
+
+    width, height = original_size
+    size = heat.shape[-1]
+    if heat.shape != (size, size):
+        raise ValueError(f"expected a square heatmap, got shape {heat.shape}")
+    _, left, top, nw, nh = letterbox_geometry(*(letterboxed_size or original_size), size)
+    crop = np.ascontiguousarray(heat[top : top + nh, left : left + nw], dtype=np.float32)
+    return cv2.resize(crop, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
+
+
 def prepare_image(img: Image.Image, size: int, *, clahe: bool = False) -> np.ndarray:
     """Greyscale PIL image -> letterboxed uint8 ``(size, size)`` array."""
     if clahe:

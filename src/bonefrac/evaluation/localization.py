@@ -14,7 +14,7 @@ Metrics (each ``{"value", "ci_low", "ci_high"}``, merged into ``metrics.json[spl
 
 - ``hit_rate``: share of images with true boxes whose map peak lies inside a true box or within
   the pointing game's tolerance (5 % of the image's longer side, in pixels;
-  :mod:`bonefrac.explain.localization`). An image with boxes but no peak is a miss.
+  :mod:`bonefrac.maps.pointing_game`). An image with boxes but no peak is a miss.
 - ``energy_in_box``: mean over images with true boxes.
 - ``ap50``: COCO average precision at IoU 0.5 over ALL images of the split, negatives included
   (pycocotools' ``COCOeval``: bbox, one class, up to 100 boxes per image, 101 recall points).
@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from bonefrac.errors import DataError
-from bonefrac.explain.localization import (
+from bonefrac.maps.pointing_game import (
     DEFAULT_TOLERANCE,
     box_mask,
     boxes_to_pixels,

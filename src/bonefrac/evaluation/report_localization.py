@@ -145,7 +145,7 @@ def _first_per_group(
 def render_tile(path: str, true_boxes: list, pred_boxes: list, peak: Any) -> Image.Image:
     """A thumbnail of the image with its true and predicted boxes and the map's peak."""
     from bonefrac.data.imageio import load_grayscale
-    from bonefrac.explain.overlay import draw_boxes, draw_scored_boxes
+    from bonefrac.maps.overlay import draw_boxes, draw_scored_boxes
 
     img = load_grayscale(path, draft_size=GALLERY_THUMB).convert("RGB")
     img.thumbnail((GALLERY_THUMB, GALLERY_THUMB), Image.Resampling.LANCZOS)

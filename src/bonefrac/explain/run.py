@@ -40,15 +40,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from bonefrac.data.transforms import heatmap_to_original
 from bonefrac.errors import ConfigError, DataError, RunDirError
-from bonefrac.explain.cam import CAM_METHODS, MODEL_METHOD, check_method, explainer, resolve_layer
-from bonefrac.explain.localization import (
+from bonefrac.fileio import atomic_path, write_json
+from bonefrac.maps.cam import CAM_METHODS, MODEL_METHOD, check_method, explainer, resolve_layer
+from bonefrac.maps.pointing_game import (
     DEFAULT_TOLERANCE,
-    heatmap_to_original,
     score_image,
     summarise,
 )
-from bonefrac.fileio import atomic_path, write_json
 from bonefrac.rundir import RunDir, overlay_stem
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ def explain_run(
 
     grid = None
     if panels:
-        from bonefrac.explain.overlay import save_grid
+        from bonefrac.maps.overlay import save_grid
 
         title = f"{method}" + (f" @ {layer_name}" if layer_name else "") + f" - {source}"
         grid = save_grid(
@@ -369,7 +369,7 @@ def _handle_item(
     panels: list[Any],
     scored: list[dict[str, Any]],
 ) -> None:
-    from bonefrac.explain.overlay import Panel, caption, render_overlay, save_png, thumbnail
+    from bonefrac.maps.overlay import Panel, caption, render_overlay, save_png, thumbnail
 
     size = decoded_size
     if item.overlay:

@@ -100,7 +100,7 @@ class TorchBackend:
         return Forward(first_logit(logits, x.shape[0]), features=feats.cpu().numpy())
 
     def _cam(self, x: Tensor) -> Forward:
-        from bonefrac.explain.cam import explainer
+        from bonefrac.maps.cam import explainer
 
         with explainer(self.model, "gradcam") as ex:
             exp = ex(x)

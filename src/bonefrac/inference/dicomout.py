@@ -176,7 +176,7 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 def render_capture(pred: Any, model: ModelInfo) -> np.ndarray:
     """The overlay (heatmap, boxes) over a banner with the finding: uint8 ``(H, W, 3)``."""
-    from bonefrac.explain.overlay import render_overlay
+    from bonefrac.maps.overlay import render_overlay
 
     if pred.heatmap is None or pred.display is None:
         raise DicomOutError(f"{pred.name}: no heatmap to draw; predict with heatmap=True")

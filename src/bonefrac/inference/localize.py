@@ -2,7 +2,7 @@
 
 Everything is returned normalised to the ORIGINAL image (the manifest's convention): the
 square letterboxed probability map ``(S, S)`` is cropped to the image area through
-:func:`bonefrac.explain.localization.heatmap_to_original` (at the letterbox's own resolution),
+:func:`bonefrac.data.transforms.heatmap_to_original` (at the letterbox's own resolution),
 then:
 
 * boxes, from the head's box channels (:mod:`bonefrac.models.lochead`): every local maximum
@@ -15,7 +15,7 @@ then:
 * the peak: ``[x, y]`` of the map's maximum (the pixel centre), and ``map_max``, its
   probability (a second image-level score beside the fracture logit).
 * energy in box: the map's mass inside the true boxes, by
-  :func:`bonefrac.explain.localization.score_image`.
+  :func:`bonefrac.maps.pointing_game.score_image`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def upsample_maps(map_logits: np.ndarray | torch.Tensor, size: int) -> np.ndarra
 
 def crop_map(prob_map: np.ndarray, decoded_size: tuple[int, int]) -> np.ndarray:
     """The letterboxed ``(S, S)`` map cut to the image area: ``(nh, nw)`` at letterbox scale."""
-    from bonefrac.explain.localization import heatmap_to_original
+    from bonefrac.data.transforms import heatmap_to_original
 
     size = prob_map.shape[-1]
     _, _, _, nw, nh = letterbox_geometry(*decoded_size, size)
@@ -131,7 +131,7 @@ def map_peak(crop: np.ndarray) -> list[float]:
 
 def energy_in_box(crop: np.ndarray, boxes: Sequence[Sequence[float]]) -> float:
     """Share of the map's mass inside the true boxes (NaN without boxes)."""
-    from bonefrac.explain.localization import score_image
+    from bonefrac.maps.pointing_game import score_image
 
     if not boxes:
         return math.nan

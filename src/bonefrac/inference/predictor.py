@@ -107,7 +107,7 @@ class Prediction:
         """The heatmap blended onto the greyscale image (RGB), as the page and --cam-dir show it."""
         if self.heatmap is None or self.display is None:
             raise ValueError("no heatmap: call predict(..., heatmap=True)")
-        from bonefrac.explain.overlay import render_overlay
+        from bonefrac.maps.overlay import render_overlay
 
         return render_overlay(self.display, self.heatmap)
 
@@ -211,7 +211,7 @@ def decoded_batches(
 
 def heatmap_for_display(cam: np.ndarray, prepared: PreparedInput) -> np.ndarray:
     """Letterboxed ``(S, S)`` CAM -> ``(h, w)`` over ``prepared.display`` (padding cut off)."""
-    from bonefrac.explain.localization import heatmap_to_original
+    from bonefrac.data.transforms import heatmap_to_original
 
     target = prepared.display.size if prepared.display is not None else prepared.decoded_size
     return np.clip(heatmap_to_original(cam, target, prepared.decoded_size), 0.0, 1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from bonefrac.explain.overlay import Panel, caption, colorize, render_overlay, save_grid, save_png
+from bonefrac.maps.overlay import Panel, caption, colorize, render_overlay, save_grid, save_png
 
 
 def _base(w: int, h: int) -> np.ndarray:

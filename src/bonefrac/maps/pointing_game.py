@@ -2,7 +2,7 @@
 
 Everything is computed in ORIGINAL-image pixel coordinates: the model's square letterboxed
 heatmap is cropped to the image area and resized to the original size
-(:func:`heatmap_to_original`), and boxes (normalised ``[cx, cy, w, h]`` of the original image)
+(:func:`bonefrac.data.transforms.heatmap_to_original`), and boxes (normalised ``[cx, cy, w, h]`` of the original image)
 are scaled to pixels.
 
 Pointing game (Zhang et al., 2016): a hit when the heatmap's maximum lies inside any box, or
@@ -24,32 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from bonefrac.data.transforms import letterbox_geometry
-
 DEFAULT_TOLERANCE = 0.05
 
 Box = Sequence[float]
-
-
-def heatmap_to_original(
-    heat: np.ndarray,
-    original_size: tuple[int, int],
-    letterboxed_size: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """Square letterboxed heatmap ``(S, S)`` -> ``(H, W)`` of the original ``(W, H)`` image.
-
-    ``letterboxed_size``: the ``(W, H)`` that was letterboxed (e.g. a JPEG-draft decode),
-    when it differs from ``original_size``; it sets where the padding is cut off.
-    """
-    import cv2
-
-    width, height = original_size
-    size = heat.shape[-1]
-    if heat.shape != (size, size):
-        raise ValueError(f"expected a square heatmap, got shape {heat.shape}")
-    _, left, top, nw, nh = letterbox_geometry(*(letterboxed_size or original_size), size)
-    crop = np.ascontiguousarray(heat[top : top + nh, left : left + nw], dtype=np.float32)
-    return cv2.resize(crop, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
 
 
 def boxes_to_pixels(boxes: Sequence[Box], width: int, height: int) -> list[tuple[float, ...]]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bonefrac.explain.localization import score_image
-from bonefrac.explain.saliency import smoothgrad, vanilla_gradient
-from tests.explain.conftest import SIZE, small_classifier
+from bonefrac.maps.pointing_game import score_image
+from bonefrac.maps.saliency import smoothgrad, vanilla_gradient
+from tests.maps.conftest import SIZE, small_classifier
 
 
 def test_saliency_points_at_the_mark(mark_model, mark_test):

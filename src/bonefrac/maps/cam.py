@@ -12,7 +12,7 @@ resolution, and the fracture logits). Methods:
     the decision goes; the component's sign is arbitrary (SVD), so on some models it lights up
     the complement of the object.
 ``saliency`` / ``smoothgrad``
-    see :mod:`bonefrac.explain.saliency`.
+    see :mod:`bonefrac.maps.saliency`.
 ``model``
     the learned localisation map of a model trained with ``model.localize: true`` (no
     gradients: the map head's per-pixel fracture probability, upsampled to the input by
@@ -201,7 +201,7 @@ class _GradientExplainer(_Explainer):
         self.kwargs = kwargs
 
     def __call__(self, x: Tensor) -> Explanation:
-        from bonefrac.explain.saliency import smoothgrad, vanilla_gradient
+        from bonefrac.maps.saliency import smoothgrad, vanilla_gradient
 
         fn = smoothgrad if self.method == "smoothgrad" else vanilla_gradient
         heat, logits = fn(self.model, x, **self.kwargs)  # type: ignore[arg-type]

@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from bonefrac.data.transforms import letterbox_geometry
-from bonefrac.explain.localization import (
+from bonefrac.data.transforms import heatmap_to_original, letterbox_geometry
+from bonefrac.maps.pointing_game import (
     box_mask,
-    heatmap_to_original,
     score_image,
     summarise,
     wilson_interval,

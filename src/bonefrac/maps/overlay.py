@@ -1,7 +1,7 @@
 """Overlays at the original image resolution, and a captioned grid.
 
 :func:`render_overlay` returns an RGB image exactly the size of the original radiograph: the
-heatmap (already mapped back to the original, see ``localization.heatmap_to_original``) is
+heatmap (already mapped back to the original, see :func:`bonefrac.data.transforms.heatmap_to_original`) is
 coloured with a colormap and alpha-blended onto the greyscale image with a per-pixel alpha of
 ``alpha x heat``, so cold regions keep the radiograph readable and hot regions are coloured. A
 small colour bar (high at the top, low at the bottom) is drawn inside the top-right corner so
@@ -81,7 +81,7 @@ def draw_boxes(
     ``gap``: further pixels between box and rectangle (to draw true boxes around predicted ones
     without hiding them).
     """
-    from bonefrac.explain.localization import boxes_to_pixels
+    from bonefrac.maps.pointing_game import boxes_to_pixels
 
     width, height = img.size
     lw = max(1, round(min(width, height) / 250))
@@ -101,7 +101,7 @@ def draw_scored_boxes(
     (amber by default) with the score written above each box's top-left corner."""
     from PIL import ImageFont
 
-    from bonefrac.explain.localization import boxes_to_pixels
+    from bonefrac.maps.pointing_game import boxes_to_pixels
 
     draw_boxes(img, boxes, color)
     width, height = img.size

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bonefrac.errors import ConfigError, ModelError
-from bonefrac.explain.cam import (
+from bonefrac.maps.cam import (
     METHODS,
     check_method,
     compute_heatmaps,
@@ -18,9 +18,9 @@ from bonefrac.explain.cam import (
     fracture_target,
     resolve_layer,
 )
-from bonefrac.explain.localization import score_image
+from bonefrac.maps.pointing_game import score_image
 from bonefrac.models import REGISTRY, build_model
-from tests.explain.conftest import SIZE, small_classifier
+from tests.maps.conftest import SIZE, small_classifier
 
 
 def _positives(mark_test):
