@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# the test inputs the benches share with the tests (tests/fixtures/) import from the checkout
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
 
 
 def git_commit() -> str:

@@ -6,7 +6,7 @@ of ``max(|Cb - 128|, |Cr - 128|)`` on a copy reduced to <= 256 px). Prints, per 
 per encoding (greyscale JPEG or RGB-encoded), the quantiles and the maximum (and the largest
 single-pixel chroma, the statistic's upper bound), the cut-off
 :data:`bonefrac.inference.scope.MAX_CHROMA` and its margin over the radiographs' maximum, and
-the chroma of the colour probes (:func:`bonefrac.inference.ood_probes.colour_images`), which
+the chroma of the colour probes (:func:`tests.fixtures.ood_probes.colour_images`), which
 must all lie above it.
 
     PYTHONPATH=src python bench/chroma.py [--data ../shared/data] [--size 224]
@@ -30,8 +30,8 @@ from bonefrac.data.chroma import chroma_of_array  # noqa: E402
 from bonefrac.data.imageio import decode_image  # noqa: E402
 from bonefrac.errors import ImageDecodeError  # noqa: E402
 from bonefrac.evaluation.tables import markdown_table  # noqa: E402
-from bonefrac.inference.ood_probes import colour_images  # noqa: E402
 from bonefrac.inference.scope import MAX_CHROMA  # noqa: E402
+from tests.fixtures.ood_probes import colour_images  # noqa: E402
 
 #: Source name -> glob under the data folder.
 SOURCES = {

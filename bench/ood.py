@@ -8,7 +8,7 @@ asks the Predictor itself for its decision and ``ood_reason`` (``modality`` / ``
 
 - in scope: the run's test split images from its manifest (at most ``--limit`` per source;
   each source also alone when there are several);
-- out of scope: the offline probes of :mod:`bonefrac.inference.ood_probes` (scikit-learn's
+- out of scope: the offline probes of :mod:`tests.fixtures.ood_probes` (scikit-learn's
   sample photographs in grey, in colour and tinted, rendered text pages, noise, blank frames,
   CT and MR DICOM files built with pydicom);
 - the same test radiographs rotated 90 / 180 degrees and inverted (should stay in scope),
@@ -43,15 +43,15 @@ from bonefrac.data.imageio import IMAGE_SUFFIXES
 from bonefrac.data.schema import read_manifest
 from bonefrac.evaluation.tables import markdown_table
 from bonefrac.inference import ood, ood_stats
-from bonefrac.inference.ood_probes import (
+from bonefrac.inference.predictor import Predictor, PreparedInput
+from bonefrac.rundir import RunDir
+from tests.fixtures.ood_probes import (
     dicom_bytes,
     dicom_probes,
     probe_images,
     tinted,
     transformed,
 )
-from bonefrac.inference.predictor import Predictor, PreparedInput
-from bonefrac.rundir import RunDir
 
 SCORES = ("mahalanobis", "energy")
 #: At most this many test radiographs are wrapped as CT DICOM files.

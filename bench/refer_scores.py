@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from benchinfo import git_commit, machine
 
+from bonefrac.evaluation.refer import uncertainty_for
 from bonefrac.inference.predictor import Predictor
-from bonefrac.inference.uncertainty import uncertainty_for
 from bonefrac.metrics import error_detection_auroc
 from bonefrac.rundir import TTA_STD_COLUMN, RunDir, run_probabilities
 

@@ -89,7 +89,7 @@ def decided_run(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Pat
 
 
 def test_refer_coverage_on_val_equals_the_request(decided_run: Path) -> None:
-    from bonefrac.inference.uncertainty import uncertainty_for
+    from bonefrac.evaluation.refer import uncertainty_for
 
     run = RunDir.open(decided_run)
     meta = run.meta()
@@ -153,7 +153,7 @@ def test_error_probability_ranks_errors_where_margin_fails_off_centre(threshold:
 
 
 def test_tta_is_kept_only_when_clearly_better_than_the_free_score() -> None:
-    from bonefrac.inference.uncertainty import tta_gain
+    from bonefrac.evaluation.refer import tta_gain
 
     rng = np.random.default_rng(0)
     wrong = (rng.random(600) < 0.2).astype(int)
@@ -190,8 +190,8 @@ def test_predictor_gives_the_vocabulary(decided_run: Path, synthetic_manifest: P
 
 
 def test_out_of_scope_auroc_on_offline_probes(decided_run: Path, synthetic_manifest: Path) -> None:
-    from bonefrac.inference.ood_probes import probe_images, transformed
     from bonefrac.inference.predictor import Predictor
+    from tests.fixtures.ood_probes import probe_images, transformed
 
     pred = Predictor.from_run(decided_run)
     images = sorted((synthetic_manifest.parent / "images").glob("test_*.png"))

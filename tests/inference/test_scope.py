@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from bonefrac.inference import scope
-from bonefrac.inference.ood_probes import colour_images, dicom_probes, tinted
 from bonefrac.inference.predictor import Predictor
 from tests.conftest import shared_data_dir
+from tests.fixtures.ood_probes import colour_images, dicom_probes, tinted
 from tests.inference.conftest import make_untrained_run
 from tests.inference.dicom_files import write_dicom
 from tests.synthetic import make_image

@@ -133,7 +133,7 @@ def bad_inputs(png: bytes, tmp: Path) -> dict[str, tuple[bytes, str, int, str]]:
 
 def test_colour_photo_and_ct_dicom_are_out_of_scope_with_their_reason(client, tmp_path):
     # the tiny run has no fitted out-of-scope detector: the scope rules apply anyway
-    from bonefrac.inference.ood_probes import colour_images
+    from tests.fixtures.ood_probes import colour_images
 
     photo = colour_images(np.random.default_rng(0), n=2)[0]
     buf = io.BytesIO()

@@ -30,7 +30,7 @@ def selective_entry(
     predictor: Any = None,
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """``(metrics.json[key]["selective"], uncertainty, errors)`` for ``predictions/<key>``."""
-    from bonefrac.inference.uncertainty import uncertainty_for
+    from bonefrac.evaluation.refer import uncertainty_for
 
     rule = meta.refer
     score = rule.score if rule is not None else "margin"

@@ -9,7 +9,7 @@ Criteria (``prob >= threshold`` is positive; every candidate threshold is an obs
 - ``specificity:X``: the lowest threshold whose specificity is >= X (the most sensitive operating
   point that keeps a fraction X of normals negative).
 
-``--refer-coverage X`` also fits the refer rule (:mod:`bonefrac.inference.uncertainty`) at the
+``--refer-coverage X`` also fits the refer rule (:mod:`bonefrac.evaluation.refer`) at the
 resulting threshold, on val, so that a share X of val images gets a fracture / no-fracture
 answer and the rest is referred; a rule already in model.json is refitted at its coverage
 whenever the threshold changes.
@@ -130,7 +130,7 @@ def tune_threshold(
     }
     coverage = refer_coverage if refer_coverage is not None else _kept_coverage(meta)
     if coverage is not None:
-        from bonefrac.inference.uncertainty import fit_refer, refer_scores
+        from bonefrac.evaluation.refer import fit_refer, refer_scores
 
         raw = run.raw_meta()
         raw.update(changes)
@@ -148,7 +148,7 @@ def _kept_coverage(meta: ModelMeta) -> float | None:
 
 
 def _refer_only(run: RunDir, coverage: float, tta: bool) -> dict[str, Any]:
-    from bonefrac.inference.uncertainty import fit_refer, refer_scores
+    from bonefrac.evaluation.refer import fit_refer, refer_scores
 
     meta = run.meta()
     record = fit_refer(run, coverage, meta, scores=refer_scores(tta))

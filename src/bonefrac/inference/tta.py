@@ -1,7 +1,7 @@
 """Test-time augmentations of a letterboxed batch and the spread of a model's logits over them.
 
 The views are small flips, shifts and scales of what the model sees; the standard deviation of
-the logit over them is one per-image uncertainty (:mod:`bonefrac.inference.uncertainty` decides
+the logit over them is one per-image uncertainty (:mod:`bonefrac.evaluation.refer` decides
 on val whether it ranks errors better than the plain margin).
 """
 

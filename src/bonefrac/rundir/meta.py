@@ -59,7 +59,7 @@ REFER = "refer"
 OUT_OF_SCOPE = "out_of_scope"
 #: The decision vocabulary of every output (CSV, API, page).
 DECISIONS = (FRACTURE, NO_FRACTURE, REFER, OUT_OF_SCOPE)
-#: Uncertainty scores a refer rule can use (see :mod:`bonefrac.inference.uncertainty`).
+#: Uncertainty scores a refer rule can use (see :mod:`bonefrac.evaluation.refer`).
 UNCERTAINTY_SCORES = ("p_error", "margin", "tta_std")
 
 
