@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from bonefrac import __version__
 from bonefrac.errors import BonefracError
 from bonefrac.fileio import atomic_path
+from bonefrac.version import __version__
 
 log = logging.getLogger(__name__)
 

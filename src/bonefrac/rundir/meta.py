@@ -388,10 +388,10 @@ def library_versions() -> dict[str, str]:
     import torch
     import torchvision
 
-    import bonefrac
+    from bonefrac.version import __version__
 
     return {
-        "bonefrac": bonefrac.__version__,
+        "bonefrac": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "timm": timm.__version__,
