@@ -189,8 +189,8 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         )
     if reader.fieldnames is not None and reader.fieldnames != PREDICT_COLUMNS:
         raise DataError(
-            f"{path}: its columns {reader.fieldnames} differ from this version's {PREDICT_COLUMNS}; "
-            "choose another --out or pass --force"
+            f"{path}: its columns {reader.fieldnames} differ from this version's "
+            f"{PREDICT_COLUMNS}; choose another --out or pass --force"
         )
     return list(reader)
 

@@ -29,6 +29,7 @@ from bonefrac.rundir import (
     library_versions,
     metrics_entry,
 )
+from bonefrac.rundir.predictions import LABEL, PROB
 from bonefrac.training.datamodule import FractureDataModule, split_frames
 from bonefrac.training.distributed import owns_run_dir
 from bonefrac.training.guard import CollapseGuard, outputs_of
@@ -349,7 +350,7 @@ def _write_outputs(
         preds = predictions_table(dm.datasets[split].frame, outputs[split], meta)
         run.write_predictions(split, preds)
         run.merge_metrics(
-            split, metrics_entry(preds["label"].to_numpy(), preds["prob"].to_numpy(), meta)
+            split, metrics_entry(preds[LABEL].to_numpy(), preds[PROB].to_numpy(), meta)
         )
     model.cpu()
     plot_training_curves(run.history_path, run.plot_path("training_curves"))
