@@ -220,7 +220,7 @@ def _box_threshold(labels: Any, val: Outputs, size: int) -> dict[str, Any]:
 MIN_FUSION_CLASS = 10
 
 
-def _score_fusion(val: Outputs, labels: Any) -> dict[str, Any] | None:
+def _score_fusion(val: tuple[Any, Any], labels: Any) -> dict[str, Any] | None:
     """Logistic regression of the val labels on (class logit, map's highest logit): the
     weights of a localising model's image logit. None when val is too small to fit them, or
     when the fused score ranks val worse than the class logit alone (then it is not used)."""
@@ -228,8 +228,9 @@ def _score_fusion(val: Outputs, labels: Any) -> dict[str, Any] | None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
+    logits, maps = val
     y = np.asarray(labels, dtype=int)
-    x = np.c_[np.asarray(val.logits, dtype=float), _map_peaks(val.head)]
+    x = np.c_[np.asarray(logits, dtype=float), _map_peaks(maps)]
     if min(int(y.sum()), int(len(y) - y.sum())) < MIN_FUSION_CLASS or not np.isfinite(x).all():
         return None
     fit = LogisticRegression(C=1.0).fit(x, y)
@@ -338,7 +339,7 @@ def _write_outputs(
         val_labels = dm.datasets["val"].labels
         raw_meta.update(_box_threshold(val_labels, outputs["val"], meta.image_size))
         if cfg.model.fuse_map_score:
-            fusion = _score_fusion(outputs["val"], val_labels)
+            fusion = _score_fusion((outputs["val"].logits, outputs["val"].head), val_labels)
             if fusion is not None:
                 raw_meta["score_fusion"] = fusion
         meta = ModelMeta.parse(raw_meta, run.meta_path)
