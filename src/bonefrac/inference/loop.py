@@ -174,7 +174,8 @@ def _as_list(items: list[Decoded]) -> list[Decoded]:
 
 
 def _grouped(loader: Iterable[list[Decoded]], batch_size: int) -> Iterator[Batch]:
-    """Loader items -> batches of ``batch_size`` decoded inputs (failures ride along)."""
+    """Loader items -> batches of ``batch_size`` decoded inputs, failures riding along: the
+    model sees the batches ``evaluate --manifest`` always gave it, whatever fails to decode."""
     batch = Batch()
     for items in loader:
         for item in items:
@@ -266,9 +267,13 @@ def collect(
     progress: bool = True,
     description: str = "predicting",
 ) -> Outputs:
-    """:func:`batches` over all of ``inputs``, concatenated; with ``logits``, a non-finite
-    logit is a :class:`ModelOutputError`."""
+    """:func:`batches` of ``kind`` ``logits`` or ``features`` over all of ``inputs``,
+    concatenated (predictions stream: use :func:`batches`); a non-finite logit is a
+    :class:`ModelOutputError`."""
     from rich.progress import Progress
+
+    if kind == "predictions":
+        raise ValueError("collect gathers logits or features; stream predictions with batches")
 
     out = Outputs([], [], [], np.zeros(0, dtype=np.float32))
     logits: list[np.ndarray] = []
