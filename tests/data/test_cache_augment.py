@@ -12,6 +12,7 @@ from PIL import Image
 
 from bonefrac.data.dataset import PreparedImageCache, RadiographDataset
 from bonefrac.data.transforms import RandomGamma, train_augment
+from bonefrac.inference.loop import CachedInputs, collect
 from bonefrac.inference.predictor import Predictor
 from bonefrac.rundir import ModelMeta
 
@@ -69,8 +70,8 @@ def test_tta_averages_the_image_and_its_mirror(tmp_path: Path) -> None:
     model = _LeftHalf()
     meta = ModelMeta(architecture="left_half", image_size=32, mean=(0.0,) * 3, std=(1.0,) * 3)
     predictor = Predictor.from_model(model, meta)
-    plain = predictor.dataset_logits(ds, progress=False)
-    tta = predictor.dataset_logits(ds, progress=False, tta=True)
+    plain = collect(predictor, CachedInputs(ds), progress=False).logits
+    tta = collect(predictor, CachedInputs(ds), progress=False, tta=True).logits
     x = torch.stack([ds[i][0] for i in range(5)]).float() / 255.0
     whole = x.mean(dim=(1, 2, 3)).numpy()  # left + right halves = the whole image
     np.testing.assert_allclose(tta, whole, rtol=1e-5)

@@ -216,17 +216,17 @@ def test_malformed_cells_name_file_image_and_column(column, value, words):
     assert words in msg
 
 
-def test_sizes_from_image_headers_and_fallback(tmp_path):
+def test_sizes_from_the_size_columns_and_fallback(tmp_path):
     df = add_localization(
         make_predictions(10, seed=20), seed=21, images_dir=tmp_path, size=(60, 20)
     )
-    inp = read_inputs(df, "x.csv")
-    assert inp.sizes == [(60, 20)] * 10
-    df["path"] = "/nonexistent/x.png"
+    # the images are there, but sizes come from the CSV alone (no image file is opened)
+    assert read_inputs(df, "x.csv").sizes == [None] * 10
     m = split_localization(df, "x.csv", n_boot=0)
     assert "unit square" in m["localization"]["notes"]["sizes"]
     df["width"], df["height"] = 60, 20
     assert read_inputs(df, "x.csv").sizes == [(60, 20)] * 10
+    assert "sizes" not in split_localization(df, "x.csv", n_boot=0)["localization"]["notes"]
 
 
 def test_ap_and_froc_rank_the_candidate_boxes_when_present():

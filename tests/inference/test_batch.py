@@ -17,12 +17,13 @@ from typer.testing import CliRunner
 import bonefrac
 from bonefrac.cli import app
 from bonefrac.errors import ModelOutputError
-from bonefrac.inference.batch import COLUMNS, part_file, row_path
+from bonefrac.inference.batch import part_file, row_path
 from bonefrac.inference.batchmeta import sidecar_path
 from bonefrac.inference.csvpaths import decode_path, encode_path
 from bonefrac.inference.predict_files import predict_to_csv
 from bonefrac.inference.predictor import Predictor
 from bonefrac.rundir import RunDir
+from bonefrac.rundir.predictions import PREDICT_COLUMNS
 
 SRC = Path(bonefrac.__file__).resolve().parents[1]
 
@@ -255,4 +256,4 @@ def test_two_processes_equal_one_process_and_resume(tiny_run, synthetic_manifest
     assert result.exit_code == 1 and "8 already in" in result.output, result.output
     assert not part_file(two, 1).exists()
     assert sorted(_rows(two), key=lambda r: r["path"]) == sorted(rows_2, key=lambda r: r["path"])
-    assert list(_rows(two)[0]) == COLUMNS
+    assert list(_rows(two)[0]) == PREDICT_COLUMNS

@@ -21,6 +21,7 @@ from bonefrac.metrics import (
     risk_coverage,
 )
 from bonefrac.rundir import DECISIONS, FORMAT_VERSION, ModelMeta, RunDir
+from bonefrac.rundir.predictions import answer
 
 META = {
     "format_version": FORMAT_VERSION,
@@ -179,7 +180,7 @@ def test_predictor_gives_the_vocabulary(decided_run: Path, synthetic_manifest: P
             assert not p.refer and not p.out_of_scope
             assert (p.decision == "fracture") == (p.probability >= p.threshold)
         assert p.ood_reason == ("features" if p.decision == "out_of_scope" else None)
-        d = p.as_dict()
+        d = answer(p)
         assert {"uncertainty", "refer", "out_of_scope", "ood_score", "decision"} <= set(d)
     assert any(p.decision == "refer" for p in out)
     for value in (0, 128, 255):  # blank frames: out of scope whatever their score

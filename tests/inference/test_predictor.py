@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from bonefrac.cli import app
 from bonefrac.errors import ImageDecodeError, ModelError, RunDirError
-from bonefrac.inference.batch import COLUMNS, collect_inputs
+from bonefrac.inference.batch import collect_inputs
 from bonefrac.inference.predictor import Predictor
 from bonefrac.rundir import RunDir
+from bonefrac.rundir.predictions import PREDICT_COLUMNS
 from tests.inference.dicom_files import write_dicom
 
 
@@ -156,7 +157,7 @@ def test_predict_cli_error_rows_exit_code_and_resume(tiny_run, synthetic_manifes
     assert result.exit_code == 1, result.output
     assert "3 failed" in result.output and "3 file(s) failed" in result.output
     rows = _read(out)
-    assert list(rows[0]) == COLUMNS
+    assert list(rows[0]) == PREDICT_COLUMNS
     by_name = {Path(r["path"]).name: r for r in rows}
     assert "notes.txt" not in by_name
     assert len(rows) == 9  # 5 PNG + 1 DICOM + 2 bad PNG + 1 DICOM without pixels

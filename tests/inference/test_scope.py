@@ -14,6 +14,7 @@ from PIL import Image
 
 from bonefrac.inference import scope
 from bonefrac.inference.predictor import Predictor
+from bonefrac.rundir.predictions import answer
 from tests.conftest import shared_data_dir
 from tests.fixtures.ood_probes import colour_images, dicom_probes, tinted
 from tests.inference.conftest import make_untrained_run
@@ -77,7 +78,7 @@ def test_colour_image_is_out_of_scope_without_a_detector(fresh: Predictor) -> No
         assert prepared.colour and prepared.chroma > scope.MAX_CHROMA
         p = fresh.predict_prepared([prepared])[0]
         assert (p.decision, p.ood_reason, p.out_of_scope) == ("out_of_scope", "colour", True)
-        assert p.ood_score is None and p.as_dict()["ood_reason"] == "colour"
+        assert p.ood_score is None and answer(p)["ood_reason"] == "colour"
 
 
 def test_grey_content_stored_as_colour_stays_in_scope(fresh: Predictor) -> None:
@@ -136,8 +137,8 @@ def test_features_reason_comes_after_the_rules(tmp_path: Path) -> None:
 
 
 def test_predict_csv_has_ood_reason(untrained_run: Path, tmp_path: Path) -> None:
-    from bonefrac.inference.batch import COLUMNS
     from bonefrac.inference.predict_files import predict_to_csv
+    from bonefrac.rundir.predictions import PREDICT_COLUMNS
 
     Image.fromarray(radiograph_like()).save(tmp_path / "grey.png")
     Image.fromarray(colour_images(np.random.default_rng(2), n=2)[0]).save(tmp_path / "photo.jpg")
@@ -147,7 +148,7 @@ def test_predict_csv_has_ood_reason(untrained_run: Path, tmp_path: Path) -> None
     out = tmp_path / "preds" / "p.csv"
     summary = predict_to_csv(untrained_run, [tmp_path], out, progress=False)
     assert summary.failed == 0 and summary.out_of_scope == 3
-    assert COLUMNS[-1] == "ood_reason"
+    assert PREDICT_COLUMNS[-1] == "ood_reason"
     with open(out, newline="") as fh:
         rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
     reasons = {

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bonefrac.inference.localize import LOC_COLUMNS
 from bonefrac.inference.predictor import Predictor
 from bonefrac.rundir import RunDir
+from bonefrac.rundir.predictions import LOC_COLUMNS, answer
 
 
 def _inside(point: list[float], box: list[float], tol: float = 0.05) -> bool:
@@ -65,7 +65,7 @@ def test_predictor_maps_and_boxes(loc_run: Path, test_preds: pd.DataFrame):
     assert maps.min() >= 0.0 and maps.max() <= 1.0
     (pred,) = predictor.predict(row["path"], heatmap=True)
     assert pred.pred_boxes == json.loads(row["pred_boxes"])
-    assert pred.as_dict()["pred_boxes"] == pred.pred_boxes
+    assert answer(pred)["pred_boxes"] == pred.pred_boxes
     # the heatmap shown is the learned map (its peak is the CSV's map_peak), not Grad-CAM
     h, w = pred.heatmap.shape
     y, x = np.unravel_index(int(np.argmax(pred.heatmap)), pred.heatmap.shape)

@@ -136,7 +136,8 @@ def test_predictions_and_metrics_round_trip(tmp_path):
     frame = pd.DataFrame({"image_id": ["a", "b"], "path": ["/a", "/b"], "label": [0, 1]})
     from bonefrac.rundir import predictions_frame
 
-    run.write_predictions("val", predictions_frame(frame, np.array([-1.0, 2.0])))
+    sizes = [(40, 30), (30, 40)]
+    run.write_predictions("val", predictions_frame(frame, np.array([-1.0, 2.0]), sizes))
     df = run.predictions("val")
     np.testing.assert_allclose(df["prob"], 1 / (1 + np.exp(-np.array([-1.0, 2.0]))))
     assert run.available_predictions() == ["val"]

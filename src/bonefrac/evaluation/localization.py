@@ -8,7 +8,9 @@ A localising run's predictions CSV carries, per image (all normalised to the ORI
 - ``cand_boxes`` (optional): every decoded box down to a low score floor, the ranked list AP and
   FROC are computed from (as detectors are scored); without it they use ``pred_boxes``;
 - ``map_peak``: ``[x, y]``, where the shown map peaks;
-- ``energy_in_box``: the share of the map's energy inside the true boxes (empty without boxes).
+- ``energy_in_box``: the share of the map's energy inside the true boxes (empty without boxes);
+- ``width``, ``height``: the original image's size, in which the tolerance below is measured
+  (the columns are :mod:`bonefrac.rundir.predictions`'s; no image file is opened).
 
 Metrics (each ``{"value", "ci_low", "ci_high"}``, merged into ``metrics.json[split]``):
 
@@ -45,7 +47,6 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,12 +59,15 @@ from bonefrac.maps.pointing_game import (
     boxes_to_pixels,
     distance_to_boxes,
 )
-
-TRUE_BOXES = "boxes"
-PRED_BOXES = "pred_boxes"
-CAND_BOXES = "cand_boxes"
-MAP_PEAK = "map_peak"
-ENERGY = "energy_in_box"
+from bonefrac.rundir.predictions import (
+    CAND_BOXES,
+    ENERGY,
+    IMAGE_ID,
+    MAP_PEAK,
+    PRED_BOXES,
+    TRUE_BOXES,
+    image_sizes,
+)
 
 AP_IOU = 0.5
 AP_MAX_DETS = 100
@@ -186,46 +190,6 @@ def _peak(value: Any, source: object, image_id: str) -> tuple[float, float] | No
     return float(data[0]), float(data[1])
 
 
-def image_sizes(df: pd.DataFrame) -> list[Size | None]:
-    """``(width, height)`` per row: the ``width``/``height`` columns where present, else the
-    image header at ``path`` (Pillow, then a DICOM header); ``None`` when unknown."""
-    out: list[Size | None] = []
-    widths = df["width"] if "width" in df.columns else None
-    heights = df["height"] if "height" in df.columns else None
-    paths = df["path"] if "path" in df.columns else None
-    for i in range(len(df)):
-        size = None
-        if widths is not None and heights is not None:
-            w = pd.to_numeric(widths.iloc[i], errors="coerce")
-            h = pd.to_numeric(heights.iloc[i], errors="coerce")
-            if pd.notna(w) and pd.notna(h) and w > 0 and h > 0:
-                size = (int(w), int(h))
-        if size is None and paths is not None:
-            size = _header_size(str(paths.iloc[i]))
-        out.append(size)
-    return out
-
-
-def _header_size(path: str) -> Size | None:
-    """Width and height from the file header alone (no pixel decode)."""
-    if not path or not Path(path).is_file():
-        return None
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return int(img.size[0]), int(img.size[1])
-    except Exception:  # noqa: BLE001 - not an image Pillow reads: try DICOM below
-        pass
-    try:
-        import pydicom
-
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        return int(ds.Columns), int(ds.Rows)
-    except Exception:  # noqa: BLE001 - unknown size: the caller falls back
-        return None
-
-
 def read_inputs(
     df: pd.DataFrame, source: object = "predictions", sizes: list[Size | None] | None = None
 ) -> LocInputs:
@@ -233,7 +197,7 @@ def read_inputs(
     the image and the column on a malformed cell)."""
     if TRUE_BOXES not in df.columns:
         raise DataError(f"{source}: no '{TRUE_BOXES}' column; not a localising run's predictions")
-    ids = df["image_id"].astype(str).tolist() if "image_id" in df.columns else []
+    ids = df[IMAGE_ID].astype(str).tolist() if IMAGE_ID in df.columns else []
     ids = ids or [str(i) for i in range(len(df))]
     col = df[TRUE_BOXES].tolist()
     inputs = LocInputs(
@@ -572,8 +536,9 @@ def localization_metrics(
     n_unknown = sum(1 for s, b in zip(inputs.sizes, boxed, strict=True) if b and s is None)
     if n_unknown:
         notes["sizes"] = (
-            f"{n_unknown} image(s) with boxes have no readable size (no width/height column, "
-            "file not found): their tolerance is taken on the unit square"
+            f"{n_unknown} image(s) with boxes have no size (predictions written without the "
+            "width/height columns): their tolerance is taken on the unit square; rewrite them "
+            "with 'bonefrac train' or 'bonefrac evaluate --manifest'"
         )
     out = {name: out[name] for name in LOC_METRIC_NAMES if name in out}
     out["localization"] = {

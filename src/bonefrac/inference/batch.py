@@ -28,7 +28,6 @@ import csv
 import glob
 import hashlib
 import io
-import json
 import logging
 import os
 import stat
@@ -37,10 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader, Dataset
-
 from bonefrac.data.imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom_file
-from bonefrac.errors import BonefracError, DataError, ImageDecodeError, ModelOutputError
+from bonefrac.errors import BonefracError, DataError
 from bonefrac.inference.batchmeta import (
     check_sidecar,
     fingerprint,
@@ -49,31 +46,13 @@ from bonefrac.inference.batchmeta import (
 )
 from bonefrac.inference.csvpaths import decode_path, encode_path, safe_text
 from bonefrac.inference.dicomout import DicomOutCounts, write_dicom_out
-from bonefrac.inference.predictor import Predictor, PreparedInput, prepare_input
+from bonefrac.inference.loop import Batch, FileInputs, batches
+from bonefrac.inference.predictor import Predictor
 from bonefrac.rundir import OUT_OF_SCOPE, REFER, warn_missing_safeguards
+from bonefrac.rundir.predictions import ERROR, PATH, PREDICT_COLUMNS, PREDICT_REQUIRED, predict_row
 
 log = logging.getLogger(__name__)
 
-COLUMNS = [
-    "path",
-    "prob",
-    "decision",  # fracture | no_fracture | refer | out_of_scope
-    "uncertainty",
-    "refer",  # 1 / 0
-    "out_of_scope",  # 1 / 0
-    "ood_score",  # empty when the run has no out-of-scope detector
-    "logit",
-    "threshold",
-    "temperature",
-    "error",
-    "cam_path",
-    "pred_boxes",
-    "ood_reason",
-]
-#: ``pred_boxes``: a localising run's boxes as JSON ``[[cx, cy, w, h, score], ...]`` normalised
-#: to the image (empty for a model without a localisation head).
-#: ``ood_reason``: why an ``out_of_scope`` row is out of scope: ``modality`` / ``colour`` /
-#: ``blank`` / ``features`` (:mod:`bonefrac.inference.scope`); empty when in scope.
 #: Prefix of the error text of rows whose image decoded but the model's output was unusable.
 MODEL_ERROR = "model output"
 
@@ -202,29 +181,29 @@ def read_rows(path: Path) -> list[dict[str, str]]:
             "choose another --out or pass --force to start it afresh"
         ) from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    missing = {"path", "prob", "decision", "error"} - set(reader.fieldnames or [])
+    missing = set(PREDICT_REQUIRED) - set(reader.fieldnames or [])
     if reader.fieldnames is not None and missing:
         raise DataError(
             f"{path}: not a 'bonefrac predict' CSV (no {', '.join(sorted(missing))} column); "
             "choose another --out or pass --force to start it afresh"
         )
-    if reader.fieldnames is not None and reader.fieldnames != COLUMNS:
+    if reader.fieldnames is not None and reader.fieldnames != PREDICT_COLUMNS:
         raise DataError(
-            f"{path}: its columns {reader.fieldnames} differ from this version's {COLUMNS}; "
-            "choose another --out or pass --force"
+            f"{path}: its columns {reader.fieldnames} differ from this version's "
+            f"{PREDICT_COLUMNS}; choose another --out or pass --force"
         )
     return list(reader)
 
 
 def read_done(out: Path) -> dict[str, str]:
     """``{CSV path: error}`` of the rows already in ``out`` (error is '' for good rows)."""
-    return {row["path"]: row.get("error") or "" for row in read_rows(Path(out))}
+    return {row[PATH]: row.get(ERROR) or "" for row in read_rows(Path(out))}
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Append ``rows`` to ``path`` (header first if new) and flush them to disk."""
     with open(path, "a", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=PREDICT_COLUMNS)
         if os.fstat(fh.fileno()).st_size == 0:
             writer.writeheader()
         writer.writerows(rows)
@@ -236,11 +215,11 @@ def merge_parts(out: Path, done: dict[str, str]) -> int:
     """Move the rows of ``out``'s part files into ``out`` (paths already there are skipped)."""
     merged = 0
     for part in part_files(out):
-        new = [r for r in read_rows(part) if r["path"] not in done]
+        new = [r for r in read_rows(part) if r[PATH] not in done]
         if new:
             _write_rows(out, new)
         for r in new:
-            done[r["path"]] = r.get("error") or ""
+            done[r[PATH]] = r.get(ERROR) or ""
         merged += len(new)
         part.unlink()
     if merged:
@@ -253,10 +232,10 @@ def _drop_error_rows(out: Path) -> int:
     from bonefrac.fileio import atomic_open
 
     rows = read_rows(out)
-    kept = [r for r in rows if not r.get("error")]
+    kept = [r for r in rows if not r.get(ERROR)]
     if len(kept) < len(rows):
         with atomic_open(out, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+            writer = csv.DictWriter(fh, fieldnames=PREDICT_COLUMNS)
             writer.writeheader()
             writer.writerows(kept)
     return len(rows) - len(kept)
@@ -274,7 +253,7 @@ def prepare_job(job: BatchJob, predictor: Predictor) -> tuple[list[Path], BatchS
             for stale in [out, sidecar_path(out), *part_files(out)]:
                 if stale.is_file():
                     stale.unlink()
-        record = fingerprint(predictor, job.dicom_frame, COLUMNS)
+        record = fingerprint(predictor, job.dicom_frame, PREDICT_COLUMNS)
         has_rows = (out.is_file() and out.stat().st_size > 0) or bool(part_files(out))
         out.parent.mkdir(parents=True, exist_ok=True)
         if has_rows:
@@ -333,15 +312,15 @@ def stream_predictions(
 
     if not todo:
         return
-    keep_display = job.cam_dir is not None or job.dicom_out is not None
-    dataset = _Files(todo, predictor.image_size, predictor.clahe, job.dicom_frame, keep_display)
-    loader = DataLoader(
-        dataset,
-        batch_size=job.batch_size,
-        shuffle=False,
-        num_workers=job.workers,
-        collate_fn=_collate,
-        persistent_workers=False,
+    # the DICOM capture shows the same map as the page: the Predictor's (the learned map of a
+    # localising run, Grad-CAM otherwise), asked for here as serve asks for it
+    heatmap = job.cam_dir is not None or job.dicom_out is not None
+    inputs = FileInputs(
+        todo,
+        predictor.image_size,
+        predictor.clahe,
+        dicom_frame=job.dicom_frame,
+        keep_display=heatmap,
     )
     columns = [
         TextColumn("[progress.description]{task.description}"),
@@ -355,74 +334,25 @@ def stream_predictions(
             open(target, "a", newline="", encoding="utf-8") as fh,
             Progress(*columns, disable=not job.progress, transient=False) as bar,
         ):
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+            writer = csv.DictWriter(fh, fieldnames=PREDICT_COLUMNS)
             if os.fstat(fh.fileno()).st_size == 0:
                 writer.writeheader()
                 fh.flush()
             task = bar.add_task(label, total=len(todo), failed=0)
-            for items in loader:
-                rows = _predict_items(predictor, todo, items, job.cam_dir, summary, job.dicom_out)
+            for batch in batches(
+                predictor,
+                inputs,
+                "predictions",
+                batch_size=job.batch_size,
+                workers=job.workers,
+                heatmap=heatmap,
+            ):
+                rows = _batch_rows(predictor, todo, batch, job.cam_dir, summary, job.dicom_out)
                 writer.writerows(rows)
                 fh.flush()
-                bar.update(task, advance=len(items), failed=summary.failed)
+                bar.update(task, advance=batch.count, failed=summary.failed)
     except OSError as exc:  # the CSV, a part or a heatmap could not be written
         raise _write_error(exc, target) from None
-
-
-class _Files(Dataset):
-    """Decode in workers; errors travel back as strings so one bad file never stops the job."""
-
-    def __init__(self, paths: list[Path], size: int, clahe: bool, dicom_frame: int | None, keep):
-        self.paths = paths
-        self.size = size
-        self.clahe = clahe
-        self.dicom_frame = dicom_frame
-        self.keep = keep
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, PreparedInput | None, str]:
-        path = self.paths[i]
-        special = _not_regular(path)
-        if special:  # opening a FIFO or a device could block for ever
-            return i, None, f"not a regular file: {special}"
-        try:
-            prepared = prepare_input(
-                path,
-                self.size,
-                clahe=self.clahe,
-                name=str(path),
-                dicom_frame=self.dicom_frame,
-                keep_display=self.keep,
-            )
-            return i, prepared, ""
-        except ImageDecodeError as exc:
-            return i, None, f"{exc.reason}: {exc.detail}" if exc.detail else exc.reason
-        except Exception as exc:  # noqa: BLE001 - any failure of one file is that file's row
-            return i, None, f"{type(exc).__name__}: {exc}"
-
-
-def _not_regular(path: Path) -> str:
-    """'' for a regular file (or one that cannot be stat'ed: decoding reports that)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return ""
-    if stat.S_ISREG(mode):
-        return ""
-    kinds = {
-        stat.S_ISFIFO: "a FIFO (named pipe)",
-        stat.S_ISCHR: "a character device",
-        stat.S_ISBLK: "a block device",
-        stat.S_ISSOCK: "a socket",
-        stat.S_ISDIR: "a directory",
-    }
-    return next((name for test, name in kinds.items() if test(mode)), "not a plain file")
-
-
-def _collate(items: list) -> list:
-    return items
 
 
 def cam_file_name(path: Path) -> str:
@@ -430,67 +360,61 @@ def cam_file_name(path: Path) -> str:
     return f"{encode_path(path.stem)}-{digest}.png"
 
 
-def _predict_items(
+def _batch_rows(
     predictor: Predictor,
     todo: list[Path],
-    items: list[tuple[int, PreparedInput | None, str]],
+    batch: Batch,
     cam_dir: Path | None,
     summary: BatchSummary,
     dicom_out: Path | None = None,
 ) -> list[dict[str, Any]]:
-    ok = [(i, p) for i, p, err in items if p is not None]
+    """The predict-CSV rows of one batch, in source order: an answer per prediction, an error
+    row per file that did not decode or whose model output is unusable."""
     by_index: dict[int, Any] = {}
-    batch_error = ""
-    try:
-        preds = predictor.predict_prepared(
-            # the DICOM capture shows the same map as the page: the Predictor's (the learned map
-            # of a localising run, Grad-CAM otherwise), asked for here as serve asks for it
-            [p for _, p in ok],
-            heatmap=cam_dir is not None or dicom_out is not None,
-            strict=False,
-        )
-        by_index = {i: pred for (i, _), pred in zip(ok, preds, strict=True)}
-    except ModelOutputError as exc:  # the whole batch's answer is untrustworthy
-        batch_error = f"{MODEL_ERROR}: {exc}"
+    if batch.predictions is not None:
+        by_index = dict(zip(batch.indices, batch.predictions, strict=True))
+    prepared = dict(zip(batch.indices, batch.inputs, strict=True))
+    reasons = dict(batch.skipped)
+    batch_error = f"{MODEL_ERROR}: {batch.error}" if batch.error else ""
     rows = []
-    for i, _, err in items:
+    for i in sorted([*batch.indices, *reasons]):
         path = todo[i]
-        row: dict[str, Any] = dict.fromkeys(COLUMNS, "")
-        row["path"] = encode_path(path)
-        row["threshold"] = f"{predictor.threshold:.6g}"
-        row["temperature"] = f"{predictor.temperature:.6g}"
         pred = by_index.get(i)
+        err = reasons.get(i, "")
         if i in by_index and pred is None:  # decoded, but the model's answer is not finite
             err = f"{MODEL_ERROR}: the logit or probability is not finite (NaN or inf)"
         elif pred is None and not err:
             err = batch_error or "unknown error"
         if pred is None:
-            row["error"] = safe_text(err) or "unknown error"
+            error = safe_text(err) or "unknown error"
+            row = predict_row(
+                encode_path(path), predictor.threshold, predictor.temperature, error=error
+            )
             summary.failed += 1
-            summary.model_failed += row["error"].startswith(MODEL_ERROR)
-            summary.errors.append((row["path"], row["error"]))
-        else:
-            row["prob"] = f"{pred.probability:.6f}"
-            row["logit"] = f"{pred.logit:.6f}"
-            row["decision"] = pred.decision
-            row["uncertainty"] = "" if pred.uncertainty is None else f"{pred.uncertainty:.6g}"
-            row["refer"] = int(pred.refer)
-            row["out_of_scope"] = int(pred.out_of_scope)
-            row["ood_score"] = "" if pred.ood_score is None else f"{pred.ood_score:.6g}"
-            row["ood_reason"] = pred.ood_reason or ""
-            if pred.pred_boxes is not None:
-                row["pred_boxes"] = json.dumps(pred.pred_boxes)
-            summary.predicted += 1
-            summary.positives += int(pred.fracture)
-            summary.referred += int(pred.decision == REFER)
-            summary.out_of_scope += int(pred.decision == OUT_OF_SCOPE)
-            if cam_dir is not None and pred.heatmap is not None:
-                target = cam_dir / cam_file_name(path)
-                _save_png(pred.overlay(), target)
-                row["cam_path"] = encode_path(target)
-            if dicom_out is not None:
-                write_dicom_out(predictor, dict(ok)[i], pred, path, dicom_out, summary.dicom_out)
-        rows.append(row)
+            summary.model_failed += error.startswith(MODEL_ERROR)
+            summary.errors.append((row[PATH], error))
+            rows.append(row)
+            continue
+        summary.predicted += 1
+        summary.positives += int(pred.fracture)
+        summary.referred += int(pred.decision == REFER)
+        summary.out_of_scope += int(pred.decision == OUT_OF_SCOPE)
+        cam_path = ""
+        if cam_dir is not None and pred.heatmap is not None:
+            target = cam_dir / cam_file_name(path)
+            _save_png(pred.overlay(), target)
+            cam_path = encode_path(target)
+        if dicom_out is not None:
+            write_dicom_out(predictor, prepared[i], pred, path, dicom_out, summary.dicom_out)
+        rows.append(
+            predict_row(
+                encode_path(path),
+                predictor.threshold,
+                predictor.temperature,
+                pred,
+                cam_path=cam_path,
+            )
+        )
     return rows
 
 

@@ -20,7 +20,6 @@ then:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from bonefrac.data.transforms import letterbox_geometry
+from bonefrac.rundir.predictions import loc_cells
 
 #: At most this many boxes per image.
 MAX_BOXES = 5
@@ -42,9 +42,6 @@ NMS_IOU = 0.5
 #: Share of val negatives allowed to show a box: the box threshold is their map peaks' quantile.
 NEGATIVE_BOX_RATE = 0.05
 DECIMALS = 4
-
-#: The predictions-CSV columns of a localising run.
-LOC_COLUMNS = ("boxes", "pred_boxes", "cand_boxes", "map_peak", "map_max", "energy_in_box")
 
 
 def upsample_maps(map_logits: np.ndarray | torch.Tensor, size: int) -> np.ndarray:
@@ -145,26 +142,20 @@ def loc_row(
     threshold: float,
     raw: np.ndarray,
 ) -> dict[str, Any]:
-    """The predictions-CSV localisation columns of one image (:data:`LOC_COLUMNS`); ``raw``:
-    the head's ``(5, h, w)`` output, whose box channels give the boxes."""
+    """One image's localisation cells of the predictions CSV
+    (:data:`bonefrac.rundir.predictions.LOC_COLUMNS`); ``raw``: the head's ``(5, h, w)``
+    output, whose box channels give the boxes."""
     crop = crop_map(prob_map, decoded_size)
-    return {
-        "boxes": json.dumps([list(b[:4]) for b in true_boxes]),
-        "pred_boxes": json.dumps(predicted_boxes(prob_map, decoded_size, threshold, raw)),
-        "cand_boxes": json.dumps(
-            predicted_boxes(
-                prob_map, decoded_size, min(threshold, CANDIDATE_FLOOR), raw, MAX_CANDIDATES
-            )
+    return loc_cells(
+        true_boxes,
+        predicted_boxes(prob_map, decoded_size, threshold, raw),
+        predicted_boxes(
+            prob_map, decoded_size, min(threshold, CANDIDATE_FLOOR), raw, MAX_CANDIDATES
         ),
-        "map_peak": json.dumps(map_peak(crop)),
-        "map_max": round(float(crop.max()), 6) if crop.size else math.nan,
-        "energy_in_box": energy_in_box(crop, true_boxes),
-    }
-
-
-def loc_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Rows of :func:`loc_row` -> columns for :func:`bonefrac.rundir.predictions_frame`."""
-    return {c: [r[c] for r in rows] for c in LOC_COLUMNS}
+        map_peak(crop),
+        round(float(crop.max()), 6) if crop.size else math.nan,
+        energy_in_box(crop, true_boxes),
+    )
 
 
 def map_peaks(prob_maps: np.ndarray, sizes: Sequence[tuple[int, int]]) -> np.ndarray:

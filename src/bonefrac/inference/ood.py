@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from bonefrac.errors import ConfigError, DataError, ImageDecodeError, RunDirError
+from bonefrac.errors import ConfigError, DataError, RunDirError
 from bonefrac.fileio import file_sha256
+from bonefrac.inference.loop import FileInputs, collect
 from bonefrac.inference.ood_stats import (
     MahalanobisStats,
     scores_for,
 )
-from bonefrac.inference.predictor import Predictor, decoded_batches
+from bonefrac.inference.predictor import Predictor
 from bonefrac.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -45,20 +46,13 @@ def image_features(
     predictor: Any, sources: Sequence[Any], batch_size: int = 32
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Penultimate features and logits of the inputs that decode (and their indices)."""
-    feats: list[np.ndarray] = []
-    logits: list[np.ndarray] = []
-    kept: list[int] = []
-    failed: list[tuple[int, ImageDecodeError]] = []
-    for indices, batch in decoded_batches(predictor, sources, batch_size, failed):
-        f, z = predictor.features([p.array for p in batch])
-        feats.append(f)
-        logits.append(z)
-        kept += indices
-    for _, exc in failed:
-        log.warning("skipped %s", exc)
-    if not kept:
+    inputs = FileInputs(sources, predictor.image_size, predictor.clahe)
+    out = collect(predictor, inputs, "features", batch_size=batch_size, progress=False)
+    for i, reason in out.skipped:
+        log.warning("skipped %s: %s", sources[i], reason)
+    if not out.indices:
         raise DataError("none of the images could be decoded")
-    return np.concatenate(feats), np.concatenate(logits), kept
+    return out.features, out.logits, out.indices
 
 
 def _train_paths(run: RunDir, max_images: int, seed: int) -> list[str]:

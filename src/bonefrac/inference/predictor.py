@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,22 +116,6 @@ class Prediction:
         """The decision is ``fracture`` (not referred, in scope, at or above the threshold)."""
         return self.decision == FRACTURE
 
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "probability": self.probability,
-            "logit": self.logit,
-            "decision": self.decision,
-            "threshold": self.threshold,
-            "uncertainty": self.uncertainty,
-            "refer": self.refer,
-            "out_of_scope": self.out_of_scope,
-            "ood_score": self.ood_score,
-            "ood_reason": self.ood_reason,
-        }
-        if self.pred_boxes is not None:
-            out["pred_boxes"] = self.pred_boxes
-        return out
-
 
 def prepare_input(
     source: Source,
@@ -180,33 +164,6 @@ def prepare_input(
         chroma=decoded.chroma,
         modality=decoded.modality,
     )
-
-
-def decoded_batches(
-    predictor: Predictor,
-    sources: Iterable[Source],
-    batch_size: int,
-    skipped: list[tuple[int, ImageDecodeError]],
-) -> Iterator[tuple[list[int], list[PreparedInput]]]:
-    """Decode ``sources`` in batches of up to ``batch_size``: yields (source indices, inputs).
-
-    An input that cannot be decoded is appended to ``skipped`` as (index, error) and the rest
-    go on, so one bad file never stops a batch job.
-    """
-    indices: list[int] = []
-    batch: list[PreparedInput] = []
-    for i, src in enumerate(sources):
-        try:
-            name = str(src) if isinstance(src, (str, os.PathLike)) else None
-            batch.append(predictor.prepare(src, name=name))
-            indices.append(i)
-        except ImageDecodeError as exc:
-            skipped.append((i, exc))
-        if len(batch) >= batch_size:
-            yield indices, batch
-            indices, batch = [], []
-    if batch:
-        yield indices, batch
 
 
 def heatmap_for_display(cam: np.ndarray, prepared: PreparedInput) -> np.ndarray:
@@ -478,71 +435,6 @@ class Predictor:
         if rule is not None and rule.score == "p_error":
             return error_probability(probs, self.threshold)
         return margin_uncertainty(probs, self.threshold)
-
-    def dataset_logits(
-        self,
-        dataset: Any,
-        batch_size: int = 32,
-        *,
-        num_workers: int = 0,
-        progress: bool = True,
-        description: str = "predicting",
-        tta: bool = False,
-    ) -> np.ndarray:
-        """Logits for every item of a :class:`~bonefrac.data.dataset.RadiographDataset`, in
-        order; a non-finite logit is a :class:`ModelOutputError`."""
-
-        logits, _ = self._dataset_pass(
-            dataset, batch_size, num_workers, progress, description, tta, maps=False
-        )
-        return logits
-
-    def dataset_logits_and_maps(
-        self,
-        dataset: Any,
-        batch_size: int = 32,
-        *,
-        num_workers: int = 0,
-        progress: bool = True,
-        description: str = "predicting",
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """A localising run's logits ``(N,)`` and map logits ``(N, h, w)`` for a dataset."""
-        return self._dataset_pass(
-            dataset, batch_size, num_workers, progress, description, False, maps=True
-        )
-
-    def _dataset_pass(
-        self,
-        dataset: Any,
-        batch_size: int,
-        num_workers: int,
-        progress: bool,
-        description: str,
-        tta: bool,
-        *,
-        maps: bool,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        from rich.progress import Progress
-        from torch.utils.data import DataLoader
-
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        out: list[np.ndarray] = []
-        map_out: list[np.ndarray] = []
-        with Progress(disable=not progress, transient=True) as bar:
-            task = bar.add_task(description, total=len(dataset))
-            for batch in loader:
-                x = batch[0]
-                if maps:
-                    logit, map_logits = self.logits_and_map_logits(x)
-                    out.append(logit)
-                    map_out.append(map_logits)
-                else:
-                    out.append(self.logits(x, tta=tta))
-                bar.advance(task, len(x))
-        logits = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-        check_finite(logits, f"{self.name or self.architecture}: {description}")
-        all_maps = np.concatenate(map_out) if map_out else np.zeros((0, 1, 1, 1), np.float32)
-        return logits, all_maps
 
     def cams(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Grad-CAM of the fracture logit, ``(B, S, S)`` in ``[0, 1]`` (PyTorch model)."""

@@ -1,19 +1,14 @@
-"""The run directory: layout, validated model metadata, predictions and metrics files.
+"""The run directory: layout, validated model metadata, the predictions formats, metrics.
 
 Everything downstream of training takes a run directory; this package is its only owner.
 """
 
 from bonefrac.rundir.layout import (
     RUN_SPLITS,
-    TTA_STD_COLUMN,
     RunDir,
     check_name,
     metrics_entry,
     overlay_stem,
-    predictions_frame,
-    raw_logits,
-    run_probabilities,
-    validate_predictions,
 )
 from bonefrac.rundir.meta import (
     CLASS_NAMES,
@@ -36,6 +31,13 @@ from bonefrac.rundir.meta import (
     missing_safeguards,
     usable_threshold,
     warn_missing_safeguards,
+)
+from bonefrac.rundir.predictions import (
+    TTA_STD_COLUMN,
+    predictions_frame,
+    raw_logits,
+    run_probabilities,
+    validate_predictions,
 )
 
 __all__ = [

@@ -11,7 +11,7 @@
       checkpoints/         Lightning checkpoints (last.ckpt, best.ckpt)
       history.csv          per-epoch training metrics
       metrics.json         per-split metrics with confidence intervals
-      predictions/<name>.csv
+      predictions/<name>.csv   the predictions format: :mod:`bonefrac.rundir.predictions`
       plots/*.png, subgroups/<name>.csv, report.html
       explain/<method>/<image>.png   per-image overlays ('bonefrac explain'; :func:`overlay_stem`)
       explain/grid.png, explain/localization.json
@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from bonefrac.data.schema import SUBGROUP_COLUMNS, binary_labels, path_image_ids
 from bonefrac.errors import RunDirError
-from bonefrac.fileio import atomic_open, read_json, write_csv, write_json
-from bonefrac.metrics import compute_metrics, logit_from_prob, sigmoid
+from bonefrac.fileio import atomic_open, read_json, write_json
+from bonefrac.metrics import compute_metrics
+from bonefrac.rundir import predictions as predictions_csv
 from bonefrac.rundir.meta import ModelMeta
 
 if TYPE_CHECKING:
@@ -55,8 +55,6 @@ PLOTS = "plots"
 SUBGROUPS = "subgroups"
 EXPLAIN = "explain"
 
-#: Optional predictions-CSV column: the logit's spread over test-time augmentations (cached).
-TTA_STD_COLUMN = "tta_std"
 #: Splits written by training; other prediction names come from ``evaluate --manifest``.
 RUN_SPLITS = ("val", "test")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -282,8 +280,7 @@ class RunDir:
         folder = self.predictions_dir
         return sorted(p.stem for p in folder.glob("*.csv")) if folder.is_dir() else []
 
-    def read_predictions_raw(self, name: str) -> pd.DataFrame:
-        """``predictions/<name>.csv`` as text columns (for rewriting), not validated."""
+    def _existing_prediction(self, name: str) -> Path:
         path = self.prediction_path(name)
         if not path.is_file():
             have = ", ".join(self.available_predictions()) or "none"
@@ -291,19 +288,19 @@ class RunDir:
                 f"{path}: not found (available predictions: {have}); training writes val/test, "
                 "'bonefrac evaluate RUN --manifest CSV --name NAME' writes others"
             )
-        return pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False)
+        return path
+
+    def read_predictions_raw(self, name: str) -> pd.DataFrame:
+        """``predictions/<name>.csv`` as text columns (for rewriting), not validated."""
+        return predictions_csv.read_predictions_raw(self._existing_prediction(name))
 
     def predictions(self, name: str) -> pd.DataFrame:
-        """``predictions/<name>.csv`` checked: image_id, 0/1 labels, numeric prob/logit."""
-        path = self.prediction_path(name)
-        self.read_predictions_raw(name)  # the not-found message
-        df = pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False, na_values=[""])
-        return validate_predictions(df, path)
+        """``predictions/<name>.csv`` checked (:func:`.predictions.validate_predictions`)."""
+        return predictions_csv.read_predictions(self._existing_prediction(name))
 
     def write_predictions(self, name: str, frame: pd.DataFrame) -> Path:
-        path = self.prediction_path(name)
-        write_csv(path, frame)
-        return path
+        """Write ``predictions/<name>.csv`` (:func:`.predictions.write_predictions`)."""
+        return predictions_csv.write_predictions(self.prediction_path(name), frame)
 
     # --- metrics.json ---------------------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
@@ -335,55 +332,6 @@ class RunDir:
         return relocate_run(self, manifest)
 
 
-# --- the predictions CSV ------------------------------------------------------------------
-
-
-def predictions_frame(
-    frame: pd.DataFrame, logits: np.ndarray, extra: dict[str, list[Any]] | None = None
-) -> pd.DataFrame:
-    """The predictions CSV layout: id, path, label, logit, prob (T = 1), ``extra`` columns (a
-    localising run's ``boxes``, ``pred_boxes``, ``map_peak``, ``energy_in_box``), subgroups."""
-    logits = np.asarray(logits, dtype=float)
-    out = pd.DataFrame(
-        {
-            "image_id": frame["image_id"].astype(str).to_numpy(),
-            "path": frame["path"].astype(str).to_numpy(),
-            "label": frame["label"].astype(int).to_numpy(),
-            "logit": logits,
-            "prob": sigmoid(logits),
-        }
-    )
-    for col, values in (extra or {}).items():
-        out[col] = values
-    for col in SUBGROUP_COLUMNS:
-        if col in frame.columns:
-            out[col] = frame[col].to_numpy()
-    return out
-
-
-def validate_predictions(df: pd.DataFrame, source: object) -> pd.DataFrame:
-    """Check a predictions table: label 0/1, prob or logit numeric, an id per row."""
-    if "label" not in df.columns:
-        raise RunDirError(f"{source}: missing column 'label'")
-    if "prob" not in df.columns and "logit" not in df.columns:
-        raise RunDirError(f"{source}: needs a 'prob' or 'logit' column")
-    df = df.copy()
-    if "image_id" not in df.columns:
-        if "path" not in df.columns:
-            raise RunDirError(f"{source}: needs an 'image_id' or 'path' column")
-        df["image_id"] = path_image_ids(df["path"].astype(str).tolist())
-    df["image_id"] = df["image_id"].astype(str)
-    df["label"] = binary_labels(df["label"], source, RunDirError)
-    for col in ("prob", "logit"):
-        if col in df.columns:
-            df[col] = pd.to_numeric(df[col], errors="coerce")
-            if df[col].isna().any():
-                raise RunDirError(f"{source}: column '{col}' has missing or non-numeric values")
-    if len(df) == 0:
-        raise RunDirError(f"{source}: no rows")
-    return df
-
-
 def metrics_entry(
     y_true: np.ndarray, prob: np.ndarray, meta: ModelMeta, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
@@ -392,20 +340,3 @@ def metrics_entry(
     metrics["settings"]["temperature"] = meta.temperature
     metrics["settings"]["threshold_criterion"] = meta.get("threshold_criterion", "default")
     return metrics
-
-
-def raw_logits(df: pd.DataFrame) -> np.ndarray:
-    """The model's logits; recovered from ``prob`` when the CSV has no ``logit`` column."""
-    if "logit" in df.columns:
-        return df["logit"].to_numpy(dtype=float)
-    return logit_from_prob(df["prob"].to_numpy(dtype=float))
-
-
-def run_probabilities(df: pd.DataFrame, meta: ModelMeta) -> np.ndarray:
-    """Probabilities the run's threshold applies to: ``sigmoid(logit / T)``.
-
-    With ``T == 1`` the CSV's ``prob`` column is used as is (when present).
-    """
-    if meta.temperature == 1.0 and "prob" in df.columns:
-        return df["prob"].to_numpy(dtype=float)
-    return meta.probability(raw_logits(df))

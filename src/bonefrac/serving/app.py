@@ -40,6 +40,7 @@ from bonefrac.data.imageio import PNG_SIGNATURE, is_dicom_bytes
 from bonefrac.errors import BonefracError, ImageDecodeError, ModelOutputError
 from bonefrac.inference.dicomout import DicomOutError
 from bonefrac.rundir import missing_safeguards, warn_missing_safeguards
+from bonefrac.rundir.predictions import api_answer
 from bonefrac.serving.budget import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -306,26 +307,14 @@ def create_app(
                 f"probability {result.probability}); it cannot be trusted and no decision is "
                 "given - check the run's model files"
             )
-        body: dict[str, Any] = {
-            "probability": result.probability,
-            "decision": result.decision,  # fracture | no_fracture | refer | out_of_scope
-            "uncertainty": result.uncertainty,
-            "refer": result.refer,
-            "out_of_scope": result.out_of_scope,
-            "ood_score": result.ood_score,
-            # why out of scope: modality | colour | blank | features; null when in scope
-            "ood_reason": result.ood_reason,
-            "threshold": result.threshold,
-            "model": pred.name,
-            "logit": result.logit,
-            "temperature": pred.temperature,
-            "architecture": pred.architecture,
-            "backend": pred.backend,
-            "caveat": CAVEAT,
-            # a localising run's boxes [[cx, cy, w, h, score], ...] normalised to the image;
-            # null for a model without a localisation head
-            "pred_boxes": result.pred_boxes,
-        }
+        body = api_answer(
+            result,
+            model=pred.name,
+            temperature=pred.temperature,
+            architecture=pred.architecture,
+            backend=pred.backend,
+            caveat=CAVEAT,
+        )
         if heatmap:
             body["heatmap_png"] = png_b64(result.overlay())
         if image and prepared.display is not None:

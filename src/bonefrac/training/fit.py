@@ -15,6 +15,8 @@ import torch
 from bonefrac.config import ExperimentConfig
 from bonefrac.data.schema import read_manifest
 from bonefrac.fileio import file_sha1
+from bonefrac.inference.frames import predictions_table
+from bonefrac.inference.loop import CachedInputs, Outputs, collect
 from bonefrac.inference.predictor import Predictor
 from bonefrac.models.registry import build_model, resolve_spec
 from bonefrac.models.runio import save_weights
@@ -27,8 +29,8 @@ from bonefrac.rundir import (
     RunDir,
     library_versions,
     metrics_entry,
-    predictions_frame,
 )
+from bonefrac.rundir.predictions import LABEL, PROB
 from bonefrac.training.datamodule import FractureDataModule, split_frames
 from bonefrac.training.distributed import owns_run_dir
 from bonefrac.training.guard import CollapseGuard, outputs_of
@@ -201,16 +203,13 @@ def _fit(
     return run.path
 
 
-def _box_threshold(ds: Any, map_logits: Any, size: int) -> dict[str, Any]:
+def _box_threshold(labels: Any, val: Outputs, size: int) -> dict[str, Any]:
     """model.json's ``box_threshold`` from the val negatives' map peaks."""
     from bonefrac.inference.localize import choose_box_threshold, map_peaks, upsample_maps
 
-    neg = [i for i, label in enumerate(ds.labels) if label == 0]
+    neg = [i for i, label in enumerate(labels) if label == 0]
     peaks = [
-        map_peaks(
-            upsample_maps(map_logits[i : i + 1], size), [ds.cache.original_size(ds.paths[i])]
-        )[0]
-        for i in neg
+        map_peaks(upsample_maps(val.head[i : i + 1], size), [val.decoded_sizes[i]])[0] for i in neg
     ]
     return {
         "box_threshold": choose_box_threshold(peaks),
@@ -273,19 +272,6 @@ def _fused(fusion: tuple[float, float, float], logits: Any, maps: Any) -> Any:
     return (a * np.asarray(logits, dtype=np.float32) + b * _map_peaks(maps) + c).astype(np.float32)
 
 
-def _loc_columns(ds: Any, map_logits: Any, meta: ModelMeta) -> dict[str, list[Any]]:
-    """The localisation columns of a split's predictions CSV."""
-    from bonefrac.inference.localize import loc_columns, loc_row, row_boxes, upsample_maps
-
-    truth = ds.frame["boxes"] if "boxes" in ds.frame.columns else [None] * len(ds)
-    rows = []
-    for i, (path, value) in enumerate(zip(ds.paths, truth, strict=True)):
-        prob = upsample_maps(map_logits[i : i + 1], meta.image_size)[0]
-        size = ds.cache.original_size(path)
-        rows.append(loc_row(prob, size, row_boxes(value), meta.box_threshold, raw=map_logits[i]))
-    return loc_columns(rows)
-
-
 def _write_outputs(
     cfg: ExperimentConfig,
     dm: FractureDataModule,
@@ -341,39 +327,33 @@ def _write_outputs(
     meta = ModelMeta.parse(raw_meta, run.meta_path)
     # predict val/test where training ran, through the same door as evaluate/predict/serve
     predictor = Predictor.from_model(model, meta, device=trainer.strategy.root_device)
-    outputs = {}
-    for split in RUN_SPLITS:
-        ds = dm.datasets[split]
-        description = f"predicting {split}"
-        if cfg.model.localize:
-            outputs[split] = predictor.dataset_logits_and_maps(
-                ds, cfg.data.eval_batch_size, progress=progress, description=description
-            )
-        else:
-            logits = predictor.dataset_logits(
-                ds, cfg.data.eval_batch_size, progress=progress, description=description
-            )
-            outputs[split] = (logits, None)
+    outputs = {
+        split: collect(
+            predictor,
+            CachedInputs(dm.datasets[split]),
+            batch_size=cfg.data.eval_batch_size,
+            progress=progress,
+            description=f"predicting {split}",
+        )
+        for split in RUN_SPLITS
+    }
     if cfg.model.localize:  # the box threshold and the score fusion come from val only
-        raw_meta.update(_box_threshold(dm.datasets["val"], outputs["val"][1], meta.image_size))
+        val_labels = dm.datasets["val"].labels
+        raw_meta.update(_box_threshold(val_labels, outputs["val"], meta.image_size))
         if cfg.model.fuse_map_score:
-            fusion = _score_fusion(outputs["val"], dm.datasets["val"].labels)
+            fusion = _score_fusion((outputs["val"].logits, outputs["val"].head), val_labels)
             if fusion is not None:
                 raw_meta["score_fusion"] = fusion
         meta = ModelMeta.parse(raw_meta, run.meta_path)
         if meta.score_fusion is not None:  # the model scores with it from now on
             model.score_fusion = meta.score_fusion.as_tuple()
-            outputs = {k: (_fused(model.score_fusion, *v), v[1]) for k, v in outputs.items()}
+            for out in outputs.values():
+                out.logits = _fused(model.score_fusion, out.logits, out.head)
     for split in RUN_SPLITS:
-        ds = dm.datasets[split]
-        logits, map_logits = outputs[split]
-        extra = None
-        if map_logits is not None:
-            extra = _loc_columns(ds, map_logits, meta)
-        preds = predictions_frame(ds.frame, logits, extra)
+        preds = predictions_table(dm.datasets[split].frame, outputs[split], meta)
         run.write_predictions(split, preds)
         run.merge_metrics(
-            split, metrics_entry(preds["label"].to_numpy(), preds["prob"].to_numpy(), meta)
+            split, metrics_entry(preds[LABEL].to_numpy(), preds[PROB].to_numpy(), meta)
         )
     model.cpu()
     plot_training_curves(run.history_path, run.plot_path("training_curves"))
