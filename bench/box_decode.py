@@ -2,10 +2,10 @@
 
 Predicts the val and test splits of a box-regressing run once (the CPU, fp32), then decodes the
 same head outputs several ways and scores each per source with
-:mod:`bonefrac.evaluation.localization` (AP50, FROC at 0.5 / 1 / 2 FP per image), candidates
+:mod:`bonefrac.evaluation.localization_metrics` (AP50, FROC at 0.5 / 1 / 2 FP per image), candidates
 down to ``--floor``:
 
-* ``peak``: the product's decode (:func:`bonefrac.inference.localize.decode_regressed_boxes`);
+* ``peak``: the product's decode (:func:`bonefrac.inference.box_decoding.decode_regressed_boxes`);
 * ``avg``: each peak's box averaged over its 3 x 3 cells, weighted by the map's probability;
 * ``scale S``: every box's width and height times S about its centre (regressed boxes ran
   about 15% large on FracAtlas).
@@ -24,8 +24,13 @@ import torch
 import torch.nn.functional as F
 from box_threshold import head_outputs
 
-from bonefrac.evaluation.localization import FROC_BUDGETS, ap50, froc_items, froc_sensitivities
-from bonefrac.inference.localize import MAX_CANDIDATES, decode_regressed_boxes, row_boxes
+from bonefrac.evaluation.localization_metrics import (
+    FROC_BUDGETS,
+    ap50,
+    froc_items,
+    froc_sensitivities,
+)
+from bonefrac.inference.box_decoding import MAX_CANDIDATES, decode_regressed_boxes, row_boxes
 from bonefrac.inference.predictor import Predictor
 from bonefrac.models.lochead import cell_boxes
 from bonefrac.rundir import RunDir

@@ -2,7 +2,7 @@
 
 The run's ``box_threshold`` (model.json) is chosen on val negatives; this re-decodes the val and
 test maps at other thresholds (no retraining) and scores each with
-:mod:`bonefrac.evaluation.localization`, so the threshold's share of a poor AP50 or FROC can be
+:mod:`bonefrac.evaluation.localization_metrics`, so the threshold's share of a poor AP50 or FROC can be
 told apart from the boxes' geometry.
 
     .venv/bin/python bench/box_threshold.py --run runs/lite0_loc [--thresholds 0.9 0.5 0.1]
@@ -16,9 +16,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from bonefrac.evaluation.localization import split_localization
-from bonefrac.inference.localize import predicted_boxes, upsample_maps
+from bonefrac.evaluation.localization_metrics import split_localization
+from bonefrac.inference.box_decoding import predicted_boxes
 from bonefrac.inference.predictor import Predictor
+from bonefrac.maps.learned import upsample_maps
 from bonefrac.rundir import RunDir
 
 

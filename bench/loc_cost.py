@@ -23,7 +23,8 @@ from benchinfo import REPO, git_commit, machine
 
 from bonefrac.config import load_config
 from bonefrac.data.transforms import render_box_targets, to_input
-from bonefrac.inference.localize import predicted_boxes, upsample_maps
+from bonefrac.inference.box_decoding import predicted_boxes
+from bonefrac.maps.learned import upsample_maps
 from bonefrac.models import build_model, resolve_spec
 from bonefrac.system import usable_cpus
 from bonefrac.training.module import FractureModule

@@ -4,7 +4,7 @@ Reads run directories only (train them elsewhere, e.g. ``bonefrac train --config
 configs/lite0_loc.yaml --set seed=N``). ``--loc`` and ``--cls`` list runs in the same seed order:
 the i-th localising run is paired with the i-th classification-only run, on the same split of
 the same manifest. Per seed: the localising run's hit rate of the map's peak, energy in box,
-AP50 and FROC sensitivities (:mod:`bonefrac.evaluation.localization`), both runs' ROC-AUC and a
+AP50 and FROC sensitivities (:mod:`bonefrac.evaluation.localization_metrics`), both runs' ROC-AUC and a
 paired DeLong test (localising minus classification-only); across seeds: mean ± sd. Beside the
 hit rate: the always-the-image-centre baseline and the area-based chance. The same table per
 value of each ``--by`` column (default ``source``: FracAtlas and Roboflow when the test split
@@ -32,7 +32,7 @@ from benchinfo import git_commit, machine  # noqa: E402
 
 from bonefrac.errors import ConfigError  # noqa: E402
 from bonefrac.evaluation.compare import delong_test, load_aligned  # noqa: E402
-from bonefrac.evaluation.localization import (  # noqa: E402
+from bonefrac.evaluation.localization_metrics import (  # noqa: E402
     LOC_METRIC_NAMES,
     centre_inside,
     has_localization,

@@ -41,8 +41,9 @@ from sklearn.metrics import roc_auc_score
 
 from bonefrac.data.imageio import IMAGE_SUFFIXES
 from bonefrac.data.schema import read_manifest
+from bonefrac.evaluation import ood
 from bonefrac.evaluation.tables import markdown_table
-from bonefrac.inference import ood, ood_stats
+from bonefrac.inference import ood_stats
 from bonefrac.inference.predictor import Predictor, PreparedInput
 from bonefrac.rundir import RunDir
 from tests.fixtures.ood_probes import (

@@ -73,8 +73,8 @@ def ready_run(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
     import shutil
 
     from bonefrac.evaluation.calibration import calibrate_run
+    from bonefrac.evaluation.ood import fit_ood
     from bonefrac.evaluation.thresholds import tune_threshold
-    from bonefrac.inference.ood import fit_ood
 
     run = tmp_path_factory.mktemp("ready") / "tiny"
     shutil.copytree(tiny_run, run)

@@ -60,7 +60,7 @@ err_console = Console(stderr=True)
 def error(message: str) -> None:
     """One red ``error:`` line on stderr; the message is printed as is (no markup; raw
     bytes of undecodable file names as ``\\xNN``)."""
-    from bonefrac.inference.csvpaths import printable
+    from bonefrac.csvpaths import printable
 
     err_console.print(Text.assemble(("error: ", "bold red"), printable(message)), soft_wrap=True)
 
@@ -467,7 +467,7 @@ def ood(
 ) -> None:
     """Fit the out-of-scope detector (train-split features, val cut-off) and store it in the
     run: inputs above the cut-off get the decision 'out_of_scope'."""
-    from bonefrac.inference.ood import fit_ood
+    from bonefrac.evaluation.ood import fit_ood
     from bonefrac.rundir import RunDir
 
     rec = fit_ood(run, method, percentile=percentile, max_images=max_images,
@@ -764,7 +764,7 @@ def predict(
     2 the job itself failed (bad run or arguments, unwritable --out, a CSV written by another
     run or setting, or a model that gave no usable output for any file).
     """
-    from bonefrac.inference.csvpaths import safe_text
+    from bonefrac.csvpaths import safe_text
     from bonefrac.inference.predict_files import predict_to_csv
     from bonefrac.inference.studies import check_aggregation, study_inputs
 
@@ -835,7 +835,7 @@ def predict(
 
 def _report_dicom_out(counts: Any, folder: Path, say: Any) -> None:
     """One line on what --dicom-out wrote; the files it could not make, in red."""
-    from bonefrac.inference.csvpaths import safe_text
+    from bonefrac.csvpaths import safe_text
 
     say(
         f"dicom out: {counts.written} capture + report pair(s) in {safe_text(str(folder))}; "

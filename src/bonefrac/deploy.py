@@ -31,8 +31,8 @@ from typing import Any
 from bonefrac.config import DeployConfig
 from bonefrac.errors import BonefracError
 from bonefrac.evaluation.calibration import calibrate_run
+from bonefrac.evaluation.ood import fit_ood
 from bonefrac.evaluation.thresholds import tune_threshold
-from bonefrac.inference.ood import fit_ood
 from bonefrac.rundir import RUN_SPLITS, RunDir, metrics_entry, run_probabilities
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from bonefrac.cli import app
 from bonefrac.evaluation.evaluate import evaluate_run
-from bonefrac.evaluation.localization import LOC_METRIC_NAMES
+from bonefrac.evaluation.localization_metrics import LOC_METRIC_NAMES
 from bonefrac.evaluation.report_localization import pick_gallery
 from bonefrac.fileio import read_json
 from bonefrac.rundir import RunDir
@@ -99,7 +99,7 @@ def test_report_without_localisation_has_no_section(fake_run):
 
 
 def test_gallery_pick_mixes_boxed_images_and_false_alarms(tmp_path):
-    from bonefrac.evaluation.localization import LocInputs
+    from bonefrac.evaluation.localization_metrics import LocInputs
 
     truth = [[[0.5, 0.5, 0.1, 0.1]] if i % 2 else [] for i in range(40)]
     preds = [[[0.3, 0.3, 0.1, 0.1, i / 40]] for i in range(40)]
@@ -112,7 +112,7 @@ def test_gallery_pick_mixes_boxed_images_and_false_alarms(tmp_path):
 
 
 def test_gallery_pick_keeps_one_image_per_duplicate_group():
-    from bonefrac.evaluation.localization import LocInputs
+    from bonefrac.evaluation.localization_metrics import LocInputs
 
     truth = [[[0.5, 0.5, 0.1, 0.1]] if i % 2 else [] for i in range(40)]
     preds = [[[0.3, 0.3, 0.1, 0.1, i / 40]] for i in range(40)]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from bonefrac.errors import DataError
-from bonefrac.evaluation.localization import (
+from bonefrac.evaluation.localization_metrics import (
     FROC_BUDGETS,
     LOC_METRIC_NAMES,
     LocInputs,

@@ -83,7 +83,7 @@ def test_bench_refuses_unpaired_or_classification_runs(tmp_path, bench_mod):
 
 
 def test_box_size_ratios_read_the_box_found_on_each_true_box(bench_mod):
-    from bonefrac.evaluation.localization import LocInputs
+    from bonefrac.evaluation.localization_metrics import LocInputs
 
     truth = [[[0.5, 0.5, 0.2, 0.1]], [[0.3, 0.3, 0.1, 0.1]], []]
     preds = [

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 import bonefrac
 from bonefrac.cli import app
+from bonefrac.csvpaths import decode_path, encode_path
 from bonefrac.errors import ModelOutputError
 from bonefrac.inference.batch import part_file, row_path
 from bonefrac.inference.batchmeta import sidecar_path
-from bonefrac.inference.csvpaths import decode_path, encode_path
 from bonefrac.inference.predict_files import predict_to_csv
 from bonefrac.inference.predictor import Predictor
 from bonefrac.rundir import RunDir

@@ -79,8 +79,8 @@ def test_refer_rule_fitted_at_another_threshold_is_refused() -> None:
 @pytest.fixture(scope="module")
 def decided_run(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
     """A copy of the tiny run with a refer rule (coverage 0.8) and an out-of-scope detector."""
+    from bonefrac.evaluation.ood import fit_ood
     from bonefrac.evaluation.thresholds import tune_threshold
-    from bonefrac.inference.ood import fit_ood
 
     run = tmp_path_factory.mktemp("decide") / "tiny"
     shutil.copytree(tiny_run, run)

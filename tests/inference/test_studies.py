@@ -15,8 +15,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bonefrac.cli import app
+from bonefrac.csvpaths import encode_path
 from bonefrac.errors import DataError
-from bonefrac.inference.csvpaths import encode_path
 from bonefrac.inference.studies import aggregate, studies_path, study_inputs, study_rows
 from tests.synthetic import make_image
 

@@ -23,14 +23,14 @@ from bonefrac.data.transforms import (
     train_augment,
 )
 from bonefrac.errors import ConfigError, ModelError
-from bonefrac.inference.localize import (
+from bonefrac.inference.box_decoding import (
     choose_box_threshold,
     crop_map,
     map_peak,
     predicted_boxes,
-    upsample_maps,
 )
 from bonefrac.maps.cam import explainer
+from bonefrac.maps.learned import upsample_maps
 from bonefrac.models.lochead import cell_boxes
 from bonefrac.models.registry import build_model
 from bonefrac.training.losses import localization_loss

@@ -98,7 +98,7 @@ def refer_server_url(tiny_run: Path, synthetic_manifest: Path, tmp_path: Path):
 
     import numpy as np
 
-    from bonefrac.inference.ood import fit_ood
+    from bonefrac.evaluation.ood import fit_ood
     from bonefrac.inference.predictor import Predictor
     from bonefrac.rundir import RunDir
 

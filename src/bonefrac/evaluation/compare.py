@@ -7,7 +7,7 @@ Runs are joined on ``image_id``; they must hold exactly the same images with the
 is scored as ``bonefrac evaluate`` scores it: its own temperature and threshold.
 
 Runs whose predictions carry localisation columns also show AP50 and the map's hit rate
-(:mod:`bonefrac.evaluation.localization`); the others show n/a.
+(:mod:`bonefrac.evaluation.localization_metrics`); the others show n/a.
 
 DeLong's test uses the fast algorithm of Sun & Xu (2014), "Fast implementation of DeLong's
 algorithm for comparing the areas under correlated receiver operating characteristic curves",
@@ -29,7 +29,7 @@ from scipy.stats import norm, rankdata
 
 from bonefrac.errors import ConfigError, DataError
 from bonefrac.evaluation import plots
-from bonefrac.evaluation.localization import split_localization
+from bonefrac.evaluation.localization_metrics import split_localization
 from bonefrac.evaluation.tables import COMPARE_LOC_METRICS, markdown_table
 from bonefrac.fileio import atomic_open, write_json
 from bonefrac.metrics import METRIC_NAMES, compute_metrics, format_ci

@@ -5,7 +5,7 @@ temperature is 1) against model.json's ``threshold``. Results are merged into ``
 under the split (or external name), plots go to ``RUN/plots/<key>_*.png``, the subgroup table to
 ``RUN/subgroups/<key>.csv``, and ``RUN/report.html`` is regenerated. Predictions of a localising
 run (``boxes`` plus ``pred_boxes`` / ``map_peak`` / ``energy_in_box`` columns) also get the
-localisation metrics of :mod:`bonefrac.evaluation.localization` under the same key.
+localisation metrics of :mod:`bonefrac.evaluation.localization_metrics` under the same key.
 Selective prediction
 (:mod:`bonefrac.evaluation.selective`): ``metrics.json[key]["augrc"]`` and ``["selective"]``
 (the refer rule's coverage and sensitivity / specificity on the accepted images) and the
@@ -29,7 +29,7 @@ import pandas as pd
 from bonefrac.data.schema import SUBGROUP_COLUMNS, read_manifest
 from bonefrac.errors import ConfigError, DataError, RunDirError
 from bonefrac.evaluation import plots
-from bonefrac.evaluation.localization import split_localization
+from bonefrac.evaluation.localization_metrics import split_localization
 from bonefrac.evaluation.selective import selective_entry
 from bonefrac.fileio import write_csv
 from bonefrac.metrics import compute_metrics

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from bonefrac.evaluation.localization import (
+from bonefrac.evaluation.localization_metrics import (
     LOC_METRIC_NAMES,
     LocInputs,
     has_localization,

@@ -39,7 +39,7 @@ def metrics_table(metrics: dict[str, Any], title: str = "") -> Table:
 
 def localization_table(metrics: dict[str, Any], title: str = "") -> Table | None:
     """The localisation metrics of one split (``None`` when it has none)."""
-    from bonefrac.evaluation.localization import LOC_METRIC_NAMES
+    from bonefrac.evaluation.localization_metrics import LOC_METRIC_NAMES
 
     names = [n for n in LOC_METRIC_NAMES if n in metrics]
     if not names:

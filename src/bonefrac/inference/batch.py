@@ -3,7 +3,7 @@
 - Inputs: files and folders (recursive): image suffixes, ``.dcm``/``.dicom`` and regular files
   with the DICM magic whatever their name. Files named explicitly are always tried; anything
   that is not a regular file (FIFO, device, socket) becomes an error row without being opened.
-- The ``path`` column holds the path's bytes losslessly (:mod:`bonefrac.inference.csvpaths`:
+- The ``path`` column holds the path's bytes losslessly (:mod:`bonefrac.csvpaths`:
   printable UTF-8 as is, ``%``, control characters and non-UTF-8 bytes as ``%XX``), so every
   row is one line and any file name resumes exactly.
 - Rows are appended batch by batch and flushed, so an interrupted job loses at most one batch;
@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bonefrac.csvpaths import decode_path, encode_path, safe_text
 from bonefrac.data.imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom_file
+from bonefrac.dicom.write import DicomOutCounts, write_dicom_out
 from bonefrac.errors import BonefracError, DataError
 from bonefrac.inference.batchmeta import (
     check_sidecar,
@@ -44,8 +46,6 @@ from bonefrac.inference.batchmeta import (
     sidecar_path,
     write_sidecar,
 )
-from bonefrac.inference.csvpaths import decode_path, encode_path, safe_text
-from bonefrac.inference.dicomout import DicomOutCounts, write_dicom_out
 from bonefrac.inference.loop import Batch, FileInputs, batches
 from bonefrac.inference.predictor import Predictor
 from bonefrac.rundir import OUT_OF_SCOPE, REFER, warn_missing_safeguards
@@ -426,5 +426,5 @@ def _save_png(img: Any, path: Path) -> None:
 
 
 def row_path(row: dict[str, str]) -> Path:
-    """The file a CSV row is about (``path`` decoded, see :mod:`bonefrac.inference.csvpaths`)."""
+    """The file a CSV row is about (``path`` decoded, see :mod:`bonefrac.csvpaths`)."""
     return decode_path(row["path"])

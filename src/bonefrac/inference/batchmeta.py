@@ -13,13 +13,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bonefrac.csvpaths import encode_path
 from bonefrac.errors import DataError
 from bonefrac.fileio import file_sha256, read_json, write_json
-from bonefrac.inference.csvpaths import encode_path
 from bonefrac.inference.scope import rules_record
 
 FORMAT = "bonefrac-predictions/1"
-PATH_ENCODING = "fs-bytes, UTF-8, percent-encoded where unsafe (see bonefrac.inference.csvpaths)"
+PATH_ENCODING = "fs-bytes, UTF-8, percent-encoded where unsafe (see bonefrac.csvpaths)"
 #: Fields that must match for a resume (the others are informative).
 COMPARED = (
     "weights_sha256",

@@ -37,7 +37,8 @@ class FramePrediction:
 def predictions_table(frame: pd.DataFrame, out: Outputs, meta: ModelMeta) -> pd.DataFrame:
     """The run predictions CSV of ``frame``'s rows that decoded (``out.indices``): the one
     place its localisation columns are built (from ``out.head``, at ``meta``'s box threshold)."""
-    from bonefrac.inference.localize import loc_row, row_boxes, upsample_maps
+    from bonefrac.inference.box_decoding import loc_row, row_boxes
+    from bonefrac.maps.learned import upsample_maps
 
     rows = frame.iloc[out.indices].reset_index(drop=True)
     loc = None

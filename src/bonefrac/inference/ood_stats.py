@@ -1,6 +1,6 @@
 """Out-of-scope scores of a run's model: the statistics and score functions the Predictor uses.
 
-Fitting them (``bonefrac ood``) lives in :mod:`bonefrac.inference.ood`; the rules that put an
+Fitting them (``bonefrac ood``) lives in :mod:`bonefrac.evaluation.ood`; the rules that put an
 input out of scope whatever its score (modality, colour, blank frame) in
 :mod:`bonefrac.inference.scope`.
 """

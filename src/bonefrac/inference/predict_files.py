@@ -41,7 +41,7 @@ def predict_to_csv(
     ``devices > 1`` runs that many processes (Lightning Fabric, ``accelerator``/``strategy``);
     then only the first process gets the summary and the others get ``None``.
     ``dicom_out``: write a DICOM Secondary Capture and SR per DICOM input there
-    (:mod:`bonefrac.inference.dicomout`); other inputs are counted, not failed.
+    (:mod:`bonefrac.dicom.write`); other inputs are counted, not failed.
     """
     if batch_size < 1:
         raise BonefracError(f"--batch-size must be at least 1, got {batch_size}")

@@ -22,7 +22,7 @@ the PyTorch model, loaded on first use with the ONNX backend and fed the same in
 
 A localising run (``model.json`` ``localize: true``) also returns its learned map (both
 backends: the ONNX graph's second output) and the boxes decoded from it
-(:attr:`Prediction.pred_boxes`, see :mod:`bonefrac.inference.localize`). The heatmap of an image
+(:attr:`Prediction.pred_boxes`, see :mod:`bonefrac.inference.box_decoding`). The heatmap of an image
 (:meth:`Predictor.heatmaps`) is that learned map for a localising run, Grad-CAM of the fracture
 logit otherwise; predict ``--cam-dir``, the API, ``bonefrac explain``'s default and DICOM output
 all show it.
@@ -357,7 +357,7 @@ class Predictor:
 
     def maps(self, arrays: Sequence[np.ndarray] | torch.Tensor) -> np.ndarray:
         """A localising run's learned map, ``(B, S, S)`` probabilities in ``[0, 1]``."""
-        from bonefrac.inference.localize import upsample_maps
+        from bonefrac.maps.learned import upsample_maps
 
         _, map_logits = self.logits_and_map_logits(arrays)
         return upsample_maps(map_logits, self.image_size)
@@ -470,7 +470,7 @@ class Predictor:
         arrays = [p.array for p in prepared]
         map_probs = None
         if self.localizes:
-            from bonefrac.inference.localize import upsample_maps
+            from bonefrac.maps.learned import upsample_maps
 
             raw_logits, map_logits = self.logits_and_map_logits(arrays)
             raw = np.asarray(raw_logits, dtype=float)
@@ -513,7 +513,7 @@ class Predictor:
                 ood_reason=reasons[i],
             )
             if map_probs is not None:  # no boxes for an input declined as out of scope
-                from bonefrac.inference.localize import predicted_boxes
+                from bonefrac.inference.box_decoding import predicted_boxes
 
                 pred.pred_boxes = (
                     []

@@ -141,7 +141,7 @@ def study_rows(
 
     ``study_of``: ``{path: study}`` (paths not in it are left out); ``None``: group by folder.
     """
-    from bonefrac.inference.csvpaths import decode_path
+    from bonefrac.csvpaths import decode_path
 
     check_aggregation(how)
     groups: dict[str, list[Mapping[str, str]]] = {}

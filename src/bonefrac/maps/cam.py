@@ -16,7 +16,7 @@ resolution, and the fracture logits). Methods:
 ``model``
     the learned localisation map of a model trained with ``model.localize: true`` (no
     gradients: the map head's per-pixel fracture probability, upsampled to the input by
-    :func:`bonefrac.inference.localize.upsample_maps`, as the Predictor does).
+    :func:`bonefrac.maps.learned.upsample_maps`, as the Predictor does).
 
 The target. The models have ONE output, the fracture logit (shape ``(B, 1)``). The map must show
 evidence *for* fracture, i.e. the gradient of ``+logit``: that is ``ClassifierOutputTarget(0)``
@@ -185,7 +185,7 @@ class _MapExplainer(_Explainer):
         super().__init__(model, MODEL_METHOD)
 
     def __call__(self, x: Tensor) -> Explanation:
-        from bonefrac.inference.localize import upsample_maps
+        from bonefrac.maps.learned import upsample_maps
 
         device = next(self.model.parameters()).device
         with torch.no_grad():

@@ -316,7 +316,7 @@ def predict_row(
     cam_path: str = "",
 ) -> dict[str, Any]:
     """One predict-CSV row: the prediction's answer, or ``error`` (``pred`` None); ``path`` is
-    already encoded (:mod:`bonefrac.inference.csvpaths`)."""
+    already encoded (:mod:`bonefrac.csvpaths`)."""
     row: dict[str, Any] = dict.fromkeys(PREDICT_COLUMNS, "")
     row[PATH] = path
     row[THRESHOLD] = f"{threshold:.6g}"

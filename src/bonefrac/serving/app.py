@@ -37,8 +37,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from bonefrac.data.imageio import PNG_SIGNATURE, is_dicom_bytes
+from bonefrac.dicom.write import DicomOutError
 from bonefrac.errors import BonefracError, ImageDecodeError, ModelOutputError
-from bonefrac.inference.dicomout import DicomOutError
 from bonefrac.rundir import missing_safeguards, warn_missing_safeguards
 from bonefrac.rundir.predictions import api_answer
 from bonefrac.serving.budget import (
@@ -322,7 +322,7 @@ def create_app(
         return body
 
     def run_dicom_out(data: bytes, name: str, kind: str) -> Response:
-        from bonefrac.inference.dicomout import dicom_out_zip
+        from bonefrac.dicom.write import dicom_out_zip
 
         check_budget(footprint(data, name, kind), name, max_pixels, max_image_bytes)
         prepared = pred.prepare(data, name=name, max_pixels=max_pixels, keep_display=True)

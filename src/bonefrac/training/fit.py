@@ -205,7 +205,8 @@ def _fit(
 
 def _box_threshold(labels: Any, val: Outputs, size: int) -> dict[str, Any]:
     """model.json's ``box_threshold`` from the val negatives' map peaks."""
-    from bonefrac.inference.localize import choose_box_threshold, map_peaks, upsample_maps
+    from bonefrac.inference.box_decoding import choose_box_threshold, map_peaks
+    from bonefrac.maps.learned import upsample_maps
 
     neg = [i for i, label in enumerate(labels) if label == 0]
     peaks = [

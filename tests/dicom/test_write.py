@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bonefrac.cli import app
-from bonefrac.inference.dicomout import (
+from bonefrac.dicom.write import (
     SC_SERIES_NUMBER,
     DicomOutError,
     ModelInfo,

@@ -399,7 +399,7 @@ def _build_report(source: Any, capture: Any, pred: Any, model: ModelInfo, hd: An
 
 def output_stem(path: Path) -> str:
     """A file-name stem unique per input path: ``<stem>-<sha1 of the path, 8 hex>``."""
-    from bonefrac.inference.csvpaths import encode_path
+    from bonefrac.csvpaths import encode_path
 
     digest = hashlib.sha1(os.fsencode(path)).hexdigest()[:8]
     return f"{encode_path(path.stem)}-{digest}"
@@ -487,7 +487,7 @@ def write_dicom_out(
     A file whose results cannot be built (e.g. a header without a Study UID) is counted in
     ``counts.failures`` and logged; its prediction row stands. Unwritable ``out_dir`` raises.
     """
-    from bonefrac.inference.csvpaths import printable
+    from bonefrac.csvpaths import printable
 
     if not is_dicom_input(path):
         counts.not_dicom += 1

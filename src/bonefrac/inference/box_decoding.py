@@ -44,15 +44,6 @@ NEGATIVE_BOX_RATE = 0.05
 DECIMALS = 4
 
 
-def upsample_maps(map_logits: np.ndarray | torch.Tensor, size: int) -> np.ndarray:
-    """Map logits ``(B, h, w)`` (or a head's whole output ``(B, C, h, w)``, whose channel 0 is
-    the map) -> probabilities ``(B, size, size)`` (bilinear, then sigmoid)."""
-    arr = np.asarray(map_logits, dtype=np.float32)
-    t = torch.as_tensor(arr[:, :1] if arr.ndim == 4 else arr[:, None])
-    up = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
-    return torch.sigmoid(up)[:, 0].numpy()
-
-
 def crop_map(prob_map: np.ndarray, decoded_size: tuple[int, int]) -> np.ndarray:
     """The letterboxed ``(S, S)`` map cut to the image area: ``(nh, nw)`` at letterbox scale."""
     from bonefrac.data.transforms import heatmap_to_original
