@@ -100,9 +100,11 @@ class Scorer:
         maha, energy, reasons = [], [], []
         for i in range(0, len(prepared), self.batch):
             chunk = prepared[i : i + self.batch]
-            feats, logits = self.pred.features([p.array for p in chunk])
+            arrays = [p.array for p in chunk]
+            feats, _ = self.pred.features(arrays)
             maha.append(self.stats.score(feats))
-            energy.append(ood_stats.energy_score(logits))
+            # the logits predict scores (a localising run's are fused with its map's peak)
+            energy.append(ood_stats.energy_score(self.pred.logits(arrays)))
             reasons += [p.ood_reason for p in self.pred.predict_prepared(chunk)]
         return {
             "mahalanobis": np.concatenate(maha),

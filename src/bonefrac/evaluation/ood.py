@@ -32,6 +32,7 @@ from bonefrac.fileio import file_sha256
 from bonefrac.inference.loop import FileInputs, collect
 from bonefrac.inference.ood_stats import (
     MahalanobisStats,
+    energy_score,
     scores_for,
 )
 from bonefrac.inference.predictor import Predictor
@@ -53,6 +54,15 @@ def image_features(
     if not out.indices:
         raise DataError("none of the images could be decoded")
     return out.features, out.logits, out.indices
+
+
+def image_logits(predictor: Any, sources: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+    """The model's logits (as the Predictor answers with them) of the inputs that decode."""
+    inputs = FileInputs(sources, predictor.image_size, predictor.clahe)
+    out = collect(predictor, inputs, "logits", batch_size=batch_size, progress=False)
+    if not out.indices:
+        raise DataError("none of the images could be decoded")
+    return out.logits
 
 
 def _train_paths(run: RunDir, max_images: int, seed: int) -> list[str]:
@@ -105,8 +115,13 @@ def fit_ood(
         stats = MahalanobisStats.fit(feats)
         n_train = len(kept)
     val_paths = run.predictions("val")["path"].astype(str).tolist()
-    vf, vz, _ = image_features(predictor, val_paths, batch_size)
-    val_scores = scores_for(method, vf, vz, stats)
+    if method == "energy":
+        # the logits the Predictor scores at prediction time: a localising run's are fused
+        # with its map's peak, which the class head's logits on the features are not
+        val_scores = energy_score(image_logits(predictor, val_paths, batch_size))
+    else:
+        vf, vz, _ = image_features(predictor, val_paths, batch_size)
+        val_scores = scores_for(method, vf, vz, stats)
     cutoff = float(np.percentile(val_scores, percentile))
     record: dict[str, Any] = {
         "method": method,
