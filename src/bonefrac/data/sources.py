@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 
 from bonefrac.data.imageio import is_candidate_image, is_dicom_file
@@ -223,6 +222,8 @@ def read_fracatlas(root: str | Path, *, source: str = "fracatlas") -> SourceScan
     csv_path = root / "dataset.csv"
     meta: dict[str, dict[str, Any]] = {}
     if csv_path.is_file():
+        import pandas as pd  # here, not at the top: the CLI imports the registry to parse
+
         df = pd.read_csv(csv_path)
         if "image_id" not in df.columns:
             raise DataError(f"{csv_path}: no 'image_id' column; is this FracAtlas's dataset.csv?")

@@ -226,6 +226,7 @@ def create_app(
 
     config = config or ServeConfig()
     token = resolve_token(config)
+    # the options the routes and middleware below read, as locals (closures keep them)
     backend, max_pixels, max_image_bytes = config.backend, config.max_pixels, config.max_image_bytes
     max_body_bytes, body_timeout_s = config.max_body_bytes, config.body_timeout_s
     allowed_hosts, docs = config.allowed_hosts, config.docs
