@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from bonefrac.config import DataBuildConfig
 from bonefrac.data.manifest import build_manifest
 from bonefrac.data.sources import scan_sources
 from bonefrac.system import usable_cpus
@@ -58,12 +59,14 @@ def main() -> int:
     print(f"cpus available: {usable_cpus()}, workers: {args.workers or 'default'}")
     header = f"{'build':<16}{'images':>8}{'build s':>10}{'img/s':>9}{'baseline s':>12}{'img/s':>9}"
     print(header + f"{'ratio':>8}")
-    for name, kw in cases:
-        paths = [r.path for s in scan_sources(**kw) for r in s.records]
-        base_s = baseline(paths)
+    for name, sources in cases:
         with tempfile.TemporaryDirectory() as tmp:
+            config = DataBuildConfig(
+                out=Path(tmp), sources=sources, workers=args.workers, progress=False
+            )
+            base_s = baseline([r.path for s in scan_sources(config) for r in s.records])
             t0 = time.perf_counter()
-            summary = build_manifest(out=Path(tmp), workers=args.workers, progress=False, **kw)
+            summary = build_manifest(config)
             build_s = time.perf_counter() - t0
         n = summary["counts"]["images_found"]
         ratio = (n / build_s) / (n / base_s)

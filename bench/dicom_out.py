@@ -62,6 +62,7 @@ def make_dicoms(folder: Path, n: int) -> list[Path]:
 
 
 def main() -> None:
+    from bonefrac.config import PredictConfig
     from bonefrac.inference.predict_files import predict_to_csv
     from bonefrac.inference.predictor import Predictor
 
@@ -81,8 +82,8 @@ def main() -> None:
         times = {}
         for label, out_dir in (("plain", None), ("dicom-out", tmp / "dicom")):
             start = time.perf_counter()
-            predict_to_csv(run, files, tmp / f"{label}.csv", progress=False,
-                           predictor=predictor, dicom_out=out_dir)  # fmt: skip
+            config = PredictConfig(progress=False, dicom_out=out_dir)
+            predict_to_csv(run, files, tmp / f"{label}.csv", config, predictor=predictor)
             times[label] = (time.perf_counter() - start) / len(files)
         sizes = sorted((tmp / "dicom").iterdir())
         sc = [p.stat().st_size for p in sizes if p.name.endswith("_sc.dcm")]

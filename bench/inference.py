@@ -218,6 +218,7 @@ def precision_latency(name: str, size: int, iters: int, warmup: int, threads: in
 
 
 def throughput(run: Path, images: Path, n: int, workers: int, batch_size: int) -> None:
+    from bonefrac.config import PredictConfig
     from bonefrac.inference.batch import collect_inputs
     from bonefrac.inference.onnx import export_onnx
     from bonefrac.inference.predict_files import predict_to_csv
@@ -228,10 +229,10 @@ def throughput(run: Path, images: Path, n: int, workers: int, batch_size: int) -
           f"batch {batch_size}, {workers} decode workers):")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for backend in ("torch", "onnx"):
-            s = predict_to_csv(
-                run, files, Path(tmp) / f"{backend}.csv", backend=backend,
-                batch_size=batch_size, workers=workers, progress=False,
-            )  # fmt: skip
+            config = PredictConfig(
+                backend=backend, batch_size=batch_size, workers=workers, progress=False
+            )
+            s = predict_to_csv(run, files, Path(tmp) / f"{backend}.csv", config)
             print(
                 f"  {backend:5s}: {s.predicted} predicted, {s.failed} failed, {s.seconds:.1f} s,"
                 f" {s.images_per_second:.1f} images/s"

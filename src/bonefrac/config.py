@@ -4,15 +4,21 @@ A config has ``seed``, ``data``, ``model``, ``train``, ``tune`` (used by ``bonef
 ``deploy`` (the fits on val that end ``bonefrac train``). Flags override
 fields with dotted ``key=value`` strings (``train.epochs=3``); a typo or a bad value
 is a :class:`ConfigError` naming the field.
+
+The options of one job (``bonefrac predict``, ``serve``, ``data build``) are models here too
+(:class:`PredictConfig`, :class:`ServeConfig`, :class:`DataBuildConfig`): the CLI fills one and
+the library takes it whole, so an option is declared once, with its default, and a bad value is
+a :class:`ConfigError` naming the command-line option.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from bonefrac.errors import ConfigError
 
@@ -349,3 +355,163 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def config_to_yaml(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- job options
+
+MIB = 1024 * 1024
+
+
+def _option(name: str) -> dict[str, str]:
+    """``Field`` metadata: the command-line option a field comes from, when its name differs."""
+    return {"option": name}
+
+
+class _JobOptions(_Strict):
+    """Options of one command: a bad value is a :class:`ConfigError` naming its option (the CLI
+    prints it in one line; a library caller gets the same sentence)."""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError("; ".join(self._describe(e) for e in exc.errors())) from None
+
+    @classmethod
+    def _describe(cls, err: ErrorDetails) -> str:
+        field_name = str(err["loc"][0]) if err["loc"] else ""
+        info = cls.model_fields.get(field_name)
+        extra = info.json_schema_extra if info is not None else None
+        option = (extra or {}).get("option") if isinstance(extra, dict) else None
+        option = str(option or "--" + field_name.replace("_", "-"))
+        where = "".join(f"[{p}]" for p in err["loc"][1:])
+        if err["type"] == "value_error":  # our own validators write whole sentences
+            return f"{option}{where} {(err.get('ctx') or {}).get('error', err['msg'])}"
+        return f"{option}{where}: {err['msg']} (got {err.get('input')!r})"
+
+    def with_changes(self, **changes: Any) -> Self:
+        """A validated copy with ``changes`` applied."""
+        return type(self)(**{**self.model_dump(), **changes})
+
+
+class PredictConfig(_JobOptions):
+    """``bonefrac predict``'s options (:func:`bonefrac.inference.predict_files.predict_to_csv`)."""
+
+    backend: str = "torch"
+    """``torch`` | ``onnx`` (RUN/model.onnx)."""
+    batch_size: int = 16
+    cam_dir: Path | None = None
+    """Also save heatmap overlays here."""
+    dicom_frame: int | None = None
+    """Frame of multi-frame DICOMs (``None``: refuse them)."""
+    workers: int | None = 0
+    """Decode processes per prediction process; ``None``: its share of the CPUs - 1, at most 4
+    (what ``bonefrac predict`` uses when ``--workers`` is not given)."""
+    force: bool = False
+    """Start the CSV afresh (also when another run or setting wrote it)."""
+    retry_errors: bool = False
+    """Predict again the files whose row in the CSV has an error."""
+    progress: bool = Field(True, json_schema_extra=_option("--no-progress"))
+    devices: int = 1
+    """Processes (one per device) sharing the files; their parts are merged."""
+    accelerator: str = "cpu"
+    strategy: str = "ddp"
+    """Lightning launcher with ``devices > 1``: ``ddp`` | ``ddp_spawn``."""
+    dicom_out: Path | None = None
+    """Write a DICOM Secondary Capture + SR per DICOM input here."""
+
+    @field_validator("batch_size", "devices")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be at least 1, got {value}")
+        return value
+
+
+#: Defaults of ``bonefrac serve``: a 4300 x 3500 16-bit CR/DX DICOM is 30 MB, a 2880 x 2304
+#: RGB JPEG (FracAtlas full resolution) 20 MB, so both fit with room to spare.
+DEFAULT_MAX_PIXELS = 36_000_000
+DEFAULT_MAX_IMAGE_BYTES = 64 * MIB
+
+
+class ServeConfig(_JobOptions):
+    """``bonefrac serve``'s options: :func:`bonefrac.serving.app.create_app` reads the service's
+    (limits, guards, docs), :func:`bonefrac.serving.app.serve` the server's (address,
+    connections). The limits are described in :mod:`bonefrac.serving.app`."""
+
+    backend: str = "torch"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = Field("info", json_schema_extra=_option("log_level"))
+    max_body_bytes: int = Field(32 * MIB, json_schema_extra=_option("--max-body-mb"))
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_bytes: int = Field(
+        DEFAULT_MAX_IMAGE_BYTES, json_schema_extra=_option("--max-image-mb")
+    )
+    max_concurrency: int = 2
+    """Requests decoding + predicting at once."""
+    queue: int = 16
+    """Requests that may wait for a slot; beyond them 503."""
+    body_timeout_s: float = 30.0
+    """408 when an upload stalls this long."""
+    keep_alive_s: int = 5
+    """Idle connections close after this long."""
+    max_connections: int = 64
+    """Open connections (idle keep-alive ones included) before uvicorn answers 503."""
+    allowed_hosts: list[str] | None = Field(None, json_schema_extra=_option("--allowed-host"))
+    """``Host`` header names :func:`create_app` accepts (``None``: no check); :func:`serve`
+    always adds the loopback names and the bound host."""
+    token: str | None = Field(None, repr=False)
+    """Require ``Authorization: Bearer <token>`` on ``/v1/``; wins over ``token_file``."""
+    token_file: Path | None = None
+    """Read the token from this file (at least 16 characters)."""
+    docs: bool = Field(True, json_schema_extra=_option("--docs/--no-docs"))
+
+
+class DataBuildConfig(_JobOptions):
+    """``bonefrac data build``'s options (:func:`bonefrac.data.manifest.build_manifest`)."""
+
+    out: Path
+    """Folder for manifest.csv, quarantine.csv, summary.json."""
+    sources: dict[str, list[Path]] = Field(
+        default_factory=dict, json_schema_extra=_option("sources")
+    )
+    """Source roots by kind of :data:`bonefrac.data.sources.SOURCE_KINDS` (``fracatlas``,
+    ``yolo``, ``folder``, ``dicom_dir``), read in the registry's order; one root may be given
+    without a list, ``None`` for none."""
+    seed: int = 0
+    """Seed of the train/val/test split."""
+    ratios: tuple[float, ...] | None = Field(None, json_schema_extra=_option("ratios"))
+    """Train/val/test shares; ``None``: :data:`bonefrac.data.split.DEFAULT_RATIOS`."""
+    stratify_region: bool = Field(True, json_schema_extra=_option("stratify_region"))
+    unlabelled_negative: bool = False
+    """YOLO images without a label file count as label 0."""
+    fracture_classes: list[str] | None = None
+    """YOLO class names that count as fracture (a ``"a,b"`` string is split at the commas)."""
+    class_map: str | dict[str, int] | None = None
+    """Extra folder class -> label pairs, e.g. ``"broken=1,intact=0"``."""
+    freeze_split: Path | None = None
+    """Older manifest.csv whose split assignments are kept."""
+    force: bool = False
+    workers: int | None = None
+    """Decode processes (``None``: the CPUs)."""
+    progress: bool = Field(True, json_schema_extra=_option("progress"))
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _check_sources(cls, value: Any) -> Any:
+        # kinds are checked against the registry where it lives (data.sources.scan_sources):
+        # config sits below data and never imports it
+        if not isinstance(value, dict):
+            return value
+        single = (str, Path)
+        return {
+            k: [] if v is None else [v] if isinstance(v, single) else v for k, v in value.items()
+        }
+
+    @field_validator("fracture_classes", mode="before")
+    @classmethod
+    def _split_classes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [c for c in value.split(",") if c.strip()]
+        return value or None

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bonefrac.cli import app
+from bonefrac.config import DataBuildConfig
 from bonefrac.data.boxes import clean_boxes
 from bonefrac.data.dedup import resolve_duplicates
 from bonefrac.data.manifest import build_manifest
@@ -55,7 +56,9 @@ def test_build_clips_source_boxes_with_a_warning(tmp_path: Path) -> None:
     ann = fa / "Annotations" / "YOLO"
     (ann / "IMG0000002.txt").write_text("0 0.95 0.5 0.2 0.2\n")  # reaches past the right edge
     (ann / "IMG0000003.txt").write_text("0 0.5 0.5 0.0 0.2\n0 0.4 0.4 0.1 0.1\n")  # zero area
-    summary = build_manifest(out=tmp_path / "out", fracatlas=fa, progress=False)
+    summary = build_manifest(
+        DataBuildConfig(out=tmp_path / "out", sources={"fracatlas": fa}, progress=False)
+    )
     df = read_manifest(tmp_path / "out" / "manifest.csv").set_index("image_id")
     assert parse_boxes(df.loc["IMG0000002.jpg", "boxes"]) == [[0.925, 0.5, 0.15, 0.2]]
     assert parse_boxes(df.loc["IMG0000003.jpg", "boxes"]) == [[0.4, 0.4, 0.1, 0.1]]
@@ -105,7 +108,9 @@ def test_empty_class_folder_and_one_class_result_warn(tmp_path: Path) -> None:
     save(radiograph(1), src / "fractured" / "a.png")
     save(radiograph(2), src / "fractured" / "b.png")
     (src / "normal").mkdir()
-    summary = build_manifest(out=tmp_path / "out", folders=[src], progress=False)
+    summary = build_manifest(
+        DataBuildConfig(out=tmp_path / "out", sources={"folder": [src]}, progress=False)
+    )
     warnings = summary["warnings"]
     assert len(warnings) == 2
     assert str(src / "normal") in warnings[0] and "no images" in warnings[0]
@@ -117,7 +122,12 @@ def test_empty_class_folder_and_one_class_result_warn(tmp_path: Path) -> None:
 
 def test_a_clean_two_class_build_has_no_warnings(tmp_path: Path) -> None:
     src = _two_class_folder(tmp_path / "src")
-    assert build_manifest(out=tmp_path / "out", folders=[src], progress=False)["warnings"] == []
+    assert (
+        build_manifest(
+            DataBuildConfig(out=tmp_path / "out", sources={"folder": [src]}, progress=False)
+        )["warnings"]
+        == []
+    )
 
 
 def test_source_with_every_image_quarantined_warns(tmp_path: Path) -> None:
@@ -127,7 +137,9 @@ def test_source_with_every_image_quarantined_warns(tmp_path: Path) -> None:
     (bad / "fractured" / "x.png").write_bytes(b"not a png")
     (bad / "normal").mkdir()
     (bad / "normal" / "y.jpg").write_bytes(b"")
-    summary = build_manifest(out=tmp_path / "out", folders=[good, bad], progress=False)
+    summary = build_manifest(
+        DataBuildConfig(out=tmp_path / "out", sources={"folder": [good, bad]}, progress=False)
+    )
     [warning] = [w for w in summary["warnings"] if "quarantined" in w]
     assert warning.startswith(f"{bad}: all 2 images of source 'folder:bad'")
     assert summary["counts"]["manifest_rows"] == 4
@@ -141,7 +153,7 @@ def test_all_bad_build_fails_clearly(tmp_path: Path) -> None:
     (src / "normal" / "y.jpg").write_bytes(b"")
     out = tmp_path / "out"
     with pytest.raises(DataError, match="none of the 2 images is usable") as info:
-        build_manifest(out=out, folders=[src], progress=False)
+        build_manifest(DataBuildConfig(out=out, sources={"folder": [src]}, progress=False))
     assert str(out / "quarantine.csv") in str(info.value)
     assert len(pd.read_csv(out / "quarantine.csv")) == 2
     assert not (out / "manifest.csv").exists()

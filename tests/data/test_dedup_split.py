@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from bonefrac.config import DataBuildConfig
 from bonefrac.data.dedup import DedupConfig, find_groups, phash_int, phash_pairs, thumbnail
 from bonefrac.data.manifest import build_manifest
 from bonefrac.data.split import assign_splits
@@ -50,7 +51,9 @@ def _dataset(root: Path, n: int = 40, conflict: bool = False) -> Path:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_reencoded_and_resized_copies_share_one_group_and_split(tmp_path: Path, seed: int) -> None:
     src = _dataset(tmp_path / "src")
-    summary = build_manifest(out=tmp_path / "out", folders=[src], seed=seed, progress=False)
+    summary = build_manifest(
+        DataBuildConfig(out=tmp_path / "out", sources={"folder": [src]}, seed=seed, progress=False)
+    )
     df = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
     copies = df[
         df["image_id"].isin(
@@ -71,7 +74,9 @@ def test_reencoded_and_resized_copies_share_one_group_and_split(tmp_path: Path, 
 
 def test_label_conflict_quarantines_every_copy(tmp_path: Path) -> None:
     src = _dataset(tmp_path / "src", conflict=True)
-    summary = build_manifest(out=tmp_path / "out", folders=[src], progress=False)
+    summary = build_manifest(
+        DataBuildConfig(out=tmp_path / "out", sources={"folder": [src]}, progress=False)
+    )
     q = pd.read_csv(tmp_path / "out" / "quarantine.csv", keep_default_na=False)
     assert sorted(Path(p).name for p in q["path"]) == ["copy_half.jpg", "copy_q60.jpg", "orig.png"]
     assert set(q["reason"]) == {"label conflict"}

@@ -13,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bonefrac.cli import app
+from bonefrac.config import DataBuildConfig
 from bonefrac.data.manifest import build_manifest
 from bonefrac.data.probe import probe_image
 from bonefrac.data.report import report
@@ -53,7 +54,12 @@ def combined(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict
     folder = make_folder(base / "mura")
     out = base / "out"
     summary = build_manifest(
-        out=out, fracatlas=fa, yolo=yolo, folders=[folder], seed=3, progress=False
+        DataBuildConfig(
+            out=out,
+            sources={"fracatlas": fa, "yolo": yolo, "folder": [folder]},
+            seed=3,
+            progress=False,
+        )
     )
     return out, summary, corrupt
 
@@ -142,7 +148,11 @@ def test_exact_duplicates_keep_one_copy(tmp_path: Path) -> None:
     a = save(arr, tmp_path / "src" / "normal" / "a.png")
     (tmp_path / "src" / "normal" / "b.png").write_bytes(a.read_bytes())
     save(radiograph(43), tmp_path / "src" / "fractured" / "c.png")
-    summary = build_manifest(out=tmp_path / "out", folders=[tmp_path / "src"], progress=False)
+    summary = build_manifest(
+        DataBuildConfig(
+            out=tmp_path / "out", sources={"folder": [tmp_path / "src"]}, progress=False
+        )
+    )
     df = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
     q = pd.read_csv(tmp_path / "out" / "quarantine.csv", keep_default_na=False)
     assert sorted(df["image_id"]) == ["fractured/c.png", "normal/a.png"]
@@ -155,12 +165,24 @@ def test_exact_duplicates_keep_one_copy(tmp_path: Path) -> None:
 
 def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     make_folder(tmp_path / "src")
-    build_manifest(out=tmp_path / "out", folders=[tmp_path / "src"], progress=False)
+    build_manifest(
+        DataBuildConfig(
+            out=tmp_path / "out", sources={"folder": [tmp_path / "src"]}, progress=False
+        )
+    )
     with pytest.raises(DataError, match="--force"):
-        build_manifest(out=tmp_path / "out", folders=[tmp_path / "src"], progress=False)
-    build_manifest(out=tmp_path / "out", folders=[tmp_path / "src"], progress=False, force=True)
+        build_manifest(
+            DataBuildConfig(
+                out=tmp_path / "out", sources={"folder": [tmp_path / "src"]}, progress=False
+            )
+        )
+    build_manifest(
+        DataBuildConfig(
+            out=tmp_path / "out", sources={"folder": [tmp_path / "src"]}, progress=False, force=True
+        )
+    )
     with pytest.raises(DataError, match="no data source"):
-        build_manifest(out=tmp_path / "other", progress=False)
+        build_manifest(DataBuildConfig(out=tmp_path / "other", progress=False))
 
 
 def test_pool_decoding_matches_in_process(tmp_path: Path) -> None:
@@ -231,7 +253,9 @@ def test_cli_build_and_report(tmp_path: Path) -> None:
 
 def test_dicom_dir_option(tmp_path: Path) -> None:
     folder = make_folder(tmp_path / "mura")
-    summary = build_manifest(out=tmp_path / "out", dicom_dirs=[folder], progress=False)
+    summary = build_manifest(
+        DataBuildConfig(out=tmp_path / "out", sources={"dicom_dir": [folder]}, progress=False)
+    )
     assert summary["counts"]["manifest_rows"] == 2
     assert summary["counts"]["by_source"] == {"dicom:mura": 2}
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bonefrac.config import DataBuildConfig
 from bonefrac.data.manifest import build_manifest
 from bonefrac.data.sources import roboflow_stem
 
@@ -47,7 +48,9 @@ def fracatlas_build(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     assert DATA is not None
     out = tmp_path_factory.mktemp("real_fracatlas")
-    summary = build_manifest(out=out, fracatlas=DATA / "fracatlas", seed=0, progress=False)
+    summary = build_manifest(
+        DataBuildConfig(out=out, sources={"fracatlas": DATA / "fracatlas"}, seed=0, progress=False)
+    )
     return (*_load(out), summary)
 
 
@@ -60,11 +63,12 @@ def combined_build(
         pytest.skip(f"{DATA / 'bone_fracture_yolo'} absent")
     out = tmp_path_factory.mktemp("real_combined")
     summary = build_manifest(
-        out=out,
-        fracatlas=DATA / "fracatlas",
-        yolo=DATA / "bone_fracture_yolo",
-        seed=0,
-        progress=False,
+        DataBuildConfig(
+            out=out,
+            sources={"fracatlas": DATA / "fracatlas", "yolo": DATA / "bone_fracture_yolo"},
+            seed=0,
+            progress=False,
+        )
     )
     return (*_load(out), summary)
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 import bonefrac
 from bonefrac.cli import app
+from bonefrac.config import PredictConfig
 from bonefrac.csvpaths import decode_path, encode_path
 from bonefrac.errors import ModelOutputError
 from bonefrac.inference.batch import part_file, row_path
@@ -85,7 +86,10 @@ def test_fifo_and_device_are_error_rows_never_opened(tiny_run, synthetic_manifes
     os.mkfifo(folder / "pipe.jpg")  # an image suffix: kept as an error row
     os.mkfifo(folder / "pipe_no_suffix")  # would need its magic read: skipped, not opened
     summary = predict_to_csv(
-        tiny_run, [folder, "/dev/zero"], tmp_path / "p.csv", progress=False, workers=0
+        tiny_run,
+        [folder, "/dev/zero"],
+        tmp_path / "p.csv",
+        PredictConfig(progress=False, workers=0),
     )
     by_name = {row_path(r).name: r for r in _rows(tmp_path / "p.csv")}
     assert set(by_name) == {"good.png", "pipe.jpg", "zero"}
@@ -208,9 +212,7 @@ def test_model_output_error_fails_its_batch(tiny_run, synthetic_manifest, tmp_pa
         tiny_run,
         _images(synthetic_manifest, 5),
         tmp_path / "p.csv",
-        batch_size=2,
-        workers=0,
-        progress=False,
+        PredictConfig(batch_size=2, workers=0, progress=False),
     )
     assert summary.failed == 2 and summary.model_failed == 2 and summary.predicted == 3
     assert not summary.model_broken
@@ -226,7 +228,7 @@ def test_two_processes_equal_one_process_and_resume(tiny_run, synthetic_manifest
         shutil.copy(img, folder / img.name)
     (folder / "broken.png").write_bytes(b"not a png")
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
-    predict_to_csv(tiny_run, [folder], one, batch_size=3, workers=0, progress=False)
+    predict_to_csv(tiny_run, [folder], one, PredictConfig(batch_size=3, workers=0, progress=False))
 
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "bonefrac", "predict", str(tiny_run), str(folder)]

@@ -266,13 +266,14 @@ def test_compare_ranks_by_augrc(decided_run: Path, tiny_run: Path, tmp_path: Pat
 
 def test_predict_csv_has_the_decision_columns(decided_run: Path, synthetic_manifest: Path,
                                               tmp_path: Path) -> None:  # fmt: skip
+    from bonefrac.config import PredictConfig
     from bonefrac.inference.predict_files import predict_to_csv
 
     images = sorted((synthetic_manifest.parent / "images").glob("test_*.png"))[:6]
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((64, 64), 255, np.uint8)).save(blank)
     out = tmp_path / "p.csv"
-    predict_to_csv(decided_run, [*images, blank], out, workers=0, progress=False)
+    predict_to_csv(decided_run, [*images, blank], out, PredictConfig(workers=0, progress=False))
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert all(r["decision"] in DECISIONS for r in rows)

@@ -226,13 +226,17 @@ def test_collect_inputs_keeps_missing_named_file(tmp_path):
 
 
 def test_predict_workers_decode_in_processes(tiny_run, synthetic_manifest, tmp_path):
+    from bonefrac.config import PredictConfig
     from bonefrac.inference.predict_files import predict_to_csv
 
     images = sorted((synthetic_manifest.parent / "images").glob("train_*.png"))[:6]
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff" + b"\0" * 10)
     summary = predict_to_csv(
-        tiny_run, [*images, bad], tmp_path / "p.csv", workers=2, batch_size=4, progress=False
+        tiny_run,
+        [*images, bad],
+        tmp_path / "p.csv",
+        PredictConfig(workers=2, batch_size=4, progress=False),
     )
     assert summary.predicted == 6 and summary.failed == 1 and summary.any_failed
     buf = io.StringIO((tmp_path / "p.csv").read_text())

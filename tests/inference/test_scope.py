@@ -137,6 +137,7 @@ def test_features_reason_comes_after_the_rules(tmp_path: Path) -> None:
 
 
 def test_predict_csv_has_ood_reason(untrained_run: Path, tmp_path: Path) -> None:
+    from bonefrac.config import PredictConfig
     from bonefrac.inference.predict_files import predict_to_csv
     from bonefrac.rundir.predictions import PREDICT_COLUMNS
 
@@ -146,7 +147,7 @@ def test_predict_csv_has_ood_reason(untrained_run: Path, tmp_path: Path) -> None
     pixels = radiograph_like().astype(np.uint16)
     write_dicom(tmp_path / "ct.dcm", pixels, modality="CT")
     out = tmp_path / "preds" / "p.csv"
-    summary = predict_to_csv(untrained_run, [tmp_path], out, progress=False)
+    summary = predict_to_csv(untrained_run, [tmp_path], out, PredictConfig(progress=False))
     assert summary.failed == 0 and summary.out_of_scope == 3
     assert PREDICT_COLUMNS[-1] == "ood_reason"
     with open(out, newline="") as fh:

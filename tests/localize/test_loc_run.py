@@ -83,11 +83,12 @@ def test_evaluate_manifest_frame_has_loc_columns(loc_run: Path, test_preds: pd.D
 
 
 def test_predict_csv_has_pred_boxes(loc_run: Path, test_preds: pd.DataFrame, tmp_path: Path):
+    from bonefrac.config import PredictConfig
     from bonefrac.inference.predict_files import predict_to_csv
 
     paths = list(test_preds["path"][:6])
     out = tmp_path / "pred.csv"
-    predict_to_csv(loc_run, paths, out, progress=False)
+    predict_to_csv(loc_run, paths, out, PredictConfig(progress=False))
     with open(out, newline="") as fh:
         rows = {r["path"]: r for r in csv.DictReader(fh)}
     for _, r in test_preds.iloc[:6].iterrows():

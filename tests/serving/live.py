@@ -85,10 +85,11 @@ def png16_zeros(width: int, height: int) -> bytes:
 
 SERVER_CODE = """
 import sys, uvicorn
+from bonefrac.config import ServeConfig
 from bonefrac.serving.app import create_app, limit_malloc_arenas
 limit_malloc_arenas()
 run, port, max_bytes, conc, queue = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-app = create_app(run, max_image_bytes=max_bytes, max_concurrency=conc, queue=queue)
+app = create_app(run, ServeConfig(max_image_bytes=max_bytes, max_concurrency=conc, queue=queue))
 uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 """
 

@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from bonefrac.config import ServeConfig
 from bonefrac.inference.predictor import Predictor
 from bonefrac.serving.app import create_app
 from tests.inference.dicom_files import write_dicom
@@ -29,7 +30,7 @@ def predictor(tiny_run: Path) -> Predictor:
 
 @pytest.fixture(scope="module")
 def client(tiny_run: Path, predictor: Predictor):
-    app = create_app(tiny_run, max_body_bytes=200_000, predictor=predictor)
+    app = create_app(tiny_run, ServeConfig(max_body_bytes=200_000), predictor=predictor)
     with TestClient(app) as c:
         yield c
 
@@ -240,6 +241,6 @@ def test_onnx_backend_serves(tiny_run, png_bytes, tmp_path):
     run = tmp_path / "tiny"
     shutil.copytree(tiny_run, run)
     export_onnx(run)
-    with TestClient(create_app(run, backend="onnx")) as c:
+    with TestClient(create_app(run, ServeConfig(backend="onnx"))) as c:
         body = assert_ok(post(c, png_bytes, heatmap="true"))
         assert body["backend"] == "onnx" and body["heatmap_png"]

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from bonefrac.config import ServeConfig
 from bonefrac.errors import ConfigError, ModelOutputError
 from bonefrac.inference.predictor import Predictor
 from bonefrac.inference.selfcheck import self_check
@@ -96,25 +97,29 @@ def test_docs_assets_are_local(tiny_run, predictor):
         assert "http://" not in html and "https://" not in html
         assert c.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
         assert c.get("/redoc").status_code == 404
-    with TestClient(create_app(tiny_run, predictor=predictor, warmup=False, docs=False)) as c:
+    with TestClient(
+        create_app(tiny_run, ServeConfig(docs=False), predictor=predictor, warmup=False)
+    ) as c:
         assert c.get("/docs").status_code == 404
 
 
 def test_host_check(tiny_run, predictor):
     hosts = default_allowed_hosts("127.0.0.1")
     assert "localhost" in hosts and default_allowed_hosts("0.0.0.0") == ["*"]
-    app = create_app(tiny_run, predictor=predictor, warmup=False, allowed_hosts=hosts)
+    app = create_app(tiny_run, ServeConfig(allowed_hosts=hosts), predictor=predictor, warmup=False)
     with TestClient(app, base_url="http://127.0.0.1:8000") as c:
         assert c.get("/health").status_code == 200
         resp = c.get("/health", headers={"host": "evil.example:8000"})
         assert resp.status_code == 400 and "--allowed-host" in resp.json()["detail"]
-    app = create_app(tiny_run, predictor=predictor, warmup=False, allowed_hosts=["*.lan"])
+    app = create_app(
+        tiny_run, ServeConfig(allowed_hosts=["*.lan"]), predictor=predictor, warmup=False
+    )
     with TestClient(app, base_url="http://xray.lan") as c:
         assert c.get("/health").status_code == 200
 
 
 def test_bearer_token(tiny_run, predictor, png, tmp_path):
-    app = create_app(tiny_run, predictor=predictor, warmup=False, token=TOKEN)
+    app = create_app(tiny_run, ServeConfig(token=TOKEN), predictor=predictor, warmup=False)
     with TestClient(app) as c:
         assert c.get("/health").status_code == 200 and c.get("/").status_code == 200
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
@@ -143,7 +148,9 @@ def test_tiff_is_accepted(tiny_run, predictor, png):
 def test_byte_budget_from_header(tiny_run, predictor, png):
     bomb = png16_zeros(9999, 9999)  # 189 KiB on disk, 200 MB decoded
     assert len(bomb) < 300_000
-    app = create_app(tiny_run, predictor=predictor, warmup=False, max_image_bytes=1_000_000)
+    app = create_app(
+        tiny_run, ServeConfig(max_image_bytes=1_000_000), predictor=predictor, warmup=False
+    )
     with TestClient(app) as c:
         resp = post(c, bomb, "bomb.png")
         assert resp.status_code == 413 and resp.json()["reason"] == "too many pixels"
@@ -153,7 +160,9 @@ def test_byte_budget_from_header(tiny_run, predictor, png):
 
 
 def test_queue_full_is_503_with_retry_after(tiny_run, predictor, png):
-    app = create_app(tiny_run, predictor=predictor, warmup=False, max_concurrency=1, queue=1)
+    app = create_app(
+        tiny_run, ServeConfig(max_concurrency=1, queue=1), predictor=predictor, warmup=False
+    )
     real = predictor.logits
     started = []
 

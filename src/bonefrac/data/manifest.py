@@ -17,13 +17,14 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from bonefrac.config import DataBuildConfig
 from bonefrac.data.boxes import clean_boxes
 from bonefrac.data.dedup import (
     THUMB_SIZE,
@@ -48,51 +49,27 @@ QUARANTINE_COLUMNS = ["path", "reason", "detail", "source", "image_id", "label",
 # ----------------------------------------------------------------------------- build
 
 
-def build_manifest(
-    *,
-    out: str | Path,
-    fracatlas: str | Path | None = None,
-    yolo: str | Path | Iterable[str | Path] | None = None,
-    folders: str | Path | Iterable[str | Path] | None = None,
-    dicom_dirs: str | Path | Iterable[str | Path] | None = None,
-    seed: int = 0,
-    ratios: Sequence[float] = DEFAULT_RATIOS,
-    unlabelled_negative: bool = False,
-    fracture_classes: Sequence[str] | None = None,
-    class_map: str | dict[str, int] | None = None,
-    freeze_split: str | Path | None = None,
-    force: bool = False,
-    workers: int | None = None,
-    dedup: DedupConfig | None = None,
-    stratify_region: bool = True,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Build ``out/manifest.csv``, ``out/quarantine.csv`` and ``out/summary.json``.
+def build_manifest(config: DataBuildConfig, *, dedup: DedupConfig | None = None) -> dict[str, Any]:
+    """Build ``manifest.csv``, ``quarantine.csv`` and ``summary.json`` in ``config.out``.
 
     Returns the summary dict (also written to summary.json). Refuses to overwrite an existing
-    manifest unless ``force``. Bad image files are quarantined, never fatal.
+    manifest unless ``config.force``. Bad image files are quarantined, never fatal. ``dedup``:
+    the near-duplicate thresholds (measured on FracAtlas, not a user option).
     """
     t0 = time.perf_counter()
-    out = Path(out)
+    out = Path(config.out)
+    seed, freeze_split, workers = config.seed, config.freeze_split, config.workers
     manifest_path = out / "manifest.csv"
-    if manifest_path.exists() and not force:
+    if manifest_path.exists() and not config.force:
         raise DataError(f"{manifest_path}: already exists; pass --force to overwrite it")
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder")
-    ratios = check_ratios(ratios)
+    ratios = check_ratios(config.ratios or DEFAULT_RATIOS)
     cfg = dedup or DedupConfig()
     if freeze_split is not None and not Path(freeze_split).is_file():
         raise DataError(f"{freeze_split}: --freeze-split manifest not found")
 
-    scans = scan_sources(
-        fracatlas=fracatlas,
-        yolo=yolo,
-        folders=folders,
-        dicom_dirs=dicom_dirs,
-        fracture_classes=fracture_classes,
-        unlabelled_negative=unlabelled_negative,
-        class_map=class_map,
-    )
+    scans = scan_sources(config)
     warnings = [w for scan in scans for w in scan.warnings]
     records, listed_twice = _collect_records(scans)
     if not records:
@@ -101,7 +78,7 @@ def build_manifest(
     _check_writable(out)
     t_scan = time.perf_counter()
 
-    probes = probe_images([r.path for r in records], workers=workers, progress=progress)
+    probes = probe_images([r.path for r in records], workers=workers, progress=config.progress)
     t_decode = time.perf_counter()
 
     quarantine: list[dict[str, Any]] = []
@@ -159,7 +136,7 @@ def build_manifest(
         seed=seed,
         ratios=ratios,
         frozen=frozen,
-        stratify_region=stratify_region,
+        stratify_region=config.stratify_region,
     )
     manifest, extra_cols = _manifest_frame(
         [good[i] for i in kept], [dd.group_ids[i] for i in kept], sp.splits, scans

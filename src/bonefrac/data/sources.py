@@ -11,8 +11,9 @@ Supported sources:
 
 Each reader returns a :class:`SourceScan`: the records plus a JSON-ready ``report`` (label
 disagreements, class mapping, files left out) that the manifest build puts in summary.json,
-and ``warnings`` (already logged) for the summary's warning list. :func:`scan_sources` reads
-every source a build asks for.
+and ``warnings`` (already logged) for the summary's warning list. :data:`SOURCE_KINDS` is the
+registry (one entry per kind: option, help, reader); :func:`scan_sources` reads every source a
+build's :class:`~bonefrac.config.DataBuildConfig` names.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 
 from bonefrac.data.imageio import is_candidate_image, is_dicom_file
-from bonefrac.errors import DataError
+from bonefrac.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from bonefrac.config import DataBuildConfig
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +222,8 @@ def read_fracatlas(root: str | Path, *, source: str = "fracatlas") -> SourceScan
     csv_path = root / "dataset.csv"
     meta: dict[str, dict[str, Any]] = {}
     if csv_path.is_file():
+        import pandas as pd  # here, not at the top: the CLI imports the registry to parse
+
         df = pd.read_csv(csv_path)
         if "image_id" not in df.columns:
             raise DataError(f"{csv_path}: no 'image_id' column; is this FracAtlas's dataset.csv?")
@@ -643,46 +648,79 @@ def read_dicom_dir(
     return read_folder(root, class_map=class_map, source=f"dicom:{root.name}", dicom_only=True)
 
 
-# ----------------------------------------------------------------------------- all sources
+# ----------------------------------------------------------------------------- the registry
 
 
-def _as_list(value: str | Path | Iterable[str | Path] | None) -> list[Path]:
-    if value is None:
-        return []
-    if isinstance(value, (str, Path)):
-        return [Path(value)]
-    return [Path(v) for v in value]
+@dataclass(frozen=True)
+class SourceKind:
+    """One kind of data source: the ``data build`` option naming its roots and its reader.
+
+    ``read(root, index, config)`` reads one root; ``index`` counts the roots of this kind
+    before it (the second YOLO folder is source ``yolo2``). ``repeatable``: the option may be
+    given several times on the command line.
+    """
+
+    name: str
+    option: str
+    help: str
+    repeatable: bool
+    read: Callable[[Path, int, DataBuildConfig], SourceScan]
 
 
-def scan_sources(
-    *,
-    fracatlas: str | Path | None = None,
-    yolo: str | Path | Iterable[str | Path] | None = None,
-    folders: str | Path | Iterable[str | Path] | None = None,
-    dicom_dirs: str | Path | Iterable[str | Path] | None = None,
-    fracture_classes: Sequence[str] | None = None,
-    unlabelled_negative: bool = False,
-    class_map: str | dict[str, int] | None = None,
-) -> list[SourceScan]:
-    """Read every requested source (no decoding yet). Source names are made unique."""
-    scans: list[SourceScan] = []
-    if fracatlas:
-        scans.append(read_fracatlas(fracatlas))
-    for i, y in enumerate(_as_list(yolo)):
-        scans.append(
-            read_yolo(
-                y,
-                fracture_classes=list(fracture_classes) if fracture_classes else None,
-                unlabelled_negative=unlabelled_negative,
-                source="yolo" if i == 0 else f"yolo{i + 1}",
-            )
+def _fracatlas(root: Path, index: int, config: DataBuildConfig) -> SourceScan:
+    return read_fracatlas(root)
+
+
+def _yolo(root: Path, index: int, config: DataBuildConfig) -> SourceScan:
+    return read_yolo(
+        root,
+        fracture_classes=config.fracture_classes,
+        unlabelled_negative=config.unlabelled_negative,
+        source="yolo" if index == 0 else f"yolo{index + 1}",
+    )
+
+
+def _folder(root: Path, index: int, config: DataBuildConfig) -> SourceScan:
+    return read_folder(root, class_map=config.class_map)
+
+
+def _dicom_dir(root: Path, index: int, config: DataBuildConfig) -> SourceScan:
+    return read_dicom_dir(root, class_map=config.class_map)
+
+
+#: Every source kind, in the order a build reads them (which orders the manifest's rows);
+#: a new kind is one entry here (the CLI and :class:`DataBuildConfig` follow).
+SOURCE_KINDS: dict[str, SourceKind] = {
+    kind.name: kind
+    for kind in (
+        SourceKind("fracatlas", "--fracatlas", "FracAtlas root folder.", False, _fracatlas),
+        SourceKind("yolo", "--yolo", "YOLO detection folder (data.yaml).", False, _yolo),
+        SourceKind("folder", "--folder", "Image folder root/<class>/*; repeatable.", True, _folder),
+        SourceKind(
+            "dicom_dir",
+            "--dicom-dir",
+            "DICOM files as root/<class>/**; repeatable.",
+            True,
+            _dicom_dir,
+        ),
+    )
+}
+
+
+def scan_sources(config: DataBuildConfig) -> list[SourceScan]:
+    """Read every source ``config`` names (no decoding yet). Source names are made unique."""
+    unknown = sorted(set(config.sources) - set(SOURCE_KINDS))
+    if unknown:
+        raise ConfigError(
+            f"unknown source kind(s) {unknown}; choose from {', '.join(SOURCE_KINDS)}"
         )
-    for f in _as_list(folders):
-        scans.append(read_folder(f, class_map=class_map))
-    for d in _as_list(dicom_dirs):
-        scans.append(read_dicom_dir(d, class_map=class_map))
+    scans: list[SourceScan] = []
+    for kind in SOURCE_KINDS.values():
+        for index, root in enumerate(config.sources.get(kind.name, [])):
+            scans.append(kind.read(Path(root), index, config))
     if not scans:
-        raise DataError("no data source given: pass --fracatlas, --yolo, --folder or --dicom-dir")
+        options = [kind.option for kind in SOURCE_KINDS.values()]
+        raise DataError(f"no data source given: pass {', '.join(options[:-1])} or {options[-1]}")
     names: Counter[str] = Counter()
     for scan in scans:
         names[scan.name] += 1

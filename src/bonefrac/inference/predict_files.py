@@ -2,7 +2,8 @@
 
 The single-process path streams batches (:mod:`bonefrac.inference.batch`); with
 ``devices > 1`` Lightning Fabric starts that many processes, each streaming its share to a part
-file that the first one merges (:mod:`bonefrac.inference.distributed`).
+file that the first one merges (:mod:`bonefrac.inference.distributed`). The job's options are
+one :class:`~bonefrac.config.PredictConfig`; :class:`BatchJob` is built from it here, once.
 """
 
 from __future__ import annotations
@@ -11,62 +12,78 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bonefrac.errors import BonefracError
+from bonefrac.config import PredictConfig
 from bonefrac.inference.batch import BatchJob, BatchSummary, prepare_job, stream_predictions
 from bonefrac.inference.distributed import load_predictor, predict_distributed
 from bonefrac.inference.predictor import Predictor
+from bonefrac.system import usable_cpus
 
 
 def predict_to_csv(
     run_dir: str | Path,
     inputs: Sequence[str | Path],
     out: str | Path,
+    config: PredictConfig | None = None,
     *,
-    backend: str = "torch",
-    batch_size: int = 16,
-    cam_dir: str | Path | None = None,
-    dicom_frame: int | None = None,
-    workers: int = 0,
-    force: bool = False,
-    retry_errors: bool = False,
-    progress: bool = True,
     predictor: Predictor | None = None,
-    devices: int = 1,
-    accelerator: str = "cpu",
-    strategy: str = "ddp",
-    dicom_out: str | Path | None = None,
 ) -> BatchSummary | None:
     """Predict every input file into ``out`` (CSV, :data:`COLUMNS`), resuming a previous run.
 
-    ``devices > 1`` runs that many processes (Lightning Fabric, ``accelerator``/``strategy``);
-    then only the first process gets the summary and the others get ``None``.
-    ``dicom_out``: write a DICOM Secondary Capture and SR per DICOM input there
+    ``config.devices > 1`` runs that many processes (Lightning Fabric, ``accelerator`` /
+    ``strategy``); then only the first process gets the summary and the others get ``None``.
+    ``config.dicom_out``: write a DICOM Secondary Capture and SR per DICOM input there
     (:mod:`bonefrac.dicom.write`); other inputs are counted, not failed.
+    ``predictor``: an already loaded model (tests and benchmarks share one).
     """
-    if batch_size < 1:
-        raise BonefracError(f"--batch-size must be at least 1, got {batch_size}")
-    if devices < 1:
-        raise BonefracError(f"--devices must be at least 1, got {devices}")
-    job = BatchJob(
-        run_dir=Path(run_dir),
-        inputs=[Path(p) for p in inputs],
-        out=Path(out),
-        backend=backend,
-        batch_size=batch_size,
-        cam_dir=Path(cam_dir) if cam_dir else None,
-        dicom_frame=dicom_frame,
-        workers=workers,
-        force=force,
-        retry_errors=retry_errors,
-        progress=progress,
-        dicom_out=Path(dicom_out) if dicom_out else None,
-    )
-    if devices > 1:
-        return predict_distributed(job, devices=devices, accelerator=accelerator, strategy=strategy)
+    config = config or PredictConfig()
+    job = batch_job(run_dir, inputs, out, config)
+    if config.devices > 1:
+        return predict_distributed(
+            job, devices=config.devices, accelerator=config.accelerator, strategy=config.strategy
+        )
     start = time.perf_counter()
     if predictor is None:
-        predictor = load_predictor(job, accelerator)
+        predictor = load_predictor(job, config.accelerator)
     todo, summary = prepare_job(job, predictor)
     stream_predictions(predictor, todo, job.out, job, summary)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def batch_job(
+    run_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, config: PredictConfig
+) -> BatchJob:
+    """The picklable job every prediction process runs, from the command's options."""
+    workers = config.workers
+    if workers is None:
+        workers = default_decode_workers(config.devices)
+    return BatchJob(
+        run_dir=Path(run_dir),
+        inputs=[Path(p) for p in inputs],
+        out=Path(out),
+        backend=config.backend,
+        batch_size=config.batch_size,
+        cam_dir=config.cam_dir,
+        dicom_frame=config.dicom_frame,
+        workers=workers,
+        force=config.force,
+        retry_errors=config.retry_errors,
+        progress=config.progress,
+        dicom_out=config.dicom_out,
+    )
+
+
+def default_decode_workers(processes: int) -> int:
+    """DataLoader decode workers per prediction process: its share of CPUs - 1, at most 4."""
+    share = usable_cpus() // max(1, processes)
+    return min(4, share - 1) if share > 2 else 0
+
+
+def exit_status(summary: BatchSummary) -> int:
+    """``bonefrac predict``'s exit status: 2 when the model answered for no file, 1 when some
+    files (or a requested DICOM output) failed, else 0."""
+    if summary.model_broken:
+        return 2
+    if summary.any_failed or summary.dicom_out.failed:
+        return 1
+    return 0

@@ -27,7 +27,6 @@ import base64
 import io
 import logging
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +35,13 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from bonefrac.config import ServeConfig
 from bonefrac.data.imageio import PNG_SIGNATURE, is_dicom_bytes
 from bonefrac.dicom.write import DicomOutError
 from bonefrac.errors import BonefracError, ImageDecodeError, ModelOutputError
 from bonefrac.rundir import missing_safeguards, warn_missing_safeguards
 from bonefrac.rundir.predictions import api_answer
-from bonefrac.serving.budget import (
-    DEFAULT_MAX_IMAGE_BYTES,
-    DEFAULT_MAX_PIXELS,
-    check_budget,
-    footprint,
-)
+from bonefrac.serving.budget import check_budget, footprint
 from bonefrac.serving.guards import (
     Admission,
     BearerAuth,
@@ -55,19 +50,13 @@ from bonefrac.serving.guards import (
     SecurityHeaders,
     default_allowed_hosts,
     is_loopback,
+    read_token,
     send_json,
 )
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
-DEFAULT_MAX_CONCURRENCY = 2
-DEFAULT_QUEUE = 16
-DEFAULT_BODY_TIMEOUT_S = 30.0
-DEFAULT_KEEP_ALIVE_S = 5
-#: Open connections uvicorn accepts (idle keep-alive ones included) before answering 503.
-DEFAULT_MAX_CONNECTIONS = 64
 #: model.json keys shown by /v1/model (no paths, no training provenance).
 PUBLIC_META_KEYS = (
     "architecture", "image_size", "mean", "std", "class_names", "positive_class", "threshold",
@@ -85,9 +74,7 @@ _STATUS_FOR_REASON = {"too many pixels": 413}
 class BodyLimitMiddleware:
     """Pure ASGI: reject bodies over ``max_body_bytes`` (413) or stalling (408), as JSON."""
 
-    def __init__(
-        self, app: Any, max_body_bytes: int, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
-    ) -> None:
+    def __init__(self, app: Any, max_body_bytes: int, body_timeout_s: float) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
@@ -217,34 +204,33 @@ DOCS_HTML = """<!doctype html>
 
 def create_app(
     run_dir: str | Path,
-    backend: str = "torch",
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    config: ServeConfig | None = None,
     *,
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-    queue: int = DEFAULT_QUEUE,
-    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-    allowed_hosts: Sequence[str] | None = None,
-    token: str | None = None,
-    docs: bool = True,
-    require_self_check: bool = True,
     predictor: Any = None,
+    require_self_check: bool = True,
     warmup: bool = True,
 ) -> FastAPI:
-    """The FastAPI app serving ``run_dir``.
+    """The FastAPI app serving ``run_dir`` with ``config``'s limits and guards (defaults: a
+    plain :class:`ServeConfig`).
 
     The model is loaded now, not per request, and passes :func:`self_check` (finite logits on
     fixed inputs) or the app is not built (``ModelOutputError``); with
     ``require_self_check=False`` it is built but ``/health`` and ``/v1/predict`` answer 503.
     ``warmup`` runs one heatmap prediction so the first real request does not pay for loading
-    Grad-CAM (and, with ``onnx``, the torch model). ``allowed_hosts``: ``Host`` allow-list
-    (``None``: no check; ``bonefrac serve`` passes loopback names + the bound host).
-    ``token``: require ``Authorization: Bearer <token>`` on ``/v1/...``.
-    ``predictor``: an already loaded :class:`Predictor` (tests share one).
+    Grad-CAM (and, with ``onnx``, the torch model). ``config.allowed_hosts``: ``Host``
+    allow-list (``None``: no check; :func:`serve` passes loopback names + the bound host).
+    ``config.token`` (or ``token_file``): require ``Authorization: Bearer <token>`` on
+    ``/v1/...``. ``predictor``: an already loaded :class:`Predictor` (tests share one).
     """
-    import bonefrac
     from bonefrac.inference.predictor import Predictor
+    from bonefrac.version import __version__
+
+    config = config or ServeConfig()
+    token = resolve_token(config)
+    # the options the routes and middleware below read, as locals (closures keep them)
+    backend, max_pixels, max_image_bytes = config.backend, config.max_pixels, config.max_image_bytes
+    max_body_bytes, body_timeout_s = config.max_body_bytes, config.body_timeout_s
+    allowed_hosts, docs = config.allowed_hosts, config.docs
 
     pred = predictor or Predictor.from_run(run_dir, backend=backend, check=False)
     health_error: str | None = None
@@ -265,7 +251,7 @@ def create_app(
         log.warning("API docs off: the fastapi-offline package (Swagger UI assets) is missing")
     app = FastAPI(
         title="bonefrac",
-        version=bonefrac.__version__,
+        version=__version__,
         description=(
             f"Fracture classifier for limb radiographs: run **{pred.name}** "
             f"({pred.architecture}, {pred.backend}). {CAVEAT}"
@@ -276,7 +262,7 @@ def create_app(
     app.state.predictor = pred
     app.state.max_pixels = max_pixels
     app.state.health_error = health_error
-    gate = Gate(max_concurrency, queue)
+    gate = Gate(config.max_concurrency, config.queue)
     app.state.gate = gate
     # outermost last: headers -> Host -> token -> admission -> body limit -> routes
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes,
@@ -427,53 +413,37 @@ def create_app(
     return app
 
 
-def serve(
-    run_dir: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    backend: str = "torch",
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    log_level: str = "info",
-    *,
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-    queue: int = DEFAULT_QUEUE,
-    allowed_hosts: Sequence[str] = (),
-    token_file: str | Path | None = None,
-    docs: bool = True,
-    keep_alive_s: int = DEFAULT_KEEP_ALIVE_S,
-    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
-) -> None:
+def resolve_token(config: ServeConfig) -> str | None:
+    """The bearer token ``config`` asks for: ``token``, else the one in ``token_file``."""
+    if config.token is not None:
+        return config.token
+    return read_token(config.token_file) if config.token_file else None
+
+
+def serve(run_dir: str | Path, config: ServeConfig | None = None) -> None:
     """Run the app with uvicorn (blocking).
 
-    ``allowed_hosts`` adds to the default Host allow-list (loopback names + ``host``).
+    ``config.allowed_hosts`` adds to the default Host allow-list (loopback names + ``host``).
     Idle keep-alive connections close after ``keep_alive_s``; a body stalling for
     ``body_timeout_s`` gets 408; beyond ``max_connections`` open connections uvicorn answers 503.
     """
     import uvicorn
 
-    from bonefrac.serving.guards import read_token
-
-    token = read_token(token_file) if token_file else None
-    if not is_loopback(host) and token is None:
+    config = config or ServeConfig()
+    token = resolve_token(config)  # a bad token file fails before the model loads
+    if not is_loopback(config.host) and token is None:
         log.warning(
             "serving on non-loopback address %s without --token-file: anyone who can reach "
             "this port can upload images and read predictions",
-            host,
+            config.host,
         )
     limit_malloc_arenas()
 
-    hosts = [*default_allowed_hosts(host), *allowed_hosts]
-    app = create_app(
-        run_dir, backend, max_body_bytes=max_body_bytes, max_pixels=max_pixels,
-        max_image_bytes=max_image_bytes, max_concurrency=max_concurrency, queue=queue,
-        body_timeout_s=body_timeout_s, allowed_hosts=hosts, token=token, docs=docs,
-    )  # fmt: skip
+    hosts = [*default_allowed_hosts(config.host), *(config.allowed_hosts or ())]
+    app = create_app(run_dir, config.with_changes(token=token, allowed_hosts=hosts))
     uvicorn.run(
-        app, host=host, port=port, log_level=log_level, timeout_keep_alive=keep_alive_s,
-        limit_concurrency=max_connections,
+        app, host=config.host, port=config.port, log_level=config.log_level,
+        timeout_keep_alive=config.keep_alive_s, limit_concurrency=config.max_connections,
     )  # fmt: skip
 
 

@@ -15,11 +15,6 @@ from dataclasses import dataclass
 from bonefrac.data.imageio import is_dicom_bytes
 from bonefrac.errors import ImageDecodeError
 
-#: Defaults of ``bonefrac serve``: a 4300 x 3500 16-bit CR/DX DICOM is 30 MB, a 2880 x 2304
-#: RGB JPEG (FracAtlas full resolution) 20 MB, so both fit with room to spare.
-DEFAULT_MAX_PIXELS = 36_000_000
-DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
-
 
 @dataclass(frozen=True)
 class Footprint:
