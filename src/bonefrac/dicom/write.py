@@ -445,9 +445,7 @@ def with_heatmap(pred: Any) -> Any:
     return pred
 
 
-def dicom_out_for_file(
-    predictor: Any, prepared: Any, pred: Any, path: Path, out_dir: Path
-) -> tuple[Path, Path]:
+def dicom_out_for_file(predictor: Any, pred: Any, path: Path, out_dir: Path) -> tuple[Path, Path]:
     """Write the capture and report of one DICOM input file into ``out_dir``."""
     source = read_header(path)
     outputs = build_outputs(source, with_heatmap(pred), ModelInfo.of(predictor))
@@ -480,7 +478,7 @@ def is_dicom_input(path: Path) -> bool:
 
 
 def write_dicom_out(
-    predictor: Any, prepared: Any, pred: Any, path: Path, out_dir: Path, counts: DicomOutCounts
+    predictor: Any, pred: Any, path: Path, out_dir: Path, counts: DicomOutCounts
 ) -> None:
     """The batch job's hook: results for a DICOM input, a count (and a log line) otherwise.
 
@@ -494,7 +492,7 @@ def write_dicom_out(
         log.info("%s: not a DICOM input, so no DICOM out for it", printable(str(path)))
         return
     try:
-        dicom_out_for_file(predictor, prepared, pred, path, out_dir)
+        dicom_out_for_file(predictor, pred, path, out_dir)
     except DicomOutError as exc:
         counts.failures.append((str(path), str(exc)))
         log.warning("DICOM out: %s", printable(str(exc)))
@@ -502,7 +500,7 @@ def write_dicom_out(
     counts.written += 1
 
 
-def dicom_out_zip(predictor: Any, prepared: Any, pred: Any, data: bytes) -> bytes:
+def dicom_out_zip(predictor: Any, pred: Any, data: bytes) -> bytes:
     """The service's ``?dicom=true``: the capture and report of an uploaded DICOM, zipped."""
     source = read_header(data, pred.name)
     outputs = build_outputs(source, with_heatmap(pred), ModelInfo.of(predictor))

@@ -373,7 +373,6 @@ def _batch_rows(
     by_index: dict[int, Any] = {}
     if batch.predictions is not None:
         by_index = dict(zip(batch.indices, batch.predictions, strict=True))
-    prepared = dict(zip(batch.indices, batch.inputs, strict=True))
     reasons = dict(batch.skipped)
     batch_error = f"{MODEL_ERROR}: {batch.error}" if batch.error else ""
     rows = []
@@ -405,7 +404,7 @@ def _batch_rows(
             _save_png(pred.overlay(), target)
             cam_path = encode_path(target)
         if dicom_out is not None:
-            write_dicom_out(predictor, prepared[i], pred, path, dicom_out, summary.dicom_out)
+            write_dicom_out(predictor, pred, path, dicom_out, summary.dicom_out)
         rows.append(
             predict_row(
                 encode_path(path),

@@ -317,7 +317,7 @@ def create_app(
             raise ModelOutputError(f"{name}: the model's output is not a finite number")
         headers = {"Content-Disposition": 'attachment; filename="bonefrac-dicom.zip"'}
         return Response(
-            dicom_out_zip(pred, prepared, result, data), media_type="application/zip",
+            dicom_out_zip(pred, result, data), media_type="application/zip",
             headers=headers,
         )  # fmt: skip
 
