@@ -419,6 +419,17 @@ class PredictConfig(_JobOptions):
     """Lightning launcher with ``devices > 1``: ``ddp`` | ``ddp_spawn``."""
     dicom_out: Path | None = None
     """Write a DICOM Secondary Capture + SR per DICOM input here."""
+    study_column: str | None = None
+    """The inputs are one CSV list (path + this column): also one row per study."""
+    study_by: str | None = None
+    """``folder``: the images of one folder form a study."""
+    study_agg: str = "max"
+    """Study probability from its images: ``max`` | ``mean`` | ``noisy_or``."""
+
+    @property
+    def studies(self) -> bool:
+        """The job also writes ``<out>.studies.csv``."""
+        return bool(self.study_column or self.study_by)
 
     @field_validator("batch_size", "devices")
     @classmethod

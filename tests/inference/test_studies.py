@@ -142,3 +142,23 @@ def test_evaluate_study_column(tiny_run, tmp_path):
     n_pos_calls = int((preds.groupby("study")["prob"].max() >= thr).sum())
     cm = study["confusion_matrix"]
     assert cm["tp"] + cm["fp"] == n_pos_calls
+
+
+def test_predict_job_writes_the_studies_the_config_asks_for(tiny_run, tmp_path):
+    """The library call behind ``bonefrac predict --study-by``: the same studies CSV."""
+    from bonefrac.config import PredictConfig
+    from bonefrac.inference.predict_files import predict_job
+
+    make_studies(tmp_path / "data")
+    folders = [tmp_path / "data" / "study0", tmp_path / "data" / "study1"]
+    out = tmp_path / "p.csv"
+    config = PredictConfig(progress=False, study_by="folder", study_agg="noisy_or")
+    job = predict_job(tiny_run, folders, out, config)
+    assert job is not None and job.summary.predicted == 6
+    assert job.studies_path == studies_path(out)
+    assert [Path(s["study"]).name for s in job.studies] == ["study0", "study1"]
+    assert [s["aggregation"] for s in _rows(studies_path(out))] == ["noisy_or"] * 2
+    plain = predict_job(tiny_run, folders, tmp_path / "q.csv", PredictConfig(progress=False))
+    assert plain.studies is None and not studies_path(tmp_path / "q.csv").exists()
+    with pytest.raises(DataError, match="--study-agg"):
+        predict_job(tiny_run, folders, out, PredictConfig(study_by="folder", study_agg="median"))

@@ -78,37 +78,30 @@ def predict(
     2 the job itself failed (bad run or arguments, unwritable --out, a CSV written by another
     run or setting, or a model that gave no usable output for any file).
     """
-    from bonefrac.inference.predict_files import exit_status, predict_to_csv
-    from bonefrac.inference.studies import check_aggregation, study_inputs
+    from bonefrac.inference.predict_files import exit_status, predict_job
 
-    grouped = bool(study_column or study_by)
-    if grouped:
-        check_aggregation(study_agg)
-    paths, study_of = study_inputs(paths, study_column, study_by)
     config = PredictConfig(
         backend=backend, batch_size=batch_size, cam_dir=cam_dir, dicom_frame=dicom_frame,
         workers=workers, force=force, retry_errors=retry_errors, progress=not no_progress,
         devices=devices, accelerator=accelerator, strategy=strategy, dicom_out=dicom_out,
+        study_column=study_column, study_by=study_by, study_agg=study_agg,
     )  # fmt: skip
     try:
-        summary = predict_to_csv(run, paths, out, config)
+        job = predict_job(run, paths, out, config)
     except (BonefracError, KeyboardInterrupt):
         raise
     except Exception as exc:  # an unexpected failure is still the job's, not a file's: exit 2
         logging.getLogger(__name__).debug("predict failed", exc_info=True)
         render.job_failed(render.err_console, exc)
         raise typer.Exit(code=2) from None
-    if summary is None:  # a helper process of a multi-process job: the first one reports
+    if job is None:  # a helper process of a multi-process job: the first one reports
         return
+    summary = job.summary
     render.predict_summary(render.console, summary, out)
     if dicom_out is not None:
         render.dicom_out(render.console, summary.dicom_out, dicom_out)
-    if grouped:
-        from bonefrac.inference.batch import read_rows
-        from bonefrac.inference.studies import write_studies
-
-        target, studies = write_studies(out, read_rows(out), study_of, study_agg)
-        render.studies(render.console, target, studies, study_agg)
+    if job.studies is not None:
+        render.studies(render.console, job.studies_path, job.studies, study_agg)
     render.predict_failures(render.console, summary, run, out)
     status = exit_status(summary)
     if status:

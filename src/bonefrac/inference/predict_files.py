@@ -10,13 +10,51 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bonefrac.config import PredictConfig
 from bonefrac.inference.batch import BatchJob, BatchSummary, prepare_job, stream_predictions
 from bonefrac.inference.distributed import load_predictor, predict_distributed
 from bonefrac.inference.predictor import Predictor
 from bonefrac.system import usable_cpus
+
+
+@dataclass
+class PredictJob:
+    """What ``bonefrac predict`` did: the files' summary and, when asked, the studies."""
+
+    summary: BatchSummary
+    studies_path: Path | None = None  # <out>.studies.csv
+    studies: list[dict[str, Any]] | None = None
+
+
+def predict_job(
+    run_dir: str | Path,
+    paths: Sequence[str | Path],
+    out: str | Path,
+    config: PredictConfig | None = None,
+) -> PredictJob | None:
+    """:func:`predict_to_csv`, then ``<out>.studies.csv`` when ``config`` groups the images
+    into studies (``study_column``: ``paths`` is one CSV list; ``study_by="folder"``).
+    ``None`` in the helper processes of a multi-process job."""
+    from bonefrac.inference.batch import read_rows
+    from bonefrac.inference.studies import check_aggregation, study_inputs, write_studies
+
+    config = config or PredictConfig()
+    if config.studies:
+        check_aggregation(config.study_agg)
+    inputs, study_of = study_inputs([Path(p) for p in paths], config.study_column, config.study_by)
+    summary = predict_to_csv(run_dir, inputs, out, config)
+    if summary is None:
+        return None
+    job = PredictJob(summary)
+    if config.studies:
+        job.studies_path, job.studies = write_studies(
+            Path(out), read_rows(Path(out)), study_of, config.study_agg
+        )
+    return job
 
 
 def predict_to_csv(
