@@ -311,3 +311,23 @@ def test_calibrate_removes_a_stale_refer_rule(decided_run: Path, tmp_path: Path)
     calibrate_run(run)
     meta = RunDir.open(run).meta()  # still valid: the rule fitted at T = 1 was removed
     assert meta.temperature != 1.0 and meta.refer is None
+
+
+def test_tta_std_names_a_val_image_that_cannot_be_read(tiny_run, tmp_path):
+    """TTA runs through the one batch loop; a missing image is an error naming it, never a
+    shorter column."""
+    import shutil
+
+    from bonefrac.errors import DataError
+    from bonefrac.evaluation.refer import split_tta_std
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    rd = RunDir.open(run)
+    raw = rd.read_predictions_raw("val")
+    raw.loc[3, "path"] = str(tmp_path / "gone.png")
+    rd.write_predictions("val", raw)
+    with pytest.raises(DataError, match="gone.png"):
+        split_tta_std(rd, "val")
+    raw = rd.read_predictions_raw("val")
+    assert "tta_std" not in raw.columns  # nothing half-written

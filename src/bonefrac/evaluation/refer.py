@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from bonefrac.errors import ConfigError, DataError
+from bonefrac.inference.loop import FileInputs, collect
 from bonefrac.inference.predictor import Predictor
 from bonefrac.inference.tta import TTA_VIEWS, tta_std
 from bonefrac.metrics import coverage_cutoff, error_detection_auroc
@@ -55,15 +56,16 @@ def split_tta_std(
     if "path" not in raw.columns:
         raise DataError(f"{run.prediction_path(name)}: no 'path' column to compute TTA from")
     pred = predictor or Predictor.from_run(run)
-    out: list[np.ndarray] = []
     paths = raw["path"].astype(str).tolist()
     log.info("test-time augmentation of %d %s images (%d views)", len(paths), name,
              len(TTA_VIEWS))  # fmt: skip
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        arrays = [pred.prepare(p, name=p).array for p in chunk]
-        out.append(tta_std(pred.tta_logits(arrays)))
-    values = check_finite(np.concatenate(out), f"{run.prediction_path(name)}: TTA logits")
+    inputs = FileInputs(paths, pred.image_size, pred.clahe)
+    out = collect(pred, inputs, "tta", batch_size=batch_size, progress=False)
+    if out.skipped:
+        index, reason = out.skipped[0]
+        raise DataError(f"{paths[index]}: {reason}; TTA needs every {name} image")
+    views = check_finite(out.tta, f"{run.prediction_path(name)}: TTA logits")
+    values = tta_std(views)
     raw[TTA_STD_COLUMN] = [f"{v:.6g}" for v in values]
     run.write_predictions(name, raw)
     return values

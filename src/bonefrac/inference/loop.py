@@ -14,7 +14,8 @@ always given full batches. What is computed per batch is one of :data:`KINDS`:
 - ``predictions``: a :class:`~bonefrac.inference.predictor.Prediction` per input (``None`` where
   the model's output is not finite); a batch whose whole answer cannot be trusted carries
   ``error`` instead;
-- ``features``: penultimate features and logits (the out-of-scope statistics).
+- ``features``: penultimate features and logits (the out-of-scope statistics);
+- ``tta``: the logits of every test-time view ``(B, V)`` (the refer rule's ``tta_std``).
 
 :func:`collect` concatenates the batches of a whole data set (for the predictions CSVs, whose
 table :func:`bonefrac.inference.frames.predictions_table` builds).
@@ -37,7 +38,7 @@ from bonefrac.inference.predictor import Prediction, PreparedInput, prepare_inpu
 from bonefrac.rundir import check_finite
 
 #: What :func:`batches` computes per batch (see the module text).
-KINDS = ("logits", "predictions", "features")
+KINDS = ("logits", "predictions", "features", "tta")
 
 Size = tuple[int, int]
 
@@ -160,6 +161,7 @@ class Batch:
     logits: np.ndarray | None = None  # (B,)
     head: np.ndarray | None = None  # (B, C, h, w): a localising run's head output
     features: np.ndarray | None = None  # (B, D)
+    tta: np.ndarray | None = None  # (B, V): the logit of each test-time view
     predictions: list[Prediction | None] | None = None
     error: str = ""  # the model's answer for the whole batch cannot be trusted
 
@@ -201,6 +203,9 @@ def run_batch(
     arrays = [p.array for p in batch.inputs]
     if kind == "features":
         batch.features, batch.logits = predictor.features(arrays)
+    elif kind == "tta":
+        batch.tta = predictor.tta_logits(arrays)
+        batch.logits = batch.tta[:, 0]  # the first view is the image itself
     elif kind == "predictions":
         try:
             batch.predictions = predictor.predict_prepared(
@@ -253,6 +258,7 @@ class Outputs:
     logits: np.ndarray
     head: np.ndarray | None = None
     features: np.ndarray | None = None
+    tta: np.ndarray | None = None
     skipped: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -267,7 +273,7 @@ def collect(
     progress: bool = True,
     description: str = "predicting",
 ) -> Outputs:
-    """:func:`batches` of ``kind`` ``logits`` or ``features`` over all of ``inputs``,
+    """:func:`batches` of ``kind`` ``logits``, ``features`` or ``tta`` over all of ``inputs``,
     concatenated (predictions stream: use :func:`batches`); a non-finite logit is a
     :class:`ModelOutputError`."""
     from rich.progress import Progress
@@ -279,6 +285,7 @@ def collect(
     logits: list[np.ndarray] = []
     heads: list[np.ndarray] = []
     feats: list[np.ndarray] = []
+    views: list[np.ndarray] = []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(description, total=len(inputs))
         for batch in batches(
@@ -294,13 +301,17 @@ def collect(
                 heads.append(batch.head)
             if batch.features is not None:
                 feats.append(batch.features)
+            if batch.tta is not None:
+                views.append(batch.tta)
             bar.advance(task, batch.count)
     if logits:
         out.logits = np.concatenate(logits)
-    if kind == "logits":
+    if kind in ("logits", "tta"):
         check_finite(out.logits, f"{predictor.name or predictor.architecture}: {description}")
     if heads:
         out.head = np.concatenate(heads)
     if feats:
         out.features = np.concatenate(feats)
+    if views:
+        out.tta = np.concatenate(views)
     return out
