@@ -6,16 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a busy 2-core machine run several times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.maps.conftest import _one_thread  # noqa: F401  (autouse: one torch thread)
 
 
 @pytest.fixture()
