@@ -59,7 +59,7 @@ def loc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic_loc")
     manifest = make_manifest(root, {"train": 120, "val": 30, "test": 30}, pos_rate=0.5)
     out = tmp_path_factory.mktemp("runs") / "loc"
-    cfg = load_config(None, FAST_OVERRIDES + ["model.localize=true"])
+    cfg = load_config(None, FAST_OVERRIDES + ["model.localize=true", "model.loc_levels=[8, 16]"])
     return train(cfg, manifest, out, progress=False)
 
 

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from bonefrac.errors import ConfigError
@@ -85,13 +92,20 @@ class ModelConfig(_Strict):
     localize: bool = False
     """Add a localisation head trained on the manifest's fracture boxes: the run then outputs
     a map and boxes (``pred_boxes``) beside the fracture probability."""
-    loc_stride: Literal[4, 8] = 8
-    """Input pixels per cell of a localising model's map and boxes: 8, or 4 for finer box
-    geometry (the head then also reads the stride-4 features, at more compute)."""
+    loc_levels: list[Literal[4, 8, 16, 32]] = Field(default_factory=lambda: [8, 16, 32])
+    """Feature strides the fracture detector (FPN + FCOS head) reads, finest first; the map is
+    drawn at the finest. Stride 4 adds detail for thin boxes at about 4x the head's compute."""
     fuse_map_score: bool = True
     """A localising model's image score fuses its class logit with its map's peak, weights
     fitted on val after training (logistic regression), kept only when the fused score ranks
     val no worse than the logit; false: the class logit alone."""
+
+    @field_validator("loc_levels")
+    @classmethod
+    def _check_levels(cls, value: list[int]) -> list[int]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("must list one or more distinct strides, e.g. [8, 16, 32]")
+        return sorted(value)
 
     @field_validator("freeze")
     @classmethod
@@ -126,11 +140,8 @@ class TrainConfig(_Strict):
     """``auto`` (negatives/positives in train), a number, or ``none``."""
     loss: Literal["bce", "focal"] = "bce"
     loc_loss_weight: float = Field(1.0, ge=0)
-    """Weight of the localisation map's loss beside the fracture logit's (model.localize)."""
-    loc_target: Literal["box", "gaussian"] = "box"
-    """The map's training target: ``box`` (1 on every cell inside a fracture box) or
-    ``gaussian`` (peaking at 1 on the box's centre, falling to about 0.14 at its edges; the box
-    loss then weights cells the same way)."""
+    """Weight of the detector's loss (FCOS: focal + GIoU + centre-ness) beside the fracture
+    logit's (model.localize)."""
     focal_gamma: float = Field(2.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     monitor: Literal["val_roc_auc", "val_loss", "val_f1", "val_pr_auc"] = "val_roc_auc"
@@ -279,6 +290,16 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+
+    @model_validator(mode="after")
+    def _check_detector_size(self) -> ExperimentConfig:
+        coarsest = max(self.model.loc_levels)
+        if self.model.localize and self.data.image_size % coarsest:
+            raise ValueError(
+                f"data.image_size {self.data.image_size} must be a multiple of the detector's "
+                f"coarsest stride {coarsest} (model.loc_levels {self.model.loc_levels})"
+            )
+        return self
 
 
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:

@@ -128,7 +128,7 @@ def test_onnx_map_parity_and_same_boxes(loc_run: Path, test_preds: pd.DataFrame,
     shutil.copytree(loc_run, run)
     res = export_onnx(run)
     assert res.max_abs_diff < 1e-4
-    assert RunDir.open(run).meta().get("onnx")["outputs"] == ["logit", "map"]
+    assert RunDir.open(run).meta().get("onnx")["outputs"] == ["logit", "detector"]
     onnx = Predictor.from_run(run, backend="onnx")
     torch_pred = Predictor.from_run(run)
     paths = list(test_preds["path"][:8])
@@ -150,7 +150,7 @@ def test_image_score_fuses_logit_and_map_peak(loc_run: Path, test_preds: pd.Data
     # the fused logit is a * class logit + b * the map's highest logit + c
     import torch
 
-    from bonefrac.models.classifier import map_peak_logit
+    from bonefrac.models.detector import map_peak_logit
 
     model = predictor.torch_model
     x = predictor.input_tensor([predictor.prepare(p).array for p in rows["path"]])
@@ -173,12 +173,13 @@ def test_a_stride_4_run_round_trips(tmp_path: Path):
     from tests.synthetic import FAST_OVERRIDES, make_manifest
 
     manifest = make_manifest(tmp_path, {"train": 24, "val": 12, "test": 12}, pos_rate=0.5)
-    overrides = ["model.localize=true", "model.loc_stride=4", "train.epochs=1"]
+    overrides = ["model.localize=true", "model.loc_levels=[4, 8, 16]", "train.epochs=1"]
     run = train(load_config(None, FAST_OVERRIDES + overrides), manifest, tmp_path / "run")
     meta = RunDir.open(run).meta()
-    assert meta.loc_stride == 4 and meta.box_regression
+    assert meta.loc_levels == [4, 8, 16]
     predictor = Predictor.from_run(run)
     preds = RunDir.open(run).predictions("test")
     _, head = predictor.logits_and_map_logits([predictor.prepare(preds["path"].iloc[0]).array])
-    assert head.shape[-1] == predictor.image_size // 4  # the reloaded model maps at stride 4
+    size = predictor.image_size  # the reloaded model reads three levels, finest stride 4
+    assert head.shape[1:] == ((size // 4) ** 2 + (size // 8) ** 2 + (size // 16) ** 2, 6)
     assert "pred_boxes" in preds.columns and "cand_boxes" in preds.columns

@@ -95,13 +95,14 @@ class RadiographDataset(Dataset):
     ``transform`` runs on the uint8 tensor (train augmentation); normalisation to the
     model's mean/std happens per batch (:func:`bonefrac.data.transforms.to_input`).
 
-    With ``loc_stride`` (a localising model) items are ``(image, label, target, valid)``: the
+    With ``boxes=True`` (a localising model) items are ``(image, label, boxes, valid)``: the
     manifest's fracture boxes go through the letterbox and the same augmentation as the image
     (as points on each box's inscribed ellipse, :func:`~bonefrac.data.transforms.box_outlines`,
-    so a rotation does not inflate them) and are rendered as a box-interior map plus each
-    marked cell's box corners ``(5, S/stride, S/stride)`` (:func:`render_box_targets`);
-    ``valid`` is 0 for a fractured image without (visible) boxes, whose map is
-    then not trained, and 1 otherwise (a non-fractured image teaches an empty map).
+    so a rotation does not inflate them) and come as pixel XYXY rows padded to a fixed count
+    (:func:`~bonefrac.data.transforms.box_targets`; ``min_box``: the thinnest target box in
+    pixels, see :func:`~bonefrac.data.transforms.min_box_px`); ``valid`` is 0 for a fractured image
+    without (visible) boxes, which then trains the fracture logit only, and 1 otherwise (a
+    non-fractured image teaches "no box").
     """
 
     def __init__(
@@ -109,18 +110,18 @@ class RadiographDataset(Dataset):
         frame: pd.DataFrame,
         cache: PreparedImageCache,
         transform: Callable[..., Any] | None = None,
-        loc_stride: int | None = None,
-        loc_target: str = "box",
+        boxes: bool = False,
+        min_box: float | None = None,
     ) -> None:
         self.frame = frame.reset_index(drop=True)
         self.paths = self.frame["path"].astype(str).tolist()
         self.labels = self.frame["label"].astype(int).to_numpy()
         self.cache = cache
         self.transform = transform
-        self.loc_stride = loc_stride
-        self.loc_target = loc_target
+        self.with_boxes = boxes
+        self.min_box = min_box
         self.boxes: list[list[list[float]]] = []
-        if loc_stride:
+        if boxes:
             column = self.frame["boxes"] if "boxes" in self.frame.columns else [None] * len(self)
             self.boxes = [_clean_row_boxes(v, p) for v, p in zip(column, self.paths, strict=True)]
 
@@ -132,25 +133,27 @@ class RadiographDataset(Dataset):
         arr = self.cache.get(path)
         x = torch.from_numpy(arr).unsqueeze(0)
         label = torch.tensor(float(self.labels[index]))
-        if not self.loc_stride:
+        if not self.with_boxes:
             if self.transform is not None:
                 x = self.transform(x)
             return x, label
         from bonefrac.data.transforms import (
             box_outlines,
+            box_targets,
             boxes_to_letterbox,
             outline_boxes,
-            render_box_targets,
         )
 
         boxes = boxes_to_letterbox(self.boxes[index], self.cache.original_size(path), arr.shape[-1])
         if self.transform is not None:  # the boxes travel as outline points (see box_outlines)
             x, points = self.transform(x, box_outlines(boxes))
             boxes = outline_boxes(points, x.shape[-1])
-        target, has_box = render_box_targets(
-            boxes, x.shape[-1], self.loc_stride, regression=True, kind=self.loc_target
+        target, count = (
+            box_targets(boxes, x.shape[-1])
+            if self.min_box is None
+            else box_targets(boxes, x.shape[-1], self.min_box)
         )
-        valid = 1.0 if self.labels[index] == 0 else float(has_box)
+        valid = 1.0 if self.labels[index] == 0 else float(count > 0)
         if self.labels[index] == 0:
             target.zero_()
         return x.as_subclass(Tensor), label, target, torch.tensor(valid)

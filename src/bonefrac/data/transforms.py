@@ -219,63 +219,50 @@ def outline_boxes(points: Tensor, size: int) -> Tensor:
     return xyxy.clamp(0, size)
 
 
-#: Map target kinds (``train.loc_target``).
-LOC_TARGETS = ("box", "gaussian")
-#: A Gaussian target's sigma per axis, as a share of the box's half-size there (the box's edge
-#: then gets exp(-2), about 0.14).
-GAUSSIAN_SIGMA = 0.5
+#: True boxes kept per training image (FracAtlas has up to 6); the largest are kept beyond it.
+MAX_TARGET_BOXES = 32
+#: A box thinner than this (input pixels) after letterbox and augmentation grows to it about its
+#: centre, so a sliver at the image's edge stays a valid target (FCOS needs x1 > x0). A
+#: localising run passes its finest stride plus a margin instead (:func:`min_box_px`).
+MIN_BOX_PX = 2.0
 
 
-def render_box_targets(
-    boxes: Tensor, size: int, stride: int, regression: bool = False, kind: str = "box"
-) -> tuple[Tensor, bool]:
-    """Box-interior target map ``(1, size // stride, size // stride)`` for pixel XYXY boxes in
-    a ``size x size`` frame: 1 on cells whose centre lies in a box (at least the cell holding the
-    box's centre), else 0. Boxes are clipped to the frame; those left under a pixel wide or high
-    are dropped. Returns the map and whether any box was drawn.
+def min_box_px(finest_stride: int) -> float:
+    """The thinnest target box for a detector whose finest level has ``finest_stride``.
 
-    With ``regression`` the target has 4 more channels: the XYXY corners, in cells, of the box
-    each marked cell belongs to (the smallest one where boxes overlap, as FCOS assigns), 0 on
-    unmarked cells.
+    FCOS makes a location positive only when its point lies inside the box, and points sit one
+    stride apart: a box thinner than the stride may hold none and would never be learned (a
+    2-px-high line at stride 8 holds one in 4 times). So thinner boxes grow to just over one
+    stride about their centre; boxes that size are rare on radiographs (FracAtlas boxes are
+    about 6 % of the image, 23 px at 384 px), and their centre, hence the map's peak, stays put.
+    """
+    return float(finest_stride) + 0.5
 
-    ``kind="gaussian"``: the marked cells get ``exp(-d^2 / 2)`` instead of 1, ``d`` the distance
-    to the box's centre in units of :data:`GAUSSIAN_SIGMA` times its half-size per axis (1 on
-    the centre cell), so the map learns to peak at the box's centre; the box loss weights each
-    cell by that value (FCOS weights its box loss by centre-ness the same way)."""
-    if kind not in LOC_TARGETS:
-        raise ValueError(f"loc target must be one of {LOC_TARGETS}, got {kind!r}")
-    cells = max(1, size // stride)
-    target = torch.zeros(5 if regression else 1, cells, cells)
-    b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).clamp(0, size)
-    b = b[((b[:, 2] - b[:, 0]) >= 1) & ((b[:, 3] - b[:, 1]) >= 1)]
-    if len(b) == 0:
-        return target, False
-    step = size / cells
-    centres = (torch.arange(cells, dtype=torch.float32) + 0.5) * step
-    area = torch.full((cells, cells), float("inf"))
-    for x0, y0, x1, y1 in b.tolist():
-        cols = (centres >= x0) & (centres <= x1)
-        rows = (centres >= y0) & (centres <= y1)
-        centre_col = min(cells - 1, int((x0 + x1) / 2 / step))
-        centre_row = min(cells - 1, int((y0 + y1) / 2 / step))
-        cols[centre_col] = True
-        rows[centre_row] = True
-        inside = rows[:, None] & cols[None, :]
-        value = inside.float()
-        if kind == "gaussian":
-            sx = max(GAUSSIAN_SIGMA * (x1 - x0) / 2, 1e-3)
-            sy = max(GAUSSIAN_SIGMA * (y1 - y0) / 2, 1e-3)
-            dx = (centres - (x0 + x1) / 2) / sx
-            dy = (centres - (y0 + y1) / 2) / sy
-            value = torch.exp(-0.5 * (dy[:, None] ** 2 + dx[None, :] ** 2)) * value
-            value[centre_row, centre_col] = 1.0
-        target[0] = torch.maximum(target[0], value)
-        if regression:
-            own = inside & ((x1 - x0) * (y1 - y0) < area)
-            area[own] = (x1 - x0) * (y1 - y0)
-            for c, v in enumerate((x0, y0, x1, y1), start=1):
-                target[c][own] = v / step
-    return target, True
+
+def box_targets(boxes: Tensor, size: int, min_px: float = MIN_BOX_PX) -> tuple[Tensor, int]:
+    """Pixel XYXY boxes in a ``size x size`` frame -> ``(MAX_TARGET_BOXES, 4)`` padded with zero
+    rows (what the detector's loss reads, see :func:`target_boxes`) and how many are real.
+    Boxes are clipped to the frame; one with no area left inside it is dropped; one thinner
+    than ``min_px`` grows to that, staying inside the frame."""
+    b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    b = b[torch.isfinite(b).all(1)].clamp(0, size)
+    b = b[((b[:, 2] - b[:, 0]) > 0) & ((b[:, 3] - b[:, 1]) > 0)]
+    if len(b) > MAX_TARGET_BOXES:
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        b = b[area.argsort(descending=True)[:MAX_TARGET_BOXES]]
+    for lo, hi in ((0, 2), (1, 3)):
+        centre = ((b[:, lo] + b[:, hi]) / 2).clamp(min_px / 2, size - min_px / 2)
+        thin = (b[:, hi] - b[:, lo]) < min_px
+        b[thin, lo] = centre[thin] - min_px / 2
+        b[thin, hi] = centre[thin] + min_px / 2
+    out = torch.zeros(MAX_TARGET_BOXES, 4)
+    out[: len(b)] = b
+    return out, len(b)
+
+
+def target_boxes(padded: Tensor) -> list[Tensor]:
+    """A batch of :func:`box_targets` ``(B, K, 4)`` -> each image's real boxes ``(n, 4)``."""
+    return [p[(p[:, 2] > p[:, 0]) & (p[:, 3] > p[:, 1])] for p in padded]
 
 
 def to_input(

@@ -1,19 +1,19 @@
-"""A localising model's map -> scored boxes, the map's peak and its energy in the true boxes.
+"""A localising model's detector output -> scored boxes, the map's peak and its energy in the
+true boxes.
 
-Everything is returned normalised to the ORIGINAL image (the manifest's convention): the
-square letterboxed probability map ``(S, S)`` is cropped to the image area through
-:func:`bonefrac.data.transforms.heatmap_to_original` (at the letterbox's own resolution),
-then:
+Everything is returned normalised to the ORIGINAL image (the manifest's convention):
 
-* boxes, from the head's box channels (:mod:`bonefrac.models.lochead`): every local maximum
-  of the map (3 x 3 cells) inside the image area whose probability reaches the run's
-  ``box_threshold`` gives the box its cell regressed, scored by that probability; overlapping
-  ones are dropped by ``torchvision.ops.nms``; the best :data:`MAX_BOXES` are reported as
-  ``[cx, cy, w, h, score]``. ``cand_boxes``: the same decoding down to
-  :data:`CANDIDATE_FLOOR` (at most :data:`MAX_CANDIDATES`), the ranked list AP50 and FROC are
-  computed from.
-* the peak: ``[x, y]`` of the map's maximum (the pixel centre), and ``map_max``, its
-  probability (a second image-level score beside the fracture logit).
+* boxes, from the detector's packed output ``(A, 6)`` (:mod:`bonefrac.models.detector`)
+  through torchvision's FCOS post-processing
+  (:meth:`torchvision.models.detection.FCOS.postprocess_detections`: score
+  ``sqrt(fracture * centre-ness)`` above the run's ``box_threshold``, top-k per level, NMS),
+  then kept when their centre lies in the image area (not the letterbox padding) and clipped to
+  it; the best :data:`MAX_BOXES` are reported as ``[cx, cy, w, h, score]``. ``cand_boxes``: the
+  same down to :data:`CANDIDATE_FLOOR` (at most :data:`MAX_CANDIDATES`), the ranked list AP50
+  and FROC are computed from.
+* the map (:func:`bonefrac.maps.learned.detector_maps`): the detection score per location,
+  cropped to the image area through :func:`bonefrac.data.transforms.heatmap_to_original`; its
+  peak ``[x, y]`` and ``map_max`` (the best location's score, a second image-level score).
 * energy in box: the map's mass inside the true boxes, by
   :func:`bonefrac.maps.pointing_game.score_image`.
 """
@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bonefrac.data.transforms import letterbox_geometry
+from bonefrac.models.detector import box_coder, level_anchors, level_sizes
 from bonefrac.rundir.predictions import loc_cells
 
 #: At most this many boxes per image.
@@ -39,6 +40,8 @@ CANDIDATE_FLOOR = 0.05
 MAX_CANDIDATES = 10
 #: Boxes overlapping a better one by more than this IoU are dropped.
 NMS_IOU = 0.5
+#: Locations per level ranked before NMS (FCOS's ``topk_candidates``).
+TOPK_CANDIDATES = 100
 #: Share of val negatives allowed to show a box: the box threshold is their map peaks' quantile.
 NEGATIVE_BOX_RATE = 0.05
 DECIMALS = 4
@@ -53,61 +56,60 @@ def crop_map(prob_map: np.ndarray, decoded_size: tuple[int, int]) -> np.ndarray:
     return heatmap_to_original(prob_map, (nw, nh), decoded_size)
 
 
-def decode_regressed_boxes(
-    raw: np.ndarray,
+def decode_boxes(
+    head: np.ndarray,
     decoded_size: tuple[int, int],
     size: int,
+    strides: Sequence[int],
     threshold: float,
     max_boxes: int = MAX_BOXES,
 ) -> list[list[float]]:
-    """Scored boxes ``[cx, cy, w, h, score]`` (normalised to the original image) from one
-    image's head output ``(5, h, w)``: map logits and per-cell box log distances (in cells)
-    of its ``size x size`` letterbox."""
-    from torchvision.ops import nms
+    """Scored boxes ``[cx, cy, w, h, score]`` (normalised to the original image, best first)
+    from one image's packed detector output ``(A, 6)`` for its ``size x size`` letterbox."""
+    from torchvision.models.detection.fcos import FCOS
 
-    from bonefrac.models.lochead import cell_boxes
-
-    out = torch.as_tensor(np.asarray(raw, dtype=np.float32))[None]
-    prob = torch.sigmoid(out[0, 0])
-    cells_h, cells_w = prob.shape
-    step = size / cells_w
-    _, left, top, nw, nh = letterbox_geometry(*decoded_size, size)
-    xs = (torch.arange(cells_w) + 0.5) * step
-    ys = (torch.arange(cells_h) + 0.5) * step
-    inside = ((ys >= top) & (ys <= top + nh))[:, None] & ((xs >= left) & (xs <= left + nw))[None]
-    peaks = F.max_pool2d(prob[None, None], 3, stride=1, padding=1)[0, 0] == prob
-    keep = peaks & inside & (prob >= threshold) & torch.isfinite(prob)
-    if not bool(keep.any()):
+    packed = torch.as_tensor(np.asarray(head, dtype=np.float32))
+    counts = [n * n for n in level_sizes(size, strides)]
+    if packed.shape[0] != sum(counts) or not bool(torch.isfinite(packed).all()):
         return []
-    scores = prob[keep]
-    xyxy = cell_boxes(out)[0].permute(1, 2, 0)[keep] * step  # letterbox pixels
-    xyxy[:, 0::2] = xyxy[:, 0::2].clamp(left, left + nw)
-    xyxy[:, 1::2] = xyxy[:, 1::2].clamp(top, top + nh)
-    finite = torch.isfinite(xyxy).all(1) & (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
-    xyxy, scores = xyxy[finite], scores[finite]
-    boxes = []
-    for i in nms(xyxy, scores, NMS_IOU)[:max_boxes].tolist():
-        x0, y0, x1, y1 = xyxy[i].tolist()
+    levels = packed[None].split(counts, dim=1)
+    outputs = {
+        "cls_logits": [t[..., 0:1] for t in levels],
+        "bbox_ctrness": [t[..., 1:2] for t in levels],
+        "bbox_regression": [t[..., 2:6] for t in levels],
+    }
+    anchors = list(level_anchors(size, strides).split(counts))
+    # the attributes FCOS.postprocess_detections reads from its model
+    post = SimpleNamespace(
+        box_coder=box_coder(),
+        score_thresh=float(threshold),
+        nms_thresh=NMS_IOU,
+        topk_candidates=TOPK_CANDIDATES,
+        detections_per_img=4 * max_boxes,
+    )
+    found = FCOS.postprocess_detections(post, outputs, [anchors], [(size, size)])[0]  # type: ignore[arg-type]
+    _, left, top, nw, nh = letterbox_geometry(*decoded_size, size)
+    boxes: list[list[float]] = []
+    for (x0, y0, x1, y1), score in zip(
+        found["boxes"].tolist(), found["scores"].tolist(), strict=True
+    ):
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        if not (left <= cx <= left + nw and top <= cy <= top + nh):
+            continue  # a box centred on the letterbox padding
+        x0, x1 = max(x0, left), min(x1, left + nw)
+        y0, y1 = max(y0, top), min(y1, top + nh)
+        if x1 <= x0 or y1 <= y0:
+            continue
         box = [
             ((x0 + x1) / 2 - left) / nw,
             ((y0 + y1) / 2 - top) / nh,
             (x1 - x0) / nw,
             (y1 - y0) / nh,
         ]
-        boxes.append([round(v, DECIMALS) for v in (*box, float(scores[i]))])
+        boxes.append([round(v, DECIMALS) for v in (*box, float(score))])
+        if len(boxes) == max_boxes:
+            break
     return boxes
-
-
-def predicted_boxes(
-    prob_map: np.ndarray,
-    decoded_size: tuple[int, int],
-    threshold: float,
-    raw: np.ndarray,
-    max_boxes: int = MAX_BOXES,
-) -> list[list[float]]:
-    """One image's scored boxes from the head's box channels (``raw``: its ``(5, h, w)``
-    output; ``prob_map``: its upsampled map, whose side is the letterbox's)."""
-    return decode_regressed_boxes(raw, decoded_size, prob_map.shape[-1], threshold, max_boxes)
 
 
 def map_peak(crop: np.ndarray) -> list[float]:
@@ -131,17 +133,19 @@ def loc_row(
     decoded_size: tuple[int, int],
     true_boxes: Sequence[Sequence[float]],
     threshold: float,
-    raw: np.ndarray,
+    head: np.ndarray,
+    strides: Sequence[int],
 ) -> dict[str, Any]:
     """One image's localisation cells of the predictions CSV
-    (:data:`bonefrac.rundir.predictions.LOC_COLUMNS`); ``raw``: the head's ``(5, h, w)``
-    output, whose box channels give the boxes."""
+    (:data:`bonefrac.rundir.predictions.LOC_COLUMNS`): ``prob_map`` its ``(S, S)`` map,
+    ``head`` its packed detector output ``(A, 6)``."""
     crop = crop_map(prob_map, decoded_size)
+    size = prob_map.shape[-1]
     return loc_cells(
         true_boxes,
-        predicted_boxes(prob_map, decoded_size, threshold, raw),
-        predicted_boxes(
-            prob_map, decoded_size, min(threshold, CANDIDATE_FLOOR), raw, MAX_CANDIDATES
+        decode_boxes(head, decoded_size, size, strides, threshold),
+        decode_boxes(
+            head, decoded_size, size, strides, min(threshold, CANDIDATE_FLOOR), MAX_CANDIDATES
         ),
         map_peak(crop),
         round(float(crop.max()), 6) if crop.size else math.nan,

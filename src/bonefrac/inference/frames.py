@@ -38,7 +38,7 @@ def predictions_table(frame: pd.DataFrame, out: Outputs, meta: ModelMeta) -> pd.
     """The run predictions CSV of ``frame``'s rows that decoded (``out.indices``): the one
     place its localisation columns are built (from ``out.head``, at ``meta``'s box threshold)."""
     from bonefrac.inference.box_decoding import loc_row, row_boxes
-    from bonefrac.maps.learned import upsample_maps
+    from bonefrac.maps.learned import detector_maps
 
     rows = frame.iloc[out.indices].reset_index(drop=True)
     loc = None
@@ -46,11 +46,12 @@ def predictions_table(frame: pd.DataFrame, out: Outputs, meta: ModelMeta) -> pd.
         truth = rows[TRUE_BOXES] if TRUE_BOXES in rows.columns else [None] * len(rows)
         loc = [
             loc_row(
-                upsample_maps(out.head[i : i + 1], meta.image_size)[0],
+                detector_maps(out.head[i : i + 1], meta.image_size, meta.loc_levels)[0],
                 out.decoded_sizes[i],
                 row_boxes(truth[i]),
                 meta.box_threshold,
-                raw=out.head[i],
+                out.head[i],
+                meta.loc_levels,
             )
             for i in range(len(rows))
         ]

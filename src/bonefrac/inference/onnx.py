@@ -5,9 +5,9 @@ ONNX Runtime and compared with the PyTorch model on sample inputs (two batch siz
 dynamic batch axis is exercised too); only when ``max |logit_onnx - logit_torch| < atol`` does
 it replace ``model.onnx``. ``model.json`` records the export (opset, the max difference, and the
 SHA-256 of the weights it came from, so a stale ``model.onnx`` is refused at load time).
-A localising model (``model.localize``) gets a second output, ``map``: the localisation map's
-logits ``(B, 1, S/8, S/8)``, checked for parity like the logit, so the ONNX backend decodes the
-same boxes. Threshold and temperature are NOT baked into the graph: the graph outputs the raw logit and
+A localising model (``model.localize``) gets a second output, ``detector``: the detector's
+packed output ``(B, A, 6)`` (:mod:`bonefrac.models.detector`), checked for parity like the
+logit, so the ONNX backend draws the same map and decodes the same boxes. Threshold and temperature are NOT baked into the graph: the graph outputs the raw logit and
 the Predictor applies ``model.json``'s calibration, so re-tuning needs no re-export.
 
 Exporter: PyTorch's TorchScript-based exporter (``dynamo=False``). The newer torch.export-based
@@ -47,11 +47,11 @@ DEFAULT_OPSET = 17
 PARITY_ATOL = 1e-4
 INPUT_NAME = "image"
 OUTPUT_NAME = "logit"
-MAP_OUTPUT_NAME = "map"
+MAP_OUTPUT_NAME = "detector"
 
 
 class _WithMap(torch.nn.Module):
-    """A localising model as a graph with two outputs: the logit and the map's logits."""
+    """A localising model as a graph with two outputs: the logit and the detector's output."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()

@@ -343,24 +343,24 @@ class Predictor:
     def logits_and_map_logits(
         self, arrays: Sequence[np.ndarray] | torch.Tensor
     ) -> tuple[np.ndarray, np.ndarray]:
-        """A localising run's logits ``(B,)`` and head output ``(B, C, h, w)`` (stride 8;
-        channel 0 the map's logits, see :mod:`bonefrac.models.lochead`)."""
+        """A localising run's logits ``(B,)`` and packed detector output ``(B, A, 6)`` (see
+        :mod:`bonefrac.models.detector`)."""
         if not self.localizes:
             raise ModelError(
                 f"{self.name or self.architecture}: the model has no localisation head "
                 "(model.localize: false); use Grad-CAM (cams) instead"
             )
         if len(arrays) == 0:
-            return np.zeros(0, dtype=np.float32), np.zeros((0, 1, 1, 1), dtype=np.float32)
+            return np.zeros(0, dtype=np.float32), np.zeros((0, 0, 6), dtype=np.float32)
         out = self._run(self.input_tensor(arrays), "head")
         return out.logits, out.head  # type: ignore[return-value]
 
     def maps(self, arrays: Sequence[np.ndarray] | torch.Tensor) -> np.ndarray:
         """A localising run's learned map, ``(B, S, S)`` probabilities in ``[0, 1]``."""
-        from bonefrac.maps.learned import upsample_maps
+        from bonefrac.maps.learned import detector_maps
 
-        _, map_logits = self.logits_and_map_logits(arrays)
-        return upsample_maps(map_logits, self.image_size)
+        _, head = self.logits_and_map_logits(arrays)
+        return detector_maps(head, self.image_size, self.meta.loc_levels)
 
     def heatmaps(
         self, arrays: Sequence[np.ndarray], *, maps: np.ndarray | None = None
@@ -470,11 +470,11 @@ class Predictor:
         arrays = [p.array for p in prepared]
         map_probs = None
         if self.localizes:
-            from bonefrac.maps.learned import upsample_maps
+            from bonefrac.maps.learned import detector_maps
 
-            raw_logits, map_logits = self.logits_and_map_logits(arrays)
+            raw_logits, head = self.logits_and_map_logits(arrays)
             raw = np.asarray(raw_logits, dtype=float)
-            map_probs = upsample_maps(map_logits, self.image_size)
+            map_probs = detector_maps(head, self.image_size, self.meta.loc_levels)
         else:
             raw = np.asarray(self.logits(arrays), dtype=float)
         probs = self._probabilities(np.where(np.isfinite(raw), raw, 0.0))
@@ -513,13 +513,17 @@ class Predictor:
                 ood_reason=reasons[i],
             )
             if map_probs is not None:  # no boxes for an input declined as out of scope
-                from bonefrac.inference.box_decoding import predicted_boxes
+                from bonefrac.inference.box_decoding import decode_boxes
 
                 pred.pred_boxes = (
                     []
                     if pred.out_of_scope
-                    else predicted_boxes(
-                        map_probs[i], p.decoded_size, self.box_threshold, map_logits[i]
+                    else decode_boxes(
+                        head[i],
+                        p.decoded_size,
+                        self.image_size,
+                        self.meta.loc_levels,
+                        self.box_threshold,
                     )
                 )
             if heats is not None:

@@ -15,8 +15,8 @@ resolution, and the fracture logits). Methods:
     see :mod:`bonefrac.maps.saliency`.
 ``model``
     the learned localisation map of a model trained with ``model.localize: true`` (no
-    gradients: the map head's per-pixel fracture probability, upsampled to the input by
-    :func:`bonefrac.maps.learned.upsample_maps`, as the Predictor does).
+    gradients: the detector's score per location, upsampled to the input by
+    :func:`bonefrac.maps.learned.detector_maps`, as the Predictor does).
 
 The target. The models have ONE output, the fracture logit (shape ``(B, 1)``). The map must show
 evidence *for* fracture, i.e. the gradient of ``+logit``: that is ``ClassifierOutputTarget(0)``
@@ -173,7 +173,7 @@ def _clone(t: Tensor) -> Tensor:
 
 
 class _MapExplainer(_Explainer):
-    """The model's own localisation map (sigmoid of the map head, bilinear to the input)."""
+    """The model's own map: its detector's score per location, bilinear to the input."""
 
     def __init__(self, model: nn.Module) -> None:
         if getattr(model, "loc_head", None) is None:
@@ -185,12 +185,13 @@ class _MapExplainer(_Explainer):
         super().__init__(model, MODEL_METHOD)
 
     def __call__(self, x: Tensor) -> Explanation:
-        from bonefrac.maps.learned import upsample_maps
+        from bonefrac.maps.learned import detector_maps
 
         device = next(self.model.parameters()).device
         with torch.no_grad():
-            logits, maps = self.model.forward_with_map(x.to(device))  # type: ignore[operator]
-        heat = upsample_maps(maps.float().cpu().numpy(), x.shape[-1])  # square model inputs
+            logits, packed = self.model.forward_with_map(x.to(device))  # type: ignore[operator]
+        strides = self.model.loc_head.strides  # type: ignore[union-attr]
+        heat = detector_maps(packed.float().cpu().numpy(), x.shape[-1], strides)
         flat = logits.float().reshape(len(x), -1)[:, 0].cpu().numpy()
         return Explanation(np.ascontiguousarray(heat, dtype=np.float32), flat)
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
+
+from bonefrac.models.detector import map_peak_logit
 
 #: ``(backbone, x) -> (pooled features (B, F), feature maps finest first)``: one backbone pass.
 Intermediates = Callable[[nn.Module, Tensor], tuple[Tensor, list[Tensor]]]
-
-
-def map_peak_logit(maps: Tensor) -> Tensor:
-    """The highest map logit of each image, ``(B, 1)``: its most fracture-like cell."""
-    return maps[:, :1].flatten(1).amax(dim=1, keepdim=True)
 
 
 class FractureClassifier(nn.Module):
@@ -20,12 +18,13 @@ class FractureClassifier(nn.Module):
 
     ``stages`` lists the backbone's stages in depth order (for partial freezing) and
     ``cam_layer`` is the layer Grad-CAM hooks. Frozen parts keep BatchNorm in eval mode.
-    With a ``loc_head`` (and the ``intermediates`` function that feeds it) the model also
-    localises: :meth:`forward_with_map` returns the logit and the localisation map's logits
-    from one backbone pass; :meth:`forward` still returns the logit alone.
+    With a ``loc_head`` (a :class:`~bonefrac.models.detector.FractureDetector`, and the
+    ``intermediates`` function that feeds it) the model also detects fractures:
+    :meth:`forward_with_map` returns the logit and the detector's packed output from one
+    backbone pass; :meth:`forward` still returns the logit alone.
 
     ``score_fusion`` ``(a, b, c)``, set after training (fitted on val, stored in model.json):
-    the image's logit becomes ``a * class logit + b * the map's highest logit + c`` in
+    the image's logit becomes ``a * class logit + b * the detector's highest score logit + c`` in
     :meth:`forward` and :meth:`forward_with_map` alike, so every consumer (predict, serve,
     Grad-CAM, ONNX export) scores with it. None (the default, and while training): the class
     logit alone.
@@ -72,16 +71,33 @@ class FractureClassifier(nn.Module):
         return self.head(self.dropout(self.backbone(x)))
 
     def forward_with_map(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(logit (B, 1), head output (B, C, h, w))`` from one backbone pass; channel 0 of
-        the head output is the map's logits (see :mod:`bonefrac.models.lochead`)."""
+        """``(logit (B, 1), detector output (B, A, 6))`` from one backbone pass (see
+        :mod:`bonefrac.models.detector`)."""
         if self.loc_head is None or self._intermediates is None:  # type: ignore[attr-defined]
             raise RuntimeError("this model has no localisation head (model.localize: false)")
         pooled, features = self._intermediates(self.backbone, x)  # type: ignore[attr-defined]
-        logit, maps = self.head(self.dropout(pooled)), self.loc_head(features)
+        logit, packed = self.head(self.dropout(pooled)), self.loc_head(features)
         if self.score_fusion is not None:
             a, b, c = self.score_fusion
-            logit = a * logit + b * map_peak_logit(maps) + c
-        return logit, maps
+            logit = a * logit + b * map_peak_logit(packed) + c
+        return logit, packed
+
+    def detector_loss(self, x: Tensor, boxes: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(logit (B, 1), FCOS losses)`` from one backbone pass; ``boxes``: each image's
+        true boxes (XYXY input pixels), or None for an image the detector must not learn from
+        (a fractured image without boxes): it trains the fracture logit only."""
+        if self.loc_head is None or self._intermediates is None:  # type: ignore[attr-defined]
+            raise RuntimeError("this model has no localisation head (model.localize: false)")
+        pooled, features = self._intermediates(self.backbone, x)  # type: ignore[attr-defined]
+        logit = self.head(self.dropout(pooled))
+        keep = [i for i, b in enumerate(boxes) if b is not None]
+        if not keep:
+            zero = 0.0 * sum(p.sum() for p in self.loc_head.parameters())
+            return logit, {"classification": zero, "bbox_regression": zero, "bbox_ctrness": zero}
+        index = torch.tensor(keep, device=x.device)
+        feats = [f.index_select(0, index) for f in features]
+        losses = self.loc_head.loss(feats, [boxes[i] for i in keep], x.shape[-1])
+        return logit, losses
 
     # --- freezing -----------------------------------------------------------------------
     def set_freeze(self, mode: str) -> None:

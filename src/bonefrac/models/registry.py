@@ -26,10 +26,9 @@ HALF = (0.5, 0.5, 0.5)
 
 @dataclass(frozen=True)
 class HeadOptions:
-    """The localisation head a builder adds: its map's stride (input pixels per cell, the
-    finest feature level it reads)."""
+    """The detector head a builder adds: the feature strides it reads (finest first)."""
 
-    stride: int = 8
+    levels: tuple[int, ...] = (8, 16, 32)
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,7 @@ def build_model(
     weights_path: str | None = None,
     dropout: float = 0.2,
     localize: bool = False,
-    loc_stride: int = 8,
+    loc_levels: tuple[int, ...] | list[int] = (8, 16, 32),
 ) -> FractureClassifier:
     """Build ``name`` with one output logit (fractured).
 
@@ -156,14 +155,13 @@ def build_model(
     with a ``weights_path`` hint when not); ``weights_path``: a local state dict
     (.pth/.pt/.safetensors) for the backbone or the whole model.
     ``freeze``: ``none`` | ``backbone`` | ``partial:<n>``.
-    ``localize``: add the localisation head (:mod:`bonefrac.models.lochead`) on the stride
-    8/16/32 features (simple_cnn and timm models with multi-scale features), a map and each
-    cell's box; ``loc_stride``: input pixels per map cell, 8 or 4 (the finest feature level
-    the head reads).
+    ``localize``: add the fracture detector (:mod:`bonefrac.models.detector`: FPN + FCOS head)
+    on the backbone's features at the strides ``loc_levels`` (simple_cnn: 4, 8, 16; timm CNNs:
+    4 to 32).
     """
     spec = resolve_spec(name)
     use_imagenet = pretrained is True or pretrained == "imagenet"
-    head = HeadOptions(loc_stride) if localize else None
+    head = HeadOptions(tuple(sorted(int(s) for s in loc_levels))) if localize else None
     model = _BUILDERS[spec.family](spec, dropout, head)
     if weights_path:
         W.load_weights_file(model, weights_path)
@@ -204,7 +202,7 @@ def _cam_layer(spec: ModelSpec, net: nn.Module, default: nn.Module) -> nn.Module
 def _build_simple_cnn(
     spec: ModelSpec, dropout: float, head_options: HeadOptions | None
 ) -> FractureClassifier:
-    from bonefrac.models.lochead import LocalizationHead
+    from bonefrac.models.detector import FractureDetector
     from bonefrac.models.simple_cnn import SimpleCNN
 
     net = SimpleCNN()
@@ -213,8 +211,10 @@ def _build_simple_cnn(
     if head_options is None:
         return FractureClassifier(net, net.num_features, stages, cam, dropout)
     # stage i halves the resolution i + 1 times: stages 1, 2 and 3 are strides 4, 8 and 16
-    indices = [i for i in (1, 2, 3) if 2 ** (i + 1) >= head_options.stride]
-    head = LocalizationHead([net.stages[i][4].num_features for i in indices])
+    by_stride = {2 ** (i + 1): i for i in (1, 2, 3)}
+    _check_levels(spec.name, head_options.levels, sorted(by_stride))
+    indices = [by_stride[s] for s in head_options.levels]
+    head = FractureDetector([net.stages[i][4].num_features for i in indices], head_options.levels)
 
     def intermediates(backbone: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         return backbone.forward_intermediates(x, indices)  # type: ignore[operator]
@@ -232,29 +232,34 @@ def _build_timm(
     cam = _cam_layer(spec, net, cam)
     if head_options is None:
         return FractureClassifier(net, net.num_features, stages, cam, dropout)
-    from bonefrac.models.lochead import HEAD_STRIDES, LocalizationHead
+    from bonefrac.models.detector import FractureDetector
 
-    stride = head_options.stride
     info = list(getattr(net, "feature_info", []) or [])
-    wanted = [s for s in HEAD_STRIDES if s >= stride]
-    picked = [i for i, f in enumerate(info) if f.get("reduction") in wanted]
-    strides = [info[i]["reduction"] for i in picked]
-    if not hasattr(net, "forward_intermediates") or stride not in strides:
+    # one entry per stride (the last feature map of each)
+    last = {f.get("reduction"): i for i, f in enumerate(info)}
+    if not hasattr(net, "forward_intermediates"):
         raise ModelError(
-            f"{spec.name}: model.localize needs multi-scale features (a stride-{stride} "
-            "feature map and forward_intermediates); use efficientnet_lite0, simple_cnn or "
-            "another timm CNN, or set model.localize: false"
+            f"{spec.name}: model.localize needs multi-scale features (forward_intermediates); "
+            "use efficientnet_lite0, simple_cnn or another timm CNN, or set model.localize: false"
         )
-    # one entry per stride (the last feature map of each), finest first
-    last = {info[i]["reduction"]: i for i in picked}
-    indices = [last[s] for s in sorted(last)]
-    head = LocalizationHead([info[i]["num_chs"] for i in indices])
+    _check_levels(spec.name, head_options.levels, sorted(s for s in last if s))
+    indices = [last[s] for s in head_options.levels]
+    head = FractureDetector([info[i]["num_chs"] for i in indices], head_options.levels)
 
     def intermediates(backbone: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         final, feats = backbone.forward_intermediates(x, indices=indices)  # type: ignore[operator]
         return backbone.forward_head(final), feats  # type: ignore[operator]
 
     return FractureClassifier(net, net.num_features, stages, cam, dropout, head, intermediates)
+
+
+def _check_levels(name: str, levels: tuple[int, ...], available: list[int]) -> None:
+    missing = [s for s in levels if s not in available]
+    if not levels or missing:
+        raise ModelError(
+            f"{name}: model.loc_levels {list(levels)} asks for strides {missing or levels} that "
+            f"its backbone lacks; it has feature maps at strides {available}"
+        )
 
 
 def _timm_stages(net: nn.Module) -> tuple[list[nn.Module], nn.Module]:

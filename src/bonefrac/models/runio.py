@@ -67,7 +67,7 @@ def load_model(run: RunDir, meta: ModelMeta) -> FractureClassifier:
             pretrained="none",
             dropout=meta.dropout,
             localize=meta.localize,
-            loc_stride=meta.loc_stride,
+            loc_levels=meta.loc_levels,
         )
     except BonefracError as exc:
         raise RunDirError(f"{run.meta_path}: architecture {meta.architecture!r}: {exc}") from None

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 #: The layout of model.json and of the weights it describes. Bump it when either changes
 #: meaning (a key, a default, a head's output channels): runs of another version are refused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 CLASS_NAMES = ["not_fractured", "fractured"]
 
@@ -158,8 +158,8 @@ class ModelMeta(BaseModel):
 
     localize: bool = False
     """The model has a localisation head (a map and each cell's box; its weights include it)."""
-    loc_stride: Literal[4, 8] = 8
-    """Input pixels per cell of its map (``model.loc_stride``)."""
+    loc_levels: list[Literal[4, 8, 16, 32]] = Field(default_factory=lambda: [8, 16, 32])
+    """Feature strides its detector reads (``model.loc_levels``), finest first."""
     score_fusion: ScoreFusion | None = None
     """How the image logit fuses the class logit with the map's peak (None: the class logit)."""
     box_threshold: float = Field(0.5, gt=0.0, lt=1.0)

@@ -59,8 +59,8 @@ def split_frames(
 class FractureDataModule(L.LightningDataModule):
     """Train/val/test loaders. Images are decoded once into memory when ``cfg.cache``.
 
-    ``loc_stride`` (a localising model): training items carry box targets at that stride, of
-    kind ``loc_target`` (``box`` or ``gaussian``).
+    ``boxes`` (a localising model): training items carry their true boxes for the detector,
+    none thinner than ``min_box`` pixels.
     """
 
     def __init__(
@@ -69,8 +69,8 @@ class FractureDataModule(L.LightningDataModule):
         cfg: DataConfig,
         seed: int,
         progress: bool = True,
-        loc_stride: int | None = None,
-        loc_target: str = "box",
+        boxes: bool = False,
+        min_box: float | None = None,
     ) -> None:
         super().__init__()
         self.frames = frames
@@ -85,8 +85,8 @@ class FractureDataModule(L.LightningDataModule):
                 frames["train"],
                 self.train_cache,
                 train_augment(cfg.image_size, cfg.augment),
-                loc_stride=loc_stride,
-                loc_target=loc_target,
+                boxes=boxes,
+                min_box=min_box,
             ),
             "val": RadiographDataset(frames["val"], self.eval_cache),
             "test": RadiographDataset(frames["test"], self.eval_cache),

@@ -14,6 +14,7 @@ import torch
 
 from bonefrac.config import ExperimentConfig
 from bonefrac.data.schema import read_manifest
+from bonefrac.data.transforms import min_box_px
 from bonefrac.fileio import file_sha1
 from bonefrac.inference.frames import predictions_table
 from bonefrac.inference.loop import CachedInputs, Outputs, collect
@@ -107,7 +108,7 @@ def _build(cfg: ExperimentConfig):  # noqa: ANN202
         weights_path=cfg.model.weights_path,
         dropout=cfg.model.dropout,
         localize=cfg.model.localize,
-        loc_stride=cfg.model.loc_stride,
+        loc_levels=cfg.model.loc_levels,
     )
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -128,14 +129,13 @@ def _fit(
     spec = resolve_spec(cfg.model.name)
     progress = progress and cfg.train.progress_bar
     start = time.perf_counter()
-    loc_stride = cfg.model.loc_stride if cfg.model.localize else None
     dm = FractureDataModule(
         frames,
         cfg.data,
         cfg.seed,
         progress=progress,
-        loc_stride=loc_stride,
-        loc_target=cfg.train.loc_target,
+        boxes=cfg.model.localize,
+        min_box=min_box_px(cfg.model.loc_levels[0]) if cfg.model.localize else None,
     )
     dm.prepare_data()
     steps = dm.steps_per_epoch()
@@ -203,14 +203,18 @@ def _fit(
     return run.path
 
 
-def _box_threshold(labels: Any, val: Outputs, size: int) -> dict[str, Any]:
+def _box_threshold(labels: Any, val: Outputs, meta: ModelMeta) -> dict[str, Any]:
     """model.json's ``box_threshold`` from the val negatives' map peaks."""
     from bonefrac.inference.box_decoding import choose_box_threshold, map_peaks
-    from bonefrac.maps.learned import upsample_maps
+    from bonefrac.maps.learned import detector_maps
 
     neg = [i for i, label in enumerate(labels) if label == 0]
     peaks = [
-        map_peaks(upsample_maps(val.head[i : i + 1], size), [val.decoded_sizes[i]])[0] for i in neg
+        map_peaks(
+            detector_maps(val.head[i : i + 1], meta.image_size, meta.loc_levels),
+            [val.decoded_sizes[i]],
+        )[0]
+        for i in neg
     ]
     return {
         "box_threshold": choose_box_threshold(peaks),
@@ -255,11 +259,11 @@ def _score_fusion(val: tuple[Any, Any], labels: Any) -> dict[str, Any] | None:
 
 
 def _map_peaks(maps: Any) -> Any:
-    """Each image's highest map logit, ``(B,)``, as the model's own forward takes it."""
+    """Each image's highest detection-score logit, ``(B,)``, as the model's own forward takes it."""
     import numpy as np
     import torch
 
-    from bonefrac.models.classifier import map_peak_logit
+    from bonefrac.models.detector import map_peak_logit
 
     return map_peak_logit(torch.as_tensor(np.asarray(maps, dtype=np.float32)))[:, 0].numpy()
 
@@ -323,8 +327,7 @@ def _write_outputs(
     }
     if cfg.model.localize:
         raw_meta["localize"] = True
-        raw_meta["box_regression"] = True  # the head always regresses boxes
-        raw_meta["loc_stride"] = cfg.model.loc_stride
+        raw_meta["loc_levels"] = list(cfg.model.loc_levels)
     meta = ModelMeta.parse(raw_meta, run.meta_path)
     # predict val/test where training ran, through the same door as evaluate/predict/serve
     predictor = Predictor.from_model(model, meta, device=trainer.strategy.root_device)
@@ -340,7 +343,7 @@ def _write_outputs(
     }
     if cfg.model.localize:  # the box threshold and the score fusion come from val only
         val_labels = dm.datasets["val"].labels
-        raw_meta.update(_box_threshold(val_labels, outputs["val"], meta.image_size))
+        raw_meta.update(_box_threshold(val_labels, outputs["val"], meta))
         if cfg.model.fuse_map_score:
             fusion = _score_fusion((outputs["val"].logits, outputs["val"].head), val_labels)
             if fusion is not None:

@@ -9,11 +9,11 @@ import torch
 from torch import Tensor
 
 from bonefrac.config import ExperimentConfig
-from bonefrac.data.transforms import to_input
+from bonefrac.data.transforms import target_boxes, to_input
 from bonefrac.metrics import point_metrics
 from bonefrac.models.classifier import FractureClassifier
 from bonefrac.training.distributed import gather_uneven
-from bonefrac.training.losses import BinaryLoss, localization_loss
+from bonefrac.training.losses import BinaryLoss
 
 #: Validation metrics logged every epoch (``val_<name>``); the progress bar shows two.
 EPOCH_METRICS = ("roc_auc", "pr_auc", "f1", "sensitivity", "specificity")
@@ -106,10 +106,18 @@ class FractureModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         x, y = batch[0], batch[1]
-        if len(batch) == 4:  # a localising model: (image, label, box target, target valid)
+        if len(batch) == 4:  # a localising model: (image, label, true boxes, boxes valid)
             inputs = to_input(x, self.mean, self.std, self.channels_last)
-            logits, map_logits = self.model.forward_with_map(inputs)
-            map_loss = localization_loss(map_logits.float(), batch[2], batch[3])
+            boxes = [
+                b if v > 0 else None
+                for b, v in zip(target_boxes(batch[2]), batch[3].tolist(), strict=True)
+            ]
+            logits, parts = self.model.detector_loss(inputs, boxes)
+            for name, value in parts.items():
+                self.log(
+                    f"train_det_{name}", value, on_epoch=True, batch_size=len(y), sync_dist=True
+                )
+            map_loss = sum(parts.values())
             self.log("train_map_loss", map_loss, on_epoch=True, batch_size=len(y), sync_dist=True)
             cls_loss = self.loss_fn(logits.squeeze(1).float(), y)
             # the collapse guard judges the fracture logit's loss alone (ln 2 = constant guess)
