@@ -17,16 +17,15 @@ from collections.abc import Iterable
 import numpy as np
 
 from bonefrac.evaluation.localization_metrics import split_localization
-from bonefrac.inference.box_decoding import predicted_boxes
+from bonefrac.inference.box_decoding import decode_boxes
 from bonefrac.inference.predictor import Predictor
-from bonefrac.maps.learned import upsample_maps
 from bonefrac.rundir import RunDir
 
 
 def head_outputs(
     pred: Predictor, paths: Iterable[str], batch_size: int
 ) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
-    """A localising run's head output ``(C, h, w)`` and decoded ``(W, H)`` of every image."""
+    """A localising run's detector output ``(A, 6)`` and decoded ``(W, H)`` of every image."""
     paths = list(paths)
     raws: list[np.ndarray] = []
     sizes: list[tuple[int, int]] = []
@@ -52,11 +51,11 @@ def main() -> None:
     for split in args.splits:
         df = run.read_predictions_raw(split)
         raws, sizes = head_outputs(pred, df["path"], args.batch_size)
-        probs = [upsample_maps(raw[None], pred.image_size)[0] for raw in raws]
+        levels = pred.meta.loc_levels
         for t in args.thresholds:
             boxes = [
-                predicted_boxes(prob, size, t, raw)
-                for prob, size, raw in zip(probs, sizes, raws, strict=True)
+                decode_boxes(raw, size, pred.image_size, levels, t)
+                for size, raw in zip(sizes, raws, strict=True)
             ]
             # AP and FROC rank the candidate column when there is one: score these boxes instead
             scored = df.drop(columns=["cand_boxes"], errors="ignore")
