@@ -110,6 +110,21 @@ def test_api_returns_pred_boxes(loc_run: Path, test_preds: pd.DataFrame):
     body = res.json()
     assert body["pred_boxes"] == json.loads(row["pred_boxes"])
     assert body["heatmap_png"]
+    assert body["map"] == "detector"  # the page captions the map by this
+    best = body["best_box"]  # the detector's best box at any score: the shown box's, if any
+    assert len(best) == 5 and (not body["pred_boxes"] or best == body["pred_boxes"][0])
+
+
+def test_a_run_without_detector_answers_gradcam_and_no_best_box(tiny_run: Path):
+    from fastapi.testclient import TestClient
+
+    from bonefrac.serving.app import create_app
+
+    preds = RunDir.open(tiny_run).predictions("test")
+    with TestClient(create_app(tiny_run)) as client:
+        data = Path(preds["path"].iloc[0]).read_bytes()
+        body = client.post("/v1/predict", files={"file": ("x.png", data, "image/png")}).json()
+    assert body["map"] == "gradcam" and body["best_box"] is None and body["pred_boxes"] is None
 
 
 def test_explain_defaults_to_the_model_map(loc_run: Path, tmp_path: Path):

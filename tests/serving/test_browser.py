@@ -146,3 +146,46 @@ def test_page_shows_refer_and_out_of_scope_instead_of_a_probability(
             sync_api.expect(page.locator("#prob-block")).to_be_hidden()
         finally:
             browser.close()
+
+
+@pytest.fixture()
+def loc_server_url(loc_run: Path):
+    yield from _serve(loc_run)
+
+
+def test_a_fractured_call_shows_its_best_box_as_low_confidence(loc_server_url, synthetic_manifest):
+    """A detector's answer with no box above the box threshold: the page draws the best box,
+    dashed and marked low-confidence, and captions the map as trained on fracture boxes."""
+    import json
+
+    from playwright import sync_api
+
+    image = sorted((synthetic_manifest.parent / "images").glob("test_*.png"))[0]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_page()
+
+            def fractured_without_box(route):  # the real answer, made a fractured call
+                body = route.fetch().json()
+                body.update(decision="fracture", probability=0.8, pred_boxes=[])
+                body["best_box"] = [0.4, 0.5, 0.2, 0.1, 0.12]
+                route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+            page.route("**/v1/predict*", fractured_without_box)
+            page.goto(loc_server_url + "/")
+            page.set_input_files("#file", str(image))
+            sync_api.expect(page.locator("#decision")).to_have_text(
+                "Fracture suspected", timeout=30_000
+            )
+            box = page.locator("#boxes .box.low")
+            sync_api.expect(box).to_have_count(1)
+            sync_api.expect(box).to_contain_text("12% (low confidence)")
+            sync_api.expect(page.locator("#boxes-note")).to_contain_text("below its box threshold")
+            sync_api.expect(page.locator("#map-caption")).to_contain_text(
+                "trained on radiologists' fracture boxes"
+            )
+        finally:
+            browser.close()

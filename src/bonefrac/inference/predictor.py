@@ -57,6 +57,8 @@ from bonefrac.rundir import (
 )
 
 BACKENDS = ("torch", "onnx")
+#: The best box of a localising run is looked for down to this detection score.
+BEST_BOX_FLOOR = 1e-4
 #: Long side of the greyscale image kept for overlays (heatmap=True).
 DISPLAY_MAX_SIDE = 1024
 
@@ -102,6 +104,10 @@ class Prediction:
     #: a localising run's boxes ``[[cx, cy, w, h, score], ...]`` normalised to the input image;
     #: ``None`` for a model without a localisation head
     pred_boxes: list[list[float]] | None = None
+    #: a localising run's best box at any score ``[cx, cy, w, h, score]`` (what the page shows,
+    #: marked low-confidence, for a fractured call with no box above the box threshold); None
+    #: without a detector, for an input out of scope, or when the detector finds nothing
+    best_box: list[float] | None = None
 
     def overlay(self) -> Image.Image:
         """The heatmap blended onto the greyscale image (RGB), as the page and --cam-dir show it."""
@@ -515,17 +521,13 @@ class Predictor:
             if map_probs is not None:  # no boxes for an input declined as out of scope
                 from bonefrac.inference.box_decoding import decode_boxes
 
-                pred.pred_boxes = (
-                    []
-                    if pred.out_of_scope
-                    else decode_boxes(
-                        head[i],
-                        p.decoded_size,
-                        self.image_size,
-                        self.meta.loc_levels,
-                        self.box_threshold,
-                    )
-                )
+                if not pred.out_of_scope:
+                    args = (head[i], p.decoded_size, self.image_size, self.meta.loc_levels)
+                    pred.pred_boxes = decode_boxes(*args, self.box_threshold)
+                    best = pred.pred_boxes or decode_boxes(*args, BEST_BOX_FLOOR, max_boxes=1)
+                    pred.best_box = best[0] if best else None
+                else:
+                    pred.pred_boxes = []
             if heats is not None:
                 pred.heatmap = heatmap_for_display(heats[i], p)
                 pred.display = p.display if p.display is not None else None

@@ -255,7 +255,12 @@ class PredictionLike(Protocol):
     ood_score: float | None
     ood_reason: str | None
     pred_boxes: list[list[float]] | None
+    best_box: list[float] | None
 
+
+#: The API answer's best box at any score (a localising run), and the kind of its map.
+BEST_BOX = "best_box"
+MAP_KIND = "map"
 
 #: The API answer's fields in order (``POST /v1/predict``): the prediction's (:func:`answer`)
 #: and the model's (given to :func:`api_answer`).
@@ -275,6 +280,8 @@ API_FIELDS = (
     "backend",
     "caveat",
     PRED_BOXES,  # null for a model without a localisation head
+    BEST_BOX,  # the detector's best box at any score; null without one or out of scope
+    MAP_KIND,  # "detector": the map trained on radiologists' boxes; "gradcam" otherwise
 )
 
 
@@ -292,12 +299,13 @@ def answer(pred: PredictionLike) -> dict[str, Any]:
         OOD_SCORE: pred.ood_score,
         OOD_REASON: pred.ood_reason,
         PRED_BOXES: pred.pred_boxes,
+        BEST_BOX: pred.best_box,
     }
 
 
 def api_answer(pred: PredictionLike, **model: Any) -> dict[str, Any]:
     """The API's JSON body for one prediction; ``model``: the :data:`API_FIELDS` that are the
-    model's (model, temperature, architecture, backend, caveat)."""
+    model's (model, temperature, architecture, backend, caveat, map)."""
     values = {**answer(pred), **model}
     return {key: values[key] for key in API_FIELDS}
 

@@ -300,6 +300,7 @@ def create_app(
             architecture=pred.architecture,
             backend=pred.backend,
             caveat=CAVEAT,
+            map="detector" if pred.localizes else "gradcam",
         )
         if heatmap:
             body["heatmap_png"] = png_b64(result.overlay())

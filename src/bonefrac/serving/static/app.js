@@ -69,31 +69,47 @@
     $("image").hidden = !!withHeat || !$("image").getAttribute("src");
   }
 
+  const CAPTIONS = {
+    detector: "The heatmap is the model's fracture map, trained on radiologists' fracture " +
+      "boxes: how strongly each place looks like a boxed fracture. It is a suggestion to " +
+      "check, and a cold region is not evidence of a normal bone.",
+    gradcam: "The heatmap shows where the model looked; it is not an outline of a fracture, " +
+      "and a cold region is not evidence of a normal bone.",
+  };
+
+  function isBox(b) { return Array.isArray(b) && b.length >= 5 && b.every(isNum); }
+
   // A localising model's boxes [cx, cy, w, h, score] (normalised to the image) as outlined
   // rectangles with their score; nothing for a model without a localisation head (null).
-  function drawBoxes(boxes) {
+  // A fractured call with no box above the box threshold shows the detector's best box,
+  // dashed and marked low-confidence.
+  function drawBoxes(boxes, best, fractured) {
     const layer = $("boxes");
     layer.replaceChildren();
     const note = $("boxes-note");
-    const valid = Array.isArray(boxes) ? boxes.filter((b) => Array.isArray(b) && b.length >= 5 &&
-      b.every(isNum)) : null;
+    let valid = Array.isArray(boxes) ? boxes.filter(isBox) : null;
     if (valid === null) { note.hidden = true; return; }
+    const lowConfidence = !valid.length && fractured && isBox(best);
+    if (lowConfidence) valid = [best];
     for (const [cx, cy, w, h, score] of valid) {
       const div = document.createElement("div");
-      div.className = "box";
+      div.className = lowConfidence ? "box low" : "box";
       div.style.left = (100 * (cx - w / 2)) + "%";
       div.style.top = (100 * (cy - h / 2)) + "%";
       div.style.width = (100 * w) + "%";
       div.style.height = (100 * h) + "%";
       const label = document.createElement("span");
-      label.textContent = (100 * score).toFixed(0) + "%";
+      label.textContent = (100 * score).toFixed(0) + "%" + (lowConfidence ? " (low confidence)" : "");
       div.appendChild(label);
       layer.appendChild(div);
     }
-    note.textContent = valid.length
-      ? "Green boxes: where the model's fracture map is strongest (the number is the map's " +
-        "probability there). They are suggestions to check, not outlines of a fracture."
-      : "The model's fracture map has no region above its box threshold.";
+    note.textContent = lowConfidence
+      ? "Dashed box: the detector's best box, below its box threshold (low confidence; the " +
+        "number is its detection score). A suggestion to check, not an outline of a fracture."
+      : valid.length
+      ? "Green boxes: the model's fracture detections (the number is each box's detection " +
+        "score). They are suggestions to check, not outlines of a fracture."
+      : "The model's fracture detector found no box above its box threshold.";
     note.hidden = false;
   }
 
@@ -130,7 +146,9 @@
       $("heatmap").src = body.heatmap_png ? "data:image/png;base64," + body.heatmap_png : "";
       showImages();
       // boxes are a fracture finding: none for an image the model declines as out of scope
-      drawBoxes(body.decision === "out_of_scope" ? [] : body.pred_boxes);
+      drawBoxes(body.decision === "out_of_scope" ? [] : body.pred_boxes, body.best_box,
+        body.decision === "fracture");
+      $("map-caption").textContent = CAPTIONS[body.map] || CAPTIONS.gradcam;
       const dec = $("decision");
       const answered = body.decision === "fracture" || body.decision === "no_fracture";
       // a referred or out-of-scope image shows that state INSTEAD of a probability
