@@ -1,0 +1,174 @@
+"""Two localising heads, paired: the same manifest, split and seeds, one run per seed and arm.
+
+Per seed and per test source (FracAtlas, Roboflow): each arm's ``ap50_boxed``, ``ap50``, hit
+rate of the map's peak, FROC at 0.5 / 1 / 2 FP per image, energy in box and ROC-AUC (the image
+score each run predicts: the fused one where its score fusion was kept), the paired difference
+(B - A) and a paired DeLong test of the ROC-AUCs; across seeds mean ± sd with the per-seed
+values beside. With one seed, the 95 % bootstrap CIs of that seed instead (``--n-boot``).
+Reads run directories only (old-format runs too: only their predictions CSVs are read).
+
+    .venv/bin/python bench/head_compare.py --a runs/old_s1 runs/old_s2 --b runs/new_s1 runs/new_s2 \\
+        [--a-name "old head" --b-name "FCOS"] [--split test] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
+from benchinfo import git_commit, machine  # noqa: E402
+from localize import _groups, _value  # noqa: E402
+
+from bonefrac.errors import ConfigError  # noqa: E402
+from bonefrac.evaluation.compare import delong_test  # noqa: E402
+from bonefrac.evaluation.localization_metrics import (  # noqa: E402
+    LOC_METRIC_NAMES,
+    localization_metrics,
+    read_inputs,
+)
+from bonefrac.metrics import point_metrics  # noqa: E402
+from bonefrac.rundir.predictions import read_predictions  # noqa: E402
+
+METRICS = (
+    ("ap50_boxed", "ap50_boxed (images with boxes)"),
+    ("ap50", "AP50 (all images)"),
+    ("hit_rate", "hit rate of the map's peak"),
+    ("froc_0.5", "FROC @ 0.5 FP/image"),
+    ("froc_1", "FROC @ 1 FP/image"),
+    ("froc_2", "FROC @ 2 FP/image"),
+    ("energy_in_box", "energy in box"),
+    ("roc_auc_loc", "ROC-AUC (the run's image score)"),
+)
+
+
+def _predictions(run_dir: Path, split: str) -> tuple[Any, Path]:
+    path = run_dir / "predictions" / f"{split}.csv"
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; is {run_dir} a finished localising run?")
+    return read_predictions(path), path
+
+
+def arm_results(run_dir: Path, split: str, n_boot: int = 0) -> dict[str, dict[str, Any]]:
+    """group -> metric -> value (and ``<metric>_ci``), ``probs``, ``labels``, ``image_id``."""
+    df, path = _predictions(run_dir, split)
+    inputs = read_inputs(df, path)
+    labels = df["label"].to_numpy(dtype=int)
+    probs = df["prob"].to_numpy(dtype=float)
+    out: dict[str, dict[str, Any]] = {}
+    for group, mask in _groups(df, ["source"]).items():
+        idx = np.flatnonzero(mask)
+        m = localization_metrics(inputs.subset(idx), n_boot=n_boot)
+        row: dict[str, Any] = {k: _value(m[k]) for k in LOC_METRIC_NAMES if k in m}
+        for k in LOC_METRIC_NAMES:
+            if k in m and m[k].get("ci_low") is not None:
+                row[f"{k}_ci"] = (m[k]["ci_low"], m[k]["ci_high"])
+        row["roc_auc_loc"] = point_metrics(labels[idx], probs[idx])["roc_auc"]
+        row["n_images"] = float(len(idx))
+        row["n_with_boxes"] = float(m["localization"]["support"]["n_with_boxes"])
+        row["ids"] = df["image_id"].astype(str).to_numpy()[idx]
+        row["labels"], row["probs"] = labels[idx], probs[idx]
+        out[group] = row
+    return out
+
+
+def _fmt(values: list[float]) -> str:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return f"{vals[0]:.3f}"
+    each = " ".join(f"{v:.3f}" for v in vals)
+    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f} ({each})"
+
+
+def compare(
+    a: list[Path], b: list[Path], split: str, n_boot: int = 0
+) -> tuple[dict[str, list[dict[str, float]]], dict[str, Any]]:
+    """group -> per seed: ``a_<metric>``, ``b_<metric>``, DeLong (B vs A); and, with one seed,
+    each arm's CIs."""
+    if len(a) != len(b):
+        raise ConfigError(f"--a has {len(a)} runs and --b {len(b)}: one per seed, same order")
+    per_group: dict[str, list[dict[str, float]]] = {}
+    cis: dict[str, Any] = {"a": {}, "b": {}}
+    for run_a, run_b in zip(a, b, strict=True):
+        res_a, res_b = arm_results(run_a, split, n_boot), arm_results(run_b, split, n_boot)
+        for group, row_b in res_b.items():
+            row_a = res_a[group]
+            if list(row_a["ids"]) != list(row_b["ids"]):
+                raise ConfigError(f"{run_a} and {run_b}: not the same {split} images ({group})")
+            row = {f"a_{k}": row_a.get(k, math.nan) for k, _ in METRICS}
+            row |= {f"b_{k}": row_b.get(k, math.nan) for k, _ in METRICS}
+            row["n_images"], row["n_with_boxes"] = row_b["n_images"], row_b["n_with_boxes"]
+            y = row_b["labels"]
+            if 0 < y.sum() < len(y):
+                t = delong_test(y, row_b["probs"], row_a["probs"])
+                row["delong_diff"], row["delong_p"] = t["diff"], t["p_value"]
+            per_group.setdefault(group, []).append(row)
+            for arm, res in (("a", row_a), ("b", row_b)):
+                cis[arm][group] = {k[:-3]: v for k, v in res.items() if k.endswith("_ci")}
+    return per_group, cis
+
+
+def markdown(per_group: dict[str, list[dict[str, float]]], names: tuple[str, str],
+             cis: dict[str, Any] | None) -> str:  # fmt: skip
+    lines = []
+    for group, rows in per_group.items():
+        n = len(rows)
+        lines.append(
+            f"**{group}** ({rows[0]['n_images']:.0f} images, {rows[0]['n_with_boxes']:.0f} "
+            f"with boxes; {'mean ± sd over ' + str(n) + ' seeds' if n > 1 else 'one seed'})\n"
+        )
+        lines.append(f"| metric | {names[0]} | {names[1]} | paired difference |")
+        lines.append("|---|---|---|---|")
+        for key, label in METRICS:
+            a = [r[f"a_{key}"] for r in rows]
+            b = [r[f"b_{key}"] for r in rows]
+            diff = [y - x for x, y in zip(a, b, strict=True)]
+            cells = [_fmt(a), _fmt(b)]
+            if cis is not None:
+                for i, arm in enumerate(("a", "b")):
+                    ci = cis[arm].get(group, {}).get(key)
+                    if ci is not None:
+                        cells[i] += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+            lines.append(f"| {label} | {cells[0]} | {cells[1]} | {_fmt(diff)} |")
+        tests = [f"seed {i + 1}: {r['delong_diff']:+.4f} (p = {r['delong_p']:.3g})"
+                 for i, r in enumerate(rows) if "delong_diff" in r]  # fmt: skip
+        if tests:
+            lines.append(f"\nPaired DeLong ({names[1]} − {names[0]}): " + "; ".join(tests))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--a", nargs="+", type=Path, required=True, help="arm A runs, by seed")
+    parser.add_argument("--b", nargs="+", type=Path, required=True, help="arm B runs, by seed")
+    parser.add_argument("--a-name", default="A")
+    parser.add_argument("--b-name", default="B")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--n-boot", type=int, default=1000, help="CIs when one seed per arm")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    one_seed = len(args.a) == 1
+    per_group, cis = compare(args.a, args.b, args.split, args.n_boot if one_seed else 0)
+    cis = cis if one_seed else None
+    print(f"commit {git_commit()} · {machine()}\n")
+    print(markdown(per_group, (args.a_name, args.b_name), cis))
+    doc = {"split": args.split, "a": [str(p) for p in args.a], "b": [str(p) for p in args.b],
+           "per_group": per_group}  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    return doc
+
+
+if __name__ == "__main__":
+    main()
