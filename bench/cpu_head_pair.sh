@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Issue 24's CPU paired comparison: the old hand-written head (the last commit that has it,
+# OLD_COMMIT) vs the FCOS detector (this checkout), same manifest, split and seeds, both
+# sources; one arm after the other (nice'd, for a background run), then bench/head_compare.py.
+#   SIZE=384 SEEDS="42" EXTRA="" bash bench/cpu_head_pair.sh          # the full lite0_loc.yaml
+#   SIZE=224 SEEDS="1 2 42" CONFIG=configs/lite0.yaml \
+#     EXTRA="--set data.limit_per_split=1000" bash bench/cpu_head_pair.sh   # the reduced recipe
+# Data: DATA (default ../shared/data) with fracatlas/ and bone_fracture_yolo/. Writes
+# OUT/runs/{old,new}_<SIZE>_s<seed>, OUT/logs and OUT/head_compare_<SIZE>.md. About 45 min per
+# arm and seed at 384 px on a 2-core CPU, 11 at the reduced 224 px recipe.
+set -eu
+OLD_COMMIT=${OLD_COMMIT:-459ecb2}
+SIZE=${SIZE:-384}
+SEEDS=${SEEDS:-42}
+CONFIG=${CONFIG:-configs/lite0_loc.yaml}
+EXTRA=${EXTRA:-}
+DATA=${DATA:-../shared/data}
+OUT=${OUT:-/tmp/head_pair}
+PY=${PY:-$PWD/.venv/bin/python}
+BONEFRAC=${BONEFRAC:-$PWD/.venv/bin/bonefrac}
+mkdir -p "$OUT/runs" "$OUT/logs"
+[ -f "$OUT/data/manifest.csv" ] || "$BONEFRAC" data build --fracatlas "$DATA/fracatlas" \
+  --yolo "$DATA/bone_fracture_yolo" --out "$OUT/data" --force
+old_tree="$OUT/old_tree"
+[ -d "$old_tree" ] || git worktree add -f "$old_tree" "$OLD_COMMIT"
+for arm in old new; do
+  tree=$PWD; [ "$arm" = old ] && tree=$old_tree
+  for s in $SEEDS; do
+    run="$OUT/runs/${arm}_${SIZE}_s$s"
+    [ -f "$run/metrics.json" ] && continue
+    # shellcheck disable=SC2086
+    PYTHONPATH="$tree/src" nice -n 5 "$BONEFRAC" train --config "$tree/$CONFIG" \
+      --manifest "$OUT/data/manifest.csv" --out "$run" --no-deploy --force --no-progress \
+      --set seed="$s" --set data.image_size="$SIZE" $EXTRA > "$OUT/logs/${arm}_${SIZE}_s$s.log" 2>&1
+  done
+done
+a=(); b=()
+for s in $SEEDS; do a+=("$OUT/runs/old_${SIZE}_s$s"); b+=("$OUT/runs/new_${SIZE}_s$s"); done
+"$PY" bench/head_compare.py --a "${a[@]}" --b "${b[@]}" --a-name "old head" --b-name "FCOS" \
+  --json "$OUT/head_compare_$SIZE.json" | tee "$OUT/head_compare_$SIZE.md"
