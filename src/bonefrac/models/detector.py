@@ -18,6 +18,7 @@ read this one output.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -46,6 +47,13 @@ def level_sizes(size: int, strides: Sequence[int]) -> list[int]:
 
 
 def level_anchors(size: int, strides: Sequence[int], device: torch.device | None = None) -> Tensor:
+    """FCOS's anchors (cached per size, strides and device; do not modify the result)."""
+    with torch.inference_mode(False):  # a normal tensor: training may reuse the cached one
+        return _level_anchors(int(size), tuple(int(s) for s in strides), str(device or "cpu"))
+
+
+@functools.lru_cache(maxsize=16)
+def _level_anchors(size: int, strides: tuple[int, ...], device_name: str) -> Tensor:
     """FCOS's anchors ``(A, 4)`` XYXY in input pixels, levels finest first: one square anchor
     of the level's stride per location, from torchvision's :class:`AnchorGenerator`.
 
@@ -55,6 +63,7 @@ def level_anchors(size: int, strides: Sequence[int], device: torch.device | None
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.image_list import ImageList
 
+    device = torch.device(device_name)
     generator = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
     image = torch.zeros(1, 1, size, size, device=device)
     feats = [torch.zeros(1, 1, n, n, device=device) for n in level_sizes(size, strides)]
