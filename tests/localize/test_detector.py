@@ -62,7 +62,16 @@ def test_packed_output_has_one_row_per_location_of_every_level(name, levels):
 
 def test_a_level_the_backbone_lacks_is_refused_naming_what_it_has():
     with pytest.raises(ModelError, match=r"strides \[4, 8, 16\]"):
-        build_model("simple_cnn", localize=True, loc_levels=(8, 16, 32))
+        build_model("simple_cnn", localize=True, loc_levels=(8, 16, 64))
+
+
+def test_one_level_past_the_backbone_comes_from_the_fpn():
+    """simple_cnn's features end at stride 16: the default levels' 32 is the FPN's extra one."""
+    model = build_model("simple_cnn", localize=True).eval()
+    with torch.no_grad():
+        _, packed = model.forward_with_map(torch.randn(1, 3, SIZE, SIZE))
+    assert model.loc_head.strides == (8, 16, 32)
+    assert packed.shape == (1, _locations(SIZE, (8, 16, 32)), 6)
 
 
 def test_config_refuses_a_size_the_coarsest_level_does_not_divide():

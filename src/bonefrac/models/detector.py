@@ -85,17 +85,25 @@ def box_coder():  # noqa: ANN201
 
 
 class FractureDetector(nn.Module):
-    """FPN over ``in_channels`` (finest first, at ``strides``) -> FCOS head -> packed output."""
+    """FPN over ``in_channels`` (finest first, at ``strides``) -> FCOS head -> packed output.
+
+    ``in_channels`` may stop one level short of ``strides``: the coarsest level is then the
+    FPN's own extra level (torchvision's ``LastLevelMaxPool``, a stride-2 max pool of the
+    coarsest merged map), for backbones whose features end a stride early (simple_cnn: 16)."""
 
     def __init__(self, in_channels: Sequence[int], strides: Sequence[int]) -> None:
         super().__init__()
         from torchvision.models.detection.fcos import FCOSHead
         from torchvision.ops import FeaturePyramidNetwork
+        from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-        if len(in_channels) != len(strides) or len(strides) < 1:
-            raise ValueError("one input channel count per stride")
+        extra = len(strides) - len(in_channels)
+        if len(in_channels) < 1 or extra not in (0, 1):
+            raise ValueError("one input channel count per stride (or per stride but the last)")
         self.strides = tuple(int(s) for s in strides)
-        self.fpn = FeaturePyramidNetwork(list(in_channels), WIDTH)
+        self.fpn = FeaturePyramidNetwork(
+            list(in_channels), WIDTH, extra_blocks=LastLevelMaxPool() if extra else None
+        )
         self.head = FCOSHead(WIDTH, num_anchors=1, num_classes=1, num_convs=NUM_CONVS)
         # read by torchvision's FCOS.compute_loss, which runs on this module (see module doc)
         self.center_sampling_radius = CENTER_SAMPLING_RADIUS

@@ -212,8 +212,8 @@ def _build_simple_cnn(
         return FractureClassifier(net, net.num_features, stages, cam, dropout)
     # stage i halves the resolution i + 1 times: stages 1, 2 and 3 are strides 4, 8 and 16
     by_stride = {2 ** (i + 1): i for i in (1, 2, 3)}
-    _check_levels(spec.name, head_options.levels, sorted(by_stride))
-    indices = [by_stride[s] for s in head_options.levels]
+    levels = _backbone_levels(spec.name, head_options.levels, sorted(by_stride))
+    indices = [by_stride[s] for s in levels]
     head = FractureDetector([net.stages[i][4].num_features for i in indices], head_options.levels)
 
     def intermediates(backbone: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -242,8 +242,8 @@ def _build_timm(
             f"{spec.name}: model.localize needs multi-scale features (forward_intermediates); "
             "use efficientnet_lite0, simple_cnn or another timm CNN, or set model.localize: false"
         )
-    _check_levels(spec.name, head_options.levels, sorted(s for s in last if s))
-    indices = [last[s] for s in head_options.levels]
+    levels = _backbone_levels(spec.name, head_options.levels, sorted(s for s in last if s))
+    indices = [last[s] for s in levels]
     head = FractureDetector([info[i]["num_chs"] for i in indices], head_options.levels)
 
     def intermediates(backbone: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -253,13 +253,18 @@ def _build_timm(
     return FractureClassifier(net, net.num_features, stages, cam, dropout, head, intermediates)
 
 
-def _check_levels(name: str, levels: tuple[int, ...], available: list[int]) -> None:
+def _backbone_levels(name: str, levels: tuple[int, ...], available: list[int]) -> list[int]:
+    """The ``levels`` the backbone's features give; the coarsest may instead be one stride past
+    the backbone's coarsest, which the detector's FPN then adds (see FractureDetector)."""
     missing = [s for s in levels if s not in available]
-    if not levels or missing:
+    extra_ok = len(missing) == 1 and missing[0] == levels[-1] == 2 * max(available)
+    if not levels or (missing and not extra_ok):
         raise ModelError(
             f"{name}: model.loc_levels {list(levels)} asks for strides {missing or levels} that "
-            f"its backbone lacks; it has feature maps at strides {available}"
+            f"its backbone lacks; it has feature maps at strides {available} (the coarsest "
+            "level may also be one stride past them)"
         )
+    return [s for s in levels if s in available]
 
 
 def _timm_stages(net: nn.Module) -> tuple[list[nn.Module], nn.Module]:
