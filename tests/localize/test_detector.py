@@ -255,3 +255,40 @@ def test_a_run_of_the_old_head_is_refused_with_a_retrain_line(loc_run, tmp_path)
     with pytest.raises(RunDirError, match="retrain") as info:
         RunDir.open(run).meta()
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("size_wh", [(200, 100), (90, 160)])
+def test_target_boxes_follow_the_mark_through_letterbox_flip_and_scale_jitter(size_wh):
+    """On non-square images, through the training augmentation (crop and scale jitter, flip,
+    rotation), the target box still holds the bright mark it was drawn around."""
+    from PIL import Image
+
+    from bonefrac.data.transforms import letterbox
+
+    box = [0.4, 0.55, 0.3, 0.2]
+    w, h = size_wh
+    arr = np.zeros((h, w), np.uint8)
+    arr[
+        round((box[1] - box[3] / 2) * h) : round((box[1] + box[3] / 2) * h),
+        round((box[0] - box[2] / 2) * w) : round((box[0] + box[2] / 2) * w),
+    ] = 255
+    image = torch.from_numpy(letterbox(Image.fromarray(arr), SIZE))[None]
+    boxes = boxes_to_letterbox([box], size_wh, SIZE)
+    aug = train_augment(SIZE, "medium")
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out, points = aug(image, box_outlines(boxes))
+        target, count = box_targets(outline_boxes(points, SIZE), SIZE)
+        bright = out[0] > 128
+        if not bright.any():
+            continue  # the crop left the mark out
+        x0, y0, x1, y1 = target[0].tolist()
+        assert count == 1
+        ys, xs = torch.nonzero(bright, as_tuple=True)
+        inside = (
+            (xs + 0.5 >= x0 - 1)
+            & (xs + 0.5 <= x1 + 1)
+            & (ys + 0.5 >= y0 - 1)
+            & (ys + 0.5 <= y1 + 1)
+        )
+        assert float(inside.float().mean()) >= 0.95, (seed, target[0])
