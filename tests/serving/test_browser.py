@@ -6,6 +6,7 @@ no Playwright-downloaded browser is used.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -21,6 +22,21 @@ pytestmark = [
         "apt-get install -y chromium",
     ),
 ]
+
+
+@contextlib.contextmanager
+def _page():
+    """A page in Debian's headless chromium (no Playwright-downloaded browser)."""
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+        )
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
 
 
 @pytest.fixture()
@@ -39,55 +55,46 @@ def _serve(run: Path):
 def test_upload_shows_probability_and_heatmap(server_url, synthetic_manifest, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     image = sorted((synthetic_manifest.parent / "images").glob("test_*.png"))[0]
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+    with _page() as page:
+        outside: list[str] = []
+        page.on(
+            "request",
+            lambda r: (
+                outside.append(r.url) if not r.url.startswith((server_url, "data:")) else None
+            ),
         )
-        try:
-            page = browser.new_page()
-            outside: list[str] = []
-            page.on(
-                "request",
-                lambda r: (
-                    outside.append(r.url) if not r.url.startswith((server_url, "data:")) else None
-                ),
-            )
-            page.goto(server_url + "/")
-            sync_api.expect(page.locator("#caveat")).to_contain_text("not a diagnosis")
-            sync_api.expect(page.locator("#model-info")).to_contain_text("threshold")
-            # the tiny run has none of the four safeguards: the banner names them
-            sync_api.expect(page.locator("#safeguards")).to_be_visible()
-            sync_api.expect(page.locator("#safeguard-list li")).to_have_count(4)
-            sync_api.expect(page.locator("#safeguards")).to_contain_text("bonefrac calibrate RUN")
-            page.set_input_files("#file", str(image))
-            sync_api.expect(page.locator("#probability")).to_have_text(
-                re.compile(r"^[<>]?\d+(\.\d)?%$"), timeout=30_000
-            )
-            sync_api.expect(page.locator("#decision")).to_have_text(
-                re.compile(r"^(No fracture|Fracture) suspected$")
-            )
-            heat = page.locator("#heatmap")
-            sync_api.expect(heat).to_be_visible()
-            page.wait_for_function(
-                "() => { const i = document.getElementById('heatmap');"
-                " return i.complete && i.naturalWidth > 0; }",
-                timeout=10_000,
-            )
-            assert heat.evaluate("i => i.naturalWidth") == 64
-            page.screenshot(path=str(tmp_path / "page.png"))
+        page.goto(server_url + "/")
+        sync_api.expect(page.locator("#caveat")).to_contain_text("not a diagnosis")
+        sync_api.expect(page.locator("#model-info")).to_contain_text("threshold")
+        # the tiny run has none of the four safeguards: the banner names them
+        sync_api.expect(page.locator("#safeguards")).to_be_visible()
+        sync_api.expect(page.locator("#safeguard-list li")).to_have_count(4)
+        sync_api.expect(page.locator("#safeguards")).to_contain_text("bonefrac calibrate RUN")
+        page.set_input_files("#file", str(image))
+        sync_api.expect(page.locator("#probability")).to_have_text(
+            re.compile(r"^[<>]?\d+(\.\d)?%$"), timeout=30_000
+        )
+        sync_api.expect(page.locator("#decision")).to_have_text(
+            re.compile(r"^(No fracture|Fracture) suspected$")
+        )
+        heat = page.locator("#heatmap")
+        sync_api.expect(heat).to_be_visible()
+        page.wait_for_function(
+            "() => { const i = document.getElementById('heatmap');"
+            " return i.complete && i.naturalWidth > 0; }",
+            timeout=10_000,
+        )
+        assert heat.evaluate("i => i.naturalWidth") == 64
+        page.screenshot(path=str(tmp_path / "page.png"))
 
-            # a bad file shows the server's error and the page keeps working
-            bad = tmp_path / "bad.png"
-            bad.write_bytes(b"not an image")
-            page.set_input_files("#file", str(bad))
-            sync_api.expect(page.locator("#error")).to_contain_text(
-                "not a JPEG, PNG, TIFF or DICOM"
-            )
-            page.set_input_files("#file", str(image))
-            sync_api.expect(page.locator("#result")).to_be_visible(timeout=30_000)
-            assert outside == [], f"the page fetched outside resources: {outside}"
-        finally:
-            browser.close()
+        # a bad file shows the server's error and the page keeps working
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(b"not an image")
+        page.set_input_files("#file", str(bad))
+        sync_api.expect(page.locator("#error")).to_contain_text("not a JPEG, PNG, TIFF or DICOM")
+        page.set_input_files("#file", str(image))
+        sync_api.expect(page.locator("#result")).to_be_visible(timeout=30_000)
+        assert outside == [], f"the page fetched outside resources: {outside}"
 
 
 @pytest.fixture()
@@ -127,25 +134,18 @@ def test_page_shows_refer_and_out_of_scope_instead_of_a_probability(
     image = sorted((synthetic_manifest.parent / "images").glob("test_*.png"))[0]
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((64, 64), 255, np.uint8)).save(blank)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+    with _page() as page:
+        page.goto(refer_server_url + "/")
+        page.set_input_files("#file", str(image))
+        sync_api.expect(page.locator("#decision")).to_have_text(
+            "Refer to a radiologist", timeout=30_000
         )
-        try:
-            page = browser.new_page()
-            page.goto(refer_server_url + "/")
-            page.set_input_files("#file", str(image))
-            sync_api.expect(page.locator("#decision")).to_have_text(
-                "Refer to a radiologist", timeout=30_000
-            )
-            sync_api.expect(page.locator("#prob-block")).to_be_hidden()
-            page.set_input_files("#file", str(blank))
-            sync_api.expect(page.locator("#decision")).to_have_text(
-                "This does not look like a limb radiograph", timeout=30_000
-            )
-            sync_api.expect(page.locator("#prob-block")).to_be_hidden()
-        finally:
-            browser.close()
+        sync_api.expect(page.locator("#prob-block")).to_be_hidden()
+        page.set_input_files("#file", str(blank))
+        sync_api.expect(page.locator("#decision")).to_have_text(
+            "This does not look like a limb radiograph", timeout=30_000
+        )
+        sync_api.expect(page.locator("#prob-block")).to_be_hidden()
 
 
 @pytest.fixture()
@@ -161,31 +161,40 @@ def test_a_fractured_call_shows_its_best_box_as_low_confidence(loc_server_url, s
     from playwright import sync_api
 
     image = sorted((synthetic_manifest.parent / "images").glob("test_*.png"))[0]
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+    with _page() as page:
+        answer = {  # a detector's fractured call with no box above its box threshold
+            "probability": 0.8,
+            "decision": "fracture",
+            "threshold": 0.5,
+            "uncertainty": 0.1,
+            "refer": False,
+            "out_of_scope": False,
+            "ood_score": None,
+            "ood_reason": None,
+            "model": "loc",
+            "logit": 1.39,
+            "temperature": 1.0,
+            "architecture": "simple_cnn",
+            "backend": "torch",
+            "caveat": "Decision support only, not a diagnosis.",
+            "pred_boxes": [],
+            "best_box": [0.4, 0.5, 0.2, 0.1, 0.12],
+            "map": "detector",
+        }
+
+        def fractured_without_box(route):
+            route.fulfill(status=200, content_type="application/json", body=json.dumps(answer))
+
+        page.route("**/v1/predict*", fractured_without_box)
+        page.goto(loc_server_url + "/")
+        page.set_input_files("#file", str(image))
+        sync_api.expect(page.locator("#decision")).to_have_text(
+            "Fracture suspected", timeout=30_000
         )
-        try:
-            page = browser.new_page()
-
-            def fractured_without_box(route):  # the real answer, made a fractured call
-                body = route.fetch().json()
-                body.update(decision="fracture", probability=0.8, pred_boxes=[])
-                body["best_box"] = [0.4, 0.5, 0.2, 0.1, 0.12]
-                route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
-
-            page.route("**/v1/predict*", fractured_without_box)
-            page.goto(loc_server_url + "/")
-            page.set_input_files("#file", str(image))
-            sync_api.expect(page.locator("#decision")).to_have_text(
-                "Fracture suspected", timeout=30_000
-            )
-            box = page.locator("#boxes .box.low")
-            sync_api.expect(box).to_have_count(1)
-            sync_api.expect(box).to_contain_text("12% (low confidence)")
-            sync_api.expect(page.locator("#boxes-note")).to_contain_text("below its box threshold")
-            sync_api.expect(page.locator("#map-caption")).to_contain_text(
-                "trained on radiologists' fracture boxes"
-            )
-        finally:
-            browser.close()
+        box = page.locator("#boxes .box.low")
+        sync_api.expect(box).to_have_count(1)
+        sync_api.expect(box).to_contain_text("12% (low confidence)")
+        sync_api.expect(page.locator("#boxes-note")).to_contain_text("below its box threshold")
+        sync_api.expect(page.locator("#map-caption")).to_contain_text(
+            "trained on radiologists' fracture boxes"
+        )
