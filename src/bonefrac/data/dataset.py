@@ -14,7 +14,7 @@ from rich.progress import Progress
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
-from bonefrac.data.transforms import load_prepared
+from bonefrac.data.transforms import MIN_BOX_PX, load_prepared
 from bonefrac.errors import DataError, ImageDecodeError
 from bonefrac.system import usable_cpus
 
@@ -111,7 +111,7 @@ class RadiographDataset(Dataset):
         cache: PreparedImageCache,
         transform: Callable[..., Any] | None = None,
         boxes: bool = False,
-        min_box: float | None = None,
+        min_box: float = MIN_BOX_PX,
     ) -> None:
         self.frame = frame.reset_index(drop=True)
         self.paths = self.frame["path"].astype(str).tolist()
@@ -148,11 +148,7 @@ class RadiographDataset(Dataset):
         if self.transform is not None:  # the boxes travel as outline points (see box_outlines)
             x, points = self.transform(x, box_outlines(boxes))
             boxes = outline_boxes(points, x.shape[-1])
-        target, count = (
-            box_targets(boxes, x.shape[-1])
-            if self.min_box is None
-            else box_targets(boxes, x.shape[-1], self.min_box)
-        )
+        target, count = box_targets(boxes, x.shape[-1], self.min_box)
         valid = 1.0 if self.labels[index] == 0 else float(count > 0)
         if self.labels[index] == 0:
             target.zero_()

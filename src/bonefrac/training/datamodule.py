@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Sampler
 from bonefrac.config import DataConfig
 from bonefrac.data.dataset import PreparedImageCache, RadiographDataset, make_sampler
 from bonefrac.data.schema import SPLITS
-from bonefrac.data.transforms import train_augment
+from bonefrac.data.transforms import MIN_BOX_PX, train_augment
 from bonefrac.errors import DataError
 
 
@@ -70,7 +70,7 @@ class FractureDataModule(L.LightningDataModule):
         seed: int,
         progress: bool = True,
         boxes: bool = False,
-        min_box: float | None = None,
+        min_box: float = MIN_BOX_PX,
     ) -> None:
         super().__init__()
         self.frames = frames

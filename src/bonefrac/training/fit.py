@@ -135,7 +135,7 @@ def _fit(
         cfg.seed,
         progress=progress,
         boxes=cfg.model.localize,
-        min_box=min_box_px(cfg.model.loc_levels[0]) if cfg.model.localize else None,
+        min_box=min_box_px(cfg.model.loc_levels[0]),
     )
     dm.prepare_data()
     steps = dm.steps_per_epoch()
