@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 
 from bonefrac.data.dataset import PreparedImageCache, RadiographDataset
 from bonefrac.data.transforms import (
+    BoxKeepingResizedCrop,
     box_outlines,
     box_targets,
     boxes_to_letterbox,
@@ -158,6 +159,36 @@ def test_augmented_targets_keep_the_boxes_shape():
         cornered.append(aspect(aug(img, boxes)[1][0].clamp(0, SIZE)))
     assert np.median(outlined) == pytest.approx(0.5, abs=0.015)
     assert np.median(cornered) > 0.54
+
+
+def test_crops_keep_edge_boxes_whole_and_still_jitter_scale():
+    """A box at the image's edge is never cut by the training crop: across draws its size
+    after the crop is always its full size times the crop's zoom (no draw truncates it), and
+    the zoom varies (the crop still jitters scale). Without boxes it is RandomResizedCrop."""
+    from torchvision import tv_tensors
+
+    xyxy = torch.tensor([[0.0, 20.0, 6.0, 44.0], [20.0, 30.0, 30.0, 64.0]])
+    boxes = tv_tensors.BoundingBoxes(xyxy, format="XYXY", canvas_size=(SIZE, SIZE))
+    img = torch.zeros(1, SIZE, SIZE, dtype=torch.uint8)
+    crop = BoxKeepingResizedCrop((SIZE, SIZE), scale=(0.7, 1.0), ratio=(0.85, 1.18))
+    zooms = []
+    for seed in range(200):
+        torch.manual_seed(seed)
+        params = crop.make_params([img, box_outlines(boxes)])
+        torch.manual_seed(seed)
+        out = outline_boxes(crop(img, box_outlines(boxes))[1], SIZE)
+        zoom_x, zoom_y = SIZE / params["width"], SIZE / params["height"]
+        sizes = torch.stack([(out[:, 2] - out[:, 0]) / zoom_x, (out[:, 3] - out[:, 1]) / zoom_y], 1)
+        torch.testing.assert_close(sizes, xyxy[:, 2:] - xyxy[:, :2], atol=1e-3, rtol=0)
+        zooms.append(zoom_x)
+    assert max(zooms) > 1.1  # boxes at two edges still leave room to zoom in
+    plain = v2.RandomResizedCrop((SIZE, SIZE), scale=(0.7, 1.0), ratio=(0.85, 1.18))
+    empty = tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(SIZE, SIZE))
+    for seed in range(20):
+        torch.manual_seed(seed)
+        mine = crop.make_params([img, empty])
+        torch.manual_seed(seed)
+        assert mine == plain.make_params([img, empty])
 
 
 def test_score_fusion_is_fitted_on_val_and_kept_only_when_it_ranks_no_worse():

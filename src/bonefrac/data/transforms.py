@@ -143,8 +143,47 @@ def acquisition_variety() -> list[v2.Transform]:
     ]
 
 
+class BoxKeepingResizedCrop(v2.RandomResizedCrop):
+    """``RandomResizedCrop`` whose window keeps every box passed with the image whole.
+
+    The window's size is drawn as ``RandomResizedCrop`` draws it (the scale jitter); its place
+    is drawn uniformly among the places where it holds the union of the boxes (each box travels
+    as its outline points, :func:`box_outlines`). A crop that cut a thin fracture box would
+    train the detector on a truncated box, or on none. When no drawn size can hold the union
+    (boxes spread over the image), the whole image is kept. Without boxes (negatives, images
+    whose boxes are unknown, classification-only runs) it is ``RandomResizedCrop``."""
+
+    #: window sizes drawn before the whole image is kept
+    TRIES = 10
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        boxes = [
+            b.as_subclass(Tensor).reshape(-1, 4)
+            for b in flat_inputs
+            if isinstance(b, tv_tensors.BoundingBoxes)
+        ]
+        union = torch.cat(boxes) if boxes else torch.zeros(0, 4)
+        if len(union) == 0:
+            return super().make_params(flat_inputs)
+        height, width = v2.query_size(flat_inputs)
+        x0, y0 = union[:, :2].amin(0).floor().clamp(min=0).tolist()
+        x1, y1 = union[:, 2:].amax(0).ceil().tolist()
+        x1, y1 = min(x1, width), min(y1, height)
+        for _ in range(self.TRIES):
+            p = super().make_params(flat_inputs)
+            h, w = p["height"], p["width"]
+            top_lo, top_hi = max(0, int(y1) - h), min(int(y0), height - h)
+            left_lo, left_hi = max(0, int(x1) - w), min(int(x0), width - w)
+            if top_lo <= top_hi and left_lo <= left_hi:
+                top = int(torch.randint(top_lo, top_hi + 1, ()).item())
+                left = int(torch.randint(left_lo, left_hi + 1, ()).item())
+                return {"top": top, "left": left, "height": h, "width": w}
+        return {"top": 0, "left": 0, "height": height, "width": width}
+
+
 def train_augment(size: int, level: str = "medium") -> v2.Transform:
-    """Augmentations on a uint8 ``(1, C, C)`` tensor, ending at ``(1, size, size)``."""
+    """Augmentations on a uint8 ``(1, C, C)`` tensor, ending at ``(1, size, size)``; boxes
+    passed with it move with it, and the crop keeps them whole (:class:`BoxKeepingResizedCrop`)."""
     if level not in AUGMENT_LEVELS:
         raise ValueError(f"augment must be one of {AUGMENT_LEVELS}, got {level!r}")
     if level == "none":
@@ -155,7 +194,7 @@ def train_augment(size: int, level: str = "medium") -> v2.Transform:
         "strong": ((0.6, 1.0), 15, 0.3),
     }[level]
     steps: list[v2.Transform] = [
-        v2.RandomResizedCrop((size, size), scale=scale, ratio=(0.85, 1.18), antialias=True),
+        BoxKeepingResizedCrop((size, size), scale=scale, ratio=(0.85, 1.18), antialias=True),
         v2.RandomHorizontalFlip(),
         v2.RandomRotation(degrees),
         v2.ColorJitter(brightness=jitter, contrast=jitter),
