@@ -23,7 +23,7 @@ from bonefrac.data.transforms import (
 )
 from bonefrac.errors import ModelError, RunDirError
 from bonefrac.evaluation.localization_metrics import ap50
-from bonefrac.inference.box_decoding import decode_boxes
+from bonefrac.inference.box_decoding import decode_box_sets, decode_boxes
 from bonefrac.models.detector import (
     level_anchors,
     level_sizes,
@@ -131,6 +131,22 @@ def test_boxes_decode_back_to_the_original_image(size_wh):
     assert got[:4] == pytest.approx(box, abs=1e-3)
     assert got[4] == pytest.approx(float(torch.sigmoid(torch.tensor(3.0))), abs=1e-3)
     assert decode_boxes(packed, size_wh, SIZE, (8, 16), 0.99) == []  # under the threshold
+
+
+def test_one_post_processing_gives_every_cut_its_own_call_would():
+    """The predictor and the predictions CSV take the shown boxes, the candidates and the best
+    box from one FCOS post-processing run; each cut equals decoding at its threshold alone."""
+    torch.manual_seed(0)
+    anchors = sum(n * n for n in level_sizes(SIZE, (8, 16)))
+    for _ in range(5):
+        packed = torch.randn(anchors, 6) * 2
+        packed[:, 2:] = packed[:, 2:].abs()  # distances from the location are non-negative
+        cuts = [(0.5, 5), (0.05, 10), (1e-4, 1)]
+        got = decode_box_sets(packed.numpy(), (200, 100), SIZE, (8, 16), cuts)
+        assert got == [
+            decode_boxes(packed.numpy(), (200, 100), SIZE, (8, 16), t, n) for t, n in cuts
+        ]
+        assert len(got[1]) == 10 and got[2] == got[1][:1]  # random heads leave many candidates
 
 
 def test_a_box_centred_on_the_letterbox_padding_is_dropped():

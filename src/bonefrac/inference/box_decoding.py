@@ -66,6 +66,41 @@ def decode_boxes(
 ) -> list[list[float]]:
     """Scored boxes ``[cx, cy, w, h, score]`` (normalised to the original image, best first)
     from one image's packed detector output ``(A, 6)`` for its ``size x size`` letterbox."""
+    return decode_box_sets(head, decoded_size, size, strides, [(threshold, max_boxes)])[0]
+
+
+def decode_box_sets(
+    head: np.ndarray,
+    decoded_size: tuple[int, int],
+    size: int,
+    strides: Sequence[int],
+    cuts: Sequence[tuple[float, int]],
+) -> list[list[list[float]]]:
+    """:func:`decode_boxes` for each ``(threshold, max_boxes)`` in ``cuts``, from ONE
+    post-processing run at the lowest threshold and the largest cap.
+
+    Each cut equals its own :func:`decode_boxes` call: greedy NMS suppresses a box only by a
+    better one, so the boxes above a threshold are the same whether or not lower ones took part
+    (top-k keeps :data:`TOPK_CANDIDATES` per level, far more than a cut reports)."""
+    found = _decoded(
+        head, decoded_size, size, strides, min(t for t, _ in cuts), max(n for _, n in cuts)
+    )
+    return [
+        [[round(v, DECIMALS) for v in (*box, score)] for box, score in found if score > t][:n]
+        for t, n in cuts
+    ]
+
+
+def _decoded(
+    head: np.ndarray,
+    decoded_size: tuple[int, int],
+    size: int,
+    strides: Sequence[int],
+    threshold: float,
+    max_boxes: int,
+) -> list[tuple[list[float], float]]:
+    """FCOS post-processing of one image: ``([cx, cy, w, h], score)`` normalised to the
+    original image, unrounded, best first; empty for a malformed or non-finite output."""
     from torchvision.models.detection.fcos import FCOS
 
     packed = torch.as_tensor(np.asarray(head, dtype=np.float32))
@@ -89,7 +124,7 @@ def decode_boxes(
     )
     found = FCOS.postprocess_detections(post, outputs, [anchors], [(size, size)])[0]  # type: ignore[arg-type]
     _, left, top, nw, nh = letterbox_geometry(*decoded_size, size)
-    boxes: list[list[float]] = []
+    boxes: list[tuple[list[float], float]] = []
     for (x0, y0, x1, y1), score in zip(
         found["boxes"].tolist(), found["scores"].tolist(), strict=True
     ):
@@ -106,7 +141,7 @@ def decode_boxes(
             (x1 - x0) / nw,
             (y1 - y0) / nh,
         ]
-        boxes.append([round(v, DECIMALS) for v in (*box, float(score))])
+        boxes.append((box, float(score)))
         if len(boxes) == max_boxes:
             break
     return boxes
@@ -141,12 +176,12 @@ def loc_row(
     ``head`` its packed detector output ``(A, 6)``."""
     crop = crop_map(prob_map, decoded_size)
     size = prob_map.shape[-1]
+    cuts = [(threshold, MAX_BOXES), (min(threshold, CANDIDATE_FLOOR), MAX_CANDIDATES)]
+    pred_boxes, cand_boxes = decode_box_sets(head, decoded_size, size, strides, cuts)
     return loc_cells(
         true_boxes,
-        decode_boxes(head, decoded_size, size, strides, threshold),
-        decode_boxes(
-            head, decoded_size, size, strides, min(threshold, CANDIDATE_FLOOR), MAX_CANDIDATES
-        ),
+        pred_boxes,
+        cand_boxes,
         map_peak(crop),
         round(float(crop.max()), 6) if crop.size else math.nan,
         energy_in_box(crop, true_boxes),

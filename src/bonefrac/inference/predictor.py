@@ -519,12 +519,12 @@ class Predictor:
                 ood_reason=reasons[i],
             )
             if map_probs is not None:  # no boxes for an input declined as out of scope
-                from bonefrac.inference.box_decoding import decode_boxes
+                from bonefrac.inference.box_decoding import MAX_BOXES, decode_box_sets
 
                 if not pred.out_of_scope:
                     args = (head[i], p.decoded_size, self.image_size, self.meta.loc_levels)
-                    pred.pred_boxes = decode_boxes(*args, self.box_threshold)
-                    best = pred.pred_boxes or decode_boxes(*args, BEST_BOX_FLOOR, max_boxes=1)
+                    cuts = [(self.box_threshold, MAX_BOXES), (BEST_BOX_FLOOR, 1)]
+                    pred.pred_boxes, best = decode_box_sets(*args, cuts)
                     pred.best_box = best[0] if best else None
                 else:
                     pred.pred_boxes = []
