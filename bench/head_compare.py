@@ -146,11 +146,38 @@ def markdown(per_group: dict[str, list[dict[str, float]]], names: tuple[str, str
     return "\n".join(lines)
 
 
+def single_arm(
+    runs: list[Path], name: str, split: str, n_boot: int, json_path: Path | None
+) -> dict[str, Any]:
+    """Arm B alone (its pair still training): per group, each seed's metrics with 95 %
+    bootstrap CIs. Not a comparison: nothing is paired."""
+    print(f"commit {git_commit()} · {machine()}\n")
+    doc: dict[str, Any] = {"split": split, "b": [str(p) for p in runs], "per_group": {}}
+    for run in runs:
+        for group, row in arm_results(run, split, n_boot).items():
+            print(f"**{group}** {name} ({run.name}: {row['n_images']:.0f} images, "
+                  f"{row['n_with_boxes']:.0f} with boxes)\n")  # fmt: skip
+            print("| metric | value [95 % CI] |\n|---|---|")
+            kept = {}
+            for key, label in METRICS:
+                value, ci = row.get(key, math.nan), row.get(f"{key}_ci")
+                kept[key] = value
+                cell = f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                print(f"| {label} | {cell} |")
+            print()
+            doc["per_group"].setdefault(group, []).append(kept)
+    if json_path:
+        json_path.write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    return doc
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--a", nargs="+", type=Path, required=True, help="arm A runs, by seed")
+    parser.add_argument(
+        "--a", nargs="+", type=Path, help="arm A runs, by seed (none: arm B alone, with CIs)"
+    )
     parser.add_argument("--b", nargs="+", type=Path, required=True, help="arm B runs, by seed")
     parser.add_argument("--a-name", default="A")
     parser.add_argument("--b-name", default="B")
@@ -158,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n-boot", type=int, default=1000, help="CIs when one seed per arm")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if not args.a:
+        return single_arm(args.b, args.b_name, args.split, args.n_boot, args.json)
     one_seed = len(args.a) == 1
     per_group, cis = compare(args.a, args.b, args.split, args.n_boot if one_seed else 0)
     cis = cis if one_seed else None
