@@ -81,7 +81,10 @@ def decode_box_sets(
 
     Each cut equals its own :func:`decode_boxes` call: greedy NMS suppresses a box only by a
     better one, so the boxes above a threshold are the same whether or not lower ones took part
-    (top-k keeps :data:`TOPK_CANDIDATES` per level, far more than a cut reports)."""
+    (top-k keeps :data:`TOPK_CANDIDATES` per level, far more than a cut reports). The one
+    difference: the run keeps ``4 x`` the largest cap after NMS, so when more than three in four
+    of a smaller cut's boxes sit on the letterbox padding (and are dropped), that cut can still
+    be filled where its own call would come up short."""
     found = _decoded(
         head, decoded_size, size, strides, min(t for t, _ in cuts), max(n for _, n in cuts)
     )
