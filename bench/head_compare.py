@@ -4,7 +4,9 @@ Per seed and per test source (FracAtlas, Roboflow): each arm's ``ap50_boxed``, `
 rate of the map's peak, FROC at 0.5 / 1 / 2 FP per image, energy in box and ROC-AUC (the image
 score each run predicts: the fused one where its score fusion was kept), the paired difference
 (B - A) and a paired DeLong test of the ROC-AUCs; across seeds mean ± sd with the per-seed
-values beside. With one seed, the 95 % bootstrap CIs of that seed instead (``--n-boot``).
+values beside. With one seed, the 95 % bootstrap CIs of that seed instead (``--n-boot``), and
+of the difference: a paired bootstrap (both arms scored on the same image resamples; DeLong's
+interval for ROC-AUC).
 Reads run directories only (old-format runs too: only their predictions CSVs are read).
 
     .venv/bin/python bench/head_compare.py --a runs/old_s1 runs/old_s2 --b runs/new_s1 runs/new_s2 \\
@@ -56,7 +58,8 @@ def _predictions(run_dir: Path, split: str) -> tuple[Any, Path]:
 
 
 def arm_results(run_dir: Path, split: str, n_boot: int = 0) -> dict[str, dict[str, Any]]:
-    """group -> metric -> value (and ``<metric>_ci``), ``probs``, ``labels``, ``image_id``."""
+    """group -> metric -> value (and ``<metric>_ci``), ``probs``, ``labels``, ``ids``; with
+    ``n_boot``, ``draws`` (metric -> bootstrap values) and ``boxed`` too."""
     df, path = _predictions(run_dir, split)
     inputs = read_inputs(df, path)
     labels = df["label"].to_numpy(dtype=int)
@@ -64,7 +67,8 @@ def arm_results(run_dir: Path, split: str, n_boot: int = 0) -> dict[str, dict[st
     out: dict[str, dict[str, Any]] = {}
     for group, mask in _groups(df, ["source"]).items():
         idx = np.flatnonzero(mask)
-        m = localization_metrics(inputs.subset(idx), n_boot=n_boot)
+        sub, draws = inputs.subset(idx), {}
+        m = localization_metrics(sub, n_boot=n_boot, draws=draws)
         row: dict[str, Any] = {k: _value(m[k]) for k in LOC_METRIC_NAMES if k in m}
         for k in LOC_METRIC_NAMES:
             if k in m and m[k].get("ci_low") is not None:
@@ -74,6 +78,7 @@ def arm_results(run_dir: Path, split: str, n_boot: int = 0) -> dict[str, dict[st
         row["n_with_boxes"] = float(m["localization"]["support"]["n_with_boxes"])
         row["ids"] = df["image_id"].astype(str).to_numpy()[idx]
         row["labels"], row["probs"] = labels[idx], probs[idx]
+        row["draws"], row["boxed"] = draws, sub.boxed
         out[group] = row
     return out
 
@@ -110,10 +115,27 @@ def compare(
             if 0 < y.sum() < len(y):
                 t = delong_test(y, row_b["probs"], row_a["probs"])
                 row["delong_diff"], row["delong_p"] = t["diff"], t["p_value"]
+                row["diff_ci_roc_auc_loc"] = (t["diff_ci_low"], t["diff_ci_high"])
+            row |= _paired_cis(row_a, row_b, f"{run_a} and {run_b} ({group})")
             per_group.setdefault(group, []).append(row)
             for arm, res in (("a", row_a), ("b", row_b)):
                 cis[arm][group] = {k[:-3]: v for k, v in res.items() if k.endswith("_ci")}
     return per_group, cis
+
+
+def _paired_cis(row_a: dict[str, Any], row_b: dict[str, Any], what: str) -> dict[str, Any]:
+    """``diff_ci_<metric>``: 95 % percentile interval of B - A over the shared resamples."""
+    if not row_a["draws"] or not row_b["draws"]:
+        return {}
+    if not np.array_equal(row_a["boxed"], row_b["boxed"]):
+        raise ConfigError(f"{what}: the runs' true boxes differ; the bootstrap is not paired")
+    out = {}
+    for key in set(row_a["draws"]) & set(row_b["draws"]):
+        d = row_b["draws"][key] - row_a["draws"][key]
+        d = d[np.isfinite(d)]
+        if len(d):
+            out[f"diff_ci_{key}"] = (float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5)))
+    return out
 
 
 def markdown(per_group: dict[str, list[dict[str, float]]], names: tuple[str, str],
@@ -131,13 +153,16 @@ def markdown(per_group: dict[str, list[dict[str, float]]], names: tuple[str, str
             a = [r[f"a_{key}"] for r in rows]
             b = [r[f"b_{key}"] for r in rows]
             diff = [y - x for x, y in zip(a, b, strict=True)]
-            cells = [_fmt(a), _fmt(b)]
+            cells = [_fmt(a), _fmt(b), _fmt(diff)]
+            if len(rows) == 1 and f"diff_ci_{key}" in rows[0]:
+                low, high = rows[0][f"diff_ci_{key}"]
+                cells[2] += f" [{low:.3f}, {high:.3f}]"
             if cis is not None:
                 for i, arm in enumerate(("a", "b")):
                     ci = cis[arm].get(group, {}).get(key)
                     if ci is not None:
                         cells[i] += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
-            lines.append(f"| {label} | {cells[0]} | {cells[1]} | {_fmt(diff)} |")
+            lines.append(f"| {label} | {cells[0]} | {cells[1]} | {cells[2]} |")
         tests = [f"seed {i + 1}: {r['delong_diff']:+.4f} (p = {r['delong_p']:.3g})"
                  for i, r in enumerate(rows) if "delong_diff" in r]  # fmt: skip
         if tests:

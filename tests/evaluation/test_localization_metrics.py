@@ -261,3 +261,18 @@ def test_ap50_boxed_ignores_boxes_on_images_without_true_boxes():
     clean = [*found, [], []]
     c = localization_metrics(LocInputs(["a", "b", "c", "d"], truth, sizes, clean), n_boot=0)
     assert c["ap50"]["value"] == pytest.approx(c["ap50_boxed"]["value"])
+
+
+def test_draws_are_the_bootstrap_behind_each_ci_and_shared_across_models():
+    df = add_localization(make_predictions(120, seed=21), seed=22, quality="perfect", n_false=1)
+    other = add_localization(make_predictions(120, seed=21), seed=22, quality="shuffled")
+    first, second = {}, {}
+    m = localization_metrics(_inputs(df), n_boot=150, seed=4, draws=first)
+    localization_metrics(_inputs(other), n_boot=150, seed=4, draws=second)
+    assert set(first) == {k for k in LOC_METRIC_NAMES if m[k]["ci_low"] is not None}
+    for name, dist in first.items():
+        assert len(dist) == 150
+        assert np.percentile(dist, 2.5) == pytest.approx(m[name]["ci_low"]), name
+    # the same images with boxes and seed: the same resamples, so the difference is paired;
+    # perfect boxes beat shuffled ones on every resample
+    assert (first["ap50_boxed"] - second["ap50_boxed"] > 0).all()

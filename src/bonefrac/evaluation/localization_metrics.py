@@ -472,13 +472,16 @@ def localization_metrics(
     ap_n_boot: int | None = None,
     seed: int = 0,
     ci: float = 0.95,
+    draws: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Localisation metrics of a split with bootstrap CIs (see the module docstring).
 
     Returns ``{metric: {"value", "ci_low", "ci_high"}}`` for the metrics the columns allow,
     plus ``"localization": {"support", "settings", "notes"}``. ``ap_n_boot`` (default
     ``n_boot``; about 1 ms per resample) resamples for AP's CI; ``n_boot=0`` skips the
-    bootstrap.
+    bootstrap. ``draws``, when given, receives each metric's bootstrap values. The resamples
+    depend only on ``seed`` and which images have boxes, so two models' predictions of the same
+    images get the same resamples, and the difference of their draws is a paired bootstrap.
     """
     if not 0 < ci < 1:
         raise ValueError(f"ci must be in (0, 1), got {ci}")
@@ -503,12 +506,17 @@ def localization_metrics(
     per_image["chance_hit_rate"] = chance_hits(inputs.true_boxes, inputs.sizes, tolerance)
 
     out: dict[str, Any] = {}
+
+    def put(name: str, value: float, dist: np.ndarray | None) -> None:
+        out[name] = _entry(value, dist, ci)
+        if draws is not None and dist is not None:
+            draws[name] = dist
+
     for name, values in per_image.items():
         if n_boxed == 0:
-            out[name] = _entry(math.nan, None, ci)
+            put(name, math.nan, None)
             continue
-        dist = _weighted_means(values, weights) if n_boot else None
-        out[name] = _entry(float(np.nanmean(values)), dist, ci)
+        put(name, float(np.nanmean(values)), _weighted_means(values, weights) if n_boot else None)
     if n_boxed == 0:
         notes["hit_rate"] = "undefined: no image of this split has a true box"
 
@@ -518,19 +526,19 @@ def localization_metrics(
         n_pred = sum(len(b) for b in inputs.pred_boxes or [])
         coco = CocoAP(inputs.true_boxes, ranked)
         dist = np.array([coco.ap(row) for row in samples[:ap_n_boot]]) if ap_n_boot else None
-        out["ap50"] = _entry(coco.ap(), dist, ci)
+        put("ap50", coco.ap(), dist)
         boxed_dist = (
             np.array([coco.ap(row[boxed[row]]) for row in samples[:ap_n_boot]])
             if ap_n_boot
             else None
         )
-        out["ap50_boxed"] = _entry(coco.ap(np.flatnonzero(boxed)), boxed_dist, ci)
+        put("ap50_boxed", coco.ap(np.flatnonzero(boxed)), boxed_dist)
         items = froc_items(inputs.true_boxes, ranked)
         budgets = list(FROC_BUDGETS.values())
         point = froc_sensitivities(items, budgets)
         boot = np.array([froc_sensitivities(items, budgets, w) for w in weights])
         for k, name in enumerate(FROC_BUDGETS):
-            out[name] = _entry(point[k], boot[:, k] if n_boot else None, ci)
+            put(name, point[k], boot[:, k] if n_boot else None)
         if n_boxed == 0:
             notes["ap50"] = "undefined: no true boxes"
     n_unknown = sum(1 for s, b in zip(inputs.sizes, boxed, strict=True) if b and s is None)
