@@ -10,12 +10,18 @@
 # kept, an interrupted one resumed from its last epoch (`train --resume`). At 384 px, alone on a
 # 2-core CPU, an arm takes about 17 min per epoch (about 2 h for 6 epochs and the test split's
 # predictions; two arms side by side take twice as long each); 11 min at the 224 px recipe.
+# A session shorter than both arms trains one (ARMS=old or ARMS=new). Each finished arm's record
+# without weights (predictions, metrics, model.json, config, history) is kept in STORED (default
+# bench/results/head_pair, committed), and a record found there stands for a finished arm, so
+# the other arm, trained later on another machine, is still paired image by image.
 set -eu
 OLD_COMMIT=${OLD_COMMIT:-459ecb2}
 SIZE=${SIZE:-384}
 SEEDS=${SEEDS:-42}
 CONFIG=${CONFIG:-configs/lite0_loc.yaml}
 EXTRA=${EXTRA:-}
+ARMS=${ARMS:-old new}  # e.g. ARMS=old: train one arm only (a session too short for both)
+STORED=${STORED:-$PWD/bench/results/head_pair}
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-/tmp/head_pair}
 PY=${PY:-$PWD/.venv/bin/python}
@@ -25,10 +31,13 @@ mkdir -p "$OUT/runs" "$OUT/logs"
   --yolo "$DATA/bone_fracture_yolo" --out "$OUT/data" --force
 old_tree="$OUT/old_tree"
 [ -d "$old_tree" ] || git worktree add -f "$old_tree" "$OLD_COMMIT"
-for arm in old new; do
+for arm in $ARMS; do
   tree=$PWD; [ "$arm" = old ] && tree=$old_tree
   for s in $SEEDS; do
-    run="$OUT/runs/${arm}_${SIZE}_s$s"
+    name="${arm}_${SIZE}_s$s"; run="$OUT/runs/$name"
+    if [ ! -f "$run/metrics.json" ] && [ -f "$STORED/$name/metrics.json" ]; then
+      mkdir -p "$run" && cp -r "$STORED/$name/." "$run/"  # a finished arm's record
+    fi
     [ -f "$run/metrics.json" ] && continue
     log="$OUT/logs/${arm}_${SIZE}_s$s.log"
     if [ -f "$run/checkpoints/last.ckpt" ]; then  # an interrupted arm goes on from its last epoch
@@ -40,6 +49,28 @@ for arm in old new; do
     PYTHONPATH="$tree/src" nice -n 5 "$BONEFRAC" train --config "$tree/$CONFIG" \
       --manifest "$OUT/data/manifest.csv" --out "$run" --no-deploy --force --no-progress \
       --set seed="$s" --set data.image_size="$SIZE" $EXTRA > "$log" 2>&1
+  done
+done
+for arm in $ARMS; do  # keep each finished arm's record (no weights) for later pairings
+  for s in $SEEDS; do
+    name="${arm}_${SIZE}_s$s"; run="$OUT/runs/$name"
+    [ -f "$run/metrics.json" ] && [ ! -f "$STORED/$name/metrics.json" ] || continue
+    mkdir -p "$STORED/$name/predictions"
+    cp "$run"/{metrics.json,model.json,config.yaml,history.csv} "$STORED/$name/" 2>/dev/null || true
+    cp "$run"/predictions/{val,test}.csv "$STORED/$name/predictions/"
+  done
+done
+for s in $SEEDS; do  # one arm alone: its CIs, nothing paired yet
+  for arm in old new; do
+    [ -f "$OUT/runs/${arm}_${SIZE}_s$s/metrics.json" ] || {
+      echo "$arm arm of seed $s not trained yet: reporting what there is"
+      for other in old new; do
+        [ -f "$OUT/runs/${other}_${SIZE}_s$s/metrics.json" ] && "$PY" bench/head_compare.py \
+          --b "$OUT/runs/${other}_${SIZE}_s$s" --b-name "$other" \
+          --json "$OUT/head_compare_${SIZE}_${other}_s$s.json" | tee "$OUT/head_compare_${SIZE}_${other}_s$s.md"
+      done
+      exit 0
+    }
   done
 done
 a=(); b=()

@@ -2,7 +2,8 @@
 
 Per seed and per test source (FracAtlas, Roboflow): each arm's ``ap50_boxed``, ``ap50``, hit
 rate of the map's peak, FROC at 0.5 / 1 / 2 FP per image, energy in box and ROC-AUC (the image
-score each run predicts: the fused one where its score fusion was kept), the paired difference
+score each run predicts: the fused one where its score fusion was kept; and a fused run's class
+logit alone, with a paired DeLong test of fused vs logit alone), the paired difference
 (B - A) and a paired DeLong test of the ROC-AUCs; across seeds mean ± sd with the per-seed
 values beside. With one seed, the 95 % bootstrap CIs of that seed instead (``--n-boot``), and
 of the difference: a paired bootstrap (both arms scored on the same image resamples; DeLong's
@@ -35,8 +36,8 @@ from bonefrac.evaluation.localization_metrics import (  # noqa: E402
     localization_metrics,
     read_inputs,
 )
-from bonefrac.metrics import point_metrics  # noqa: E402
-from bonefrac.rundir.predictions import read_predictions  # noqa: E402
+from bonefrac.metrics import compute_metrics, sigmoid  # noqa: E402
+from bonefrac.rundir.predictions import CLASS_LOGIT, read_predictions  # noqa: E402
 
 METRICS = (
     ("ap50_boxed", "ap50_boxed (images with boxes)"),
@@ -47,6 +48,7 @@ METRICS = (
     ("froc_2", "FROC @ 2 FP/image"),
     ("energy_in_box", "energy in box"),
     ("roc_auc_loc", "ROC-AUC (the run's image score)"),
+    ("roc_auc_class", "ROC-AUC (class logit alone)"),
 )
 
 
@@ -73,7 +75,14 @@ def arm_results(run_dir: Path, split: str, n_boot: int = 0) -> dict[str, dict[st
         for k in LOC_METRIC_NAMES:
             if k in m and m[k].get("ci_low") is not None:
                 row[f"{k}_ci"] = (m[k]["ci_low"], m[k]["ci_high"])
-        row["roc_auc_loc"] = point_metrics(labels[idx], probs[idx])["roc_auc"]
+        row |= _roc_auc("roc_auc_loc", labels[idx], probs[idx], n_boot)
+        if CLASS_LOGIT in df.columns:  # a fused run: its class logit alone, on the same images
+            alone = sigmoid(df[CLASS_LOGIT].to_numpy(dtype=float)[idx])
+            row |= _roc_auc("roc_auc_class", labels[idx], alone, n_boot)
+            row["class_probs"] = alone
+            if 0 < labels[idx].sum() < len(idx):
+                t = delong_test(labels[idx], probs[idx], alone)
+                row["fusion_delong"] = (t["diff"], t["p_value"])
         row["n_images"] = float(len(idx))
         row["n_with_boxes"] = float(m["localization"]["support"]["n_with_boxes"])
         row["ids"] = df["image_id"].astype(str).to_numpy()[idx]
@@ -81,6 +90,24 @@ def arm_results(run_dir: Path, split: str, n_boot: int = 0) -> dict[str, dict[st
         row["draws"], row["boxed"] = draws, sub.boxed
         out[group] = row
     return out
+
+
+def _roc_auc(key: str, labels: Any, probs: Any, n_boot: int) -> dict[str, Any]:
+    """``key`` (ROC-AUC) and, with ``n_boot``, ``<key>_ci`` (stratified bootstrap, as evaluate's)."""
+    m = compute_metrics(labels, probs, n_boot=n_boot)["roc_auc"]
+    out: dict[str, Any] = {key: math.nan if m["value"] is None else m["value"]}
+    if m["ci_low"] is not None:
+        out[f"{key}_ci"] = (m["ci_low"], m["ci_high"])
+    return out
+
+
+def _fusion_sentence(rows: list[dict[str, Any]], arm: str, name: str) -> str | None:
+    """``name``'s fused score − its class logit alone, per seed (paired DeLong), or None."""
+    tests = [r[f"{arm}_fusion_delong"] for r in rows if f"{arm}_fusion_delong" in r]
+    if not tests:
+        return None
+    each = "; ".join(f"seed {i + 1}: {d:+.4f} (p = {p:.3g})" for i, (d, p) in enumerate(tests))
+    return f"{name}: {each}"
 
 
 def _fmt(values: list[float]) -> str:
@@ -116,6 +143,12 @@ def compare(
                 t = delong_test(y, row_b["probs"], row_a["probs"])
                 row["delong_diff"], row["delong_p"] = t["diff"], t["p_value"]
                 row["diff_ci_roc_auc_loc"] = (t["diff_ci_low"], t["diff_ci_high"])
+                if "class_probs" in row_a and "class_probs" in row_b:
+                    t = delong_test(y, row_b["class_probs"], row_a["class_probs"])
+                    row["diff_ci_roc_auc_class"] = (t["diff_ci_low"], t["diff_ci_high"])
+            for arm, res in (("a", row_a), ("b", row_b)):
+                if "fusion_delong" in res:
+                    row[f"{arm}_fusion_delong"] = res["fusion_delong"]
             row |= _paired_cis(row_a, row_b, f"{run_a} and {run_b} ({group})")
             per_group.setdefault(group, []).append(row)
             for arm, res in (("a", row_a), ("b", row_b)):
@@ -167,6 +200,11 @@ def markdown(per_group: dict[str, list[dict[str, float]]], names: tuple[str, str
                  for i, r in enumerate(rows) if "delong_diff" in r]  # fmt: skip
         if tests:
             lines.append(f"\nPaired DeLong ({names[1]} − {names[0]}): " + "; ".join(tests))
+        fusion = [_fusion_sentence(rows, arm, name) for arm, name in zip("ab", names, strict=True)]
+        fusion = [f for f in fusion if f]
+        if fusion:
+            lines.append("\nFused score − class logit alone, each arm (paired DeLong): "
+                         + "; ".join(fusion))  # fmt: skip
         lines.append("")
     return "\n".join(lines)
 
@@ -189,6 +227,10 @@ def single_arm(
                 kept[key] = value
                 cell = f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
                 print(f"| {label} | {cell} |")
+            if "fusion_delong" in row:
+                d, p = row["fusion_delong"]
+                print(f"\nFused score − class logit alone (paired DeLong): {d:+.4f} (p = {p:.3g})")
+                kept["fusion_delong"] = [d, p]
             print()
             doc["per_group"].setdefault(group, []).append(kept)
     if json_path:

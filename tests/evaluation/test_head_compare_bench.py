@@ -59,3 +59,26 @@ def test_an_arm_against_itself_differs_by_exactly_nothing(tmp_path, bench_mod):
         assert row[f"diff_ci_{key}"] == (0.0, 0.0), key
     several, _ = bench_mod.compare([run, run], [run, run], "test", n_boot=0)
     assert not any(k.startswith("diff_ci_ap") for k in several["all"][0])
+
+
+def test_a_fused_arm_is_tested_against_its_class_logit_alone(tmp_path, bench_mod):
+    old, new = _run(tmp_path, "old", "perfect"), _run(tmp_path, "new", "perfect")
+    layout = RunDir.open(new)
+    df = layout.read_predictions_raw("test")
+    noise = np.random.default_rng(0).normal(0.0, 3.0, len(df))
+    df["class_logit"] = df["logit"].astype(float) + noise  # the logit alone ranks worse
+    layout.write_predictions("test", df)
+    per_group, cis = bench_mod.compare([old], [new], "test", n_boot=200)
+    row = per_group["all"][0]
+    assert np.isnan(row["a_roc_auc_class"])  # no class_logit column: nothing to report
+    assert row["b_roc_auc_class"] < row["b_roc_auc_loc"]
+    diff, p = row["b_fusion_delong"]
+    assert diff == pytest.approx(row["b_roc_auc_loc"] - row["b_roc_auc_class"])
+    assert diff > 0 and p < 0.05
+    assert "a_fusion_delong" not in row
+    low, high = cis["b"]["all"]["roc_auc_class"]
+    assert low <= row["b_roc_auc_class"] <= high
+    text = bench_mod.markdown(per_group, ("old", "new"), cis)
+    assert "class logit alone, each arm (paired DeLong): new: seed 1: +" in text
+    line = next(x for x in text.splitlines() if x.startswith("| ROC-AUC (class logit"))
+    assert "| n/a |" in line

@@ -179,6 +179,9 @@ def test_image_score_fuses_logit_and_map_peak(loc_run: Path, test_preds: pd.Data
     a, b, c = meta.score_fusion.as_tuple()
     torch.testing.assert_close(fused, a * plain + b * map_peak_logit(maps) + c)
     torch.testing.assert_close(model(x), fused)  # forward() scores the same way
+    # the CSV keeps the class logit alone beside the fused one (the fused-vs-logit comparison)
+    np.testing.assert_allclose(rows["class_logit"], plain[:, 0].numpy(), atol=1e-4)
+    assert not np.allclose(rows["class_logit"], rows["logit"], atol=1e-3)
 
 
 @pytest.mark.slow  # trains a (tiny) run

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bonefrac.data.schema import path_image_ids
@@ -55,7 +56,24 @@ def predictions_table(frame: pd.DataFrame, out: Outputs, meta: ModelMeta) -> pd.
             )
             for i in range(len(rows))
         ]
-    return predictions_frame(rows, out.logits, out.sizes, loc)
+    return predictions_frame(rows, out.logits, out.sizes, loc, _class_logits(out, meta))
+
+
+def _class_logits(out: Outputs, meta: ModelMeta) -> np.ndarray | None:
+    """The class logit alone behind each fused image logit (the fusion undone with the same
+    map peak the model's forward fused in); None when the run fuses no map score."""
+    if out.head is None or meta.score_fusion is None:
+        return None
+    import torch
+
+    from bonefrac.models.detector import map_peak_logit
+
+    a, b, c = meta.score_fusion.as_tuple()
+    if a == 0.0:  # the fused score ignores the class logit: there is nothing to recover
+        return None
+    peaks = map_peak_logit(torch.as_tensor(np.asarray(out.head, dtype=np.float32)))[:, 0]
+    fused = np.asarray(out.logits, dtype=np.float64).ravel()
+    return (fused - b * peaks.double().numpy() - c) / a
 
 
 def predict_frame(

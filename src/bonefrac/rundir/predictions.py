@@ -4,9 +4,10 @@ Two tables and one answer:
 
 - the run's predictions CSVs (``predictions/<name>.csv``: ``val``/``test`` from training, others
   from ``evaluate --manifest``), one row per image that decoded: :data:`RUN_COLUMNS`, a
-  localising run's :data:`LOC_COLUMNS`, the manifest's subgroup columns, then the original
-  image's :data:`SIZE_COLUMNS` (so localisation metrics need no image file); every later
-  analysis (thresholds, calibration, compare, localisation metrics) reads these;
+  fused run's :data:`CLASS_LOGIT`, a localising run's :data:`LOC_COLUMNS`, the manifest's
+  subgroup columns, then the original image's :data:`SIZE_COLUMNS` (so localisation metrics
+  need no image file); every later analysis (thresholds, calibration, compare, localisation
+  metrics) reads these;
 - the predict CSV (``bonefrac predict --out``): :data:`PREDICT_COLUMNS`, fingerprinted in its
   ``.meta.json`` sidecar, so a resume never mixes layouts;
 - one image's answer (:func:`answer`): the API's JSON fields, and what a predict-CSV row formats.
@@ -36,6 +37,9 @@ PATH = "path"
 LABEL = "label"
 LOGIT = "logit"
 PROB = "prob"
+#: a fused run's class logit alone (before the map's score was fused in): the score a
+#: classification-only reading of the same model gives, for the fused-vs-logit comparison
+CLASS_LOGIT = "class_logit"
 #: the true fracture boxes ``[[cx, cy, w, h], ...]`` (the manifest's column, carried over)
 TRUE_BOXES = "boxes"
 #: the model's boxes ``[[cx, cy, w, h, score], ...]`` at or above the run's box threshold
@@ -127,10 +131,12 @@ def predictions_frame(
     logits: np.ndarray,
     sizes: Sequence[Size],
     loc: Sequence[dict[str, Any]] | None = None,
+    class_logits: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The run predictions CSV of ``frame``'s rows: :data:`RUN_COLUMNS` (prob at T = 1), a
-    localising run's :data:`LOC_COLUMNS` (``loc``: :func:`loc_cells` per row), the subgroup
-    columns ``frame`` has, and each image's original ``(width, height)``."""
+    fused run's :data:`CLASS_LOGIT` (``class_logits``), a localising run's :data:`LOC_COLUMNS`
+    (``loc``: :func:`loc_cells` per row), the subgroup columns ``frame`` has, and each image's
+    original ``(width, height)``."""
     logits = np.asarray(logits, dtype=float)
     out = pd.DataFrame(
         {
@@ -141,6 +147,8 @@ def predictions_frame(
             PROB: sigmoid(logits),
         }
     )
+    if class_logits is not None:
+        out[CLASS_LOGIT] = np.asarray(class_logits, dtype=float)
     if loc is not None:
         for col in LOC_COLUMNS:
             out[col] = [cells[col] for cells in loc]
@@ -191,7 +199,7 @@ def validate_predictions(df: pd.DataFrame, source: object) -> pd.DataFrame:
         df[IMAGE_ID] = path_image_ids(df[PATH].astype(str).tolist())
     df[IMAGE_ID] = df[IMAGE_ID].astype(str)
     df[LABEL] = binary_labels(df[LABEL], source, RunDirError)
-    for col in (PROB, LOGIT):
+    for col in (PROB, LOGIT, CLASS_LOGIT):
         if col in df.columns:
             df[col] = pd.to_numeric(df[col], errors="coerce")
             if df[col].isna().any():
