@@ -225,7 +225,7 @@ def single_arm(
             for key, label in METRICS:
                 value, ci = row.get(key, math.nan), row.get(f"{key}_ci")
                 kept[key] = value
-                cell = f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                cell = _fmt([value]) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
                 print(f"| {label} | {cell} |")
             if "fusion_delong" in row:
                 d, p = row["fusion_delong"]
