@@ -60,19 +60,19 @@ for arm in $ARMS; do  # keep each finished arm's record (no weights) for later p
     cp "$run"/predictions/{val,test}.csv "$STORED/$name/predictions/"
   done
 done
-for s in $SEEDS; do  # one arm alone: its CIs, nothing paired yet
-  for arm in old new; do
-    [ -f "$OUT/runs/${arm}_${SIZE}_s$s/metrics.json" ] || {
-      echo "$arm arm of seed $s not trained yet: reporting what there is"
-      for other in old new; do
-        [ -f "$OUT/runs/${other}_${SIZE}_s$s/metrics.json" ] && "$PY" bench/head_compare.py \
-          --b "$OUT/runs/${other}_${SIZE}_s$s" --b-name "$other" \
-          --json "$OUT/head_compare_${SIZE}_${other}_s$s.json" | tee "$OUT/head_compare_${SIZE}_${other}_s$s.md"
-      done
-      exit 0
-    }
-  done
-done
+missing=0
+for s in $SEEDS; do for arm in old new; do
+  [ -f "$OUT/runs/${arm}_${SIZE}_s$s/metrics.json" ] || missing=1
+done; done
+if [ "$missing" = 1 ]; then  # not every pair is trained: each finished arm alone, with its CIs
+  for s in $SEEDS; do for arm in old new; do
+    name="${arm}_${SIZE}_s$s"
+    [ -f "$OUT/runs/$name/metrics.json" ] || { echo "$name: not trained yet"; continue; }
+    "$PY" bench/head_compare.py --b "$OUT/runs/$name" --b-name "$arm" \
+      --json "$OUT/head_compare_$name.json" | tee "$OUT/head_compare_$name.md"
+  done; done
+  exit 0
+fi
 a=(); b=()
 for s in $SEEDS; do a+=("$OUT/runs/old_${SIZE}_s$s"); b+=("$OUT/runs/new_${SIZE}_s$s"); done
 "$PY" bench/head_compare.py --a "${a[@]}" --b "${b[@]}" --a-name "old head" --b-name "FCOS" \

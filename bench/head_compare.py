@@ -146,13 +146,12 @@ def compare(
                 if "class_probs" in row_a and "class_probs" in row_b:
                     t = delong_test(y, row_b["class_probs"], row_a["class_probs"])
                     row["diff_ci_roc_auc_class"] = (t["diff_ci_low"], t["diff_ci_high"])
-            for arm, res in (("a", row_a), ("b", row_b)):
-                if "fusion_delong" in res:
-                    row[f"{arm}_fusion_delong"] = res["fusion_delong"]
             row |= _paired_cis(row_a, row_b, f"{run_a} and {run_b} ({group})")
             per_group.setdefault(group, []).append(row)
             for arm, res in (("a", row_a), ("b", row_b)):
                 cis[arm][group] = {k[:-3]: v for k, v in res.items() if k.endswith("_ci")}
+                if "fusion_delong" in res:
+                    row[f"{arm}_fusion_delong"] = res["fusion_delong"]
     return per_group, cis
 
 

@@ -64,16 +64,14 @@ def _class_logits(out: Outputs, meta: ModelMeta) -> np.ndarray | None:
     map peak the model's forward fused in); None when the run fuses no map score."""
     if out.head is None or meta.score_fusion is None:
         return None
-    import torch
-
-    from bonefrac.models.detector import map_peak_logit
+    from bonefrac.models.detector import map_peak_logits
 
     a, b, c = meta.score_fusion.as_tuple()
     if a == 0.0:  # the fused score ignores the class logit: there is nothing to recover
         return None
-    peaks = map_peak_logit(torch.as_tensor(np.asarray(out.head, dtype=np.float32)))[:, 0]
+    peaks = map_peak_logits(out.head).astype(np.float64)
     fused = np.asarray(out.logits, dtype=np.float64).ravel()
-    return (fused - b * peaks.double().numpy() - c) / a
+    return (fused - b * peaks - c) / a
 
 
 def predict_frame(

@@ -22,7 +22,9 @@ import functools
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -171,3 +173,9 @@ def map_peak_logit(packed: Tensor) -> Tensor:
     location (equal to the peak of :func:`score_map`)."""
     p = location_scores(packed).amax(dim=1, keepdim=True).clamp(1e-6, 1 - 1e-6)
     return torch.log(p) - torch.log1p(-p)
+
+
+def map_peak_logits(head: Any) -> np.ndarray:
+    """:func:`map_peak_logit` of a split's head outputs as an array (``(B,)``, float32): the
+    values the model's forward fuses into its image logit."""
+    return map_peak_logit(torch.as_tensor(np.asarray(head, dtype=np.float32)))[:, 0].numpy()

@@ -19,6 +19,7 @@ from bonefrac.fileio import file_sha1
 from bonefrac.inference.frames import predictions_table
 from bonefrac.inference.loop import CachedInputs, Outputs, collect
 from bonefrac.inference.predictor import Predictor
+from bonefrac.models.detector import map_peak_logits
 from bonefrac.models.registry import build_model, resolve_spec
 from bonefrac.models.runio import save_weights
 from bonefrac.precision import resolve_precision
@@ -236,7 +237,7 @@ def _score_fusion(val: tuple[Any, Any], labels: Any) -> dict[str, Any] | None:
 
     logits, maps = val
     y = np.asarray(labels, dtype=int)
-    x = np.c_[np.asarray(logits, dtype=float), _map_peaks(maps)]
+    x = np.c_[np.asarray(logits, dtype=float), map_peak_logits(maps)]
     if min(int(y.sum()), int(len(y) - y.sum())) < MIN_FUSION_CLASS or not np.isfinite(x).all():
         return None
     fit = LogisticRegression(C=1.0).fit(x, y)
@@ -258,23 +259,14 @@ def _score_fusion(val: tuple[Any, Any], labels: Any) -> dict[str, Any] | None:
     }
 
 
-def _map_peaks(maps: Any) -> Any:
-    """Each image's highest detection-score logit, ``(B,)``, as the model's own forward takes it."""
-    import numpy as np
-    import torch
-
-    from bonefrac.models.detector import map_peak_logit
-
-    return map_peak_logit(torch.as_tensor(np.asarray(maps, dtype=np.float32)))[:, 0].numpy()
-
-
 def _fused(fusion: tuple[float, float, float], logits: Any, maps: Any) -> Any:
     """Class logits and head outputs of a split -> the fused image logits (as the model's own
     forward computes them, in float32)."""
     import numpy as np
 
     a, b, c = fusion
-    return (a * np.asarray(logits, dtype=np.float32) + b * _map_peaks(maps) + c).astype(np.float32)
+    peaks = map_peak_logits(maps)
+    return (a * np.asarray(logits, dtype=np.float32) + b * peaks + c).astype(np.float32)
 
 
 def _write_outputs(
