@@ -15,7 +15,7 @@ DEMO ?= demo
 DEMO_LIMIT ?= 1000
 DEMO_SET ?= --set data.limit_per_split=$(DEMO_LIMIT)
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean shipped-model
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,11 @@ demo: install
 	$(BIN)/bonefrac report $(DEMO)/run
 	@echo "Report: open $(DEMO)/run/report.html in a browser."
 	@echo "Page:   $(BIN)/bonefrac serve $(DEMO)/run, then open http://127.0.0.1:8000"
+
+# Rebuild the shipped default model (src/bonefrac/shipped/; bench/shipped_model.sh): trains
+# configs/lite0_loc.yaml on both sources (SEEDS, default 42) and packages the one best on val.
+shipped-model: install
+	DATA=$(BONEFRAC_DATA) bash bench/shipped_model.sh
 
 lint: install
 	$(BIN)/ruff check .

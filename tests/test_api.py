@@ -93,15 +93,15 @@ def test_a_missing_run_or_image_is_a_clear_error(tiny_run, tmp_path):
 
 
 def test_the_readme_snippet_runs_as_written(loc_run, tmp_path, capsys):
-    """README.md's Python block, on a localising run and a DICOM file in their places."""
+    """README.md's Python block as written (the shipped default), on a DICOM file."""
     import re
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     code = re.search(r"```python\n(.*?)```", readme, flags=re.S).group(1)
-    assert 'bonefrac.load("runs/lite0")' in code and 'run.predict("scan.dcm")' in code
+    assert 'bonefrac.load("default")' in code and 'run.predict("scan.dcm")' in code
     scan = write_dicom(tmp_path / "scan.dcm", np.asarray(Image.open(_test_images(loc_run, 1)[0])))
-    code = code.replace('"runs/lite0"', repr(str(loc_run))).replace('"scan.dcm"', repr(str(scan)))
+    code = code.replace('"scan.dcm"', repr(str(scan)))
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out.split(maxsplit=2)
     assert 0.0 <= float(printed[0]) <= 1.0 and printed[1] in DECISIONS
-    assert printed[2].startswith("[")  # the boxes of a localising run (a list, maybe empty)
+    assert printed[2].startswith("[")  # the shipped model localises: a list, maybe empty

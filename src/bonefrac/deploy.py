@@ -83,7 +83,7 @@ def _one_class(run: RunDir) -> str | None:
 
 def deploy_run(run_dir: str | Path, config: DeployConfig) -> DeployReport:
     """Fit what ``config`` asks on val, store it in the run, and return what happened."""
-    run = RunDir.open(run_dir)
+    run = RunDir.open(run_dir, writable=True)
     report = DeployReport(train_seconds=run.raw_meta().get("train_seconds"))
     one_class = _one_class(run)
 

@@ -70,6 +70,7 @@ def test_upload_shows_probability_and_heatmap(server_url, synthetic_manifest, tm
         sync_api.expect(page.locator("#safeguards")).to_be_visible()
         sync_api.expect(page.locator("#safeguard-list li")).to_have_count(4)
         sync_api.expect(page.locator("#safeguards")).to_contain_text("bonefrac calibrate RUN")
+        sync_api.expect(page.locator("#model-card")).to_be_hidden()  # the run has no card
         page.set_input_files("#file", str(image))
         sync_api.expect(page.locator("#probability")).to_have_text(
             re.compile(r"^[<>]?\d+(\.\d)?%$"), timeout=30_000
@@ -198,3 +199,37 @@ def test_a_fractured_call_shows_its_best_box_as_low_confidence(loc_server_url, s
         sync_api.expect(page.locator("#map-caption")).to_contain_text(
             "trained on radiologists' fracture boxes"
         )
+
+
+@pytest.fixture()
+def card_server_url(tiny_run: Path, tmp_path: Path):
+    """A copy of the tiny run with a MODEL_CARD.md (with markup that must stay text)."""
+    import shutil
+
+    run = tmp_path / "carded"
+    shutil.copytree(tiny_run, run)
+    card = (
+        "# Model card: tiny-test\n\nA tiny model, **never a diagnosis**. "
+        "<img src=x onerror=\"document.title='pwned'\">\n\n## Intended use\n"
+        "- Second reader: `fracture` / `no_fracture`.\n\n"
+        "| source | images |\n|---|---|\n| synthetic | 30 |\n"
+    )
+    (run / "MODEL_CARD.md").write_text(card, encoding="utf-8")
+    yield from _serve(run)
+
+
+def test_page_shows_the_model_card_as_text(card_server_url):
+    from playwright import sync_api
+
+    with _page() as page:
+        page.goto(card_server_url + "/")
+        section = page.locator("#model-card")
+        sync_api.expect(section).to_be_visible()
+        section.locator("summary").click()
+        sync_api.expect(section.locator("h2")).to_have_text("Model card: tiny-test")
+        sync_api.expect(section.locator("h3")).to_have_text("Intended use")
+        sync_api.expect(section.locator("li code").first).to_have_text("fracture")
+        sync_api.expect(section.locator("td").first).to_have_text("synthetic")
+        sync_api.expect(section.locator("strong")).to_have_text("never a diagnosis")
+        sync_api.expect(section.locator("p").first).to_contain_text("<img src=x")  # as text
+        assert section.locator("img").count() == 0 and page.title() != "pwned"

@@ -1,9 +1,10 @@
 """Command-line interface: one sub-command per stage. Parse, call the library, render.
 
 One module per command group (:mod:`.data`, :mod:`.train`, :mod:`.evaluate`, :mod:`.explain`,
-:mod:`.tune`, :mod:`.predict`); what they print lives in :mod:`.render`. This module holds the
-``bonefrac`` app (the console-script entry point), the error handling every command shares and
-the logging set-up.
+:mod:`.tune`, :mod:`.predict`, :mod:`.models`); the RUN argument they share (a run directory or
+a shipped model's name, and ``--into``) is :mod:`.runarg`; what they print lives in
+:mod:`.render`. This module holds the ``bonefrac`` app (the console-script entry point), the
+error handling every command shares and the logging set-up.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from bonefrac.cli import data, evaluate, explain, predict, render, train, tune
+from bonefrac.cli import data, evaluate, explain, models, predict, render, train, tune
 from bonefrac.errors import BonefracError
 
 
@@ -58,6 +59,7 @@ for command in (
     *evaluate.COMMANDS,
     *explain.COMMANDS,
     *predict.COMMANDS,
+    *models.COMMANDS,
 ):  # the order of 'bonefrac --help'
     app.command()(command)
 

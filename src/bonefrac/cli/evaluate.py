@@ -7,10 +7,11 @@ from pathlib import Path
 import typer
 
 from bonefrac.cli import render
+from bonefrac.cli.runarg import RUN_HELP, into_option, run_arg
 
 
 def evaluate(
-    run: Path = typer.Argument(..., help="Run directory (from 'bonefrac train')."),
+    run: Path = typer.Argument(..., help=RUN_HELP),
     split: str = typer.Option(
         "test",
         "--split",
@@ -35,11 +36,13 @@ def evaluate(
     study_agg: str = typer.Option(
         "max", "--study-agg", help="Study probability from its images: max | mean | noisy_or."
     ),
+    into: Path | None = into_option(),
 ) -> None:
     """Metrics with bootstrap CIs, plots, subgroup table and report.html for one split."""
     from bonefrac.evaluation.evaluate import evaluate_run
     from bonefrac.rundir import RunDir
 
+    run = run_arg(run, into)
     res = evaluate_run(
         run, split=split, manifest=manifest, name=name, all_rows=all_rows, n_boot=n_boot,
         seed=seed, force=force, batch_size=batch_size, study_column=study_column,
@@ -49,7 +52,7 @@ def evaluate(
 
 
 def threshold(
-    run: Path = typer.Argument(..., help="Run directory."),
+    run: Path = typer.Argument(..., help=RUN_HELP),
     criterion: str = typer.Option(
         None, "--criterion", help="f1 | youden | sensitivity:X | specificity:X (e.g. sens:0.9)"
     ),
@@ -66,12 +69,14 @@ def threshold(
         help="Also try the test-time augmentation spread as the refer score (8 model calls per "
         "val image; kept only when clearly better than the free scores).",
     ),
+    into: Path | None = into_option(),
 ) -> None:
     """Choose the decision threshold (and refer rule) on validation predictions; store them in
     model.json."""
     from bonefrac.evaluation.thresholds import tune_threshold
     from bonefrac.rundir import RunDir
 
+    run = run_arg(run, into)
     result = tune_threshold(
         run, criterion, on=on, refer_coverage=refer_coverage, refer_tta=refer_tta
     )
@@ -79,7 +84,7 @@ def threshold(
 
 
 def ood(
-    run: Path = typer.Argument(..., help="Run directory."),
+    run: Path = typer.Argument(..., help=RUN_HELP),
     method: str = typer.Option(
         "mahalanobis", "--method", help="mahalanobis (train features) | energy (the logit)."
     ),
@@ -91,27 +96,34 @@ def ood(
     ),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per model call."),
     force: bool = typer.Option(False, "--force", help="Replace an existing detector."),
+    into: Path | None = into_option(),
 ) -> None:
     """Fit the out-of-scope detector (train-split features, val cut-off) and store it in the
     run: inputs above the cut-off get the decision 'out_of_scope'."""
     from bonefrac.evaluation.ood import fit_ood
     from bonefrac.rundir import RunDir
 
+    run = run_arg(run, into)
     rec = fit_ood(run, method, percentile=percentile, max_images=max_images,
                   batch_size=batch_size, force=force)  # fmt: skip
     render.ood(render.console, rec, RunDir(run))
 
 
-def calibrate(run: Path = typer.Argument(..., help="Run directory.")) -> None:
+def calibrate(
+    run: Path = typer.Argument(..., help=RUN_HELP), into: Path | None = into_option()
+) -> None:
     """Fit temperature scaling on validation logits; store the temperature in model.json."""
     from bonefrac.evaluation.calibration import calibrate_run
     from bonefrac.rundir import RunDir
 
+    run = run_arg(run, into)
     render.calibration(render.console, calibrate_run(run), RunDir(run), run)
 
 
 def compare(
-    runs: list[Path] = typer.Argument(..., help="Two or more run directories."),
+    runs: list[Path] = typer.Argument(
+        ..., help="Two or more run directories or shipped model names."
+    ),
     split: str = typer.Option("test", "--split", help="Predictions to compare on."),
     out: Path = typer.Option(
         None, "--out", help="Output folder (default: <parent of RUN1>/compare_<split>)."
@@ -122,28 +134,35 @@ def compare(
     """Compare runs on the same images: metrics with CIs, overlaid ROC, DeLong AUC test."""
     from bonefrac.evaluation.compare import compare_runs
 
+    runs = [run_arg(run) for run in runs]
     result = compare_runs(runs, split=split, out_dir=out, n_boot=n_boot, seed=seed)
     render.comparison(render.console, result)
 
 
 def relocate(
-    run: Path = typer.Argument(..., help="Run directory copied from another machine."),
+    run: Path = typer.Argument(
+        ..., help="Run directory copied from another machine (or a shipped model, with --into)."
+    ),
     manifest: Path = typer.Option(
         ..., "--manifest", help="Manifest of the same images at this machine's paths."
     ),
+    into: Path | None = into_option(),
 ) -> None:
     """Point a copied run at this machine's copy of its images (predictions, model.json,
     config.yaml); rows are matched by source and image_id and must keep their labels."""
     from bonefrac.rundir import RunDir
 
+    run = run_arg(run, into)
     render.relocation(render.console, RunDir.open(run).relocate(manifest))
 
 
-def report(run: Path = typer.Argument(..., help="Run directory.")) -> None:
+def report(
+    run: Path = typer.Argument(..., help=RUN_HELP), into: Path | None = into_option()
+) -> None:
     """(Re)build RUN/report.html from what the run directory holds."""
     from bonefrac.evaluation.report import build_report
 
-    render.report_path(render.console, build_report(run))
+    render.report_path(render.console, build_report(run_arg(run, into)))
 
 
 COMMANDS = (evaluate, threshold, ood, calibrate, compare, relocate, report)

@@ -7,10 +7,11 @@ from pathlib import Path
 import typer
 
 from bonefrac.cli import render
+from bonefrac.cli.runarg import RUN_HELP, into_option, run_arg
 
 
 def explain(
-    run: Path = typer.Argument(..., help="Run directory."),
+    run: Path = typer.Argument(..., help=RUN_HELP),
     more_images: list[Path] = typer.Argument(
         None,
         hidden=True,
@@ -36,7 +37,10 @@ def explain(
     score: bool = typer.Option(
         False, "--score", help="Score every image with fracture boxes: localization.json."
     ),
-    out: Path = typer.Option(None, "--out", help="Output folder (default: RUN/explain)."),
+    out: Path = typer.Option(
+        None, "--out", help="Output folder (default: RUN/explain; needed for a shipped model)."
+    ),
+    into: Path | None = into_option(),
 ) -> None:
     """Heatmap overlays for the fracture logit; with --score, a localisation score vs boxes."""
     from bonefrac.errors import ConfigError
@@ -48,6 +52,7 @@ def explain(
             "to explain image files use --images PATH..."
         )
     paths = [*(images or []), *(more_images or [])]
+    run = run_arg(run, into)
     res = explain_run(
         run, split=split, images=paths or None, method=method, n=n, layer=layer, score=score,
         out_dir=out, progress=True,

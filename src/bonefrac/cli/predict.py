@@ -8,22 +8,30 @@ it to the library whole.
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from bonefrac.cli import render
+from bonefrac.cli.runarg import RUN_HELP, into_option, run_arg
 from bonefrac.config import MIB, PredictConfig, ServeConfig
-from bonefrac.errors import BonefracError
+from bonefrac.errors import BonefracError, ConfigError
+
+if TYPE_CHECKING:
+    from bonefrac.inference.predict_files import PredictJob
 
 _PREDICT = PredictConfig.model_fields
 _SERVE = ServeConfig.model_fields
 
 
 def predict(
-    run: Path = typer.Argument(..., help="Run directory (from 'bonefrac train')."),
+    run: Path = typer.Argument(..., help=RUN_HELP),
     paths: list[Path] = typer.Argument(..., help="Image/DICOM files or folders (recursive)."),
-    out: Path = typer.Option(..., "--out", "-o", help="CSV to write; re-running resumes it."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="CSV to write; re-running resumes it. Default: print a table."
+    ),
     backend: str = typer.Option(
         _PREDICT["backend"].default, "--backend", help="torch | onnx (RUN/model.onnx)."
     ),
@@ -72,36 +80,62 @@ def predict(
 ) -> None:
     """Predict files and folders into a CSV (path, prob, decision, error, ...); resumable.
 
+    Without --out, print one line per file instead (nothing is written).
     With --study-column or --study-by, also one row per study in <out>.studies.csv.
 
     Exit status: 0 every file predicted; 1 some files failed (their rows have the error);
     2 the job itself failed (bad run or arguments, unwritable --out, a CSV written by another
     run or setting, or a model that gave no usable output for any file).
     """
-    from bonefrac.inference.predict_files import exit_status, predict_job
-
+    run = run_arg(run)
     config = PredictConfig(
         backend=backend, batch_size=batch_size, cam_dir=cam_dir, dicom_frame=dicom_frame,
         workers=workers, force=force, retry_errors=retry_errors, progress=not no_progress,
         devices=devices, accelerator=accelerator, strategy=strategy, dicom_out=dicom_out,
         study_column=study_column, study_by=study_by, study_agg=study_agg,
     )  # fmt: skip
+    if out is None:
+        if config.studies:
+            raise ConfigError("--study-column / --study-by write <out>.studies.csv: pass --out")
+        from bonefrac.inference.batch import read_rows
+
+        with tempfile.TemporaryDirectory(prefix="bonefrac-predict-") as tmp:
+            csv = Path(tmp) / "predictions.csv"
+            job = _run_job(run, paths, csv, config)
+            rows = read_rows(csv) if job is not None else []
+        if job is not None:
+            render.prediction_rows(render.console, rows)
+            _report(job, run, None, config)
+        return
+    _report(_run_job(run, paths, out, config), run, out, config)
+
+
+def _run_job(run: Path, paths: list[Path], out: Path, config: PredictConfig) -> PredictJob | None:
+    """The predict job; an unexpected failure is the job's (exit 2), never a file's."""
+    from bonefrac.inference.predict_files import predict_job
+
     try:
-        job = predict_job(run, paths, out, config)
+        return predict_job(run, paths, out, config)
     except (BonefracError, KeyboardInterrupt):
         raise
     except Exception as exc:  # an unexpected failure is still the job's, not a file's: exit 2
         logging.getLogger(__name__).debug("predict failed", exc_info=True)
         render.job_failed(render.err_console, exc)
         raise typer.Exit(code=2) from None
+
+
+def _report(job: PredictJob | None, run: Path, out: Path | None, config: PredictConfig) -> None:
+    """The job's summary lines and exit status (``out`` None: the rows were printed)."""
+    from bonefrac.inference.predict_files import exit_status
+
     if job is None:  # a helper process of a multi-process job: the first one reports
         return
     summary = job.summary
     render.predict_summary(render.console, summary, out)
-    if dicom_out is not None:
-        render.dicom_out(render.console, summary.dicom_out, dicom_out)
+    if config.dicom_out is not None:
+        render.dicom_out(render.console, summary.dicom_out, config.dicom_out)
     if job.studies is not None:
-        render.studies(render.console, job.studies_path, job.studies, study_agg)
+        render.studies(render.console, job.studies_path, job.studies, config.study_agg)
     render.predict_failures(render.console, summary, run, out)
     status = exit_status(summary)
     if status:
@@ -109,22 +143,25 @@ def predict(
 
 
 def export(
-    run: Path = typer.Argument(..., help="Run directory."),
+    run: Path = typer.Argument(..., help=RUN_HELP),
     onnx: bool = typer.Option(False, "--onnx", help="Write RUN/model.onnx (dynamic batch)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
     force: bool = typer.Option(False, "--force", help="Re-export even when up to date."),
+    into: Path | None = into_option(),
 ) -> None:
     """Export the model; --onnx writes RUN/model.onnx after a PyTorch parity check."""
-    from bonefrac.errors import ConfigError
     from bonefrac.inference.onnx import export_onnx
 
     if not onnx:
         raise ConfigError("choose an export format: bonefrac export RUN --onnx")
+    run = run_arg(run, into)
     render.export(render.console, export_onnx(run, opset=opset, force=force))
 
 
 def serve(
-    run: Path = typer.Argument(..., help="Run directory."),
+    run: Path | None = typer.Argument(
+        None, help=f"{RUN_HELP} Default: the default shipped model.", show_default=False
+    ),
     host: str = typer.Option(_SERVE["host"].default, "--host", help="Address to listen on."),
     port: int = typer.Option(_SERVE["port"].default, "--port", help="TCP port."),
     backend: str = typer.Option(
@@ -174,7 +211,11 @@ def serve(
         help="Open connections before uvicorn answers 503.",
     ),
 ) -> None:
-    """Serve the model: POST /v1/predict, GET /v1/model, /health, /docs and a page at /."""
+    """Serve the model: POST /v1/predict, GET /v1/model, /health, /docs and a page at /.
+
+    Without RUN, serves the default shipped model ('bonefrac models').
+    """
+    from bonefrac.rundir import DEFAULT_NAME, RunDir
     from bonefrac.serving.app import serve as run_server
 
     config = ServeConfig(
@@ -184,6 +225,7 @@ def serve(
         token_file=token_file, docs=docs, keep_alive_s=keep_alive_s,
         body_timeout_s=body_timeout_s, max_connections=max_connections,
     )  # fmt: skip
+    run = RunDir.open(run or DEFAULT_NAME).path  # resolved; a missing model is one line
     render.serving(render.console, run, host, port)
     run_server(run, config)
 

@@ -7,6 +7,7 @@ files or users (paths, error messages) is never read as rich markup.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -351,20 +352,59 @@ def tune_report(out: Console, rep: Any, study_name: str) -> None:
 # --- predict, export, serve ---
 
 
-def predict_summary(out: Console, summary: BatchSummary, csv: Path) -> None:
-    """Counts of a predict job, and its first failures."""
+def prediction_rows(out: Console, rows: list[dict[str, str]]) -> None:
+    """One line per predicted file (``bonefrac predict`` without ``--out``): its decision,
+    probability and boxes, or its error in red."""
+    from bonefrac.csvpaths import safe_text
+    from bonefrac.rundir.predictions import (
+        DECISION,
+        ERROR,
+        OOD_REASON,
+        PATH,
+        PRED_BOXES,
+        PROB,
+        THRESHOLD,
+    )
+
+    for row in rows:
+        name = safe_text(row[PATH])
+        if row[ERROR]:
+            say(out, f"{name}: error: {safe_text(row[ERROR])}", style="red")
+            continue
+        boxes = len(json.loads(row[PRED_BOXES])) if row[PRED_BOXES] else 0
+        reason = f" ({safe_text(row[OOD_REASON])})" if row[OOD_REASON] else ""
+        show(
+            out,
+            f"{name}: ",
+            (row[DECISION] + reason, _DECISION_STYLE.get(row[DECISION], "")),
+            f"  probability {float(row[PROB]):.3f} (threshold {float(row[THRESHOLD]):.3f}), "
+            f"{boxes} box{'es' if boxes != 1 else ''}",
+        )
+
+
+_DECISION_STYLE = {"fracture": "bold red", "refer": "bold yellow", "out_of_scope": "bold yellow"}
+
+
+def predict_summary(out: Console, summary: BatchSummary, csv: Path | None) -> None:
+    """Counts of a predict job, and its first failures (``csv`` None: nothing was written)."""
     from bonefrac.csvpaths import safe_text
 
-    shown = safe_text(str(csv))
+    shown = safe_text(str(csv)) if csv is not None else ""
+    resumed = (
+        f"{summary.skipped} already in {shown} ({summary.earlier_failed} of them error rows); "
+        if csv is not None
+        else ""
+    )
     say(
         out,
         f"{summary.total} inputs: {summary.predicted} predicted "
         f"({summary.positives} fracture, {summary.referred} refer, {summary.out_of_scope} out of "
-        f"scope), {summary.failed} failed, "
-        f"{summary.skipped} already in {shown} ({summary.earlier_failed} of them error rows); "
+        f"scope), {summary.failed} failed, {resumed}"
         f"{summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s"
         + (f", {summary.processes} processes)" if summary.processes > 1 else ")"),
     )
+    if csv is None:  # every row, failures included, was printed above
+        return
     for path, err in summary.errors[:10]:
         say(out, f"failed: {path}: {err}", style="red")
     if len(summary.errors) > 10:
@@ -390,7 +430,7 @@ def studies(out: Console, target: Path, rows: list[dict[str, Any]], aggregation:
     say(out, f"{len(rows)} studies ({aggregation} of their images): {safe_text(str(target))}")
 
 
-def predict_failures(out: Console, summary: BatchSummary, run: Path, csv: Path) -> None:
+def predict_failures(out: Console, summary: BatchSummary, run: Path, csv: Path | None) -> None:
     """The closing red line of a job whose model answered for nothing, or with failed files."""
     from bonefrac.csvpaths import safe_text
 
@@ -404,11 +444,8 @@ def predict_failures(out: Console, summary: BatchSummary, run: Path, csv: Path) 
         )
     elif summary.any_failed:
         n_bad = summary.failed + summary.earlier_failed
-        say(
-            out,
-            f"{n_bad} file(s) failed; rows with an error are in {safe_text(str(csv))}",
-            style="bold red",
-        )
+        where = f"rows with an error are in {safe_text(str(csv))}" if csv else "see above"
+        say(out, f"{n_bad} file(s) failed; {where}", style="bold red")
 
 
 def job_failed(out: Console, exc: BaseException) -> None:
@@ -433,3 +470,57 @@ def export(out: Console, result: Any) -> None:
 
 def serving(out: Console, run: Path, host: str, port: int) -> None:
     out.print(f"serving {run} on http://{host}:{port}/", highlight=False, markup=False)
+
+
+# --- shipped models ---
+
+
+def copied_run(out: Console, source: Path, copy: Path) -> None:
+    """``--into``: the one line saying which run was copied where."""
+    show(out, f"copied {source} to ", (str(copy), "bold"), "; working on the copy")
+
+
+def shipped_models(out: Console, models: dict[str, Path], aliases: dict[str, str]) -> None:
+    """``bonefrac models``: one row per shipped model (or one line when none is installed)."""
+    from rich.table import Table
+
+    from bonefrac.rundir import RunDir
+
+    if not models:
+        show(
+            out,
+            "no shipped model is installed; pass a run directory (from 'bonefrac train') as RUN",
+        )
+        return
+    table = Table(title="shipped models")
+    table.add_column("name", no_wrap=True)
+    for column in ("architecture", "input px", "weights", "MB", "test ROC-AUC"):
+        table.add_column(column, justify="right" if column in ("input px", "MB") else "left")
+    table.add_column("model card", overflow="fold")
+    for name, folder in models.items():
+        run = RunDir(folder)
+        meta = run.raw_meta()
+        names = [a for a, target in aliases.items() if target == name]
+        auc = run.metrics().get("test", {}).get("roc_auc", {}).get("value")
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        table.add_row(
+            Text(name + (f" ({', '.join(names)})" if names else "")),
+            Text(str(meta.get("architecture", "?"))),
+            Text(str(meta.get("image_size", "?"))),
+            Text(str(meta.get("weights_dtype", "float32"))),
+            Text(f"{size / 1e6:.1f}"),
+            Text(f"{auc:.3f}" if isinstance(auc, (int, float)) else "n/a"),
+            Text(str(run.card_path) if run.card_path.is_file() else "none"),
+        )
+    out.print(table)
+
+
+def model_card(out: Console, run: RunDir) -> None:
+    """``bonefrac models NAME``: the model card (Markdown), or where it is missing."""
+    from rich.markdown import Markdown
+
+    text = run.model_card()
+    if text is None:
+        show(out, ("note: ", "yellow"), f"{run.card_path}: missing; this model has no card")
+        return
+    out.print(Markdown(text))

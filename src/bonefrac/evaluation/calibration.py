@@ -95,7 +95,7 @@ def calibrate_run(run_dir: str | Path, n_bins: int = N_BINS) -> dict[str, Any]:
     under ``"calibration"``."""
     from bonefrac.evaluation import plots
 
-    run = RunDir.open(run_dir)
+    run = RunDir.open(run_dir, writable=True)
     meta = run.meta()
     old_t = meta.temperature
     old_threshold = meta.threshold

@@ -223,6 +223,8 @@ def compare_runs(
         result.localization[name] = split_localization(
             run.predictions(split), run.prediction_path(split), n_boot=n_boot, seed=seed
         )
+    if not out_dir and RunDir.open(dirs[0]).shipped:  # never write into the package
+        raise ConfigError(f"{dirs[0]}: a shipped model; choose where to write with --out DIR")
     out = Path(out_dir) if out_dir else dirs[0].resolve().parent / f"compare_{split}"
     result.outputs["roc"] = plots.plot_roc_overlay(
         {n: (y, runs[n][0]) for n in ranked}, out / "roc_overlay.png", f"ROC curves ({split})"

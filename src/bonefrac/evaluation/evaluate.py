@@ -146,7 +146,7 @@ def evaluate_run(
 
     ``study_column``: also score studies (:mod:`bonefrac.evaluation.studies`), stored as
     ``metrics.json[key]["study"]``."""
-    run = RunDir.open(run_dir)
+    run = RunDir.open(run_dir, writable=True)
     if n_boot < 0:
         raise ConfigError(f"--n-boot {n_boot}: must be >= 0 (1000 or more for a 95% CI)")
     meta = run.meta()

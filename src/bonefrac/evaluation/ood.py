@@ -101,7 +101,7 @@ def fit_ood(
         raise ConfigError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if not 50 <= percentile < 100:
         raise ConfigError(f"--percentile {percentile}: must be in [50, 100), e.g. 99")
-    run = RunDir.open(run_dir)
+    run = RunDir.open(run_dir, writable=True)
     meta = run.meta()
     if meta.ood is not None and not force:
         raise RunDirError(f"{run.meta_path}: already has an out-of-scope detector; pass --force "

@@ -391,7 +391,7 @@ def _section_explain(run: RunDir, gallery_shown: bool) -> str | None:
 
 def render_report(run_dir: str | Path) -> str:
     """The report's HTML text."""
-    run = RunDir.open(run_dir)
+    run = RunDir.open(run_dir, writable=True)
     model = run.raw_meta()
     metrics = _read_json_safe(run.metrics_path)
     found = report_gallery.overlay_gallery(run, report_summary.SPLIT)

@@ -86,7 +86,7 @@ def tune_threshold(
         raise ConfigError(f"--on {on!r}: thresholds are tuned on 'val' only")
     if refer_coverage is not None and not 0 < refer_coverage <= 1:
         raise ConfigError(f"--refer-coverage {refer_coverage}: must be in (0, 1], e.g. 0.8")
-    run = RunDir.open(run_dir)
+    run = RunDir.open(run_dir, writable=True)
     if criterion is None:
         return _refer_only(run, float(refer_coverage), refer_tta)
     name, target = parse_criterion(criterion)

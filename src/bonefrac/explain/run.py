@@ -110,6 +110,8 @@ def explain_run(
     assert run is not None
     if method is None:
         method = MODEL_METHOD if predictor.localizes else "gradcam"
+    if out_dir is None:  # a shipped model is read-only: its overlays go to --out
+        run.require_writable()
     out = Path(out_dir) if out_dir is not None else run.explain_dir
     manifest = _run_manifest(predictor.meta.get("manifest"), required=score)
 

@@ -155,6 +155,7 @@ def export_onnx(
     start = time.perf_counter()
     loaded = load_run(run_dir)
     run, meta = loaded.run, loaded.meta
+    run.require_writable()
     target = run.onnx_path
     weights_sha = file_sha256(run.weights_path)
     record = meta.get("onnx") or {}

@@ -22,6 +22,11 @@ def energy_score(logits: Any) -> np.ndarray:
     return -np.logaddexp(0.0, np.asarray(logits, dtype=float))
 
 
+#: The statistics file's layout (its safetensors metadata ``format``); another is refused.
+STATS_FORMAT = "mahalanobis-triu-f32/1"
+TRIU_KEY = "precision_triu"
+
+
 class MahalanobisStats:
     """Train-feature mean and shrunk precision matrix; :meth:`score` is the distance."""
 
@@ -44,22 +49,44 @@ class MahalanobisStats:
         return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
 
     def save(self, path: Path) -> None:
+        """The mean (float64) and the precision matrix's upper triangle in float32
+        (:data:`STATS_FORMAT`): a quarter of the full float64 matrix, so a Lite0's 1280-d
+        statistics take 3.3 MB, not 13 MB (the distance moves by under 1e-4 relative)."""
         from safetensors.numpy import save_file
 
+        rows, cols = np.triu_indices(len(self.mean))
+        tensors = {"mean": self.mean, TRIU_KEY: self.precision[rows, cols].astype(np.float32)}
         with atomic_path(path) as tmp:
-            save_file({"mean": self.mean, "precision": self.precision}, str(tmp))
+            save_file(tensors, str(tmp), metadata={"format": STATS_FORMAT})
 
     @classmethod
     def load(cls, path: Path) -> MahalanobisStats:
-        from safetensors.numpy import load_file
+        from safetensors import safe_open
 
         try:
-            data = load_file(str(path))
-            return cls(data["mean"], data["precision"])
+            with safe_open(str(path), framework="numpy") as fh:
+                found = (fh.metadata() or {}).get("format")
+                data = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own types
             raise RunDirError(
                 f"{path}: cannot read the out-of-scope statistics ({exc}); re-run 'bonefrac ood'"
             ) from None
+        if found != STATS_FORMAT or TRIU_KEY not in data or "mean" not in data:
+            raise RunDirError(
+                f"{path}: out-of-scope statistics of another format ({found or 'unversioned'}, "
+                f"this bonefrac reads {STATS_FORMAT}); re-run 'bonefrac ood RUN --force'"
+            )
+        mean = np.asarray(data["mean"], dtype=np.float64)
+        dim = len(mean)
+        triu = np.asarray(data[TRIU_KEY], dtype=np.float64)
+        if triu.shape != (dim * (dim + 1) // 2,):
+            raise RunDirError(f"{path}: precision triangle of {triu.shape} values does not fit "
+                              f"a {dim}-d mean; re-run 'bonefrac ood RUN --force'")  # fmt: skip
+        precision = np.zeros((dim, dim))
+        rows, cols = np.triu_indices(dim)
+        precision[rows, cols] = triu
+        precision[cols, rows] = triu
+        return cls(mean, precision)
 
 
 def load_stats(run: RunDir, record: Any) -> MahalanobisStats:

@@ -39,8 +39,18 @@ from bonefrac.rundir.predictions import (
     run_probabilities,
     validate_predictions,
 )
+from bonefrac.rundir.shipped import (
+    DEFAULT_NAME,
+    copy_run,
+    resolve_run,
+    shipped_models,
+)
 
 __all__ = [
+    "DEFAULT_NAME",
+    "copy_run",
+    "resolve_run",
+    "shipped_models",
     "CLASS_NAMES",
     "DECISIONS",
     "FORMAT_VERSION",

@@ -36,6 +36,7 @@ from bonefrac.fileio import atomic_open, read_json, write_json
 from bonefrac.metrics import compute_metrics
 from bonefrac.rundir import predictions as predictions_csv
 from bonefrac.rundir.meta import ModelMeta
+from bonefrac.rundir.shipped import MODEL_CARD, names_line, refuse_write, resolve_run, shipped_name
 
 if TYPE_CHECKING:
     from bonefrac.config import ExperimentConfig
@@ -54,6 +55,8 @@ PREDICTIONS = "predictions"
 PLOTS = "plots"
 SUBGROUPS = "subgroups"
 EXPLAIN = "explain"
+#: A predictions CSV may be stored gzip-compressed under this suffix (read transparently).
+GZIP_SUFFIX = ".gz"
 
 #: Splits written by training; other prediction names come from ``evaluate --manifest``.
 RUN_SPLITS = ("val", "test")
@@ -87,15 +90,23 @@ class RunDir:
 
     path: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))  # RunDir("runs/x") works too
+
     # --- construction ---------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path) -> RunDir:
-        """A run written by ``bonefrac train``; refuses anything without model.json."""
-        run = cls(Path(path))
+    def open(cls, path: str | Path, *, writable: bool = False) -> RunDir:
+        """A run written by ``bonefrac train``, or a shipped model by name (``default``: see
+        :mod:`.shipped`); refuses anything without model.json. ``writable``: the caller will
+        write into the run, which a shipped model refuses (work on a copy)."""
+        run = cls(resolve_run(path))
         if not run.path.is_dir():
             raise RunDirError(
-                f"{run.path}: run directory not found (train one with 'bonefrac train')"
+                f"{run.path}: run directory not found (train one with 'bonefrac train'), and "
+                f"not the name of a shipped model ({names_line()}; 'bonefrac models')"
             )
+        if writable:
+            refuse_write(run.path)
         if not run.meta_path.is_file():
             raise RunDirError(
                 f"{run.meta_path}: missing; is {run.path} a run directory written by "
@@ -138,6 +149,24 @@ class RunDir:
     @property
     def name(self) -> str:
         return self.path.resolve().name
+
+    @property
+    def shipped(self) -> str | None:
+        """The shipped model's name when this is one (read-only), else None."""
+        return shipped_name(self.path)
+
+    def require_writable(self) -> None:
+        """Raise when this is a shipped model (:func:`.shipped.refuse_write`)."""
+        refuse_write(self.path)
+
+    @property
+    def card_path(self) -> Path:
+        return self.path / MODEL_CARD
+
+    def model_card(self) -> str | None:
+        """MODEL_CARD.md's text (shipped models and their copies), else None."""
+        path = self.card_path
+        return path.read_text(encoding="utf-8") if path.is_file() else None
 
     @property
     def config_path(self) -> Path:
@@ -207,7 +236,11 @@ class RunDir:
         return self.path / PREDICTIONS
 
     def prediction_path(self, name: str) -> Path:
-        return self.predictions_dir / f"{check_name(name)}.csv"
+        """``predictions/<name>.csv``, or its gzip ``<name>.csv.gz`` (a shipped model keeps its
+        predictions compressed) when only that exists."""
+        csv = self.predictions_dir / f"{check_name(name)}.csv"
+        packed = csv.with_name(csv.name + GZIP_SUFFIX)
+        return packed if not csv.is_file() and packed.is_file() else csv
 
     def subgroup_path(self, name: str) -> Path:
         return self.subgroups_dir / f"{check_name(name)}.csv"
@@ -237,6 +270,7 @@ class RunDir:
 
     def write_meta(self, meta: dict[str, Any]) -> ModelMeta:
         """Validate and write model.json atomically (keys keep their order)."""
+        self.require_writable()
         checked = ModelMeta.parse(meta, self.meta_path)
         write_json(self.meta_path, meta)
         return checked
@@ -272,13 +306,18 @@ class RunDir:
     def write_config(self, cfg: ExperimentConfig) -> None:
         from bonefrac.config import config_to_yaml
 
+        self.require_writable()
         with atomic_open(self.config_path, "w", encoding="utf-8") as fh:
             fh.write(config_to_yaml(cfg))
 
     # --- predictions ----------------------------------------------------------------------
     def available_predictions(self) -> list[str]:
         folder = self.predictions_dir
-        return sorted(p.stem for p in folder.glob("*.csv")) if folder.is_dir() else []
+        if not folder.is_dir():
+            return []
+        names = {p.name.removesuffix(GZIP_SUFFIX).removesuffix(".csv") for p in folder.iterdir()
+                 if p.name.endswith((".csv", ".csv" + GZIP_SUFFIX))}  # fmt: skip
+        return sorted(names)
 
     def _existing_prediction(self, name: str) -> Path:
         path = self.prediction_path(name)
@@ -299,8 +338,13 @@ class RunDir:
         return predictions_csv.read_predictions(self._existing_prediction(name))
 
     def write_predictions(self, name: str, frame: pd.DataFrame) -> Path:
-        """Write ``predictions/<name>.csv`` (:func:`.predictions.write_predictions`)."""
-        return predictions_csv.write_predictions(self.prediction_path(name), frame)
+        """Write ``predictions/<name>.csv`` (:func:`.predictions.write_predictions`); a gzip
+        copy of it (``.csv.gz``) is removed, so the new table is the one read."""
+        self.require_writable()
+        path = self.predictions_dir / f"{check_name(name)}.csv"
+        out = predictions_csv.write_predictions(path, frame)
+        path.with_name(path.name + GZIP_SUFFIX).unlink(missing_ok=True)
+        return out
 
     # --- metrics.json ---------------------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
@@ -320,6 +364,7 @@ class RunDir:
 
     def merge_metrics(self, key: str, metrics: dict[str, Any]) -> Path:
         """Set ``metrics.json[key]`` (read-modify-write, atomic)."""
+        self.require_writable()
         data = self.metrics()
         data[key] = metrics
         write_json(self.metrics_path, data)
@@ -329,6 +374,7 @@ class RunDir:
         """Point the run at ``manifest``'s copy of its images (see :mod:`.relocate`)."""
         from bonefrac.rundir.relocate import relocate_run
 
+        self.require_writable()
         return relocate_run(self, manifest)
 
 

@@ -165,17 +165,34 @@ def png_b64(img: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def public_model_info(pred: Any) -> dict[str, Any]:
+def run_card(run: Any) -> dict[str, str | None]:
+    """``{"card": MODEL_CARD.md text or None, "shipped": shipped model name or None}`` for a
+    :class:`~bonefrac.rundir.RunDir` (both None for ``None``). An unreadable card is logged
+    and shown as None: it never stops the server."""
+    if run is None:
+        return {"card": None, "shipped": None}
+    try:
+        card = run.model_card()
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("model card unreadable, not shown: %s", exc)
+        card = None
+    return {"card": card, "shipped": run.shipped}
+
+
+def public_model_info(pred: Any, card: dict[str, str | None] | None = None) -> dict[str, Any]:
     """What ``/v1/model`` shows: settings that shape the answer, no filesystem paths.
 
     ``missing_safeguards``: ``[{"name", "detail", "command"}]`` for each safeguard the run
     lacks (:func:`bonefrac.rundir.missing_safeguards`; commands say ``RUN``), ``[]`` when the
-    run has all four.
+    run has all four. ``card``: the markdown model card (MODEL_CARD.md, written without paths)
+    or None; ``shipped``: the shipped model's name or None. Both come from ``card``
+    (:func:`run_card`, read once by :func:`create_app`), else are read from ``pred.run`` now.
     """
     meta = pred.meta.model_dump(mode="json")
     info: dict[str, Any] = {"model": pred.name, "backend": pred.backend}
     info.update({k: meta[k] for k in PUBLIC_META_KEYS if k in meta})
     info["missing_safeguards"] = [m.as_dict() for m in missing_safeguards(pred.meta)]
+    info.update(card if card is not None else run_card(getattr(pred, "run", None)))
     return info
 
 
@@ -246,6 +263,7 @@ def create_app(
 
         pred.predict(np.zeros((pred.image_size, pred.image_size), np.uint8), heatmap=True)
     warn_missing_safeguards(pred.meta, str(run_dir))  # once; the page and /v1/model show them
+    card = run_card(getattr(pred, "run", None))  # MODEL_CARD.md read once, not per request
     assets = docs_assets() if docs else None
     if docs and assets is None:
         log.warning("API docs off: the fastapi-offline package (Swagger UI assets) is missing")
@@ -382,9 +400,12 @@ def create_app(
             except BonefracError as exc:
                 return error(422, f"{name}: {exc}", "undecodable")
 
-    @app.get("/v1/model", summary="The run's model settings (architecture, input, threshold...)")
+    @app.get(
+        "/v1/model",
+        summary="The run's model settings (architecture, input, threshold...) and model card",
+    )
     async def model_info() -> Any:
-        return public_model_info(pred)
+        return public_model_info(pred, card)
 
     @app.get("/health", summary="200 when the model is loaded and passed its self-check")
     async def health() -> Any:

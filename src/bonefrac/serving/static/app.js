@@ -34,6 +34,95 @@
     $("safeguards").hidden = items.length === 0;
   }
 
+  function el(tag, text) {
+    const node = document.createElement(tag);
+    if (text !== undefined) appendInline(node, text);
+    return node;
+  }
+
+  // `code` and **bold** spans as DOM nodes; every piece of text goes in as a text node
+  function appendInline(node, text) {
+    const parts = String(text).split(/(`[^`]+`|\*\*[^*]+\*\*)/);
+    for (const part of parts) {
+      if (!part) continue;
+      let child;
+      if (part.length > 2 && part[0] === "`" && part[part.length - 1] === "`") {
+        child = document.createElement("code");
+        child.textContent = part.slice(1, -1);
+      } else if (part.length > 4 && part.startsWith("**") && part.endsWith("**")) {
+        child = document.createElement("strong");
+        child.textContent = part.slice(2, -2);
+      } else {
+        child = document.createTextNode(part);
+      }
+      node.appendChild(child);
+    }
+  }
+
+  const cells = (line) => line.trim().replace(/^\|/, "").replace(/\|$/, "").split("|")
+    .map((c) => c.trim());
+  const isRule = (line) => /^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$/.test(line);
+
+  // The model card's markdown as DOM nodes, built from text nodes only (no HTML parsing):
+  // headings (#, ##, ###), "- " bullet lines, pipe tables and paragraphs.
+  function renderCard(markdown) {
+    const out = document.createDocumentFragment();
+    const lines = String(markdown).split(/\r?\n/);
+    let para = null, list = null;
+    const end = () => { para = null; list = null; };
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i];
+      const heading = /^(#{1,3})\s+(.*)$/.exec(line);
+      if (!line.trim()) { end(); continue; }
+      if (heading) {
+        end();
+        out.appendChild(el("h" + (heading[1].length + 1), heading[2]));
+      } else if (/^\s*[-*]\s+/.test(line)) {
+        para = null;
+        if (!list) { list = el("ul"); out.appendChild(list); }
+        list.appendChild(el("li", line.replace(/^\s*[-*]\s+/, "")));
+      } else if (line.trim().startsWith("|")) {
+        end();
+        const table = el("table");
+        let body = null;
+        const header = i + 1 < lines.length && isRule(lines[i + 1]);
+        if (header) {
+          const tr = el("tr");
+          for (const c of cells(line)) tr.appendChild(el("th", c));
+          table.appendChild(el("thead")).appendChild(tr);
+          i += 1;
+        } else {
+          i -= 1;
+        }
+        while (i + 1 < lines.length && lines[i + 1].trim().startsWith("|")) {
+          i += 1;
+          if (isRule(lines[i])) continue;
+          if (!body) body = table.appendChild(el("tbody"));
+          const tr = el("tr");
+          for (const c of cells(lines[i])) tr.appendChild(el("td", c));
+          body.appendChild(tr);
+        }
+        out.appendChild(table);
+      } else if (list && /^\s+/.test(line)) {
+        appendInline(list.lastChild, " " + line.trim());  // a bullet's continuation line
+      } else {
+        list = null;
+        if (para) para.appendChild(document.createTextNode(" "));
+        else { para = el("p"); out.appendChild(para); }
+        appendInline(para, line.trim());
+      }
+    }
+    return out;
+  }
+
+  function showCard(card) {
+    const body = $("model-card-body");
+    body.replaceChildren();
+    const has = typeof card === "string" && card.trim() !== "";
+    if (has) body.appendChild(renderCard(card));
+    $("model-card").hidden = !has;
+  }
+
   function loadModel() {
     fetch("/v1/model", { headers: authHeaders() }).then((r) => {
       if (r.status === 401) { askToken(); throw new Error("token"); }
@@ -41,9 +130,11 @@
     }).then((m) => {
       criterion = m.threshold_criterion || "";
       showSafeguards(m.missing_safeguards);
+      showCard(m.card);
       $("model-info").textContent = "Model: " + (m.architecture || "?") +
         " · input " + (m.image_size || "?") + " px · decision threshold " +
-        (isNum(m.threshold) ? m.threshold.toFixed(3) : "unknown");
+        (isNum(m.threshold) ? m.threshold.toFixed(3) : "unknown") +
+        (typeof m.shipped === "string" && m.shipped ? " · shipped model " + m.shipped : "");
     }).catch(() => { $("model-info").textContent = "Model information unavailable"; });
   }
   loadModel();

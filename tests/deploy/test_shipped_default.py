@@ -1,0 +1,94 @@
+"""The model that ships inside the package (src/bonefrac/shipped): it loads by name, verifies
+its hashes, predicts offline, carries every safeguard and a complete card, fits the size cap,
+and `bonefrac predict default IMG` prints an answer without --out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import bonefrac
+from bonefrac.cli import app
+from bonefrac.packaging import MAX_BYTES
+from bonefrac.rundir import DEFAULT_NAME, RunDir, shipped
+from tests.conftest import shared_data_dir
+from tests.synthetic import make_image
+
+#: A FracAtlas radiograph with a fracture (the issue's time-to-first-answer image).
+IMG0000019 = Path("fracatlas/images/Fractured/IMG0000019.jpg")
+
+
+@pytest.fixture(scope="module")
+def default_run() -> RunDir:
+    if not shipped.shipped_models():
+        pytest.fail("no shipped model in the package: src/bonefrac/shipped is incomplete")
+    return RunDir.open(DEFAULT_NAME)
+
+
+def test_the_default_is_a_versioned_shipped_model_under_the_size_cap(default_run: RunDir) -> None:
+    name = default_run.shipped
+    assert name is not None and name.startswith("lite0-loc-")
+    assert shipped.aliases() == {DEFAULT_NAME: name}
+    size = sum(p.stat().st_size for p in default_run.path.rglob("*") if p.is_file())
+    assert size <= MAX_BYTES
+    assert not list(default_run.path.rglob("*.ckpt"))
+
+
+def test_the_default_carries_every_safeguard_fitted_on_fp16(default_run: RunDir) -> None:
+    meta = json.loads(default_run.meta_path.read_text())
+    assert meta["weights_dtype"] == "float16"
+    assert meta["threshold_criterion"] and 0.0 < meta["threshold"] < 1.0
+    assert meta["temperature"] > 0.0 and meta["refer"] and meta["ood"]
+    assert meta["ood"]["weights_sha256"] == meta["weights_sha256"]
+    parity = meta["shipped"]["parity"]
+    assert parity["passed"] and parity["n_images"] > 1000
+
+
+def test_the_card_has_what_a_reader_needs(default_run: RunDir) -> None:
+    card = default_run.model_card()
+    assert card is not None
+    for needed in (
+        "## Intended use",
+        "never a diagnosis",
+        "## Training data",
+        "Manifest SHA-1",
+        "## Recipe",
+        "## Test results",
+        "| FracAtlas |",
+        "| Roboflow bone-fracture (YOLO) |",
+        "ap50_boxed",
+        "## Known limits",
+        "Paediatric",
+        "## Licences",
+        "CC BY 4.0",
+    ):
+        assert needed in card, needed
+
+
+def test_the_default_loads_by_name_and_predicts_a_synthetic_image_offline(tmp_path: Path) -> None:
+    arr, _ = make_image(np.random.default_rng(5), 256, fractured=True)
+    img = tmp_path / "x.png"
+    Image.fromarray(arr).save(img)
+    pred = bonefrac.load(DEFAULT_NAME).predict(img)
+    assert 0.0 <= pred.probability <= 1.0
+    assert pred.decision in ("fracture", "no_fracture", "refer", "out_of_scope")
+
+
+def test_predict_default_on_a_real_fracture_prints_the_answer() -> None:
+    data = shared_data_dir()
+    if data is None or not (data / IMG0000019).is_file():
+        pytest.skip("FracAtlas is not in ../shared/data (or $BONEFRAC_DATA)")
+    res = CliRunner().invoke(
+        app,
+        ["predict", DEFAULT_NAME, str(data / IMG0000019), "--workers", "0", "--no-progress"],
+        env={"COLUMNS": "250"},
+    )
+    assert res.exit_code == 0, res.output
+    line = next(s for s in res.output.splitlines() if s.startswith(str(data / IMG0000019)))
+    assert ": fracture  probability " in line and "box" in line
+    assert "1 inputs: 1 predicted (1 fracture" in res.output
