@@ -9,6 +9,7 @@ hardware, the command that rebuilds it, the other seeds trained with it).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,16 @@ def _manifest_counts(manifest: str | None) -> pd.DataFrame | None:
     return df.groupby(["source", "split"])["label"].agg(["size", "sum"])
 
 
+def _split_seed(manifest: str | None) -> str:
+    """The split seed from the ``summary.json`` that ``bonefrac data build`` wrote beside the
+    manifest; "not recorded" without one (a manifest made another way)."""
+    summary = Path(manifest).parent / "summary.json" if manifest else None
+    if summary is None or not summary.is_file():
+        return "not recorded"
+    seed = (json.loads(summary.read_text(encoding="utf-8")).get("split") or {}).get("seed")
+    return "not recorded" if seed is None else str(seed)
+
+
 def card_text(run: RunDir, name: str, inputs: CardInputs) -> str:
     """The card's markdown (no filesystem paths)."""
     meta = run.meta()
@@ -120,7 +131,7 @@ def card_text(run: RunDir, name: str, inputs: CardInputs) -> str:
         "",
         "## Training data",
         f"- Sources: {', '.join(SOURCE_NAMES.get(s, s) for s in _sources(cfg, figures))}.",
-        f"- Manifest SHA-1 `{meta.get('manifest_sha1')}`; split seed {cfg.seed} (grouped, "
+        f"- Manifest SHA-1 `{meta.get('manifest_sha1')}`; split seed {_split_seed(meta.get('manifest'))} (grouped, "
         "stratified; near-duplicates share a group and a split).",
         f"- Images: train {sizes.get('train', '?')}, val {sizes.get('val', '?')}, "
         f"test {sizes.get('test', '?')}.",
