@@ -38,9 +38,9 @@ if [ "${#runs[@]}" -eq 0 ]; then
   echo "no seed finished: nothing to ship"; pack_runs runs.tar.gz; exit 1
 fi
 mkdir -p "$OUT/shipped"
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 timeout "$SHIP_S" $PYTHON bench/ship_model.py --runs "${runs[@]}" --name "$NAME" \
-  --root "$OUT/shipped" --force --hardware "$(nvidia-smi --query-gpu=name --format=csv,noheader \
-  2>/dev/null | head -1 || echo CPU) ($(nproc) CPUs)" \
+  --root "$OUT/shipped" --force --hardware "${gpu:-no GPU}, $(nproc --all) CPUs" \
   --command "device: OUT=\$OUT SEEDS=$SEEDS NAME=$NAME bash bench/device_shipped_model.sh"
 echo "== packaging (exit $?) after $(( $(date +%s) - start )) s"
 [ -f "$OUT/shipped/$NAME/model.json" ] && tar -C "$OUT/shipped" -czf "$OUT/shipped.tar.gz" . \

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -61,6 +62,9 @@ def main() -> None:
     out = df.copy()
     out["path"] = [str(r) for r in rel]
     write_csv(args.out / "manifest.csv", out)
+    summary = args.manifest.parent / "summary.json"  # the build's record (split seed, counts)
+    if summary.is_file():
+        shutil.copy2(summary, args.out / "summary.json")
     print(f"{len(out)} images, {sum(sizes) / 2**20:.1f} MiB in {args.out}")
 
 
