@@ -92,3 +92,28 @@ def test_predict_default_on_a_real_fracture_prints_the_answer() -> None:
     line = next(s for s in res.output.splitlines() if s.startswith(str(data / IMG0000019)))
     assert ": fracture  probability " in line and "box" in line
     assert "1 inputs: 1 predicted (1 fracture" in res.output
+
+
+def test_serve_without_run_answers_v1_model_with_the_default_card(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`bonefrac serve` with no RUN: the app it would serve names the shipped model and carries
+    its card on /v1/model (uvicorn itself is replaced by a test client)."""
+    from fastapi.testclient import TestClient
+
+    import bonefrac.serving.app
+    from bonefrac.serving.app import create_app
+
+    answers: list[dict] = []
+
+    def serve_once(run: Path, config: object) -> None:
+        with TestClient(create_app(run, warmup=False)) as client:
+            answers.append(client.get("/v1/model").json())
+
+    monkeypatch.setattr(bonefrac.serving.app, "serve", serve_once)
+    res = CliRunner().invoke(app, ["serve", "--port", "8124"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    (info,) = answers
+    name = RunDir.open(DEFAULT_NAME).shipped
+    assert info["shipped"] == name and info["card"].startswith(f"# Model card: {name}")
+    assert not info["missing_safeguards"]
