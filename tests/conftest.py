@@ -28,6 +28,14 @@ def shared_data_dir() -> Path | None:
     return None
 
 
+def tree_digests(folder: Path) -> dict[str, str]:
+    """``{relative path: SHA-256}`` of every file under ``folder``: equal before and after a
+    command means the command changed nothing there."""
+    from bonefrac.fileio import file_sha256
+
+    return {str(p.relative_to(folder)): file_sha256(p) for p in folder.rglob("*") if p.is_file()}
+
+
 @pytest.fixture(scope="session")
 def synthetic_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_manifest(tmp_path_factory.mktemp("synthetic"))

@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bonefrac.cli import app
-from bonefrac.fileio import file_sha256
 from bonefrac.rundir import shipped
+from tests.conftest import tree_digests
 
 runner = CliRunner()
 NAME = "tiny-1"
@@ -37,10 +37,6 @@ def shipped_root(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Pa
 def as_package(shipped_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(shipped, "SHIPPED_ROOT", shipped_root)
     return shipped_root / NAME
-
-
-def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): file_sha256(p) for p in folder.rglob("*") if p.is_file()}
 
 
 def _invoke(*args: object):
@@ -105,19 +101,19 @@ def test_serve_without_run_serves_the_default_shipped_model(
 def test_a_writing_command_refuses_a_shipped_model_and_works_on_an_into_copy(
     as_package: Path, shipped_root: Path, tmp_path: Path
 ) -> None:
-    before = _digests(shipped_root)
+    before = tree_digests(shipped_root)
     res = _invoke("threshold", "default", "--criterion", "f1")
     assert res.exit_code == 2
     assert "a shipped model is never changed" in res.output and "--into DIR" in res.output
     assert len(res.output.strip().splitlines()) == 1
-    assert _digests(shipped_root) == before
+    assert tree_digests(shipped_root) == before
 
     copy = tmp_path / "copy"
     res = _invoke("threshold", "default", "--criterion", "f1", "--into", copy)
     assert res.exit_code == 0, res.output
     assert f"to {copy}" in res.output and "stored threshold" in res.output
-    assert _digests(shipped_root) == before
-    original, copied = _digests(as_package), _digests(copy)
+    assert tree_digests(shipped_root) == before
+    original, copied = tree_digests(as_package), tree_digests(copy)
     assert set(copied) == set(original)
     assert [k for k in copied if copied[k] != original[k]] == ["model.json"]
     assert json.loads((copy / "model.json").read_text())["threshold_criterion"] == "f1"
@@ -136,7 +132,7 @@ def test_predict_and_explain_read_a_shipped_model_by_name(
     arr, _ = make_image(np.random.default_rng(3), 64, fractured=True)
     img = tmp_path / "x.png"
     Image.fromarray(arr).save(img)
-    before = _digests(shipped_root)
+    before = tree_digests(shipped_root)
     out = tmp_path / "x.csv"
     res = _invoke("predict", "default", img, "--out", out, "--workers", "0", "--no-progress")
     assert res.exit_code == 0, res.output
@@ -149,7 +145,7 @@ def test_predict_and_explain_read_a_shipped_model_by_name(
     res = _invoke("explain", "default", "--images", img, "--n", "1", "--out", tmp_path / "cams")
     assert res.exit_code == 0, res.output
     assert list((tmp_path / "cams").rglob("*.png"))
-    assert _digests(shipped_root) == before
+    assert tree_digests(shipped_root) == before
 
 
 def test_predict_without_out_prints_one_line_per_file_and_writes_nothing(

@@ -72,6 +72,11 @@ def file_sha256(path: str | Path) -> str:
     return file_digest(path, "sha256")
 
 
+def folder_bytes(path: str | Path) -> int:
+    """The bytes of every file under ``path`` (recursive)."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_open(path, "w", encoding="utf-8") as fh:

@@ -8,11 +8,12 @@
 2. stores the weights in fp16 (:data:`PARITY_MAX_DELTA_PROB`: the parity check on the test
    split decides; fp32 where it fails) and records their SHA-256 as any run's;
 3. predicts val and test again with the stored weights and checks them against the fp32
-   model's logits on the same inputs (largest |delta logit|, fracture calls that flip);
+   model's on the same inputs (largest |delta probability| and |delta logit|, fracture
+   calls that flip);
 4. refits every deploy safeguard on those predictions (:func:`bonefrac.deploy.deploy_run`:
    temperature, threshold, refer rule, out-of-scope statistics), so model.json describes the
    weights that ship, not the fp32 ones;
-5. writes MODEL_CARD.md (:mod:`bonefrac.model_card`) and refuses a folder over
+5. writes MODEL_CARD.md (:mod:`bonefrac.evaluation.model_card`) and refuses a folder over
    :data:`MAX_BYTES`; ``default=True`` points the ``default`` alias at it.
 
 Layer: above deploy (it runs the deploy fits), below the CLI and bench scripts.
@@ -21,7 +22,6 @@ Layer: above deploy (it runs the deploy fits), below the CLI and bench scripts.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -35,9 +35,10 @@ from bonefrac.data.schema import SUBGROUP_COLUMNS
 from bonefrac.deploy import deploy_run
 from bonefrac.errors import RunDirError
 from bonefrac.evaluation.model_card import CardInputs, write_model_card
-from bonefrac.fileio import atomic_path, file_sha256, write_json
+from bonefrac.fileio import atomic_path, file_sha256, folder_bytes, write_json
 from bonefrac.inference.frames import predict_run_frame
 from bonefrac.rundir import RunDir, missing_safeguards, shipped
+from bonefrac.rundir.layout import CONFIG, GZIP_SUFFIX, HISTORY, METRICS, MODEL_JSON
 from bonefrac.rundir.predictions import IMAGE_ID, LABEL, LOGIT, PATH, TRUE_BOXES
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,10 @@ MAX_BYTES = 12_000_000
 PARITY_MAX_DELTA_PROB = 0.05
 #: ... and at most this share of the test split's fracture calls flip. A bound on the logit
 #: alone (0.05, the first rule) failed on the shipped Lite0 for one Roboflow image (0.18; mean
-#: 0.012) while 2 of 1,160 calls flipped: the map-peak fusion is a max over the map, which
-#: rounding can move to another cell. What a clinician sees is the probability and the call.
+#: 0.012) whose probability moved by at most 0.023, far from the threshold, while 2 of 1,160
+#: calls flipped. What a clinician sees is the probability and the call.
 PARITY_MAX_FLIP_SHARE = 0.005
-_RECORD = ("model.json", "config.yaml", "history.csv", "metrics.json")
+_RECORD = (MODEL_JSON, CONFIG, HISTORY, METRICS)
 _SPLITS = ("val", "test")
 
 
@@ -95,9 +96,9 @@ def parity(
     b = stored.set_index(IMAGE_ID).loc[a.index]
     za, zb = a[LOGIT].to_numpy(float), b[LOGIT].to_numpy(float)
     delta = np.abs(za - zb)
-    calls_a = apply_temperature(za, temperature) >= threshold
-    calls_b = apply_temperature(zb, temperature) >= threshold
-    prob_delta = np.abs(apply_temperature(za, temperature) - apply_temperature(zb, temperature))
+    pa, pb = apply_temperature(za, temperature), apply_temperature(zb, temperature)
+    calls_a, calls_b = pa >= threshold, pb >= threshold
+    prob_delta = np.abs(pa - pb)
     out: dict[str, Any] = {
         "n_images": len(a),
         "max_abs_delta_prob": float(prob_delta.max()),
@@ -119,7 +120,7 @@ def _gzip(path: Path) -> Path:
     """``path`` -> ``path.gz`` (deterministic: no name or time in the header); removes ``path``."""
     import gzip
 
-    out = path.with_name(path.name + ".gz")
+    out = path.with_name(path.name + GZIP_SUFFIX)
     with (
         path.open("rb") as src,
         atomic_path(out) as tmp,
@@ -129,10 +130,6 @@ def _gzip(path: Path) -> Path:
         shutil.copyfileobj(src, gz)
     path.unlink()
     return out
-
-
-def folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def package_run(
@@ -148,16 +145,16 @@ def package_run(
     """Package the trained run ``run_dir`` as the shipped model ``name`` (see the module)."""
     root = shipped.SHIPPED_ROOT if root is None else Path(root)
     src = RunDir.open(run_dir)
-    meta = src.meta()
-    if meta.get("training_status") != "ok":
-        raise RunDirError(f"{src.path}: training_status is {meta.get('training_status')!r}, "
+    status = src.meta().get("training_status")
+    if status != "ok":
+        raise RunDirError(f"{src.path}: training_status is {status!r}, "
                           "not 'ok'; only a finished, healthy run ships")  # fmt: skip
     final = root / name
     if final.exists() and not force:
         raise RunDirError(f"{final}: a shipped model of that name exists; pass --force")
     stage = root / f".{name}.staging"
     shutil.rmtree(stage, ignore_errors=True)
-    (stage / "predictions").mkdir(parents=True)
+    RunDir(stage).predictions_dir.mkdir(parents=True)
     try:
         report = _build(src, stage, name, card, batch_size)
         if report.bytes > MAX_BYTES:
@@ -245,7 +242,3 @@ def _build(
         _gzip(run.prediction_path(split))
     shutil.rmtree(run.plots_dir, ignore_errors=True)  # the deploy fits' figures: not a model's
     return PackageReport(stage, dtype, check, folder_bytes(stage), dict(deployed.fitted))
-
-
-def parity_json(report: PackageReport) -> str:
-    return json.dumps(report.parity, indent=2)

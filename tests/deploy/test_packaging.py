@@ -17,6 +17,7 @@ from bonefrac.evaluation.thresholds import tune_threshold
 from bonefrac.fileio import file_sha256
 from bonefrac.packaging import package_run
 from bonefrac.rundir import RunDir, copy_run, missing_safeguards, shipped
+from tests.conftest import tree_digests
 from tests.synthetic import make_image
 
 NAME = "tiny-loc-1"
@@ -35,10 +36,6 @@ def shipped_root(tmp_path_factory: pytest.TempPathFactory, loc_run: Path) -> Pat
 def as_package(shipped_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(shipped, "SHIPPED_ROOT", shipped_root)
     return shipped_root / NAME
-
-
-def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): file_sha256(p) for p in folder.rglob("*") if p.is_file()}
 
 
 def test_a_packaged_model_has_fp16_weights_every_safeguard_and_a_card(shipped_root: Path) -> None:
@@ -99,14 +96,14 @@ def test_a_tampered_shipped_weights_file_is_refused(as_package: Path, tmp_path: 
 def test_a_shipped_model_is_never_written_into_and_a_copy_is(
     as_package: Path, tmp_path: Path
 ) -> None:
-    before = _digests(as_package)
+    before = tree_digests(as_package)
     with pytest.raises(RunDirError, match="--into"):
         tune_threshold("default", "youden")
-    assert _digests(as_package) == before
+    assert tree_digests(as_package) == before
     copy = copy_run("default", tmp_path / "mine")
     tune_threshold(copy, "youden")
     assert RunDir.open(copy).meta().get("threshold_criterion") == "youden"
-    assert _digests(as_package) == before
+    assert tree_digests(as_package) == before
 
 
 def test_an_unknown_name_says_what_ships(as_package: Path) -> None:

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import bonefrac
 from bonefrac.cli import app
+from bonefrac.fileio import folder_bytes
 from bonefrac.packaging import MAX_BYTES
 from bonefrac.rundir import DEFAULT_NAME, RunDir, shipped
 from tests.conftest import shared_data_dir
@@ -34,8 +35,7 @@ def test_the_default_is_a_versioned_shipped_model_under_the_size_cap(default_run
     name = default_run.shipped
     assert name is not None and name.startswith("lite0-loc-")
     assert shipped.aliases() == {DEFAULT_NAME: name}
-    size = sum(p.stat().st_size for p in default_run.path.rglob("*") if p.is_file())
-    assert size <= MAX_BYTES
+    assert folder_bytes(default_run.path) <= MAX_BYTES
     assert not list(default_run.path.rglob("*.ckpt"))
 
 

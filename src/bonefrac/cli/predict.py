@@ -102,10 +102,9 @@ def predict(
         with tempfile.TemporaryDirectory(prefix="bonefrac-predict-") as tmp:
             csv = Path(tmp) / "predictions.csv"
             job = _run_job(run, paths, csv, config)
-            rows = read_rows(csv) if job is not None else []
-        if job is not None:
-            render.prediction_rows(render.console, rows)
-            _report(job, run, None, config)
+            if job is not None:  # None: a helper process, whose rows the first one prints
+                render.prediction_rows(render.console, read_rows(csv))
+        _report(job, run, None, config)
         return
     _report(_run_job(run, paths, out, config), run, out, config)
 

@@ -484,6 +484,7 @@ def shipped_models(out: Console, models: dict[str, Path], aliases: dict[str, str
     """``bonefrac models``: one row per shipped model (or one line when none is installed)."""
     from rich.table import Table
 
+    from bonefrac.fileio import folder_bytes
     from bonefrac.rundir import RunDir
 
     if not models:
@@ -502,7 +503,7 @@ def shipped_models(out: Console, models: dict[str, Path], aliases: dict[str, str
         meta = run.raw_meta()
         names = [a for a, target in aliases.items() if target == name]
         auc = run.metrics().get("test", {}).get("roc_auc", {}).get("value")
-        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        size = folder_bytes(folder)
         table.add_row(
             Text(name + (f" ({', '.join(names)})" if names else "")),
             Text(str(meta.get("architecture", "?"))),

@@ -235,10 +235,13 @@ class RunDir:
     def predictions_dir(self) -> Path:
         return self.path / PREDICTIONS
 
+    def _csv_path(self, name: str) -> Path:
+        return self.predictions_dir / f"{check_name(name)}.csv"
+
     def prediction_path(self, name: str) -> Path:
         """``predictions/<name>.csv``, or its gzip ``<name>.csv.gz`` (a shipped model keeps its
         predictions compressed) when only that exists."""
-        csv = self.predictions_dir / f"{check_name(name)}.csv"
+        csv = self._csv_path(name)
         packed = csv.with_name(csv.name + GZIP_SUFFIX)
         return packed if not csv.is_file() and packed.is_file() else csv
 
@@ -341,7 +344,7 @@ class RunDir:
         """Write ``predictions/<name>.csv`` (:func:`.predictions.write_predictions`); a gzip
         copy of it (``.csv.gz``) is removed, so the new table is the one read."""
         self.require_writable()
-        path = self.predictions_dir / f"{check_name(name)}.csv"
+        path = self._csv_path(name)
         out = predictions_csv.write_predictions(path, frame)
         path.with_name(path.name + GZIP_SUFFIX).unlink(missing_ok=True)
         return out

@@ -87,7 +87,6 @@ def names_line(root: Path | None = None) -> str:
 def resolve_run(run: str | os.PathLike[str], root: Path | None = None) -> Path:
     """``run`` as given when it exists on disk, else the shipped model of that name, else
     ``run`` unchanged (opening it then says it is neither)."""
-    root = _root(root)
     path = Path(run)
     if path.exists() or len(path.parts) != 1:
         return path
@@ -96,23 +95,18 @@ def resolve_run(run: str | os.PathLike[str], root: Path | None = None) -> Path:
 
 def shipped_name(path: str | os.PathLike[str], root: Path | None = None) -> str | None:
     """The shipped folder name when ``path`` is a shipped model's folder, else None."""
-    root = _root(root)
     try:
         here = Path(path).resolve()
     except OSError:
         return None
     if here.name.startswith("."):  # a model being packaged (staging) is written into
         return None
-    return (
-        here.name
-        if here.parent == _root(root).resolve() and (here / "model.json").is_file()
-        else None
-    )
+    inside = here.parent == _root(root).resolve() and (here / "model.json").is_file()
+    return here.name if inside else None
 
 
 def refuse_write(path: str | os.PathLike[str], root: Path | None = None) -> None:
     """Raise when ``path`` is a shipped model: what writes into a run works on a copy."""
-    root = _root(root)
     name = shipped_name(path, root)
     if name is None:
         return
