@@ -86,8 +86,12 @@ def test_capture_and_report_round_trip_in_the_input_study(tmp_path):
     (group,) = sr.content.get_image_measurement_groups()
     (prob,) = group.get_measurements()
     assert prob.value == pytest.approx(0.8)
-    (decision,) = group.get_qualitative_evaluations()
+    presence, decision = group.get_qualitative_evaluations()
+    assert (presence.name.value, presence.value.value) == ("121052", "121053")  # DCM Present
     assert decision.value.value == "fracture"
+    assert decision.value.meaning == "fracture (firm finding)"
+    assert group.finding_type.value == "125605004" and group.finding_type.scheme_designator == "SCT"
+    assert prob.name.value == "122157" and prob.name.scheme_designator == "DCM"  # Probability
     (roi,) = sr.content.get_planar_roi_measurement_groups()
     coords = np.asarray(roi.roi.value)  # closed rectangle in the input's pixel grid (32 x 48)
     assert coords.shape == (5, 2)
@@ -112,7 +116,10 @@ def test_no_boxes_and_decision_words(tmp_path):
     _, _, sr = roundtrip(tmp_path, fake_prediction(decision="refer"), src)
     assert sr.content.get_planar_roi_measurement_groups() == []
     (group,) = sr.content.get_image_measurement_groups()
-    assert group.get_qualitative_evaluations()[0].value.value == "refer"
+    presence, decision = group.get_qualitative_evaluations()
+    assert presence.value.value == "121059"  # DCM Presence Undetermined
+    assert decision.value.value == "refer"
+    assert decision.value.meaning == "doubt: look here, refer to a radiologist"
     oos = fake_prediction(decision="out_of_scope")
     oos.ood_reason = "colour"
     sc, _, sr = roundtrip(tmp_path, oos, src)

@@ -5,16 +5,27 @@ For one DICOM input and its :class:`~bonefrac.inference.predictor.Prediction`:
 - **Secondary Capture** (RGB): the Predictor's map overlay (the learned fracture map of a
   localising run, Grad-CAM otherwise), the boxes when the prediction has them,
   and a banner with the finding burned in (probability, decision, model, a decision-support
-  caveat). No patient data is burned in (``BurnedInAnnotation`` ``NO``).
-- **Comprehensive SR** holding a TID 1500 measurement report: one image-level group with the
-  fracture probability (a measurement) and the decision (a qualitative evaluation), and one
-  planar ROI group per box (a closed POLYLINE SCOORD in the source image's pixel grid, with
-  the box score).
+  caveat). No patient data is burned in (``BurnedInAnnotation`` ``NO``). A ``fracture`` call
+  is a firm finding and its boxes are drawn SOLID; ``refer`` is a doubt and its boxes are
+  drawn DASHED under the words "doubt: look here" (:func:`shown_boxes`: the boxes above the
+  run's box threshold, else the detector's best box for these two calls).
+- **Comprehensive SR** holding a TID 1500 measurement report: one image-level group (finding
+  type SNOMED CT 125605004 "Fracture of bone") with the fracture probability (DCM 122157
+  "Probability"), the presence of a fracture (DCM 121052 "Presence of property": Present /
+  Absent / Presence Undetermined, for an input in scope) and bonefrac's decision in its own
+  words (the one private code, :data:`CODING_SCHEME`: no standard code says "refer"), and one
+  planar ROI group per shown box (a closed POLYLINE SCOORD in the source image's pixel grid,
+  with the box score as DCM 111012 "Certainty of Finding").
+- **Study-level SR** (:func:`build_study_report`, the DICOM node): the same report for a whole
+  study, its probability aggregated over the images as ``predict --study-column`` does.
 
-Both go into the input's Study (StudyInstanceUID, patient and accession attributes copied by
+All go into the input's Study (StudyInstanceUID, patient and accession attributes copied by
 highdicom from the input) with new Series and SOP Instance UIDs. The Series UIDs are derived
 from the Study UID and the model, so every result of one model in one study lands in the same
-two series (one for the captures, one for the reports), also across resumed jobs.
+series (captures, reports, study reports), also across resumed jobs. The SOP Instance UIDs
+are derived from the input's SOP Instance UID and the model's settings: predicting one input
+again (a resumed job, a node restarted after a crash) gives the same instances, which a PACS
+stores once. The SC and SR pass dicom3tools' ``dciodvfy`` without errors (tests/node).
 Manufacturer is ``bonefrac``; ManufacturerModelName and SoftwareVersions name the model.
 """
 
@@ -42,17 +53,28 @@ log = logging.getLogger(__name__)
 #: Series numbers of the outputs (high, so they sort after the acquired series).
 SC_SERIES_NUMBER = 9101
 SR_SERIES_NUMBER = 9102
+STUDY_SR_SERIES_NUMBER = 9103
 #: Narrowest Secondary Capture: small images are padded so the burned-in text stays readable.
 MIN_CAPTURE_WIDTH = 512
 #: Local coding scheme for concepts that have no standard code.
 CODING_SCHEME = "99BONEFRAC"
 CAVEAT = "Decision support only, not a diagnosis."
+#: The decision in words: burned into the capture and the meaning of the SR's decision code
+#: (at most 64 characters, a DICOM code meaning). ``fracture`` is a firm finding, ``refer``
+#: a doubt that points at where to look.
 DECISION_TEXT = {
-    "fracture": "FRACTURE suspected",
+    "fracture": "fracture (firm finding)",
     "no_fracture": "no fracture found",
-    "refer": "uncertain: refer to a radiologist",
+    "refer": "doubt: look here, refer to a radiologist",
     "out_of_scope": "does not look like a limb radiograph: no fracture call",
 }
+#: Box outlines: SOLID for a firm finding, DASHED for a doubt.
+SOLID, DASHED = "solid", "dashed"
+BOX_STYLE = {"fracture": SOLID, "refer": DASHED, "no_fracture": SOLID}
+#: Dashed outline: ``DASH_ON`` pixels drawn, ``DASH_OFF`` left out, per unit of line width.
+DASH_ON, DASH_OFF = 4, 3
+#: Outline colours (the banner's first line shares them).
+DECISION_COLOUR = {"fracture": (255, 80, 80), "refer": (255, 200, 0)}
 
 
 class DicomOutError(BonefracError):
@@ -68,13 +90,18 @@ class ModelInfo:
     weights_sha256: str = ""
     learned_map: bool = False
     """The heatmap is the model's own fracture map (a localising run), not Grad-CAM."""
+    settings: str = ""
+    """A digest of the model's settings (model.json: threshold, calibration, safeguards):
+    with the weights, what makes its answer for one input the same answer."""
 
     @classmethod
     def of(cls, predictor: Any) -> ModelInfo:
         """From a :class:`~bonefrac.inference.predictor.Predictor` (run name, architecture)."""
         sha = str(predictor.meta.get("weights_sha256") or "")
         name = str(predictor.name or predictor.architecture)
-        return cls(name, predictor.architecture, sha, bool(predictor.localizes))
+        dump = predictor.meta.model_dump_json().encode()
+        settings = hashlib.sha256(dump).hexdigest()[:16]
+        return cls(name, predictor.architecture, sha, bool(predictor.localizes), settings)
 
     @property
     def map_description(self) -> str:
@@ -98,20 +125,25 @@ class ModelInfo:
 class DicomOutputs:
     """The two result objects for one input."""
 
-    capture: Any  # highdicom.sc.SCImage
+    capture: Any | None  # highdicom.sc.SCImage; None: a report alone (an input out of scope)
     report: Any  # highdicom.sr.ComprehensiveSR
+
+    @property
+    def datasets(self) -> list[Any]:
+        """The objects to store, capture first (the report references it)."""
+        return [ds for ds in (self.capture, self.report) if ds is not None]
 
 
 def decision_label(pred: Any) -> str:
     """The prediction's decision in the shared vocabulary (``fracture`` / ``no_fracture`` /
     ``refer`` / ``out_of_scope``), whether ``decision`` is already a word or a bool."""
+    decision = pred.decision
+    if isinstance(decision, str) and decision in DECISION_TEXT:
+        return decision
     if getattr(pred, "out_of_scope", False):
         return "out_of_scope"
     if getattr(pred, "refer", False):
         return "refer"
-    decision = pred.decision
-    if isinstance(decision, str):
-        return decision
     return "fracture" if decision else "no_fracture"
 
 
@@ -127,6 +159,18 @@ def prediction_boxes(pred: Any) -> list[list[float]]:
         if len(values) >= 4 and all(np.isfinite(values[:4])):
             out.append(values[:4] + [values[4] if len(values) > 4 else float("nan")])
     return out
+
+
+def shown_boxes(pred: Any) -> list[list[float]]:
+    """The boxes the capture draws and the report records: :func:`prediction_boxes`; for a
+    ``fracture`` or ``refer`` call without one, the detector's best box ("look here")."""
+    boxes = prediction_boxes(pred)
+    best = getattr(pred, "best_box", None)
+    if not boxes and best is not None and decision_label(pred) in ("fracture", "refer"):
+        values = [float(v) for v in best]
+        if len(values) >= 4 and all(np.isfinite(values[:4])):
+            boxes = [values[:4] + [values[4] if len(values) > 4 else float("nan")]]
+    return boxes
 
 
 def finding_lines(pred: Any, model: ModelInfo) -> list[str]:
@@ -174,14 +218,65 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def _dashed_line(draw: ImageDraw.ImageDraw, a: tuple[int, int], b: tuple[int, int], lw: int,
+                 colour: tuple[int, int, int]) -> None:  # fmt: skip
+    """A horizontal or vertical dashed line from ``a`` to ``b`` (inclusive), ``lw`` wide."""
+    on, off = DASH_ON * lw, DASH_OFF * lw
+    horizontal = a[1] == b[1]
+    start, end = (a[0], b[0]) if horizontal else (a[1], b[1])
+    pos = start
+    while pos <= end:
+        stop = min(pos + on - 1, end)
+        if horizontal:
+            draw.rectangle([pos, a[1], stop, a[1] + lw - 1], fill=colour)
+        else:
+            draw.rectangle([a[0], pos, a[0] + lw - 1, stop], fill=colour)
+        pos += on + off
+
+
+def _dashed_rectangle(draw: ImageDraw.ImageDraw, xy: list[int], lw: int,
+                      colour: tuple[int, int, int]) -> None:  # fmt: skip
+    x0, y0, x1, y1 = xy
+    for a, b in (((x0, y0), (x1, y0)), ((x0, y1 - lw + 1), (x1, y1 - lw + 1)),
+                 ((x0, y0), (x0, y1)), ((x1 - lw + 1, y0), (x1 - lw + 1, y1))):  # fmt: skip
+        _dashed_line(draw, a, b, lw, colour)
+
+
+def draw_decision_boxes(img: Image.Image, boxes: Sequence[Sequence[float]], style: str,
+                        colour: tuple[int, int, int]) -> None:  # fmt: skip
+    """Boxes ``[cx, cy, w, h, ...]`` on ``img`` in place, just outside each box (as
+    :func:`bonefrac.maps.overlay.draw_boxes`): ``SOLID`` rectangles, or ``DASHED`` ones whose
+    outline has gaps (black under-stroke and colour alike), so a doubt never reads as a
+    firm finding even in greyscale."""
+    from bonefrac.maps.overlay import draw_boxes
+    from bonefrac.maps.pointing_game import boxes_to_pixels
+
+    if style == SOLID:
+        draw_boxes(img, boxes, colour)
+        return
+    width, height = img.size
+    lw = max(1, round(min(width, height) / 250))
+    draw = ImageDraw.Draw(img)
+    for x0, y0, x1, y1 in boxes_to_pixels(boxes, width, height):
+        inner = [round(x0), round(y0), max(round(x0), round(x1) - 1), max(round(y0), round(y1) - 1)]
+        white = [inner[0] - lw, inner[1] - lw, inner[2] + lw, inner[3] + lw]
+        black = [white[0] - lw, white[1] - lw, white[2] + lw, white[3] + lw]
+        _dashed_rectangle(draw, black, lw, (0, 0, 0))
+        _dashed_rectangle(draw, white, lw, colour)
+
+
 def render_capture(pred: Any, model: ModelInfo) -> np.ndarray:
     """The overlay (heatmap, boxes) over a banner with the finding: uint8 ``(H, W, 3)``."""
-    from bonefrac.maps.overlay import render_overlay
+    from bonefrac.maps.overlay import PRED_COLOR, render_overlay
 
     if pred.heatmap is None or pred.display is None:
         raise DicomOutError(f"{pred.name}: no heatmap to draw; predict with heatmap=True")
-    boxes = [b[:4] for b in prediction_boxes(pred)]
-    picture = render_overlay(pred.display, pred.heatmap, boxes or None)
+    decision = decision_label(pred)
+    picture = render_overlay(pred.display, pred.heatmap)
+    boxes = [b[:4] for b in shown_boxes(pred)]
+    if boxes:
+        colour = DECISION_COLOUR.get(decision, PRED_COLOR)
+        draw_decision_boxes(picture, boxes, BOX_STYLE.get(decision, SOLID), colour)
     width = max(picture.width, MIN_CAPTURE_WIDTH)
     size = max(12, width // 40)
     font = _font(size)
@@ -191,9 +286,7 @@ def render_capture(pred: Any, model: ModelInfo) -> np.ndarray:
     canvas = Image.new("RGB", (width, picture.height + banner), (0, 0, 0))
     canvas.paste(picture, ((width - picture.width) // 2, 0))
     draw = ImageDraw.Draw(canvas)
-    colour = {"fracture": (255, 80, 80), "refer": (255, 200, 0)}.get(
-        decision_label(pred), (255, 255, 255)
-    )
+    colour = DECISION_COLOUR.get(decision, (255, 255, 255))
     for i, line in enumerate(lines):
         y = picture.height + size // 2 + i * line_h
         draw.text((size // 2, y), line, fill=colour if i == 0 else (220, 220, 220), font=font)
@@ -210,26 +303,48 @@ def _series_uid(source: Any, model: ModelInfo, kind: str) -> str:
     return str(generate_uid(entropy_srcs=seed))
 
 
+def _instance_uid(key: Sequence[str], model: ModelInfo, kind: str) -> str:
+    """The SOP Instance UID of one result: the same input (``key``: its SOP Instance UID, or
+    a study's) and model give the same UID, so a repeated prediction replaces, never adds."""
+    from pydicom.uid import generate_uid
+
+    seed = [*key, model.name, model.weights_sha256, model.settings, kind, __version__]
+    return str(generate_uid(entropy_srcs=seed))
+
+
+def _sct(value: str, meaning: str) -> Any:
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(value=value, scheme_designator="SCT", meaning=meaning)
+
+
+FRACTURE_OF_BONE = ("125605004", "Fracture of bone")
+RADIOGRAPHY = ("363680008", "Radiographic imaging procedure")
+
+
 def _code(value: str, meaning: str) -> Any:
     import highdicom as hd
 
     return hd.sr.CodedConcept(value=value, scheme_designator=CODING_SCHEME, meaning=meaning)
 
 
-def build_outputs(source: Any, pred: Any, model: ModelInfo) -> DicomOutputs:
-    """The Secondary Capture and the SR for ``pred`` on the input whose header is ``source``."""
+def build_outputs(
+    source: Any, pred: Any, model: ModelInfo, *, capture: bool = True
+) -> DicomOutputs:
+    """The Secondary Capture and the SR for ``pred`` on the input whose header is ``source``;
+    ``capture=False``: the report alone (it then references the input only)."""
     import highdicom as hd
 
     source = _with_type2(source)
     try:
-        capture = _build_capture(source, pred, model, hd)
-        report = _build_report(source, capture, pred, model, hd)
+        sc = _build_capture(source, pred, model, hd) if capture else None
+        report = _build_report(source, sc, pred, model, hd)
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:  # highdicom
         raise DicomOutError(
             f"{pred.name or '<input>'}: cannot build the DICOM results ({exc}); "
             "check the input's header"
         ) from None
-    return DicomOutputs(capture, report)
+    return DicomOutputs(sc, report)
 
 
 #: Patient and study attributes that DICOM requires present (maybe empty) in every object.
@@ -261,7 +376,7 @@ def _build_capture(source: Any, pred: Any, model: ModelInfo, hd: Any) -> Any:
         coordinate_system="PATIENT",
         series_instance_uid=_series_uid(source, model, "capture"),
         series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=_instance_uid([str(source.SOPInstanceUID)], model, "capture"),
         instance_number=int(getattr(source, "InstanceNumber", None) or 1),
         manufacturer="bonefrac",
         patient_orientation=("L", "F"),  # placeholder highdicom requires; replaced below
@@ -269,6 +384,9 @@ def _build_capture(source: Any, pred: Any, model: ModelInfo, hd: Any) -> Any:
     )
     # the input's orientation as it is (or empty, type 2): the capture shows the same view
     sc.PatientOrientation = source.get("PatientOrientation", None) or ""
+    # General Series Laterality (type 2C: a limb is a paired structure and the capture has no
+    # Image Laterality): the input's, else empty (unknown), never guessed
+    sc.Laterality = _laterality(source)
     sc.ManufacturerModelName = model.label[:64]
     sc.SoftwareVersions = model.software_versions
     sc.SeriesDescription = f"bonefrac {model.name} heatmap"[:64]
@@ -279,6 +397,15 @@ def _build_capture(source: Any, pred: Any, model: ModelInfo, hd: Any) -> Any:
     if "AccessionNumber" in source:
         sc.AccessionNumber = source.AccessionNumber
     return sc
+
+
+def _laterality(source: Any) -> str:
+    """``R`` or ``L`` from the input's Laterality, else its Image Laterality; ``""`` else."""
+    for keyword in ("Laterality", "ImageLaterality"):
+        value = str(source.get(keyword, "") or "").strip().upper()
+        if value in ("R", "L"):
+            return value
+    return ""
 
 
 def _reference(source: Any) -> Any:
@@ -298,35 +425,62 @@ def _box_polyline(box: Sequence[float], cols: int, rows: int) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32)
 
 
+#: Presence of a fracture (DCM 121052 "Presence of property") per in-scope decision.
+PRESENCE = {"fracture": "Present", "no_fracture": "Absent", "refer": "PresenceUndetermined"}
+
+
+def _context(model: ModelInfo, hd: Any) -> Any:
+    from pydicom.sr.codedict import codes
+
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=_instance_uid([model.name], model, "device"), name=f"bonefrac {model.name}"[:64],
+        manufacturer_name="bonefrac", model_name=model.label[:64],
+    )  # fmt: skip
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+
+
+def _finding_items(
+    decision: str, probability: float, algorithm: Any, hd: Any
+) -> tuple[list[Any], list[Any]]:
+    """The measurements (the probability, in scope only) and the qualitative evaluations
+    (presence of a fracture, in scope only; the decision in its words) of one finding."""
+    from pydicom.sr.codedict import codes
+
+    measurements, evaluations = [], []
+    if decision != "out_of_scope":
+        measurements.append(
+            hd.sr.Measurement(
+                name=codes.DCM.Probability,
+                value=float(probability),
+                unit=hd.sr.CodedConcept("1", "UCUM", "no units"),
+                algorithm_id=algorithm,
+            )
+        )
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                name=codes.DCM.PresenceOfProperty, value=getattr(codes.DCM, PRESENCE[decision])
+            )
+        )
+    evaluations.append(
+        hd.sr.QualitativeEvaluation(
+            name=_code("decision", "bonefrac decision"),
+            value=_code(decision, DECISION_TEXT.get(decision, decision)[:64]),
+        )
+    )
+    return measurements, evaluations
+
+
 def _build_report(source: Any, capture: Any, pred: Any, model: ModelInfo, hd: Any) -> Any:
     from pydicom.sr.codedict import codes
 
     decision = decision_label(pred)
     algorithm = hd.sr.AlgorithmIdentification(name="bonefrac", version=__version__)
-    device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=hd.UID(), name=f"bonefrac {model.name}"[:64], manufacturer_name="bonefrac",
-        model_name=model.label[:64],
-    )  # fmt: skip
-    context = hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device, observer_identifying_attributes=device
-        )
-    )
-    fracture = hd.sr.CodedConcept("125605004", "SCT", "Fracture of bone")
-    measurements = []
-    if decision != "out_of_scope":
-        measurements.append(
-            hd.sr.Measurement(
-                name=_code("fracture-probability", "Fracture probability"),
-                value=float(pred.probability),
-                unit=hd.sr.CodedConcept("1", "UCUM", "no units"),
-                algorithm_id=algorithm,
-            )
-        )
-    evaluation = hd.sr.QualitativeEvaluation(
-        name=_code("decision", "bonefrac decision"),
-        value=_code(decision, DECISION_TEXT.get(decision, decision)[:64]),
-    )
+    context = _context(model, hd)
+    measurements, evaluations = _finding_items(decision, pred.probability, algorithm, hd)
     image_ref = hd.sr.SourceImageForMeasurementGroup(
         referenced_sop_class_uid=source.SOPClassUID,
         referenced_sop_instance_uid=source.SOPInstanceUID,
@@ -336,21 +490,21 @@ def _build_report(source: Any, capture: Any, pred: Any, model: ModelInfo, hd: An
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=hd.UID(), identifier="image-level fracture finding"
             ),
-            finding_type=fracture,
+            finding_type=_sct(*FRACTURE_OF_BONE),
             algorithm_id=algorithm,
             measurements=measurements or None,
-            qualitative_evaluations=[evaluation],
+            qualitative_evaluations=evaluations,
             source_images=[image_ref],
         )
     ]
     rows, cols = int(source.get("Rows", 0) or 0), int(source.get("Columns", 0) or 0)
-    boxes = prediction_boxes(pred) if rows and cols else []
+    boxes = shown_boxes(pred) if rows and cols and decision != "out_of_scope" else []
     for i, box in enumerate(boxes, 1):
         score = []
         if np.isfinite(box[4]):
             score.append(
                 hd.sr.Measurement(
-                    name=_code("box-score", "Fracture box score"),
+                    name=codes.DCM.CertaintyOfFinding,
                     value=float(box[4]),
                     unit=hd.sr.CodedConcept("1", "UCUM", "no units"),
                     algorithm_id=algorithm,
@@ -368,22 +522,22 @@ def _build_report(source: Any, capture: Any, pred: Any, model: ModelInfo, hd: An
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"box {i}"),
                 referenced_region=region,
-                finding_type=fracture,
+                finding_type=_sct(*FRACTURE_OF_BONE),
                 algorithm_id=algorithm,
                 measurements=score or None,
             )
         )
     content = hd.sr.MeasurementReport(
         observation_context=context,
-        procedure_reported=hd.sr.CodedConcept("363680008", "SCT", "Radiographic imaging procedure"),
+        procedure_reported=_sct(*RADIOGRAPHY),
         imaging_measurements=groups,
     )
     sr = hd.sr.ComprehensiveSR(
-        evidence=[source, capture],
+        evidence=[source] if capture is None else [source, capture],
         content=content[0],
         series_instance_uid=_series_uid(source, model, "report"),
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=_instance_uid([str(source.SOPInstanceUID)], model, "report"),
         instance_number=int(getattr(source, "InstanceNumber", None) or 1),
         manufacturer="bonefrac",
         is_complete=True,
@@ -391,6 +545,74 @@ def _build_report(source: Any, capture: Any, pred: Any, model: ModelInfo, hd: An
     sr.ManufacturerModelName = model.label[:64]
     sr.SoftwareVersions = model.software_versions
     sr.SeriesDescription = f"bonefrac {model.name} report"[:64]
+    return sr
+
+
+def build_study_report(
+    images: Sequence[Any],
+    decision: str,
+    probability: float,
+    aggregation: str,
+    model: ModelInfo,
+    previous: Sequence[Any] = (),
+) -> Any:
+    """One study's SR: its aggregated probability and decision (``decision`` and
+    ``probability`` from :func:`bonefrac.inference.studies.study_rows`) over ``images``, the
+    headers of its images (the first gives the patient and study attributes).
+
+    ``previous``: the study's earlier study reports (a study that received more images after
+    its report), referenced as predecessors. The SOP Instance UID follows from the study's
+    image UIDs and the model, so the same images give the same report."""
+    import highdicom as hd
+
+    if not images:
+        raise DicomOutError("a study report needs at least one image")
+    sources = [_with_type2(ds) for ds in images]
+    first = sources[0]
+    keys = sorted(str(ds.SOPInstanceUID) for ds in sources)
+    algorithm = hd.sr.AlgorithmIdentification(name="bonefrac", version=__version__)
+    try:
+        measurements, evaluations = _finding_items(decision, probability, algorithm, hd)
+        label = f"study-level fracture finding ({aggregation} of {len(sources)} images)"
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label[:64]),
+            finding_type=_sct(*FRACTURE_OF_BONE),
+            algorithm_id=algorithm,
+            measurements=measurements or None,
+            qualitative_evaluations=evaluations,
+            source_images=[
+                hd.sr.SourceImageForMeasurementGroup(
+                    referenced_sop_class_uid=ds.SOPClassUID,
+                    referenced_sop_instance_uid=ds.SOPInstanceUID,
+                )
+                for ds in sources
+            ],
+        )
+        content = hd.sr.MeasurementReport(
+            observation_context=_context(model, hd),
+            procedure_reported=_sct(*RADIOGRAPHY),
+            imaging_measurements=[group],
+        )
+        sr = hd.sr.ComprehensiveSR(
+            evidence=sources,
+            content=content[0],
+            series_instance_uid=_series_uid(first, model, "study-report"),
+            series_number=STUDY_SR_SERIES_NUMBER,
+            sop_instance_uid=_instance_uid(
+                [str(first.StudyInstanceUID), *keys], model, "study-report"
+            ),
+            instance_number=1 + len(previous),
+            manufacturer="bonefrac",
+            is_complete=True,
+            previous_versions=list(previous) or None,
+        )
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:  # highdicom
+        raise DicomOutError(
+            f"study {first.get('StudyInstanceUID', '?')}: cannot build the study report ({exc})"
+        ) from None
+    sr.ManufacturerModelName = model.label[:64]
+    sr.SoftwareVersions = model.software_versions
+    sr.SeriesDescription = f"bonefrac {model.name} study report"[:64]
     return sr
 
 
@@ -405,7 +627,8 @@ def output_stem(path: Path) -> str:
     return f"{encode_path(path.stem)}-{digest}"
 
 
-def _dataset_bytes(ds: Any) -> bytes:
+def dataset_bytes(ds: Any) -> bytes:
+    """``ds`` as a DICOM file (preamble, file meta), what a destination is sent."""
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
@@ -415,7 +638,7 @@ def write_outputs(outputs: DicomOutputs, out_dir: Path, stem: str) -> tuple[Path
     """Write ``<stem>_sc.dcm`` and ``<stem>_sr.dcm`` into ``out_dir`` (each atomically)."""
     paths = (out_dir / f"{stem}_sc.dcm", out_dir / f"{stem}_sr.dcm")
     for ds, path in zip((outputs.capture, outputs.report), paths, strict=True):
-        data = _dataset_bytes(ds)
+        data = dataset_bytes(ds)
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
     return paths
@@ -425,8 +648,8 @@ def outputs_zip(outputs: DicomOutputs, stem: str = "result") -> bytes:
     """The capture and the report as one zip (``<stem>_sc.dcm``, ``<stem>_sr.dcm``)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(f"{stem}_sc.dcm", _dataset_bytes(outputs.capture))
-        zf.writestr(f"{stem}_sr.dcm", _dataset_bytes(outputs.report))
+        zf.writestr(f"{stem}_sc.dcm", dataset_bytes(outputs.capture))
+        zf.writestr(f"{stem}_sr.dcm", dataset_bytes(outputs.report))
     return buf.getvalue()
 
 
