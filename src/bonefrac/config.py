@@ -547,3 +547,133 @@ class DataBuildConfig(_JobOptions):
         if isinstance(value, str):
             value = [c for c in value.split(",") if c.strip()]
         return value or None
+
+
+def _ae_title(value: str, what: str) -> str:
+    """A DICOM AE title: 1-16 characters of printable ASCII, no backslash, not all spaces."""
+    text = str(value).strip()
+    if not 1 <= len(text) <= 16 or not text.isascii() or not text.isprintable() or "\\" in text:
+        raise ValueError(f"{what} {value!r}: an AE title is 1-16 printable ASCII characters")
+    return text
+
+
+def parse_dicom_destination(value: str) -> tuple[str, str, int]:
+    """``"PACS@10.0.0.5:104"`` -> ``("PACS", "10.0.0.5", 104)`` (a bad one: ValueError)."""
+    text = str(value).strip()
+    ae, at, address = text.partition("@")
+    host, colon, port = address.rpartition(":")
+    if not (at and colon and host and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{value!r}: expected AE@HOST:PORT, e.g. PACS@10.0.0.5:104")
+    return _ae_title(ae, "--send-to"), host.strip("[]"), int(port)
+
+
+class NodeConfig(_JobOptions):
+    """``bonefrac node``'s options (:mod:`bonefrac.node`): a DICOM Storage SCP that predicts
+    every radiograph it receives and sends an SR and an SC back to the destinations. From a
+    YAML file of these keys (``--config``), ``--set key=value`` and the command's options."""
+
+    run: str = "default"
+    """Run directory or shipped model name."""
+    ae_title: str = "BONEFRAC"
+    """The node's AE title (called AE of incoming associations, calling AE of its own)."""
+    host: str = "127.0.0.1"
+    """Address to listen on (``0.0.0.0``: every interface)."""
+    port: int = Field(11112, ge=1, le=65535)
+    allow: list[str] = Field(default_factory=list)
+    """Calling AE titles accepted; any other is rejected at association."""
+    send_to: list[str] = Field(default_factory=list)
+    """C-STORE destinations ``AE@HOST:PORT``."""
+    stow_to: list[str] = Field(default_factory=list)
+    """DICOMweb STOW-RS base URLs (e.g. ``http://pacs:8042/dicom-web``)."""
+    spool: Path | None = None
+    """Folder of received instances, results waiting to be sent, dead letters, audit log."""
+    backend: str = "torch"
+    dicom_frame: int | None = None
+    """Frame of multi-frame images (``None``: refuse them)."""
+    out_of_scope: Literal["report", "none"] = "report"
+    """An input out of scope (CT, MR, US, colour, blank...): ``report``, an SR saying so (no
+    capture, no fracture call); ``none``: nothing is sent."""
+    study_quiet_s: float | None = Field(30.0, ge=0)
+    """A study with no new image for this long gets one study-level SR too; ``null``: none."""
+    study_agg: Literal["max", "mean", "noisy_or"] = "max"
+    """Study probability from its images (as ``predict --study-agg``)."""
+    retry_attempts: int = Field(20, ge=1)
+    """Sends of one result before it goes to the dead-letter folder with the reason."""
+    retry_backoff_s: float = Field(1.0, gt=0)
+    """Wait after a failed send, doubled after each further failure."""
+    retry_max_backoff_s: float = Field(60.0, gt=0)
+    send_timeout_s: float = Field(30.0, gt=0)
+    """Network timeout of one association or HTTP request to a destination."""
+    max_spool: int = Field(10000, ge=1)
+    """Instances waiting for prediction before C-STORE answers 'out of resources' (A700)."""
+    max_associations: int = Field(8, ge=1)
+    tls_cert: Path | None = None
+    """PEM certificate (and ``tls_key``) of the node: incoming associations use TLS."""
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    """PEM CA bundle: with it, a calling node must show a certificate it signed."""
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return _ae_title(value, "--ae-title")
+
+    @field_validator("allow")
+    @classmethod
+    def _check_allow(cls, value: list[str]) -> list[str]:
+        return [_ae_title(v, "--allow") for v in value]
+
+    @field_validator("send_to")
+    @classmethod
+    def _check_send_to(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_dicom_destination(item)
+        return [str(v).strip() for v in value]
+
+    @field_validator("stow_to")
+    @classmethod
+    def _check_stow_to(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not str(url).startswith(("http://", "https://")):
+                raise ValueError(f"{url!r}: expected an http:// or https:// DICOMweb base URL")
+        return [str(v).rstrip("/") for v in value]
+
+    @model_validator(mode="after")
+    def _check_complete(self) -> NodeConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together (--set tls_cert=... tls_key=...)")
+        return self
+
+    def check_ready(self) -> None:
+        """What starting the node needs beyond valid values (a ConfigError naming it)."""
+        missing = []
+        if self.spool is None:
+            missing.append("--spool DIR")
+        if not self.allow:
+            missing.append("--allow CALLING_AE (the modalities and PACS that may send)")
+        if not (self.send_to or self.stow_to):
+            missing.append("--send-to AE@HOST:PORT or --stow-to URL (where results go)")
+        if missing:
+            raise ConfigError("bonefrac node needs " + "; ".join(missing))
+
+
+def load_node_config(
+    path: str | Path | None, overrides: list[str] | None = None, **options: Any
+) -> NodeConfig:
+    """``bonefrac node``'s options: the YAML file ``path`` (NodeConfig keys), then the
+    ``key=value`` overrides, then ``options`` (the command line's, ``None``: not given)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = read_yaml_mapping(Path(path), "node config file not found", "a mapping of keys")
+    raw = deep_merge(raw, parse_overrides(overrides))
+    raw.update({k: v for k, v in options.items() if v is not None and v != []})
+    unknown = sorted(set(raw) - set(NodeConfig.model_fields))
+    if unknown:
+        import difflib
+
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, list(NodeConfig.model_fields), n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"{path or '--set'}: unknown node option {', '.join(hints)}")
+    return NodeConfig(**raw)

@@ -17,7 +17,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from bonefrac.cli import data, evaluate, explain, models, predict, render, train, tune
+from bonefrac.cli import data, evaluate, explain, models, node, predict, render, train, tune
 from bonefrac.errors import BonefracError
 
 
@@ -60,6 +60,7 @@ for command in (
     *explain.COMMANDS,
     *predict.COMMANDS,
     *models.COMMANDS,
+    *node.COMMANDS,
 ):  # the order of 'bonefrac --help'
     app.command()(command)
 
