@@ -1,4 +1,4 @@
-"""bench/head_compare.py on fake run directories: one seed per arm gets paired bootstrap CIs."""
+"""docs/experiments/localisation/head_compare.py on fake run directories: one seed per arm gets paired bootstrap CIs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ from bonefrac.rundir import RunDir
 from tests.evaluation.conftest import make_run
 from tests.evaluation.locfake import add_localization
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "head_compare.py"
+BENCH = (
+    Path(__file__).resolve().parents[2]
+    / "docs"
+    / "experiments"
+    / "localisation"
+    / "head_compare.py"
+)
 
 
 @pytest.fixture(scope="module")

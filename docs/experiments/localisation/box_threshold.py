@@ -5,7 +5,7 @@ test maps at other thresholds (no retraining) and scores each with
 :mod:`bonefrac.evaluation.localization_metrics`, so the threshold's share of a poor AP50 or FROC can be
 told apart from the boxes' geometry.
 
-    .venv/bin/python bench/box_threshold.py --run runs/lite0_loc [--thresholds 0.9 0.5 0.1]
+    .venv/bin/python docs/experiments/localisation/box_threshold.py --run runs/lite0_loc [--thresholds 0.9 0.5 0.1]
 """
 
 from __future__ import annotations

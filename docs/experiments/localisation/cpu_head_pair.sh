@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Issue 24's CPU paired comparison: the old hand-written head (the last commit that has it,
 # OLD_COMMIT) vs the FCOS detector (this checkout), same manifest, split and seeds, both
-# sources; one arm after the other (nice'd, for a background run), then bench/head_compare.py.
-#   SIZE=384 SEEDS="42" EXTRA="" bash bench/cpu_head_pair.sh          # the full lite0_loc.yaml
+# sources; one arm after the other (nice'd, for a background run), then docs/experiments/localisation/head_compare.py.
+#   SIZE=384 SEEDS="42" EXTRA="" bash docs/experiments/localisation/cpu_head_pair.sh          # the full lite0_loc.yaml
 #   SIZE=224 SEEDS="1 2 42" CONFIG=configs/lite0.yaml \
-#     EXTRA="--set data.limit_per_split=1000" bash bench/cpu_head_pair.sh   # the reduced recipe
+#     EXTRA="--set data.limit_per_split=1000" bash docs/experiments/localisation/cpu_head_pair.sh   # the reduced recipe
 # Data: DATA (default ../shared/data) with fracatlas/ and bone_fracture_yolo/. Writes
 # OUT/runs/{old,new}_<SIZE>_s<seed>, OUT/logs and OUT/head_compare_<SIZE>.md. A finished arm is
 # kept, an interrupted one resumed from its last epoch (`train --resume`). At 384 px, alone on a
@@ -12,7 +12,7 @@
 # predictions; two arms side by side take twice as long each); 11 min at the 224 px recipe.
 # A session shorter than both arms trains one (ARMS=old or ARMS=new). Each finished arm's record
 # without weights (predictions, metrics, model.json, config, history) is kept in STORED (default
-# bench/results/head_pair, committed), and a record found there stands for a finished arm, so
+# docs/experiments/localisation/head_pair, committed), and a record found there stands for a finished arm, so
 # the other arm, trained later on another machine, is still paired image by image.
 set -eu
 OLD_COMMIT=${OLD_COMMIT:-459ecb2}
@@ -21,7 +21,7 @@ SEEDS=${SEEDS:-42}
 CONFIG=${CONFIG:-configs/lite0_loc.yaml}
 EXTRA=${EXTRA:-}
 ARMS=${ARMS:-old new}  # e.g. ARMS=old: train one arm only (a session too short for both)
-STORED=${STORED:-$PWD/bench/results/head_pair}
+STORED=${STORED:-$PWD/docs/experiments/localisation/head_pair}
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-/tmp/head_pair}
 PY=${PY:-$PWD/.venv/bin/python}
@@ -68,12 +68,12 @@ if [ "$missing" = 1 ]; then  # not every pair is trained: each finished arm alon
   for s in $SEEDS; do for arm in old new; do
     name="${arm}_${SIZE}_s$s"
     [ -f "$OUT/runs/$name/metrics.json" ] || { echo "$name: not trained yet"; continue; }
-    "$PY" bench/head_compare.py --b "$OUT/runs/$name" --b-name "$arm" \
+    "$PY" docs/experiments/localisation/head_compare.py --b "$OUT/runs/$name" --b-name "$arm" \
       --json "$OUT/head_compare_$name.json" | tee "$OUT/head_compare_$name.md"
   done; done
   exit 0
 fi
 a=(); b=()
 for s in $SEEDS; do a+=("$OUT/runs/old_${SIZE}_s$s"); b+=("$OUT/runs/new_${SIZE}_s$s"); done
-"$PY" bench/head_compare.py --a "${a[@]}" --b "${b[@]}" --a-name "old head" --b-name "FCOS" \
+"$PY" docs/experiments/localisation/head_compare.py --a "${a[@]}" --b "${b[@]}" --a-name "old head" --b-name "FCOS" \
   --json "$OUT/head_compare_$SIZE.json" | tee "$OUT/head_compare_$SIZE.md"

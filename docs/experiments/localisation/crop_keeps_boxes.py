@@ -5,21 +5,25 @@ training images (boxes only; no image is decoded).
 A box is "cut" when less than 99 % of its area survives the crop. Prints, per source, the share
 of boxes cut and of boxed images that lose every box (the detector then learns nothing from
 them), and the mean zoom (scale jitter) each crop applies.
-Run: ``PYTHONPATH=src:bench .venv/bin/python bench/crop_keeps_boxes.py --manifest M [--size 384]``.
+Run: ``.venv/bin/python docs/experiments/localisation/crop_keeps_boxes.py --manifest M [--size 384]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import pandas as pd
 import torch
-from benchinfo import git_commit, machine
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
-from bonefrac.data.schema import parse_boxes
-from bonefrac.data.transforms import BoxKeepingResizedCrop, box_outlines, boxes_to_letterbox
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))  # benchinfo
+from benchinfo import git_commit, machine  # noqa: E402
+from torchvision import tv_tensors  # noqa: E402
+from torchvision.transforms import v2  # noqa: E402
+
+from bonefrac.data.schema import parse_boxes  # noqa: E402
+from bonefrac.data.transforms import BoxKeepingResizedCrop, box_outlines, boxes_to_letterbox  # noqa: E402
 
 
 def _area(xyxy: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ of the difference: a paired bootstrap (both arms scored on the same image resamp
 interval for ROC-AUC).
 Reads run directories only (old-format runs too: only their predictions CSVs are read).
 
-    .venv/bin/python bench/head_compare.py --a runs/old_s1 runs/old_s2 --b runs/new_s1 runs/new_s2 \\
+    .venv/bin/python docs/experiments/localisation/head_compare.py --a runs/old_s1 runs/old_s2 --b runs/new_s1 runs/new_s2 \\
         [--a-name "old head" --b-name "FCOS"] [--split test] [--json out.json]
 """
 
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))  # benchinfo, localize
 import numpy as np  # noqa: E402
 from benchinfo import git_commit, machine  # noqa: E402
 from localize import _groups, _value  # noqa: E402

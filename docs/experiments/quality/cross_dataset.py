@@ -8,8 +8,8 @@ test source) the script reports ROC-AUC and PR-AUC with 95% bootstrap CIs, and s
 specificity at the max-F1 and sensitivity-0.90 thresholds chosen on the experiment's own
 validation split, with and without test-time augmentation (mirror-image mean logit).
 
-    .venv/bin/python bench/cross_dataset.py --manifest runs/cross/manifest.csv \
-        --experiments bench/cross_dataset.yaml --out runs/cross_runs [--only fa,rf] \
+    .venv/bin/python docs/experiments/quality/cross_dataset.py --manifest runs/cross/manifest.csv \
+        --experiments docs/experiments/quality/cross_dataset.yaml --out runs/cross_runs [--only fa,rf] \
         [--set data.num_workers=4]
 
 Finished experiments (``OUT/<name>/cross.json``) are skipped, so an interrupted sweep resumes.
@@ -21,25 +21,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from benchinfo import REPO, git_commit, machine
 
-from bonefrac.config import load_config, read_yaml_mapping
-from bonefrac.data.schema import read_manifest
-from bonefrac.evaluation.compare import delong_test
-from bonefrac.evaluation.tables import markdown_table
-from bonefrac.evaluation.thresholds import choose_threshold
-from bonefrac.fileio import atomic_open, write_json
-from bonefrac.inference.frames import predict_frame
-from bonefrac.inference.predictor import Predictor
-from bonefrac.metrics import compute_metrics, format_ci
-from bonefrac.rundir import RunDir
-from bonefrac.training.fit import train
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))  # benchinfo
+from benchinfo import REPO, git_commit, machine  # noqa: E402
+
+from bonefrac.config import load_config, read_yaml_mapping  # noqa: E402
+from bonefrac.data.schema import read_manifest  # noqa: E402
+from bonefrac.evaluation.compare import delong_test  # noqa: E402
+from bonefrac.evaluation.tables import markdown_table  # noqa: E402
+from bonefrac.evaluation.thresholds import choose_threshold  # noqa: E402
+from bonefrac.fileio import atomic_open, write_json  # noqa: E402
+from bonefrac.inference.frames import predict_frame  # noqa: E402
+from bonefrac.inference.predictor import Predictor  # noqa: E402
+from bonefrac.metrics import compute_metrics, format_ci  # noqa: E402
+from bonefrac.rundir import RunDir  # noqa: E402
+from bonefrac.training.fit import train  # noqa: E402
 
 CRITERIA = ("f1", "sensitivity:0.90")
 
@@ -194,7 +197,9 @@ def write_matrix(out: Path, results: list[dict[str, Any]], base: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--manifest", type=Path, required=True)
-    ap.add_argument("--experiments", type=Path, default=REPO / "bench" / "cross_dataset.yaml")
+    ap.add_argument(
+        "--experiments", type=Path, default=Path(__file__).with_name("cross_dataset.yaml")
+    )
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--only", default=None, help="comma-separated experiment names")
     ap.add_argument("--set", action="append", help="override for every experiment (key=value)")

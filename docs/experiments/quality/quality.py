@@ -5,7 +5,7 @@ on the validation split only (max-F1, and sensitivity >= 0.90), applied to test;
 time from model.json; optionally the same metrics on an external manifest (e.g. the Roboflow
 YOLO set for a model trained on FracAtlas only). Nothing is retrained unless ``--train`` is given.
 
-    .venv/bin/python bench/quality.py --runs runs/simple_cnn runs/lite0 \
+    .venv/bin/python docs/experiments/quality/quality.py --runs runs/simple_cnn runs/lite0 \
         --external /path/to/yolo/manifest.csv
 
 Train first with ``--train MANIFEST`` (uses configs/<name>.yaml for each --runs folder name).
@@ -16,16 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
-from benchinfo import REPO, git_commit, machine
 
-from bonefrac.evaluation.tables import markdown_table
-from bonefrac.evaluation.thresholds import choose_threshold
-from bonefrac.inference.frames import predict_run_frame
-from bonefrac.metrics import compute_metrics, format_ci
-from bonefrac.rundir import RunDir
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))  # benchinfo
+from benchinfo import REPO, git_commit, machine  # noqa: E402
+
+from bonefrac.evaluation.tables import markdown_table  # noqa: E402
+from bonefrac.evaluation.thresholds import choose_threshold  # noqa: E402
+from bonefrac.inference.frames import predict_run_frame  # noqa: E402
+from bonefrac.metrics import compute_metrics, format_ci  # noqa: E402
+from bonefrac.rundir import RunDir  # noqa: E402
 
 CRITERIA = ("f1", "sensitivity:0.90")
 

@@ -6,7 +6,7 @@ reports the wall time until val ROC-AUC first reaches the target (default 0.85, 
 the end (manifest build + the whole ``bonefrac train`` command, predictions and plots
 included).
 
-    .venv/bin/python bench/time_to_quality.py --fracatlas ../shared/data/fracatlas \\
+    .venv/bin/python docs/experiments/quality/time_to_quality.py --fracatlas ../shared/data/fracatlas \\
         [--out runs/time_to_quality] [--target 0.85] [--set train.epochs=3 ...]
 """
 
@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from benchinfo import REPO, git_commit, machine
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))  # benchinfo
+from benchinfo import REPO, git_commit, machine  # noqa: E402
 
 CLI = [sys.executable, "-c", "from bonefrac.cli import app; app()"]
 

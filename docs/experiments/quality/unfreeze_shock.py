@@ -7,7 +7,7 @@ relative weight change, the shift of the val logits (in units of their spread), 
 (Lightning's train mode) or frozen (``train.freeze_bn``), backbone LR at the schedule's value at
 the unfreeze step (old) or re-warmed from ~0 (``train.unfreeze_warmup_epochs: 0.5``).
 
-    .venv/bin/python bench/unfreeze_shock.py --manifest /tmp/fa_data/manifest.csv
+    .venv/bin/python docs/experiments/quality/unfreeze_shock.py --manifest /tmp/fa_data/manifest.csv
 """
 
 import argparse

@@ -37,10 +37,11 @@ def rewarm_after(start_step: int, rewarm_steps: int, base):  # noqa: ANN001, ANN
     Used for the backbone group when it is unfrozen mid-run: without it the backbone joins at
     near-peak LR with an empty AdamW state, and AdamW's first updates are about lr * sign(grad)
     for every weight at once (the bias-corrected m / sqrt(v) is ~±1), whatever the gradient's
-    size. Measured on Lite0 (bench/unfreeze_shock.py): in the first 12 unfrozen steps the
-    backbone weights moved 15x more than with this ramp, and with BatchNorm on running
-    statistics that jolt alone collapsed the model to a constant output (val ROC-AUC 0.69 ->
-    0.49, train loss stuck at ln 2), the failure seen on GPU runs at the unfreeze epoch.
+    size. Measured on Lite0 (docs/experiments/quality/unfreeze_shock.py): in the first 12
+    unfrozen steps the backbone weights moved 15x more than with this ramp, and with BatchNorm
+    on running statistics that jolt alone collapsed the model to a constant output (val
+    ROC-AUC 0.69 -> 0.49, train loss stuck at ln 2), the failure seen on GPU runs at the
+    unfreeze epoch.
     """
 
     def factor(step: int) -> float:
