@@ -497,6 +497,10 @@ class ServeConfig(_JobOptions):
     """Require ``Authorization: Bearer <token>`` on ``/v1/``; wins over ``token_file``."""
     token_file: Path | None = None
     """Read the token from this file (at least 16 characters)."""
+    allow_open: bool = Field(False, json_schema_extra=_option("--allow-open"))
+    """Serve a non-loopback address without a token. Off: :func:`bonefrac.serving.app.serve`
+    refuses, since anyone who can reach the port could upload radiographs and read the
+    predictions."""
     docs: bool = Field(True, json_schema_extra=_option("--docs/--no-docs"))
 
 

@@ -193,6 +193,11 @@ def serve(
     token_file: Path | None = typer.Option(
         None, "--token-file", help="Require 'Authorization: Bearer <token in FILE>' on /v1/."
     ),
+    allow_open: bool = typer.Option(
+        _SERVE["allow_open"].default,
+        "--allow-open",
+        help="Serve a non-loopback --host without --token-file (refused otherwise).",
+    ),
     docs: bool = typer.Option(
         _SERVE["docs"].default, "--docs/--no-docs", help="Serve Swagger UI at /docs."
     ),
@@ -215,15 +220,17 @@ def serve(
     Without RUN, serves the default shipped model ('bonefrac models').
     """
     from bonefrac.rundir import DEFAULT_NAME, RunDir
+    from bonefrac.serving.app import check_open, resolve_token
     from bonefrac.serving.app import serve as run_server
 
     config = ServeConfig(
         host=host, port=port, backend=backend, max_body_bytes=int(max_body_mb * MIB),
         max_pixels=max_pixels, max_image_bytes=int(max_image_mb * MIB),
         max_concurrency=max_concurrency, queue=queue, allowed_hosts=allowed_host,
-        token_file=token_file, docs=docs, keep_alive_s=keep_alive_s,
+        token_file=token_file, allow_open=allow_open, docs=docs, keep_alive_s=keep_alive_s,
         body_timeout_s=body_timeout_s, max_connections=max_connections,
     )  # fmt: skip
+    check_open(host, resolve_token(config), allow_open)  # before the model loads
     run = RunDir.open(run or DEFAULT_NAME).path  # resolved; a missing model is one line
     render.serving(render.console, run, host, port)
     run_server(run, config)

@@ -38,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from bonefrac.config import ServeConfig
 from bonefrac.data.imageio import PNG_SIGNATURE, is_dicom_bytes
 from bonefrac.dicom.write import DicomOutError
-from bonefrac.errors import BonefracError, ImageDecodeError, ModelOutputError
+from bonefrac.errors import BonefracError, ConfigError, ImageDecodeError, ModelOutputError
 from bonefrac.rundir import missing_safeguards, warn_missing_safeguards
 from bonefrac.rundir.predictions import api_answer
 from bonefrac.serving.budget import check_budget, footprint
@@ -442,6 +442,26 @@ def resolve_token(config: ServeConfig) -> str | None:
     return read_token(config.token_file) if config.token_file else None
 
 
+def check_open(host: str, token: str | None, allow_open: bool) -> None:
+    """Closed by default: a non-loopback ``host`` without a token is a :class:`ConfigError`
+    unless ``allow_open`` says so (then a warning), because anyone who can reach the port
+    could upload radiographs and read the predictions."""
+    if is_loopback(host) or token is not None:
+        return
+    if not allow_open:
+        raise ConfigError(
+            f"refusing to serve on {host} without --token-file: anyone who can reach this port "
+            "could upload radiographs and read the predictions; give --token-file FILE (a "
+            "secret of at least 16 characters), listen on 127.0.0.1, or pass --allow-open to "
+            "serve without a token on a network you trust"
+        )
+    log.warning(
+        "serving on non-loopback address %s without a token (--allow-open): anyone who can "
+        "reach this port can upload images and read predictions",
+        host,
+    )
+
+
 def serve(run_dir: str | Path, config: ServeConfig | None = None) -> None:
     """Run the app with uvicorn (blocking).
 
@@ -453,12 +473,7 @@ def serve(run_dir: str | Path, config: ServeConfig | None = None) -> None:
 
     config = config or ServeConfig()
     token = resolve_token(config)  # a bad token file fails before the model loads
-    if not is_loopback(config.host) and token is None:
-        log.warning(
-            "serving on non-loopback address %s without --token-file: anyone who can reach "
-            "this port can upload images and read predictions",
-            config.host,
-        )
+    check_open(config.host, token, config.allow_open)
     limit_malloc_arenas()
 
     hosts = [*default_allowed_hosts(config.host), *(config.allowed_hosts or ())]
