@@ -57,8 +57,15 @@ class DataConfig(_Strict):
     batch_size: int = Field(16, ge=1)
     eval_batch_size: int = Field(32, ge=1)
     num_workers: int = Field(0, ge=0)
-    sampler: Literal["none", "weighted", "oversample"] = "none"
+    sampler: Literal["none", "weighted", "oversample", "source_balanced"] = "none"
+    """``weighted``: inverse class frequency; ``source_balanced``: each manifest source weighs
+    the same per epoch, its classes balanced within it (inverse (source, label) frequency)."""
     augment: Literal["none", "light", "medium", "strong"] = "medium"
+    randomise: list[Literal["acquisition", "geometry", "markers"]] = Field(default_factory=list)
+    """Extra training randomisation for an unseen site (docs/training.md): ``acquisition``
+    (intensity window, gamma, contrast, inversion, resolution, JPEG, blur/sharpen, noise),
+    ``geometry`` (rotations to 30 degrees, quarter turns, vertical flips), ``markers`` (burned-in
+    letters pasted and corners erased on both classes)."""
     cache: bool = True
     """Decode each image once, keep a resized uint8 copy in memory (RAM: ~2x image_size^2 B)."""
     cache_scale: float = Field(1.15, ge=1.0, le=4.0)

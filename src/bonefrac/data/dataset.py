@@ -275,14 +275,65 @@ def class_weights(labels: np.ndarray) -> np.ndarray:
     return (1.0 / counts)[labels]
 
 
-SAMPLERS = {"none": ShuffleSampler, "weighted": WeightedSampler, "oversample": OversampleSampler}
+class SourceBalancedSampler(WeightedSampler):
+    """Draws ``len(labels)`` indices with replacement so that each source weighs the same per
+    epoch and, within a source, each of its classes the same: weight of an image = 1 / (number
+    of sources x classes present in its source x images in its (source, label) cell). A site
+    with more images then teaches no more than another one (issue 37's balanced sources)."""
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        sources: np.ndarray,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        self.sources = np.asarray(sources).astype(str)
+        if len(self.sources) != len(labels):
+            raise ValueError(f"{len(self.sources)} sources for {len(labels)} labels")
+        super().__init__(labels, seed=seed, num_replicas=num_replicas, rank=rank)
+
+    def _check(self) -> None:
+        self.p = source_balanced_weights(self.labels, self.sources)
+
+
+def source_balanced_weights(labels: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """Per-sample probabilities of :class:`SourceBalancedSampler` (they sum to 1)."""
+    cells = pd.DataFrame({"source": np.asarray(sources).astype(str), "label": labels})
+    if cells.empty:
+        raise DataError("cannot balance sources: no training images")
+    cell_size = cells.groupby(["source", "label"])["label"].transform("size")
+    per_source = cells.groupby("source")["label"].transform("nunique")
+    n_sources = cells["source"].nunique()
+    return (1.0 / (n_sources * per_source * cell_size)).to_numpy(dtype=float)
+
+
+SAMPLERS = {
+    "none": ShuffleSampler,
+    "weighted": WeightedSampler,
+    "oversample": OversampleSampler,
+    "source_balanced": SourceBalancedSampler,
+}
 
 
 def make_sampler(
-    kind: str, labels: np.ndarray, seed: int = 0, num_replicas: int = 1, rank: int = 0
+    kind: str,
+    labels: np.ndarray,
+    seed: int = 0,
+    num_replicas: int = 1,
+    rank: int = 0,
+    sources: np.ndarray | None = None,
 ) -> _EpochSampler:
-    """``none`` (plain shuffling), ``weighted`` (inverse class frequency) or ``oversample``;
-    ``rank`` of ``num_replicas`` processes draws its share of each epoch."""
+    """``none`` (plain shuffling), ``weighted`` (inverse class frequency), ``oversample`` or
+    ``source_balanced`` (needs each image's ``sources``); ``rank`` of ``num_replicas``
+    processes draws its share of each epoch."""
     if kind not in SAMPLERS:
-        raise ValueError(f"unknown sampler {kind!r}: use none, weighted or oversample")
+        raise ValueError(f"unknown sampler {kind!r}: use one of {', '.join(SAMPLERS)}")
+    if kind == "source_balanced":
+        if sources is None:
+            raise DataError("sampler source_balanced needs each training image's source")
+        return SourceBalancedSampler(
+            labels, sources, seed=seed, num_replicas=num_replicas, rank=rank
+        )
     return SAMPLERS[kind](labels, seed=seed, num_replicas=num_replicas, rank=rank)

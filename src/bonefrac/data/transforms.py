@@ -7,7 +7,7 @@ One path from file to model input, so every stage sees the same pixels:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,27 +181,305 @@ class BoxKeepingResizedCrop(v2.RandomResizedCrop):
         return {"top": 0, "left": 0, "height": height, "width": width}
 
 
-def train_augment(size: int, level: str = "medium") -> v2.Transform:
+def train_augment(size: int, level: str = "medium", randomise: Sequence[str] = ()) -> v2.Transform:
     """Augmentations on a uint8 ``(1, C, C)`` tensor, ending at ``(1, size, size)``; boxes
-    passed with it move with it, and the crop keeps them whole (:class:`BoxKeepingResizedCrop`)."""
+    passed with it move with it, and the crop keeps them whole (:class:`BoxKeepingResizedCrop`).
+    ``randomise``: extra randomisation for an unseen site (:data:`RANDOMISE`)."""
     if level not in AUGMENT_LEVELS:
         raise ValueError(f"augment must be one of {AUGMENT_LEVELS}, got {level!r}")
-    if level == "none":
+    unknown = sorted(set(randomise) - set(RANDOMISE))
+    if unknown:
+        raise ValueError(f"randomise: unknown {unknown}; use any of {RANDOMISE}")
+    if level == "none" and not randomise:
         return v2.Resize((size, size), antialias=True)
     scale, degrees, jitter = {
+        "none": ((1.0, 1.0), 0, 0.0),
         "light": ((0.85, 1.0), 5, 0.1),
         "medium": ((0.7, 1.0), 10, 0.2),
         "strong": ((0.6, 1.0), 15, 0.3),
     }[level]
-    steps: list[v2.Transform] = [
-        BoxKeepingResizedCrop((size, size), scale=scale, ratio=(0.85, 1.18), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomRotation(degrees),
-        v2.ColorJitter(brightness=jitter, contrast=jitter),
-    ]
+    if "geometry" in randomise:
+        degrees = max(degrees, GEOMETRY_DEGREES)
+    steps: list[v2.Transform] = (
+        [v2.Resize((size, size), antialias=True)]
+        if level == "none"
+        else [
+            BoxKeepingResizedCrop((size, size), scale=scale, ratio=(0.85, 1.18), antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
+    )
+    if degrees:
+        steps.append(v2.RandomRotation(degrees))
+    if jitter:
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter))
     if level == "strong":
         steps += acquisition_variety()
+    if "geometry" in randomise:
+        steps += geometry_randomisation()
+    if "markers" in randomise:
+        steps += marker_randomisation()
+    if "acquisition" in randomise:
+        steps += acquisition_randomisation()
     return v2.Compose(steps)
+
+
+# --- randomisation for an unseen site (issue 37) ---------------------------------------------
+
+#: ``data.randomise`` choices: ``acquisition`` (intensity window, gamma, contrast, inversion,
+#: resolution, JPEG, blur/sharpen, noise), ``geometry`` (larger rotations, quarter turns,
+#: vertical flips), ``markers`` (burned-in letters pasted and corners erased, both classes).
+RANDOMISE = ("acquisition", "geometry", "markers")
+#: rotation range (degrees) with ``geometry``; the recipe's own is 10
+GEOMETRY_DEGREES = 30
+
+
+class _ImageOnly(v2.Transform):
+    """A pixel-value transform drawn once per call; boxes pass through untouched."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        if torch.rand(()) >= self.p:
+            return {"skip": True}
+        return {"skip": False, **self.draw(flat_inputs)}
+
+    def draw(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return _on_image(inpt, lambda img: img if params["skip"] else self.apply(img, params))
+
+    def apply(self, img: Tensor, params: dict[str, Any]) -> Tensor:
+        raise NotImplementedError
+
+
+def _on_image(inpt: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``fn`` on an image (plain tensor or ``tv_tensors.Image``); boxes and masks untouched."""
+    if isinstance(inpt, (tv_tensors.BoundingBoxes, tv_tensors.Mask)) or not isinstance(
+        inpt, Tensor
+    ):
+        return inpt
+    out = fn(inpt.as_subclass(Tensor))
+    return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+
+def _uniform(lo: float, hi: float) -> float:
+    return float(lo + (hi - lo) * torch.rand(()))
+
+
+class RandomPercentileWindow(_ImageOnly):
+    """Clip to a random low/high percentile window of the image's own (non-padding) pixels
+    and stretch it to 0-255: a site's exposure and look-up table, drawn at random."""
+
+    def __init__(
+        self, low: tuple[float, float] = (0.0, 5.0), high: tuple[float, float] = (95.0, 100.0),
+        p: float = 0.5,
+    ) -> None:  # fmt: skip
+        super().__init__(p)
+        self.low, self.high = low, high
+
+    def draw(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"low": _uniform(*self.low), "high": _uniform(*self.high)}
+
+    def apply(self, img: Tensor, params: dict[str, Any]) -> Tensor:
+        counts = torch.bincount(img.reshape(-1).long(), minlength=256)[1:]  # padding left out
+        total = int(counts.sum())
+        if total < 16:
+            return img
+        cum = counts.cumsum(0)
+        lo, hi = (
+            int(torch.searchsorted(cum, total * q / 100.0)) + 1
+            for q in (params["low"], params["high"])
+        )
+        if hi - lo < 1:
+            return img
+        out = (img.float() - lo) * (255.0 / (hi - lo))
+        return out.clamp(0, 255).round().to(torch.uint8)
+
+
+class RandomResolution(_ImageOnly):
+    """Down-sample by a random factor, then up again: a coarser detector or export."""
+
+    def __init__(self, factor: tuple[float, float] = (1.5, 4.0), p: float = 0.3) -> None:
+        super().__init__(p)
+        self.factor = factor
+
+    def draw(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"factor": _uniform(*self.factor)}
+
+    def apply(self, img: Tensor, params: dict[str, Any]) -> Tensor:
+        h, w = img.shape[-2:]
+        small = [max(8, round(h / params["factor"])), max(8, round(w / params["factor"]))]
+        down = v2.functional.resize(img, small, antialias=True)
+        return v2.functional.resize(down, [h, w], antialias=True)
+
+
+class RandomNoise(_ImageOnly):
+    """Additive Gaussian noise on uint8 pixels (sigma in grey levels), a quantum-noise stand-in."""
+
+    def __init__(self, sigma: tuple[float, float] = (2.0, 10.0), p: float = 0.3) -> None:
+        super().__init__(p)
+        self.sigma = sigma
+
+    def draw(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"sigma": _uniform(*self.sigma)}
+
+    def apply(self, img: Tensor, params: dict[str, Any]) -> Tensor:
+        noisy = img.float() + torch.randn(img.shape) * params["sigma"]
+        return noisy.clamp(0, 255).round().to(torch.uint8)
+
+
+def acquisition_randomisation() -> list[v2.Transform]:
+    """What differs between sites' detectors and exports, drawn per image: intensity window,
+    gamma, contrast, polarity (MONOCHROME1), resolution, JPEG re-compression, blur or sharpen,
+    noise. Pixel values only: the boxes stay where they are."""
+    return [
+        RandomPercentileWindow(p=0.5),
+        RandomGamma((0.5, 2.0), p=0.5),
+        v2.RandomAutocontrast(p=0.2),
+        v2.RandomEqualize(p=0.1),
+        v2.RandomInvert(p=0.2),
+        RandomResolution(p=0.3),
+        v2.RandomApply([v2.JPEG((20, 90))], p=0.3),
+        v2.RandomChoice(
+            [v2.GaussianBlur(5, sigma=(0.3, 1.5)), v2.RandomAdjustSharpness(3.0, p=1.0)]
+        ),
+        RandomNoise(p=0.3),
+    ]
+
+
+def geometry_randomisation() -> list[v2.Transform]:
+    """Orientations other sites export: quarter turns and vertical flips (with the recipe's
+    rotation widened to :data:`GEOMETRY_DEGREES`); boxes move with the image."""
+    quarter_turns = v2.RandomChoice(
+        [v2.RandomRotation((90, 90)), v2.RandomRotation((-90, -90)), v2.RandomRotation((180, 180))]
+    )
+    return [v2.RandomApply([quarter_turns], p=0.3), v2.RandomVerticalFlip(p=0.2)]
+
+
+#: what burned-in text looks like: laterality letters, view codes, a technician's initials
+MARKER_TEXTS = ("L", "R", "LT", "RT", "AP", "PA", "LAT", "OBL", "DX", "SIN", "AB", "12")
+
+
+class RandomMarkers(v2.Transform):
+    """Shortcut removal: burned-in markers put on both classes at random, so neither their
+    presence nor their absence tells the classes apart. With probability ``p_paste`` 1-3
+    letters (:data:`MARKER_TEXTS`, white or black, 6-16 % of the side, some boxed) are pasted
+    and with ``p_erase`` a corner is blacked out (hiding a site's own markers). Nothing is
+    drawn over a fracture box passed with the image (tried elsewhere, else left out)."""
+
+    TRIES = 10
+
+    def __init__(self, p_paste: float = 0.5, p_erase: float = 0.3) -> None:
+        super().__init__()
+        self.p_paste = p_paste
+        self.p_erase = p_erase
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        taken = occupied_boxes(flat_inputs)
+        side = min(height, width)
+        marks: list[dict[str, Any]] = []
+        if torch.rand(()) < self.p_paste:
+            for _ in range(int(torch.randint(1, 4, ()))):
+                size = max(6, round(side * _uniform(0.06, 0.16)))
+                text = MARKER_TEXTS[int(torch.randint(len(MARKER_TEXTS), ()))]
+                w, h = size * len(text) * 0.7 + 4, size + 4
+                place = self._place(taken, width, height, w, h, corner=False)
+                if place is not None:
+                    marks.append({
+                        "kind": "text", "text": text, "size": size, "xy": place,
+                        "value": 255 if torch.rand(()) < 0.8 else 0,
+                        "framed": bool(torch.rand(()) < 0.3),
+                    })  # fmt: skip
+        if torch.rand(()) < self.p_erase:
+            w, h = round(width * _uniform(0.08, 0.25)), round(height * _uniform(0.08, 0.25))
+            place = self._place(taken, width, height, w, h, corner=True)
+            if place is not None:
+                marks.append({"kind": "erase", "xy": place, "wh": (w, h)})
+        return {"marks": marks}
+
+    def _place(
+        self, taken: Tensor, width: int, height: int, w: float, h: float, corner: bool
+    ) -> tuple[int, int] | None:
+        """Top-left of a ``w x h`` patch near the border (or in a corner) clear of ``taken``."""
+        if w >= width or h >= height:
+            return None
+        for _ in range(self.TRIES):
+            if corner:
+                x = 0 if torch.rand(()) < 0.5 else width - w
+                y = 0 if torch.rand(()) < 0.5 else height - h
+            else:  # within the outer quarter of the frame, where sites burn their text
+                x = _uniform(0, width - w)
+                y = _uniform(0, height - h)
+                if 0.25 * width < x + w / 2 < 0.75 * width and 0.25 * height < y + h / 2 < (
+                    0.75 * height
+                ):
+                    continue
+            patch = torch.tensor([x, y, x + w, y + h])
+            clear = (
+                (taken[:, 0] >= patch[2])
+                | (taken[:, 2] <= patch[0])
+                | (taken[:, 1] >= patch[3])
+                | (taken[:, 3] <= patch[1])
+            )
+            if bool(clear.all()):
+                return round(x), round(y)
+        return None
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        marks = params["marks"]
+        return _on_image(inpt, lambda img: draw_marks(img, marks) if marks else img)
+
+
+def occupied_boxes(flat_inputs: list[Any], margin: float = 2.0) -> Tensor:
+    """XYXY ``(N, 4)`` of every box passed with the image, grown by ``margin`` px. Box outlines
+    (:func:`box_outlines`: groups of :data:`OUTLINE_POINTS` zero-size boxes) stand for the box
+    they enclose."""
+    found = []
+    for b in flat_inputs:
+        if not isinstance(b, tv_tensors.BoundingBoxes):
+            continue
+        xyxy = (
+            v2.functional.convert_bounding_box_format(
+                b, new_format=tv_tensors.BoundingBoxFormat.XYXY
+            )
+            .as_subclass(Tensor)
+            .reshape(-1, 4)
+            .float()
+        )
+        points = (xyxy[:, :2] == xyxy[:, 2:]).all()
+        if len(xyxy) and points and len(xyxy) % OUTLINE_POINTS == 0:
+            xyxy = outline_boxes(xyxy, 1 << 30)
+        found.append(xyxy)
+    boxes = torch.cat(found) if found else torch.zeros(0, 4)
+    return boxes + torch.tensor([-margin, -margin, margin, margin])
+
+
+def draw_marks(img: Tensor, marks: list[dict[str, Any]]) -> Tensor:
+    """uint8 ``(1, H, W)`` with :class:`RandomMarkers`' marks drawn in (a new tensor)."""
+    from PIL import ImageDraw, ImageFont
+
+    canvas = Image.fromarray(img[0].numpy().copy())
+    draw = ImageDraw.Draw(canvas)
+    for mark in marks:
+        x, y = mark["xy"]
+        if mark["kind"] == "erase":
+            w, h = mark["wh"]
+            draw.rectangle([x, y, x + w - 1, y + h - 1], fill=0)
+            continue
+        font = ImageFont.load_default(size=mark["size"])
+        draw.text((x + 2, y + 2), mark["text"], fill=mark["value"], font=font)
+        if mark["framed"]:
+            left, top, right, bottom = draw.textbbox((x + 2, y + 2), mark["text"], font=font)
+            draw.rectangle([left - 2, top - 2, right + 2, bottom + 2], outline=mark["value"])
+    return torch.from_numpy(np.asarray(canvas, dtype=np.uint8).copy()).unsqueeze(0)
+
+
+def marker_randomisation() -> list[v2.Transform]:
+    return [RandomMarkers()]
 
 
 def boxes_to_letterbox(

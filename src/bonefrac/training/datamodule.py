@@ -84,7 +84,7 @@ class FractureDataModule(L.LightningDataModule):
             "train": RadiographDataset(
                 frames["train"],
                 self.train_cache,
-                train_augment(cfg.image_size, cfg.augment),
+                train_augment(cfg.image_size, cfg.augment, cfg.randomise),
                 boxes=boxes,
                 min_box=min_box,
             ),
@@ -110,7 +110,8 @@ class FractureDataModule(L.LightningDataModule):
         world, rank = self._replicas()
         sampler: Sampler[int] | None = None
         if train:
-            sampler = make_sampler(self.cfg.sampler, ds.labels, self.seed, world, rank)
+            sources = ds.frame["source"].to_numpy() if "source" in ds.frame.columns else None
+            sampler = make_sampler(self.cfg.sampler, ds.labels, self.seed, world, rank, sources)
         elif world > 1:
             # each image on exactly one rank, none repeated to even out the ranks
             sampler = UnrepeatedDistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
