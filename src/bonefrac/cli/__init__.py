@@ -18,13 +18,18 @@ import typer
 from typer.core import TyperGroup
 
 from bonefrac.cli import data, evaluate, explain, models, node, predict, render, train, tune
+from bonefrac.cli.helptext import reflow_commands
 from bonefrac.errors import BonefracError
 
 
 class _FriendlyGroup(TyperGroup):
     """Every command: a known bad input (:class:`BonefracError`, an unreadable or unwritable
     file) is one red line naming the file and the fix, exit status 2, no traceback (``-v``
-    shows it)."""
+    shows it). Every command's help reads as sentences (:mod:`.helptext`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        reflow_commands(self)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
