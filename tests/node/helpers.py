@@ -223,9 +223,10 @@ class Orthanc:
                 time.sleep(0.2)
         raise RuntimeError("Orthanc did not answer on its REST port")
 
-    def stop(self) -> None:
+    def stop(self, graceful: bool = True) -> None:
+        """SIGTERM and wait (about 3 s); ``graceful=False``: SIGKILL (a test's clean-up)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -276,4 +277,4 @@ class Orthanc:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.stop(graceful=False)
