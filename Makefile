@@ -1,11 +1,12 @@
-# Quick start:  make demo   (install into .venv, build the data, train, evaluate, explain)
+# Quick start:  make demo   (install into .venv, build the data, train, evaluate, explain;
+#                            without data: the shipped model on the bundled samples, one page)
 #               make test   (install into .venv, lint, run the test suite)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Data: $BONEFRAC_DATA (a folder with fracatlas/ and optionally bone_fracture_yolo/),
-# else ../shared/data when it exists.
+# else ../shared/data when it exists; empty (make demo BONEFRAC_DATA=): the demo without data.
 BONEFRAC_DATA ?= $(shell [ -d ../shared/data/fracatlas ] && echo ../shared/data)
 DEMO ?= demo
 # The demo trains the default config (configs/lite0.yaml: localising Lite0, 224 px, 6 epochs)
@@ -28,12 +29,17 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	@if [ -z "$(BONEFRAC_DATA)" ] || [ ! -d "$(BONEFRAC_DATA)/fracatlas" ]; then \
-	  echo "No data found. Download FracAtlas (figshare, doi:10.6084/m9.figshare.22363012)"; \
-	  echo "and unpack it so that DATA/fracatlas/dataset.csv and DATA/fracatlas/images/ exist;"; \
-	  echo "optionally the Roboflow 'Bone Fracture Detection' v4 YOLO export"; \
-	  echo "(universe.roboflow.com/veda/bone-fracture-detection-daoon) as DATA/bone_fracture_yolo/."; \
-	  echo "Then run: make demo BONEFRAC_DATA=DATA"; exit 1; fi
+	@if [ -z "$(BONEFRAC_DATA)" ]; then \
+	  echo "No data: the shipped model on the bundled sample radiographs (bonefrac demo)."; \
+	  $(BIN)/bonefrac demo --out $(DEMO)/samples --force || exit $$?; \
+	  echo "To train as well: download FracAtlas (figshare, doi:10.6084/m9.figshare.22363012)"; \
+	  echo "so that DATA/fracatlas/dataset.csv and DATA/fracatlas/images/ exist (optionally the"; \
+	  echo "Roboflow 'Bone Fracture Detection' v4 YOLO export as DATA/bone_fracture_yolo/), then"; \
+	  echo "run: make demo BONEFRAC_DATA=DATA"; exit 0; fi
+	@if [ ! -d "$(BONEFRAC_DATA)/fracatlas" ]; then \
+	  echo "$(BONEFRAC_DATA)/fracatlas: not found. Unpack FracAtlas (figshare,"; \
+	  echo "doi:10.6084/m9.figshare.22363012) so that it holds dataset.csv and images/;"; \
+	  echo "or run 'make demo BONEFRAC_DATA=' for the demo without data."; exit 1; fi
 	$(BIN)/bonefrac data build --fracatlas $(BONEFRAC_DATA)/fracatlas \
 	  $$( [ -d $(BONEFRAC_DATA)/bone_fracture_yolo ] && echo --yolo $(BONEFRAC_DATA)/bone_fracture_yolo ) \
 	  --out $(DEMO)/data --force

@@ -17,7 +17,18 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from bonefrac.cli import data, evaluate, explain, models, node, predict, render, train, tune
+from bonefrac.cli import (
+    data,
+    demo,
+    evaluate,
+    explain,
+    models,
+    node,
+    predict,
+    render,
+    train,
+    tune,
+)
 from bonefrac.cli.helptext import reflow_commands
 from bonefrac.errors import BonefracError
 
@@ -66,6 +77,7 @@ for command in (
     *predict.COMMANDS,
     *models.COMMANDS,
     *node.COMMANDS,
+    *demo.COMMANDS,
 ):  # the order of 'bonefrac --help'
     app.command()(command)
 
@@ -77,7 +89,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("PIL", "matplotlib", "fsspec", "urllib3"):
+    for noisy in ("PIL", "matplotlib", "fsspec", "urllib3", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Lightning prints through its own handler on the "lightning" logger; propagating to ours
     # as well showed every message twice. Its litlogger advertisement is dropped.

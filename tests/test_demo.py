@@ -1,0 +1,67 @@
+"""'make demo' without data: the shipped model on the bundled samples, into one results page."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from bonefrac.demo import CSV, PAGE, read_samples, run_demo
+from bonefrac.errors import ConfigError
+from bonefrac.inference.batch import read_rows
+from bonefrac.rundir.predictions import DECISION, ERROR, PATH
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return run_demo(tmp_path_factory.mktemp("demo") / "samples")
+
+
+def test_the_demo_writes_the_page_naming_each_sample_and_its_decision(demo) -> None:
+    page = demo.page.read_text(encoding="utf-8")
+    names = [*read_samples()["file"], "IMG0002472.dcm"]
+    assert [s.name for s in demo.samples] == names
+    for sample in demo.samples:
+        card = page.split(f"<h2>{html.escape(sample.name)}</h2>", 1)[1].split("</section>", 1)[0]
+        assert f'<p class="decision">{sample.decision}</p>' in card
+        assert sample.decision in {"fracture", "no_fracture", "refer"}
+        assert f'src="{sample.overlay}"' in card and (demo.out / sample.overlay).is_file()
+
+
+def test_the_demo_writes_the_predictions_csv_and_a_dicom_sc_and_sr(demo) -> None:
+    rows = read_rows(demo.out / CSV)
+    assert len(rows) == 6 and not any(r[ERROR] for r in rows)
+    assert [r[DECISION] for r in rows] == [s.decision for s in demo.samples]
+    assert Path(rows[-1][PATH]).suffix == ".dcm"
+    files = [pydicom.dcmread(p) for p in demo.dicom_files]
+    assert len(files) == 2
+    (sc,) = [d for d in files if "Secondary Capture" in d.SOPClassUID.name]
+    (sr,) = [d for d in files if d.Modality == "SR"]
+    source = pydicom.dcmread(demo.out / "inputs" / "IMG0002472.dcm")
+    assert source.Modality == "CR"
+    assert sc.StudyInstanceUID == sr.StudyInstanceUID == source.StudyInstanceUID
+
+
+def test_the_dicom_sample_agrees_with_its_jpeg(demo) -> None:
+    by_name = {s.name: s for s in demo.samples}
+    jpeg, dicom = by_name["IMG0002472.jpg"], by_name["IMG0002472.dcm"]
+    assert dicom.decision == jpeg.decision
+    assert dicom.probability == pytest.approx(jpeg.probability, abs=0.02)
+
+
+def test_a_second_demo_into_the_same_folder_needs_force(demo) -> None:
+    keep = demo.out / "mine.txt"
+    keep.write_text("not the demo's")
+    with pytest.raises(ConfigError, match="--force"):
+        run_demo(demo.out)
+    assert keep.read_text() == "not the demo's"
+
+
+def test_make_demo_without_data_runs_the_demo() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "bonefrac demo --out $(DEMO)/samples" in makefile
+    assert PAGE == "index.html"
