@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,8 @@ from bonefrac.rundir import RunDir
 SPEC = REPO / "bench" / "unseen_site.yaml"
 RESULTS = REPO / "bench" / "results" / "unseen_site"
 RECORD = "record.json"
+#: the key the ensemble's one score goes under where seeds go
+ENSEMBLE_SEED = -1
 #: the val threshold's criterion (DeployConfig.threshold's default) and the rule-out cut's
 THRESHOLD_CRITERION = "f1"
 RULE_OUT_CRITERION = "sensitivity:0.95"
@@ -91,8 +94,8 @@ def overrides(spec: dict[str, Any], setting: str, arm: str, seed: int) -> list[s
     return sets + list(spec["arms"][arm])
 
 
-def train_run(spec: dict[str, Any], manifest: Path, run: Path, sets: list[str], log: Path) -> float:
-    """Train (or resume) one run in a nice'd subprocess; return its wall seconds."""
+def train_command(spec: dict[str, Any], manifest: Path, run: Path, sets: list[str]) -> list[str]:
+    """The nice'd ``bonefrac train`` of one run (``--resume`` when a checkpoint is there)."""
     bonefrac = str(REPO / ".venv" / "bin" / "bonefrac")
     if (run / "checkpoints" / "last.ckpt").is_file():
         cmd = [bonefrac, "train", "--resume", str(run), "--no-deploy", "--no-progress"]
@@ -100,13 +103,7 @@ def train_run(spec: dict[str, Any], manifest: Path, run: Path, sets: list[str], 
         cmd = [bonefrac, "train", "--config", str(REPO / spec["recipe"]["config"])]
         cmd += ["--manifest", str(manifest), "--out", str(run), "--no-deploy", "--force"]
         cmd += ["--no-progress"] + [a for s in sets for a in ("--set", s)]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with log.open("a", encoding="utf-8") as fh:
-        fh.write(" ".join(cmd) + "\n")
-        fh.flush()
-        subprocess.run(["nice", "-n", "5", *cmd], check=True, stdout=fh, stderr=subprocess.STDOUT)
-    return round(time.perf_counter() - start, 1)
+    return ["nice", "-n", "5", *cmd]
 
 
 def predict_external(run: Path, manifest: Path, name: str, tta: bool = False) -> None:
@@ -133,37 +130,104 @@ def store(run: Path, rec: Path, info: dict[str, Any]) -> None:
     tmp.rename(rec)
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_pid(lock: Path) -> int | None:
+    """The pid a run's lock names while that process lives (a training in progress)."""
+    try:
+        pid = int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if alive(pid) else None
+
+
+def live_trainings(work: Path) -> int:
+    return sum(lock_pid(lock) is not None for lock in (work / "runs").glob("*/*.lock"))
+
+
+def finished(run: Path) -> bool:
+    return (run / "metrics.json").is_file() and (run / "model.safetensors").is_file()
+
+
 def run_arm(args: argparse.Namespace, spec: dict[str, Any]) -> None:
+    """Train every (arm, seed) without a record, at most ``--parallel`` trainings at a time
+    (counting any other process's, by their locks: WORK/runs/<setting>/<arm>_s<seed>.lock
+    holds the trainer's pid), then predict the unseen site and store the record."""
     manifests = build_manifests(spec, args.work, args.data)
     setting = spec["settings"][args.setting]
     external = setting["unseen"].get("external")
-    for seed in args.seeds:
-        rec = record_dir(args.setting, args.arm, seed)
-        if (rec / RECORD).is_file():
-            print(f"[skip] {args.setting} {args.arm} s{seed}: {rec} exists", flush=True)
-            continue
-        run = args.work / "runs" / args.setting / f"{args.arm}_s{seed}"
-        sets = overrides(spec, args.setting, args.arm, seed)
-        wall = None
-        if not (run / "metrics.json").is_file() or not (run / "model.safetensors").is_file():
-            print(f"[run ] {args.setting} {args.arm} s{seed}: {' '.join(sets)}", flush=True)
-            log = args.work / "logs" / f"{args.setting}_{args.arm}_s{seed}.log"
-            wall = train_run(spec, manifests[setting["manifest"]], run, sets, log)
-        if external and not RunDir(run).prediction_path(external).is_file():
-            predict_external(run, manifests[external], external)
-        info = {
-            "setting": args.setting,
-            "arm": args.arm,
-            "seed": seed,
-            "overrides": sets,
-            "config": spec["recipe"]["config"],
-            "train_wall_seconds": wall,
-            "hardware": machine(),
-            "commit": git_commit(),
-            "date": time.strftime("%Y-%m-%d %H:%M"),
-        }
-        store(run, rec, info)
-        print(f"[done] {args.setting} {args.arm} s{seed} in {wall} s -> {rec}", flush=True)
+    jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]  # pairs finish together
+    running: dict[tuple[str, int], tuple[subprocess.Popen, float]] = {}
+    done: set[tuple[str, int]] = set()
+    while len(done) < len(jobs):
+        for arm, seed in jobs:
+            if (arm, seed) in done:
+                continue
+            rec = record_dir(args.setting, arm, seed)
+            run = args.work / "runs" / args.setting / f"{arm}_s{seed}"
+            lock = run.with_name(run.name + ".lock")
+            if (rec / RECORD).is_file():
+                print(f"[skip] {args.setting} {arm} s{seed}: {rec} exists", flush=True)
+                done.add((arm, seed))
+                continue
+            if (arm, seed) in running:
+                proc, start = running[(arm, seed)]
+                if proc.poll() is None:
+                    continue
+                del running[(arm, seed)]
+                lock.unlink(missing_ok=True)
+                if proc.returncode != 0 or not finished(run):
+                    print(
+                        f"[fail] {args.setting} {arm} s{seed}: exit {proc.returncode}", flush=True
+                    )
+                    done.add((arm, seed))
+                    continue
+            elif lock_pid(lock) is not None:
+                continue  # another process trains it
+            elif not finished(run):
+                if live_trainings(args.work) >= args.parallel:
+                    continue
+                sets = overrides(spec, args.setting, arm, seed)
+                log = args.work / "logs" / f"{args.setting}_{arm}_s{seed}.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                run.parent.mkdir(parents=True, exist_ok=True)
+                cmd = train_command(spec, manifests[setting["manifest"]], run, sets)
+                with log.open("a", encoding="utf-8") as fh:
+                    fh.write(" ".join(cmd) + "\n")
+                    fh.flush()
+                    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+                lock.write_text(str(proc.pid))
+                running[(arm, seed)] = (proc, time.perf_counter())
+                print(f"[run ] {args.setting} {arm} s{seed}: {' '.join(sets)}", flush=True)
+                continue
+            if external and not RunDir(run).prediction_path(external).is_file():
+                predict_external(run, manifests[external], external)
+            meta = RunDir(run).raw_meta()
+            info = {
+                "setting": args.setting,
+                "arm": arm,
+                "seed": seed,
+                "overrides": overrides(spec, args.setting, arm, seed),
+                "config": spec["recipe"]["config"],
+                "train_seconds": meta.get("train_seconds"),
+                "epochs_trained": meta.get("epochs_trained"),
+                "hardware": machine(),
+                "commit": git_commit(),
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+            }
+            store(run, rec, info)
+            done.add((arm, seed))
+            print(f"[done] {args.setting} {arm} s{seed} -> {rec}", flush=True)
+        if len(done) < len(jobs):
+            time.sleep(20)
 
 
 def run_tta(args: argparse.Namespace, spec: dict[str, Any]) -> None:
@@ -174,11 +238,11 @@ def run_tta(args: argparse.Namespace, spec: dict[str, Any]) -> None:
     manifests = build_manifests(spec, args.work, args.data)
     setting = spec["settings"][args.setting]
     external = setting["unseen"].get("external")
-    for seed in args.seeds:
-        rec = record_dir(args.setting, args.arm, seed)
-        run = args.work / "runs" / args.setting / f"{args.arm}_s{seed}"
+    for arm, seed in [(a, s) for a in args.arms for s in args.seeds]:
+        rec = record_dir(args.setting, arm, seed)
+        run = args.work / "runs" / args.setting / f"{arm}_s{seed}"
         if not (rec / RECORD).is_file() or not (run / "model.safetensors").is_file():
-            print(f"[tta ] {args.setting} {args.arm} s{seed}: no finished run, skipped", flush=True)
+            print(f"[tta ] {args.setting} {arm} s{seed}: no finished run, skipped", flush=True)
             continue
         stored = RunDir(rec)
         names = ["val", "test"] + ([external] if external else [])
@@ -192,7 +256,7 @@ def run_tta(args: argparse.Namespace, spec: dict[str, Any]) -> None:
             out = predict_run_frame(run, rows.reset_index(drop=True), progress=False, tta=True)
             with atomic_open(target, "wb") as fh:
                 out.predictions.to_csv(fh, index=False, compression="gzip")
-            print(f"[tta ] {args.setting} {args.arm} s{seed}: {target}", flush=True)
+            print(f"[tta ] {args.setting} {arm} s{seed}: {target}", flush=True)
 
 
 # --- scoring ---------------------------------------------------------------------------------
@@ -298,19 +362,20 @@ COLUMNS = (
 )
 
 
-def mean_sd(values: list[float]) -> str:
+def mean_sd(values: list[float], sign: bool = False) -> str:
     v = np.array([x for x in values if not math.isnan(x)])
+    fmt = "+.3f" if sign else ".3f"
     if len(v) == 0:
         return "n/a"
     if len(v) == 1:
-        return f"{v[0]:.3f}"
-    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
+        return f"{v[0]:{fmt}}"
+    return f"{v.mean():{fmt}} ± {v.std(ddof=1):.3f}"
 
 
 def arm_table(scores: dict[int, dict[str, Any]], sites: list[str]) -> str:
     """One arm of one setting: a row per site, mean ± sd over seeds and the per-seed values."""
     seeds = sorted(scores)
-    head = ["site", "n (pos)"] + [c for c, _ in COLUMNS]
+    head = ["site", "n (fractured)"] + [c for c, _ in COLUMNS]
     rows = []
     for site in sites:
         per = [scores[s]["sites"].get(site) for s in seeds]
@@ -325,10 +390,13 @@ def arm_table(scores: dict[int, dict[str, Any]], sites: list[str]) -> str:
     ci_rows = []
     for s in seeds:
         roc = scores[s]["sites"].get("unseen", {}).get("roc_auc")
-        ci_rows.append(f"s{s}: {format_ci(roc)}")
+        ci_rows.append(f"{'s' + str(s) if s != ENSEMBLE_SEED else 'ensemble'}: {format_ci(roc)}")
+    seeds_txt = (
+        "the ensemble" if seeds == [ENSEMBLE_SEED] else f"seeds {', '.join(map(str, seeds))}"
+    )
     return (
         markdown_table(head, rows)
-        + f"\nSeeds {', '.join(map(str, seeds))} (per-seed values in brackets). Unseen ROC-AUC"
+        + f"\nMean ± sd over {seeds_txt} (per-seed values in brackets). Unseen ROC-AUC"
         f" with 95% CI: {'; '.join(ci_rows)}.\n"
     )
 
@@ -349,9 +417,7 @@ def paired_table(
                 - value(base[s]["sites"][site].get(metric))
                 for s in seeds
             ]
-            row.append(
-                f"{mean_sd(diffs).replace('0.', '.')} ({', '.join(f'{d:+.3f}' for d in diffs)})"
-            )
+            row.append(f"{mean_sd(diffs, sign=True)} ({', '.join(f'{d:+.3f}' for d in diffs)})")
         rows.append(row)
     return markdown_table(head, rows) + f"\nPaired over seeds {', '.join(map(str, seeds))}.\n"
 
@@ -399,8 +465,8 @@ def report(args: argparse.Namespace, spec: dict[str, Any]) -> str:
             arm, seed = info["arm"], int(info["seed"])
             raw.setdefault(arm, {})[seed] = frames
             arms.setdefault(arm, {})[seed] = score_frames(frames, args.n_boot)
-            if info.get("train_wall_seconds"):
-                walls.setdefault(arm, []).append(info["train_wall_seconds"])
+            if info.get("train_seconds"):
+                walls.setdefault(arm, []).append(info["train_seconds"])
             tta = frames_of(rec, spec, prefix="tta_")
             if tta is not None:
                 arms.setdefault(f"{arm}+hflip_tta", {})[seed] = score_frames(tta, args.n_boot)
@@ -409,7 +475,17 @@ def report(args: argparse.Namespace, spec: dict[str, Any]) -> str:
         if len(raw.get("baseline", {})) >= 2:
             members = [raw["baseline"][s] for s in sorted(raw["baseline"])]
             ens = score_frames(ensemble_frames(members), args.n_boot)
-            arms["baseline_ensemble"] = {0: ens}
+            arms["baseline_ensemble"] = {ENSEMBLE_SEED: ens}
+        arms = dict(
+            sorted(
+                arms.items(),
+                key=lambda kv: (
+                    kv[0] != "baseline",
+                    "+" in kv[0] or kv[0].endswith("_ensemble"),
+                    kv[0],
+                ),
+            )
+        )
         sites = ["unseen"] + sorted(
             {k for a in arms.values() for sc in a.values() for k in sc["sites"] if k != "unseen"}
         )
@@ -441,7 +517,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("command", choices=("run", "tta", "report"))
     ap.add_argument("--spec", type=Path, default=SPEC)
-    ap.add_argument("--arm", default="baseline")
+    ap.add_argument("--arm", default="baseline", help="arm(s), comma-separated")
+    ap.add_argument("--parallel", type=int, default=1, help="trainings at a time (all of WORK's)")
     ap.add_argument("--setting", default="fa_bfy_to_sr2022")
     ap.add_argument("--seeds", default=None, help="comma-separated (default: the spec's)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/unseen_site"), help="runs + data")
@@ -453,6 +530,10 @@ def main() -> None:
     if args.setting not in spec["settings"]:
         raise SystemExit(f"unknown setting {args.setting!r}: one of {sorted(spec['settings'])}")
     args.seeds = [int(s) for s in (args.seeds.split(",") if args.seeds else spec["seeds"])]
+    args.arms = [a.strip() for a in args.arm.split(",") if a.strip()]
+    for arm in args.arms:
+        if arm not in spec["arms"]:
+            raise SystemExit(f"unknown arm {arm!r}: one of {sorted(spec['arms'])}")
     if args.command == "run":
         run_arm(args, spec)
     elif args.command == "tta":
