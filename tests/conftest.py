@@ -74,7 +74,8 @@ def loc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ready_run(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
     """A copy of ``tiny_run`` with all four safeguards, fitted by the functions the commands
-    use: tuned threshold (f1), temperature, out-of-scope detector, refer rule (0.9).
+    use: temperature, the two cuts (rule-in at specificity 0.95, rule-out at sensitivity
+    0.95), out-of-scope detector.
 
     Treat it as read-only; copy it (shutil.copytree) before modifying.
     """
@@ -86,10 +87,9 @@ def ready_run(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
 
     run = tmp_path_factory.mktemp("ready") / "tiny"
     shutil.copytree(tiny_run, run)
-    tune_threshold(run, "f1")
     calibrate_run(run)
+    tune_threshold(run, "specificity:0.95", rule_out_sensitivity=0.95)
     fit_ood(run, "mahalanobis")
-    tune_threshold(run, None, refer_coverage=0.9)  # last: a new temperature drops the rule
     return run
 
 

@@ -257,20 +257,35 @@ def parse_criterion(criterion: str) -> tuple[str, float | None]:
 
 class DeployConfig(_Strict):
     """What ``bonefrac train`` fits on val after training, so the run it leaves is deployable
-    (``bonefrac train --no-deploy`` skips all four; the separate commands refit them)."""
+    (``bonefrac train --no-deploy`` skips every step; the separate commands refit them).
 
+    The decision rule, by default, has two cuts (docs/evaluation.md): ``no_fracture`` only
+    below a rule-out cut fitted for ``rule_out_sensitivity``, ``fracture`` at or above a
+    rule-in cut fitted for ``rule_in_specificity``, ``refer`` between. ``threshold`` and
+    ``refer_coverage`` are the one-cut rule (a threshold with a refer band on uncertainty),
+    used only when the corresponding two-cut key is ``null``.
+    """
+
+    rule_out_sensitivity: float | None = Field(0.95, gt=0.0, lt=1.0)
+    """The share of val fractures flagged (``fracture`` or ``refer``): ``no_fracture`` only
+    below the cut that reaches it; ``null``: no rule-out cut (then ``refer_coverage`` may
+    set a refer band)."""
+    rule_in_specificity: float | None = Field(0.95, gt=0.0, lt=1.0)
+    """The share of val normals kept from a ``fracture`` call: the rule-in cut; ``null``: the
+    rule-in cut is chosen by ``threshold``."""
     threshold: str = "f1"
-    """``f1`` | ``youden`` | ``sensitivity:<x>`` | ``specificity:<x>`` | ``none`` (keep 0.5)."""
+    """With ``rule_in_specificity: null``: ``f1`` | ``youden`` | ``sensitivity:<x>`` |
+    ``specificity:<x>`` | ``none`` (keep 0.5)."""
     calibrate: bool = True
     """Fit the temperature on val logits (``bonefrac calibrate``)."""
-    refer_coverage: float | None = Field(0.9, gt=0.0, le=1.0)
-    """Fit a refer rule answering this share of val images (``bonefrac threshold
-    --refer-coverage``); ``null``: no refer rule."""
+    refer_coverage: float | None = Field(None, gt=0.0, le=1.0)
+    """The one-cut rule's refer band, answering this share of val images (``bonefrac threshold
+    --refer-coverage``); only with ``rule_out_sensitivity: null``."""
     refer_tta: bool = False
-    """Also try the test-time augmentation spread as the refer score (8 model calls per val
-    image to fit; kept only when it ranks val errors clearly better than the free scores). Off
-    by default: measured, it ranked errors far worse than ``p_error`` (BENCHMARKS.md, "Safe and
-    useful by default") and makes every prediction 8 model calls."""
+    """Also try the test-time augmentation spread as the refer band's score (8 model calls per
+    val image to fit; kept only when it ranks val errors clearly better than the free scores).
+    Off by default: measured, it ranked errors far worse than ``p_error`` (BENCHMARKS.md) and
+    makes every prediction 8 model calls."""
     ood: Literal["mahalanobis", "energy", "none"] = "mahalanobis"
     """Out-of-scope detector (``bonefrac ood --method``); ``none``: no detector."""
     ood_max_images: int = Field(2000, ge=10)
@@ -287,6 +302,22 @@ class DeployConfig(_Strict):
         except ConfigError as exc:
             raise ValueError(f"{exc}, or none") from None
         return name if target is None else f"{name}:{target:g}"
+
+    @model_validator(mode="after")
+    def _one_refer_rule(self) -> DeployConfig:
+        if self.rule_out_sensitivity is not None and self.refer_coverage is not None:
+            raise ValueError(
+                "deploy.refer_coverage needs deploy.rule_out_sensitivity: null (a run has the "
+                "two-cut rule or a refer band, not both)"
+            )
+        return self
+
+    @property
+    def rule_in_criterion(self) -> str | None:
+        """The threshold criterion of the rule-in cut (``None``: keep the threshold)."""
+        if self.rule_in_specificity is not None:
+            return f"specificity:{self.rule_in_specificity:g}"
+        return None if self.threshold == "none" else self.threshold
 
 
 class ExperimentConfig(_Strict):

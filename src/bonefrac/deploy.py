@@ -4,8 +4,9 @@ After the fit, on the val split only (never test) and with the same functions th
 commands use, :func:`deploy_run` fits, in this order and as the config's ``deploy`` block asks:
 
 1. the temperature (``bonefrac calibrate``);
-2. the decision threshold and the refer rule on the calibrated probabilities
-   (``bonefrac threshold --criterion ... --refer-coverage ...``);
+2. the decision rule on the calibrated probabilities: by default the two cuts, rule-in
+   (``--criterion specificity:X``) and rule-out (``--rule-out-sensitivity X``), else a
+   threshold with a refer band (``bonefrac threshold --criterion ... --refer-coverage ...``);
 3. the out-of-scope detector (``bonefrac ood --method ...``).
 
 Each lands in model.json exactly as its command writes it. A fit that cannot be done (a val
@@ -33,7 +34,8 @@ from bonefrac.errors import BonefracError
 from bonefrac.evaluation.calibration import calibrate_run
 from bonefrac.evaluation.ood import fit_ood
 from bonefrac.evaluation.thresholds import tune_threshold
-from bonefrac.rundir import RUN_SPLITS, RunDir, metrics_entry, run_probabilities
+from bonefrac.rundir import RUN_SPLITS, RunDir, metrics_entry, run_decisions, run_probabilities
+from bonefrac.rundir.predictions import LABEL
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def _one_class(run: RunDir) -> str | None:
     """Why val cannot tune anything that needs both classes, or None when it can."""
     val = run.predictions("val")
     n = len(val)
-    n_pos = int((val["label"].astype(int) == 1).sum())
+    n_pos = int((val[LABEL].astype(int) == 1).sum())
     if 0 < n_pos < n:
         return None
     which = "fractured" if n_pos else "not fractured"
@@ -105,16 +107,18 @@ def deploy_run(run_dir: str | Path, config: DeployConfig) -> DeployReport:
         step("calibrate", True, lambda: _calibrate(run.path))
     else:
         report.skipped.append("calibrate")
-    tune_on = config.threshold != "none"
-    if not tune_on:
+    criterion = config.rule_in_criterion
+    rule_out = config.rule_out_sensitivity
+    if criterion is None:
         report.skipped.append("threshold")
-    if config.refer_coverage is None:
+    if rule_out is None and config.refer_coverage is None:
         report.skipped.append("refer")
-    if tune_on or config.refer_coverage is not None:
-        # one call tunes the threshold and fits the refer rule at it, as the command does
-        name = "threshold" if tune_on else "refer"
+    if criterion is not None or rule_out is not None or config.refer_coverage is not None:
+        # one call tunes the rule-in cut and the refer rule at it, as the command does
+        name = "threshold" if criterion is not None else "refer"
         step(name, True, lambda: _threshold(run.path, config, report))
-        if name in report.failed and tune_on and config.refer_coverage is not None:
+        refers = rule_out is not None or config.refer_coverage is not None
+        if name in report.failed and criterion is not None and refers:
             report.failed["refer"] = "not fitted: the threshold step failed"
     if config.ood != "none":
         step("ood", False, lambda: _ood(run.path, config))
@@ -151,13 +155,28 @@ def _calibrate(run: Path) -> str:
 
 
 def _threshold(run: Path, config: DeployConfig, report: DeployReport) -> str:
-    criterion = None if config.threshold == "none" else config.threshold
+    criterion = config.rule_in_criterion
     result = tune_threshold(
-        run, criterion, refer_coverage=config.refer_coverage, refer_tta=config.refer_tta
+        run,
+        criterion,
+        refer_coverage=config.refer_coverage,
+        refer_tta=config.refer_tta,
+        rule_out_sensitivity=config.rule_out_sensitivity,
     )
-    rule = result.get("refer")
     refer_line = None
-    if rule:
+    rule_out = result.get("rule_out")
+    rule = result.get("refer")
+    if rule_out:
+        sens = rule_out["val_sensitivity"]
+        refer_line = (
+            f"rule-out cut {rule_out['applied']:.4f} (val sensitivity {sens['value']:.3f} "
+            f"[{sens['ci_low']:.3f}, {sens['ci_high']:.3f}] for a target of "
+            f"{rule_out['target']:g}; {rule_out['val_normals_cleared']:.1%} of val normals "
+            "cleared)"
+        )
+        if rule_out.get("warning"):
+            refer_line += f"; warning: {rule_out['warning']}"
+    elif rule:
         aurocs = ", ".join(
             f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in rule["error_auroc"].items()
         )
@@ -169,7 +188,7 @@ def _threshold(run: Path, config: DeployConfig, report: DeployReport) -> str:
         return refer_line or "no refer rule"
     if refer_line:
         report.fitted["refer"] = refer_line
-    return f"threshold {result['new_threshold']:.4f} ({criterion} on val)"
+    return f"rule-in threshold {result['new_threshold']:.4f} ({criterion} on val)"
 
 
 def _ood(run: Path, config: DeployConfig) -> str:
@@ -187,6 +206,6 @@ def _refresh_metrics(run: RunDir) -> None:
         if not run.prediction_path(split).is_file():
             continue
         preds = run.predictions(split)
-        run.merge_metrics(
-            split, metrics_entry(preds["label"].to_numpy(), run_probabilities(preds, meta), meta)
-        )
+        y, prob = preds[LABEL].to_numpy(), run_probabilities(preds, meta)
+        entry = metrics_entry(y, prob, meta, decisions=run_decisions(preds, meta))
+        run.merge_metrics(split, entry)

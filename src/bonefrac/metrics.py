@@ -392,3 +392,81 @@ def coverage_cutoff(uncertainty: Any, coverage: float) -> float:
         raise ValueError(f"coverage {coverage} must be in (0, 1]")
     k = max(1, math.ceil(round(coverage * len(u), 9)))
     return float(u[k - 1])
+
+
+# --- decisions: what a second reader's user sees ---------------------------------------------
+
+#: Decision metrics, misses first (``decision_metrics``): the share of fractured images called
+#: ``no_fracture`` (the costly error of a second reader), the share of normals cleared as
+#: ``no_fracture`` (the work it saves), the share referred, and the PPV of ``fracture`` calls.
+DECISION_METRIC_NAMES = ("miss_rate", "normals_cleared", "referred", "fracture_ppv")
+
+
+def decision_metrics(
+    y_true: Any,
+    decisions: Any,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> dict[str, dict]:
+    """Decision metrics (:data:`DECISION_METRIC_NAMES`) of ``decisions`` (the vocabulary words
+    ``fracture`` / ``no_fracture`` / ``refer`` / ``out_of_scope``) against ``y_true``, with
+    stratified percentile-bootstrap CIs (positives and negatives resampled apart, as in
+    :func:`compute_metrics`).
+
+    ``miss_rate``: fractured called ``no_fracture``, over all fractured (an ``out_of_scope``
+    fractured image is no miss: it got no answer, and is counted under ``out_of_scope``);
+    ``normals_cleared``: not fractured called ``no_fracture``, over all not fractured;
+    ``referred``: ``refer`` over all; ``fracture_ppv``: fractured among ``fracture`` calls.
+    Also ``"counts"`` (decision -> {"pos", "neg"}) and ``"out_of_scope"`` (its share).
+    """
+    y = np.asarray(y_true).astype(int).ravel()
+    d = np.asarray(decisions, dtype=object).ravel()
+    if y.shape != d.shape:
+        raise ValueError(f"y_true and decisions differ in length: {len(y)} vs {len(d)}")
+    words = ("fracture", "no_fracture", "refer", "out_of_scope")
+    unknown = sorted({str(v) for v in d} - set(words))
+    if unknown:
+        raise ValueError(f"unknown decision(s) {unknown}; expected one of {list(words)}")
+    pos, neg = y == 1, y == 0
+    counts = np.array([[np.sum((d == w) & pos), np.sum((d == w) & neg)] for w in words], float)
+
+    def rates(c: np.ndarray) -> dict[str, np.ndarray]:
+        """``c``: (..., 4 words, 2 classes) counts -> each rate, NaN where undefined."""
+        fx, nf, rf, oos = (c[..., i, :] for i in range(4))
+        n_pos, n_neg = c[..., :, 0].sum(-1), c[..., :, 1].sum(-1)
+        n = n_pos + n_neg
+        called = fx[..., 0] + fx[..., 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return {
+                "miss_rate": np.where(n_pos > 0, nf[..., 0] / n_pos, np.nan),
+                "normals_cleared": np.where(n_neg > 0, nf[..., 1] / n_neg, np.nan),
+                "referred": np.where(n > 0, (rf[..., 0] + rf[..., 1]) / n, np.nan),
+                "fracture_ppv": np.where(called > 0, fx[..., 0] / np.maximum(called, 1), np.nan),
+                "out_of_scope": np.where(n > 0, (oos[..., 0] + oos[..., 1]) / n, np.nan),
+            }
+
+    point = rates(counts)
+    dist: dict[str, np.ndarray] = {}
+    if n_boot > 0 and len(y):
+        rng = np.random.default_rng(seed)
+        draws = np.zeros((int(n_boot), len(words), 2))
+        for k in range(2):  # a stratified resample of one class is a multinomial draw
+            total = counts[:, k].sum()
+            if total > 0:
+                draws[:, :, k] = rng.multinomial(int(total), counts[:, k] / total, size=n_boot)
+        dist = rates(draws)
+    lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 - (1 - ci) / 2)
+    out: dict[str, Any] = {}
+    for name in (*DECISION_METRIC_NAMES, "out_of_scope"):
+        value = _clean(point[name])
+        low = high = None
+        if value is not None and name in dist:
+            v = dist[name][np.isfinite(dist[name])]
+            if len(v):
+                low, high = _clean(np.percentile(v, lo_q)), _clean(np.percentile(v, hi_q))
+        out[name] = {"value": value, "ci_low": low, "ci_high": high}
+    out["counts"] = {
+        w: {"pos": int(counts[i, 0]), "neg": int(counts[i, 1])} for i, w in enumerate(words)
+    }
+    return out

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from bonefrac.inference.frames import predict_run_frame
 from bonefrac.rundir import RunDir, missing_safeguards, shipped
 from bonefrac.rundir.layout import CONFIG, GZIP_SUFFIX, HISTORY, METRICS, MODEL_JSON
 from bonefrac.rundir.predictions import IMAGE_ID, LABEL, LOGIT, PATH, TRUE_BOXES
+from bonefrac.rundir.relocate import unroot_run
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ PARITY_MAX_DELTA_PROB = 0.05
 #: 0.012) whose probability moved by at most 0.023, far from the threshold, while 2 of 1,160
 #: calls flipped. What a clinician sees is the probability and the call.
 PARITY_MAX_FLIP_SHARE = 0.005
+#: The deploy settings a refit keeps from the shipped model's config (the out-of-scope
+#: detector's); the decision rule's become this version's defaults.
+_KEPT_DEPLOY = ("ood", "ood_max_images", "calibrate")
 _RECORD = (MODEL_JSON, CONFIG, HISTORY, METRICS)
 _SPLITS = ("val", "test")
 
@@ -149,26 +154,14 @@ def package_run(
     if status != "ok":
         raise RunDirError(f"{src.path}: training_status is {status!r}, "
                           "not 'ok'; only a finished, healthy run ships")  # fmt: skip
-    final = root / name
-    if final.exists() and not force:
-        raise RunDirError(f"{final}: a shipped model of that name exists; pass --force")
-    stage = root / f".{name}.staging"
-    shutil.rmtree(stage, ignore_errors=True)
+    final, stage = _stage(root, name, force)
     RunDir(stage).predictions_dir.mkdir(parents=True)
     try:
         report = _build(src, stage, name, card, batch_size)
-        if report.bytes > MAX_BYTES:
-            raise RunDirError(f"{name}: {report.bytes / 1e6:.1f} MB, over the "
-                              f"{MAX_BYTES / 1e6:.0f} MB a shipped model may take")  # fmt: skip
-        if final.exists():
-            shutil.rmtree(final)
-        stage.rename(final)
+        _place(report, stage, final, root, default)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    if default:
-        write_json(root / shipped.ALIASES_FILE, {shipped.DEFAULT_NAME: name})
-    report.path = final
     return report
 
 
@@ -184,12 +177,8 @@ def _build(
     fp32_test = predict_run_frame(src.path, frames["test"], batch_size=batch_size).predictions
 
     _fp16_weights(src.weights_path, run.weights_path)
-    raw = run.raw_meta()
-    for key in ("ood", "refer", "calibration", "deploy", "onnx"):  # refitted below
-        raw.pop(key, None)
-    raw.update(threshold=0.5, threshold_criterion="default", temperature=1.0)
-    raw.update(weights_sha256=file_sha256(run.weights_path), weights_dtype="float16")
-    run.write_meta(raw)
+    run.reset_fits()  # refitted below, on the stored weights
+    run.update_meta(weights_sha256=file_sha256(run.weights_path), weights_dtype="float16")
     stored: dict[str, pd.DataFrame] = {}
     for split in _SPLITS:
         log.info("%s: %s predictions with the fp16 weights", name, split)
@@ -213,13 +202,8 @@ def _build(
     for split in _SPLITS:
         run.write_predictions(split, stored[split])
 
-    deployed = deploy_run(stage, run.config().deploy)
-    if deployed.failed:
-        raise RunDirError(f"{name}: deploy fits failed on the shipped weights: {deployed.failed}")
+    deployed = _deploy(run, name)
     shipped_meta = run.meta()
-    missing = missing_safeguards(shipped_meta)
-    if missing:
-        raise RunDirError(f"{name}: lacks {', '.join(m.name for m in missing)}; not shipped")
     # the same check at the shipped model's own threshold and temperature
     check["at_shipped_settings"] = parity(
         fp32_test, stored["test"], shipped_meta.threshold, shipped_meta.temperature
@@ -237,8 +221,101 @@ def _build(
         "parity": check,
     }
     run.write_meta(raw)
-    write_model_card(run, name, card or CardInputs())
+    _finish(run, name, card or CardInputs())
+    return PackageReport(stage, dtype, check, folder_bytes(stage), dict(deployed.fitted))
+
+
+def _deploy(run: RunDir, name: str) -> Any:
+    """Every deploy fit on the staged model (its config's deploy block); a failed or a
+    missing safeguard is an error: such a model does not ship."""
+    deployed = deploy_run(run.path, run.config().deploy)
+    if deployed.failed:
+        raise RunDirError(f"{name}: deploy fits failed on the shipped weights: {deployed.failed}")
+    missing = missing_safeguards(run.meta())
+    if missing:
+        raise RunDirError(f"{name}: lacks {', '.join(m.name for m in missing)}; not shipped")
+    return deployed
+
+
+def _finish(run: RunDir, name: str, card: CardInputs) -> None:
+    """The card (while the manifest is still at hand), then no path of this machine in the
+    folder, compressed predictions and no plots."""
+    write_model_card(run, name, card)
+    paths = [p for s in _SPLITS for p in run.read_predictions_raw(s)[PATH].astype(str)]
+    unroot_run(run, os.path.commonpath([str(Path(p).resolve()) for p in paths]))
     for split in _SPLITS:  # compressed: the candidate boxes make each CSV about 0.8 MB
         _gzip(run.prediction_path(split))
     shutil.rmtree(run.plots_dir, ignore_errors=True)  # the deploy fits' figures: not a model's
-    return PackageReport(stage, dtype, check, folder_bytes(stage), dict(deployed.fitted))
+
+
+def _stage(root: Path, name: str, force: bool) -> tuple[Path, Path]:
+    final = root / name
+    if final.exists() and not force:
+        raise RunDirError(f"{final}: a shipped model of that name exists; pass --force")
+    stage = root / f".{name}.staging"
+    shutil.rmtree(stage, ignore_errors=True)
+    return final, stage
+
+
+def _place(report: PackageReport, stage: Path, final: Path, root: Path, default: bool) -> None:
+    if report.bytes > MAX_BYTES:
+        raise RunDirError(f"{final.name}: {report.bytes / 1e6:.1f} MB, over the "
+                          f"{MAX_BYTES / 1e6:.0f} MB a shipped model may take")  # fmt: skip
+    if final.exists():
+        shutil.rmtree(final)
+    stage.rename(final)
+    if default:
+        write_json(root / shipped.ALIASES_FILE, {shipped.DEFAULT_NAME: final.name})
+    report.path = final
+
+
+def refit_shipped(
+    source: str,
+    name: str,
+    manifest: str | Path,
+    *,
+    root: Path | None = None,
+    default: bool = True,
+    card: CardInputs | None = None,
+    force: bool = False,
+) -> PackageReport:
+    """The shipped model ``source`` with every deploy fit made again on its own stored weights
+    and val predictions (a new decision rule or out-of-scope gate; the weights and their
+    parity record are unchanged), shipped as ``name``. ``manifest``: this machine's copy of
+    its manifest (the out-of-scope fit reads its train images); the deploy block of its
+    config becomes this version's defaults."""
+    import yaml
+
+    from bonefrac.config import DeployConfig, build_config
+
+    root = shipped.SHIPPED_ROOT if root is None else Path(root)
+    final, stage = _stage(root, name, force)
+    src = shipped.resolve_run(source)
+    try:
+        shutil.copytree(src, stage)
+        run = RunDir(stage)
+        old = run.raw_meta()
+        run.reset_fits()
+        raw_cfg = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
+        kept = {k: v for k, v in (raw_cfg.get("deploy") or {}).items() if k in _KEPT_DEPLOY}
+        raw_cfg["deploy"] = DeployConfig(**kept).model_dump(mode="json")
+        run.write_config(build_config(raw_cfg, run.config_path))
+        run.relocate(manifest)
+        deployed = _deploy(run, name)
+        raw = run.raw_meta()
+        raw["shipped"] = {
+            **(old.get("shipped") or {}),
+            "name": name,
+            "refitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "refitted_from": source,
+        }
+        run.write_meta(raw)
+        _finish(run, name, card or CardInputs())
+        parity_record = raw["shipped"].get("parity", {})
+        report = PackageReport(stage, str(raw.get("weights_dtype")), parity_record,
+                               folder_bytes(stage), dict(deployed.fitted))  # fmt: skip
+        _place(report, stage, final, root, default)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return report

@@ -45,18 +45,22 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_train_ends_with_every_safeguard_fitted_on_val(deployed: tuple[Path, str]) -> None:
     run, output = deployed
     meta = _meta(run)
-    assert meta["threshold_criterion"] == "f1" and meta["threshold_tuned_on"] == "val"
-    assert 0 < meta["threshold"] < 1
+    assert meta["threshold_criterion"] == "specificity:0.95"
+    assert meta["threshold_tuned_on"] == "val"
+    assert 0 < meta["rule_out"] <= meta["threshold"] < 1
     assert math.isfinite(meta["temperature"]) and meta["temperature"] > 0
     assert meta["calibration"]["fitted_on"] == "val"
-    assert meta["refer"]["coverage"] == 0.9 and meta["refer"]["tuned_on"] == "val"
+    assert "refer" not in meta  # the two cuts make the refer calls
+    assert meta["rule_out_fit"]["target"] == 0.95 and meta["rule_out_fit"]["tuned_on"] == "val"
     assert meta["ood"]["method"] == "mahalanobis" and (run / "ood.safetensors").is_file()
     assert sorted(meta["deploy"]["fitted"]) == ["calibrate", "ood", "refer", "threshold"]
     assert meta["deploy"]["failed"] == {}
     # metrics.json was refreshed at the deployed operating point
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["settings"]["threshold"] == pytest.approx(meta["threshold"])
-    assert metrics["test"]["settings"]["threshold_criterion"] == "f1"
+    assert metrics["test"]["settings"]["threshold_criterion"] == "specificity:0.95"
+    assert metrics["test"]["settings"]["rule_out"] == pytest.approx(meta["rule_out"])
+    assert metrics["test"]["miss_rate"]["value"] is not None
     for name in ("calibrate", "threshold", "refer", "ood"):
         assert f"deploy: {name}:" in output
     assert "of the training time" in output
@@ -133,13 +137,20 @@ def test_a_failing_fit_keeps_the_run_and_says_what_is_missing(
     assert "manifest" in report.failed["ood"]
     meta = _meta(run)
     assert "ood" not in meta and meta["deploy"]["failed"]["ood"] == report.failed["ood"]
-    assert meta["threshold_criterion"] == "f1"
+    assert meta["threshold_criterion"] == "specificity:0.95"
 
 
 def test_deploy_parts_can_be_turned_off(tiny_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    cfg = DeployConfig(threshold="none", calibrate=False, refer_coverage=0.8, ood="none")
+    cfg = DeployConfig(
+        rule_in_specificity=None,
+        rule_out_sensitivity=None,
+        threshold="none",
+        calibrate=False,
+        refer_coverage=0.8,
+        ood="none",
+    )
     report = deploy_run(run, cfg)
     assert set(report.fitted) == {"refer"} and report.failed == {}
     assert sorted(report.skipped) == ["calibrate", "ood", "threshold"]

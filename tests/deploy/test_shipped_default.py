@@ -43,7 +43,11 @@ def test_the_default_carries_every_safeguard_fitted_on_fp16(default_run: RunDir)
     meta = json.loads(default_run.meta_path.read_text())
     assert meta["weights_dtype"] == "float16"
     assert meta["threshold_criterion"] and 0.0 < meta["threshold"] < 1.0
-    assert meta["temperature"] > 0.0 and meta["refer"] and meta["ood"]
+    assert meta["temperature"] > 0.0 and meta["ood"]
+    # the two cuts: rule-in at val specificity 0.95, rule-out at val sensitivity 0.95
+    assert meta["threshold_criterion"] == "specificity:0.95" and "refer" not in meta
+    assert 0.0 < meta["rule_out"] < meta["threshold"]
+    assert meta["rule_out_fit"]["val_sensitivity"]["value"] >= 0.95
     assert meta["ood"]["weights_sha256"] == meta["weights_sha256"]
     parity = meta["shipped"]["parity"]
     assert parity["passed"] and parity["n_images"] > 1000
@@ -58,7 +62,10 @@ def test_the_card_has_what_a_reader_needs(default_run: RunDir) -> None:
         "## Training data",
         "Manifest SHA-1",
         "## Recipe",
-        "## Test results",
+        "## Misses first",
+        "miss rate",
+        "normals cleared",
+        "## Ranking and boxes",
         "| FracAtlas |",
         "| Roboflow bone-fracture (YOLO) |",
         "ap50_boxed",
@@ -68,6 +75,14 @@ def test_the_card_has_what_a_reader_needs(default_run: RunDir) -> None:
         "CC BY 4.0",
     ):
         assert needed in card, needed
+    # the card leads with the misses: its first table is the miss rate's
+    assert card.index("## Misses first") < card.index("## Intended use")
+    assert "/work/" not in card  # no path of the machine that built it
+    for name in ("model.json", "config.yaml"):
+        assert "/work/" not in (default_run.path / name).read_text()
+    for split in ("val", "test"):
+        paths = default_run.predictions(split)["path"].astype(str)
+        assert not paths.str.startswith("/").any()
 
 
 def test_the_default_loads_by_name_and_predicts_a_synthetic_image_offline(tmp_path: Path) -> None:

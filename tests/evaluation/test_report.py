@@ -147,10 +147,10 @@ def test_report_leads_with_the_answer_and_missing_safeguards(fake_run):
     assert "threshold 0.500 (the default threshold, not tuned on val" in first
     # the run lacks every safeguard: each is named with its command
     for command in (
-        "bonefrac threshold RUN --criterion f1",
+        "bonefrac threshold RUN --criterion specificity:0.95",
         "bonefrac calibrate RUN",
         "bonefrac ood RUN",
-        "bonefrac threshold RUN --refer-coverage 0.9",
+        "bonefrac threshold RUN --rule-out-sensitivity 0.95",
     ):
         assert command in first, command
     assert "4 of 4 safeguards missing" in first and "--no-deploy" in first

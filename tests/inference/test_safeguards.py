@@ -27,10 +27,10 @@ def test_predict_warns_once_per_missing_safeguard(
     # one line per safeguard (not per image: three images, batch size 1), then the retrain hint
     assert len(lines) == 5, lines
     for command in (
-        "--criterion f1",
+        "--criterion specificity:0.95",
         "bonefrac calibrate",
         "bonefrac ood",
-        "--refer-coverage 0.9",
+        "--rule-out-sensitivity 0.95",
     ):
         assert sum(command in line for line in lines[:4]) == 1, (command, lines)
     assert all(str(tiny_run) in line for line in lines)  # the commands name this run

@@ -31,10 +31,10 @@ def test_a_bare_run_lacks_all_four_in_command_order() -> None:
     missing = missing_safeguards(ModelMeta.parse(BARE))
     assert [m.name for m in missing] == ["threshold", "calibration", "ood", "refer"]
     assert [m.command for m in missing] == [
-        "bonefrac threshold RUN --criterion f1",
+        "bonefrac threshold RUN --criterion specificity:0.95",
         "bonefrac calibrate RUN",
         "bonefrac ood RUN",
-        "bonefrac threshold RUN --refer-coverage 0.9",
+        "bonefrac threshold RUN --rule-out-sensitivity 0.95",
     ]
     assert "0.5" in missing[0].detail  # says which threshold is in use
     assert set(missing[0].as_dict()) == {"name", "detail", "command"}

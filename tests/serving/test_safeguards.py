@@ -30,7 +30,7 @@ def test_v1_model_lists_missing_safeguards_of_a_bare_run(tiny_run: Path) -> None
 def test_v1_model_lists_none_for_a_run_with_all_four(ready_run: Path) -> None:
     info = _model_info(ready_run)
     assert info["missing_safeguards"] == []
-    assert info["threshold_criterion"] == "f1" and info["refer"] and info["ood"]
+    assert info["threshold_criterion"] == "specificity:0.95" and info["rule_out"] and info["ood"]
 
 
 def test_page_has_the_banner(tiny_run: Path) -> None:

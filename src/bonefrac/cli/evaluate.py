@@ -57,11 +57,18 @@ def threshold(
         None, "--criterion", help="f1 | youden | sensitivity:X | specificity:X (e.g. sens:0.9)"
     ),
     on: str = typer.Option("val", "--on", help="Predictions to tune on: val only (test refused)."),
+    rule_out_sensitivity: float = typer.Option(
+        None,
+        "--rule-out-sensitivity",
+        help="The two-cut rule (the default of 'bonefrac train'): no_fracture only below the "
+        "cut that flags this share of val fractures (e.g. 0.95); refer between it and the "
+        "threshold.",
+    ),
     refer_coverage: float = typer.Option(
         None,
         "--refer-coverage",
-        help="Also store a refer rule answering this share of val images (e.g. 0.8); "
-        "the rest is 'refer'.",
+        help="Instead of a rule-out cut, a refer band answering this share of val images "
+        "(e.g. 0.8); the rest is 'refer'.",
     ),
     refer_tta: bool = typer.Option(
         False,
@@ -71,14 +78,20 @@ def threshold(
     ),
     into: Path | None = into_option(),
 ) -> None:
-    """Choose the decision threshold (and refer rule) on validation predictions; store them in
-    model.json."""
+    """Choose the decision rule on validation predictions and store it in model.json: the
+    rule-in threshold (--criterion, e.g. specificity:0.95) and the rule-out cut
+    (--rule-out-sensitivity) or a refer band (--refer-coverage)."""
     from bonefrac.evaluation.thresholds import tune_threshold
     from bonefrac.rundir import RunDir
 
     run = run_arg(run, into)
     result = tune_threshold(
-        run, criterion, on=on, refer_coverage=refer_coverage, refer_tta=refer_tta
+        run,
+        criterion,
+        on=on,
+        refer_coverage=refer_coverage,
+        refer_tta=refer_tta,
+        rule_out_sensitivity=rule_out_sensitivity,
     )
     render.threshold(render.console, result, RunDir(run), run)
 

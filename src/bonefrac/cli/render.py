@@ -94,7 +94,7 @@ def run_summary(out: Console, run: RunDir) -> None:
         return
     for split, values in run.metrics().items():
         parts = []
-        for key in ("roc_auc", "sensitivity", "specificity", "f1"):
+        for key in ("miss_rate", "normals_cleared", "referred", "roc_auc"):
             v = values.get(key, {}).get("value")
             parts.append(f"{key}={v:.3f}" if isinstance(v, (int, float)) else f"{key}=n/a")
         show(out, (split, "bold"), ": " + "  ".join(parts))
@@ -134,11 +134,10 @@ def evaluation(out: Console, res: Any, run: RunDir) -> None:
     from bonefrac.evaluation.tables import localization_table, metrics_table
 
     st = res.metrics["settings"]
-    out.print(
-        metrics_table(
-            res.metrics, f"{res.key}: threshold {st['threshold']:.3f}, T {st['temperature']:.3f}"
-        )
-    )
+    cuts = f"threshold {st['threshold']:.3f}"
+    if st.get("rule_out") is not None:
+        cuts = f"rule-out {st['rule_out']:.3f}, rule-in {st['threshold']:.3f}"
+    out.print(metrics_table(res.metrics, f"{res.key}: {cuts}, T {st['temperature']:.3f}"))
     for note in res.metrics["notes"].values():
         show(out, ("note: ", "yellow"), note)
     loc = localization_table(res.metrics, f"{res.key}: localisation (boxes and map)")
@@ -211,6 +210,19 @@ def threshold(out: Console, result: dict[str, Any], run: RunDir, run_arg: Path) 
         out.print(threshold_table(result))
     if result["temperature"] != 1.0:
         show(out, f"(on calibrated probabilities, temperature {result['temperature']:.3f})")
+    rule_out = result.get("rule_out")
+    if rule_out:
+        sens = rule_out["val_sensitivity"]
+        show(
+            out,
+            f"rule-out cut {rule_out['applied']:.4f}: no_fracture only below it; val "
+            f"sensitivity {sens['value']:.3f} [{sens['ci_low']:.3f}, {sens['ci_high']:.3f}] "
+            f"(target {rule_out['target']:g}, {rule_out['val_n_pos']} val fractures); "
+            f"{rule_out['val_normals_cleared']:.1%} of val normals cleared; between the cuts: "
+            "refer",
+        )
+        if rule_out.get("warning"):
+            show(out, ("warning: ", "bold yellow"), rule_out["warning"])
     rule = result.get("refer")
     if rule:
         aurocs = ", ".join(
@@ -226,6 +238,7 @@ def threshold(out: Console, result: dict[str, Any], run: RunDir, run_arg: Path) 
         out,
         f"stored threshold {result['new_threshold']:.4f}"
         + (" and the refer rule" if rule else "")
+        + (" and the rule-out cut" if rule_out else "")
         + f" in {run.meta_path}; "
         f"run 'bonefrac evaluate {run_arg}' to refresh the metrics and the report",
     )

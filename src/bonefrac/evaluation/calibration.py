@@ -142,9 +142,16 @@ def calibrate_run(run_dir: str | Path, n_bins: int = N_BINS) -> dict[str, Any]:
         )
         summary["plots"][split] = str(png.relative_to(run.path))
 
+    changes: dict[str, Any] = {}
+    if meta.rule_out is not None:  # the rule-out cut keeps its decisions too
+        changes["rule_out"] = min(
+            usable_threshold(rescale_threshold(meta.rule_out, old_t, temperature)),
+            summary["threshold_after"],
+        )
     run.update_meta(
         temperature=temperature,
         threshold=summary["threshold_after"],
         calibration=summary,
+        **changes,
     )
     return summary

@@ -32,8 +32,9 @@ from bonefrac.evaluation import plots
 from bonefrac.evaluation.localization_metrics import split_localization
 from bonefrac.evaluation.selective import selective_entry
 from bonefrac.fileio import write_csv
-from bonefrac.metrics import compute_metrics
-from bonefrac.rundir import RunDir, check_name, metrics_entry, run_probabilities
+from bonefrac.metrics import DECISION_METRIC_NAMES, compute_metrics, decision_metrics
+from bonefrac.rundir import RunDir, check_name, metrics_entry, run_decisions, run_probabilities
+from bonefrac.rundir.predictions import LABEL
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,20 @@ def group_labels(column: pd.Series) -> pd.Series:
 
 
 def subgroup_table(
-    df: pd.DataFrame, prob: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0
+    df: pd.DataFrame,
+    prob: np.ndarray,
+    threshold: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+    decisions: Any = None,
 ) -> pd.DataFrame:
-    """One row per (column, value) for each subgroup column present: n, n_pos and
-    accuracy/sensitivity/specificity/roc_auc/pr_auc with bootstrap CIs (``<metric>_low/_high``)."""
+    """One row per (column, value) for each subgroup column present: n, n_pos, the decision
+    metrics (miss rate first; with ``decisions``) and accuracy/sensitivity/specificity/
+    roc_auc/pr_auc with bootstrap CIs (``<metric>_low/_high``)."""
     rows: list[dict[str, Any]] = []
-    y = df["label"].to_numpy()
+    y = df[LABEL].to_numpy()
+    words = None if decisions is None else np.asarray(decisions, dtype=object)
+    names = (*DECISION_METRIC_NAMES, *SUBGROUP_METRICS) if words is not None else SUBGROUP_METRICS
     for col in SUBGROUP_COLUMNS:
         if col not in df.columns:
             continue
@@ -78,19 +87,21 @@ def subgroup_table(
         for value in sorted(values.unique()):
             mask = (values == value).to_numpy()
             m = compute_metrics(y[mask], prob[mask], threshold, n_boot=n_boot, seed=seed)
+            if words is not None:
+                m.update(decision_metrics(y[mask], words[mask], n_boot=n_boot, seed=seed))
             row: dict[str, Any] = {
                 "column": col,
                 "group": value,
                 "n": m["support"]["n"],
                 "n_pos": m["support"]["n_pos"],
             }
-            for name in SUBGROUP_METRICS:
+            for name in names:
                 row[name] = m[name]["value"]
                 row[f"{name}_low"] = m[name]["ci_low"]
                 row[f"{name}_high"] = m[name]["ci_high"]
             rows.append(row)
     cols = ["column", "group", "n", "n_pos"] + [
-        f"{m}{s}" for m in SUBGROUP_METRICS for s in ("", "_low", "_high")
+        f"{m}{s}" for m in names for s in ("", "_low", "_high")
     ]
     return pd.DataFrame(rows, columns=cols)
 
@@ -164,10 +175,11 @@ def evaluate_run(
             raise ConfigError("--name only applies with --manifest; use --split to pick a split")
         key = split
     df = run.predictions(key)
-    y = df["label"].to_numpy()
+    y = df[LABEL].to_numpy()
     prob = run_probabilities(df, meta)
 
-    metrics = metrics_entry(y, prob, meta, n_boot=n_boot, seed=seed)
+    decisions = run_decisions(df, meta)
+    metrics = metrics_entry(y, prob, meta, n_boot=n_boot, seed=seed, decisions=decisions)
     loc = split_localization(df, run.prediction_path(key), n_boot=n_boot, seed=seed)
     if loc is not None:
         metrics.update(loc)
@@ -187,7 +199,7 @@ def evaluate_run(
         )
     run.merge_metrics(key, metrics)
 
-    sub = subgroup_table(df, prob, threshold, n_boot=n_boot, seed=seed)
+    sub = subgroup_table(df, prob, threshold, n_boot=n_boot, seed=seed, decisions=decisions)
     if len(sub):
         write_csv(run.subgroup_path(key), sub)
 

@@ -19,8 +19,9 @@ import pandas as pd
 
 from bonefrac.evaluation.localization_metrics import localization_metrics, read_inputs
 from bonefrac.fileio import atomic_open
-from bonefrac.metrics import compute_metrics
-from bonefrac.rundir import RunDir, run_probabilities
+from bonefrac.metrics import compute_metrics, decision_metrics, format_ci
+from bonefrac.rundir import RunDir, run_decisions, run_probabilities
+from bonefrac.rundir.predictions import LABEL, SOURCE, TRUE_BOXES
 from bonefrac.rundir.shipped import MODEL_CARD
 
 #: How the card names a backbone (``model.json`` ``architecture`` -> its published name).
@@ -53,30 +54,23 @@ class CardInputs:
     n_boot: int = 1000
 
 
-def _ci(entry: dict[str, Any] | None) -> str:
-    if not entry or entry.get("value") is None:
-        return "n/a"
-    lo, hi = entry.get("ci_low"), entry.get("ci_high")
-    if lo is None or hi is None:
-        return f"{entry['value']:.3f}"
-    return f"{entry['value']:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
 def source_figures(run: RunDir, split: str = "test", n_boot: int = 1000) -> dict[str, Any]:
     """source (and ``all``) -> metric entries at the run's threshold and temperature."""
     meta = run.meta()
     df = run.predictions(split)
     probs = run_probabilities(df, meta)
-    labels = df["label"].to_numpy(int)
-    sources = df["source"].astype(str) if "source" in df.columns else pd.Series(["all"] * len(df))
-    inputs = read_inputs(df, run.prediction_path(split)) if "boxes" in df.columns else None
+    decisions = np.asarray(run_decisions(df, meta), dtype=object)
+    labels = df[LABEL].to_numpy(int)
+    sources = df[SOURCE].astype(str) if SOURCE in df.columns else pd.Series(["all"] * len(df))
+    inputs = read_inputs(df, run.prediction_path(split)) if TRUE_BOXES in df.columns else None
     groups = {s: np.flatnonzero((sources == s).to_numpy()) for s in sorted(sources.unique())}
     if len(groups) > 1:
         groups["all"] = np.arange(len(df))
     out: dict[str, Any] = {}
     for name, idx in groups.items():
         m = compute_metrics(labels[idx], probs[idx], meta.threshold, n_boot=n_boot)
-        row: dict[str, Any] = {k: m[k] for k in ("roc_auc", "sensitivity", "specificity")}
+        row: dict[str, Any] = dict(decision_metrics(labels[idx], decisions[idx], n_boot=n_boot))
+        row.update({k: m[k] for k in ("roc_auc", "sensitivity", "specificity")})
         row["support"] = m["support"]
         if inputs is not None:
             loc = localization_metrics(inputs.subset(idx), n_boot=n_boot)
@@ -124,14 +118,12 @@ def card_text(run: RunDir, name: str, inputs: CardInputs) -> str:
         f"{backbone} ({meta.architecture}) at {meta.image_size} px{outputs}. Decision support "
         "for limb radiographs, **never a diagnosis**.",
         "",
+        *_misses_first(figures),
         "## Intended use",
         "- Second reader for adult limb radiographs (hand, wrist, forearm, elbow, shoulder, hip, "
         "knee, leg, ankle, foot): flags images a clinician should look at again, with where.",
-        "- Every image gets `fracture` / `no_fracture` at the stored threshold, `refer` when the "
-        "model is uncertain (the refer rule answers about "
-        f"{_pct((meta.refer.model_extra or {}).get('val_coverage') if meta.refer else None)}"
-        " of val images) or `out_of_scope` when the input does not look like the training "
-        "radiographs. A clinician reads the image and decides.",
+        f"- {_rule_sentence(meta)} `out_of_scope` when the input does not look like the "
+        "training radiographs. A clinician reads the image and decides.",
         "- Not for: a diagnosis without a reader, triage that removes images from a worklist, "
         "children, the spine, skull or pelvis, CT/MR, or any site whose radiographs were not "
         "checked against this model (run `bonefrac evaluate default --into DIR --manifest CSV` "
@@ -164,9 +156,8 @@ def card_text(run: RunDir, name: str, inputs: CardInputs) -> str:
         f"commit `{inputs.commit}`, torch {(meta.get('versions') or {}).get('torch', '?')}.",
         f"- Chosen on val (ROC-AUC {_num(meta.get('best_score'))} at epoch "
         f"{meta.get('best_epoch')}), never on test.",
-        f"- Deploy fits on val: temperature {meta.temperature:.3f}, threshold "
-        f"{meta.threshold:.4f} ({meta.get('threshold_criterion')}), refer rule, out-of-scope "
-        f"detector ({meta.ood.method if meta.ood else 'none'}).",
+        f"- Deploy fits on val: temperature {meta.temperature:.3f}, {_cuts_text(meta)}, "
+        f"out-of-scope detector ({meta.ood.method if meta.ood else 'none'}).",
         f"- Weights stored as {meta.get('weights_dtype', 'float32')} (computed in float32): "
         f"against the fp32 weights on the {parity.get('n_images', '?')} test images the largest "
         f"|delta probability| is {_num(parity.get('max_abs_delta_prob'), 4)}, the largest "
@@ -176,7 +167,7 @@ def card_text(run: RunDir, name: str, inputs: CardInputs) -> str:
         "calls flip at the stored threshold.",
         f"- Rebuild: `{inputs.command}`.",
         "",
-        "## Test results (stored threshold and temperature; 95% bootstrap CIs)",
+        "## Ranking and boxes (test split; sensitivity and specificity at the rule-in cut)",
         "",
         "| test source | images (fractured, boxed) | ROC-AUC | sensitivity | specificity "
         "| hit rate | ap50_boxed |",
@@ -186,9 +177,9 @@ def card_text(run: RunDir, name: str, inputs: CardInputs) -> str:
         sup = row["support"]
         lines.append(
             f"| {SOURCE_NAMES.get(source, source)} | {sup['n']} ({sup['n_pos']}, "
-            f"{row.get('n_boxed', 'n/a')}) | {_ci(row['roc_auc'])} | {_ci(row['sensitivity'])} "
-            f"| {_ci(row['specificity'])} | {_ci(row.get('hit_rate'))} "
-            f"| {_ci(row.get('ap50_boxed'))} |"
+            f"{row.get('n_boxed', 'n/a')}) | {format_ci(row['roc_auc'])} | {format_ci(row['sensitivity'])} "
+            f"| {format_ci(row['specificity'])} | {format_ci(row.get('hit_rate'))} "
+            f"| {format_ci(row.get('ap50_boxed'))} |"
         )
     lines += [
         "",
@@ -214,8 +205,8 @@ def card_text(run: RunDir, name: str, inputs: CardInputs) -> str:
         "- Implants, plates, casts and screws (FracAtlas `hardware`) raise the fracture "
         "probability; images with hardware were trained on but are few.",
         "- Paediatric radiographs, the spine, skull and pelvis are untested.",
-        "- Subtle and non-displaced fractures are missed more often: sensitivity at the stored "
-        "threshold is the figure to weigh before use.",
+        "- Subtle and non-displaced fractures are missed more often: the miss rate above is "
+        "the figure to weigh before use, at each site.",
         "- The boxes are well below a dedicated detector trained on more boxes "
         "(published FracAtlas detectors: AP50 0.40-0.48).",
         "",
@@ -227,6 +218,58 @@ def card_text(run: RunDir, name: str, inputs: CardInputs) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _rule_sentence(meta: Any) -> str:
+    """How the shipped model's decisions are made, in a clinician's words."""
+    if meta.rule_out is not None:
+        fit = meta.get("rule_out_fit") or {}
+        return (
+            "Every image gets `fracture` (a firm finding) at or above the rule-in cut "
+            f"({meta.threshold:.4f}, {meta.get('threshold_criterion')} on val), `no_fracture` "
+            f"only below the rule-out cut ({meta.rule_out:.4f}, fitted so that "
+            f"{_pct(fit.get('target'))} of val fractures are flagged), `refer` (doubt: look "
+            "here) between the two, or"
+        )
+    coverage = (meta.refer.model_extra or {}).get("val_coverage") if meta.refer else None
+    return (
+        "Every image gets `fracture` / `no_fracture` at the stored threshold, `refer` when the "
+        f"model is uncertain (the refer rule answers about {_pct(coverage)} of val images), or"
+    )
+
+
+def _cuts_text(meta: Any) -> str:
+    if meta.rule_out is not None:
+        return (
+            f"rule-in cut {meta.threshold:.4f} ({meta.get('threshold_criterion')}), rule-out cut "
+            f"{meta.rule_out:.4f} (sensitivity:{(meta.get('rule_out_fit') or {}).get('target')})"
+        )
+    return f"threshold {meta.threshold:.4f} ({meta.get('threshold_criterion')}), refer rule"
+
+
+def _misses_first(figures: dict[str, Any]) -> list[str]:
+    """The card's first table: what its decisions do to fractured and normal test images."""
+    lines = [
+        "## Misses first (test split, the stored decision rule; 95% bootstrap CIs)",
+        "",
+        "| test source | images (fractured) | miss rate | normals cleared | referred "
+        "| PPV of fracture calls |",
+        "|---|---|---|---|---|---|",
+    ]
+    for source, row in figures.items():
+        sup = row["support"]
+        lines.append(
+            f"| {SOURCE_NAMES.get(source, source)} | {sup['n']} ({sup['n_pos']}) "
+            f"| {format_ci(row['miss_rate'])} | {format_ci(row['normals_cleared'])} "
+            f"| {format_ci(row['referred'])} | {format_ci(row['fracture_ppv'])} |"
+        )
+    lines += [
+        "",
+        "Miss rate: fractured images called `no_fracture`. Normals cleared: images without a "
+        "fracture called `no_fracture` (the reading it saves). Referred: `refer` calls.",
+        "",
+    ]
+    return lines
 
 
 def write_model_card(run: RunDir, name: str, inputs: CardInputs) -> Path:

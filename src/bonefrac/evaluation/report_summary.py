@@ -1,7 +1,8 @@
 """The report's first section: the answer before the details.
 
 What a reader needs first, in this order: which safeguards the run lacks (and the command that
-adds each), test ROC-AUC and PR-AUC with 95% CIs, sensitivity / specificity / PPV / NPV at the
+adds each), the misses first (miss rate, normals cleared, referred, PPV of fracture calls under
+the run's decision rule), test ROC-AUC and PR-AUC with 95% CIs, sensitivity / specificity / PPV / NPV at the
 stored threshold (and how that threshold was chosen), one line per source when the test split
 mixes sources, the share referred and flagged out of scope, the ROC curve, and a gallery of
 overlays on distinct images (:mod:`.report_gallery`). Config, versions and subgroup tables
@@ -25,6 +26,10 @@ from bonefrac.rundir import RETRAIN_HINT, ModelMeta, RunDir, missing_safeguards
 SPLIT = "test"
 #: The headline metrics: (metrics.json key, label).
 HEADLINE = (
+    ("miss_rate", "miss rate (fractured called no_fracture)"),
+    ("normals_cleared", "normals cleared (no_fracture)"),
+    ("referred", "referred"),
+    ("fracture_ppv", "PPV of fracture calls"),
     ("roc_auc", "ROC-AUC"),
     ("pr_auc", "PR-AUC"),
     ("sensitivity", "sensitivity"),
@@ -32,7 +37,9 @@ HEADLINE = (
     ("precision", "PPV (precision)"),
     ("npv", "NPV"),
 )
-SOURCE_METRICS = (("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"), ("sensitivity", "sensitivity"),
+SOURCE_METRICS = (("miss_rate", "miss rate"), ("normals_cleared", "normals cleared"),
+                  ("referred", "referred"), ("fracture_ppv", "PPV of fracture calls"),
+                  ("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"), ("sensitivity", "sensitivity"),
                   ("specificity", "specificity"))  # fmt: skip
 
 
@@ -115,6 +122,13 @@ def threshold_sentence(model: dict[str, Any], entry: dict[str, Any]) -> str:
         else "; probabilities not calibrated (temperature 1)"
     )
     text = _e(f"At threshold {float(used):.3f} ({how}{scale}): fractured when p >= threshold.")
+    rule_out = settings.get("rule_out")
+    if isinstance(rule_out, int | float):
+        text = _e(
+            f"Two cuts ({how}{scale}): fracture when p >= {float(used):.3f} (the rule-in cut), "
+            f"no_fracture when p < {float(rule_out):.3f} (the rule-out cut), refer between; "
+            "sensitivity, specificity, PPV and NPV below are at the rule-in cut."
+        )
     now = model.get("threshold", 0.5)
     if isinstance(now, int | float) and abs(float(now) - float(used)) > 1e-9:
         text += (

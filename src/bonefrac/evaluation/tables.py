@@ -9,7 +9,15 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from bonefrac.metrics import METRIC_NAMES, format_ci
+from bonefrac.metrics import DECISION_METRIC_NAMES, METRIC_NAMES, format_ci
+
+#: How the decision metrics are named where a person reads them.
+DECISION_METRIC_LABELS = {
+    "miss_rate": "miss rate (fractured -> no_fracture)",
+    "normals_cleared": "normals cleared (no_fracture)",
+    "referred": "referred",
+    "fracture_ppv": "PPV of fracture calls",
+}
 
 #: localisation metrics `bonefrac compare` shows beside the classification table
 COMPARE_LOC_METRICS = ("hit_rate", "ap50", "ap50_boxed")
@@ -23,9 +31,16 @@ def markdown_table(head: Sequence[object], rows: Iterable[Sequence[object]]) -> 
 
 
 def metrics_table(metrics: dict[str, Any], title: str = "") -> Table:
+    """Misses first: the decision metrics under the run's rule (when the entry has them),
+    then the metrics at the threshold."""
     table = Table(title=title or None)
     table.add_column("metric")
     table.add_column("value [95% CI]", justify="right")
+    for name in DECISION_METRIC_NAMES:
+        if name in metrics:
+            table.add_row(DECISION_METRIC_LABELS[name], format_ci(metrics.get(name)))
+    if any(name in metrics for name in DECISION_METRIC_NAMES):
+        table.add_section()
     for name in METRIC_NAMES:
         table.add_row(name, format_ci(metrics.get(name)))
     cm = metrics.get("confusion_matrix")

@@ -9,10 +9,19 @@ Criteria (``prob >= threshold`` is positive; every candidate threshold is an obs
 - ``specificity:X``: the lowest threshold whose specificity is >= X (the most sensitive operating
   point that keeps a fraction X of normals negative).
 
-``--refer-coverage X`` also fits the refer rule (:mod:`bonefrac.evaluation.refer`) at the
-resulting threshold, on val, so that a share X of val images gets a fracture / no-fracture
-answer and the rest is referred; a rule already in model.json is refitted at its coverage
-whenever the threshold changes.
+The default decision rule has two cuts (``--rule-out-sensitivity X``, config
+``deploy.rule_out_sensitivity``): ``no_fracture`` only below a rule-out cut, the highest
+``sensitivity:X`` threshold (so that at least a share X of val fractures is flagged, as
+``fracture`` or ``refer``, by construction), and ``fracture`` at or above the rule-in cut (the
+stored ``threshold``, by default ``specificity:0.95``: config ``deploy.rule_in_specificity``);
+``refer`` between. When val holds too few fractures to show the target (fewer than
+:func:`min_positives` ones: the rule of three), a warning says so; the achieved val sensitivity
+is always stored with its Wilson 95% interval.
+
+``--refer-coverage X`` instead fits the one-cut rule's refer band
+(:mod:`bonefrac.evaluation.refer`) at the threshold, on val, so that a share X of val images
+gets a fracture / no-fracture answer and the rest is referred; a band already in model.json is
+refitted at its coverage whenever the threshold changes. A run has one rule or the other.
 
 Tuning happens on ``val`` only: choosing the threshold on test would make the test metrics
 optimistic. When model.json has a temperature other than 1, thresholds are chosen on the
@@ -22,6 +31,8 @@ calibrated probabilities ``sigmoid(logit / T)`` -- the scale the stored threshol
 from __future__ import annotations
 
 import datetime as _dt
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +43,8 @@ from bonefrac.config import parse_criterion
 from bonefrac.errors import ConfigError, DataError
 from bonefrac.metrics import compute_metrics
 from bonefrac.rundir import ModelMeta, RunDir, run_probabilities, usable_threshold
+
+log = logging.getLogger(__name__)
 
 
 def choose_threshold(y_true: Any, prob: Any, criterion: str) -> float:
@@ -63,19 +76,80 @@ def choose_threshold(y_true: Any, prob: Any, criterion: str) -> float:
     return float(thr[ok[-1]])
 
 
+def min_positives(sensitivity: float) -> int:
+    """The fewest val fractures that can show a miss rate of at most ``1 - sensitivity`` at
+    95% confidence: with none missed, the upper bound of the miss rate is about ``3 / n``
+    (the rule of three), so ``n >= 3 / (1 - sensitivity)`` (60 for 0.95)."""
+    return math.ceil(3.0 / (1.0 - sensitivity) - 1e-9)
+
+
+def wilson_interval(k: int, n: int) -> tuple[float | None, float | None]:
+    """Wilson 95% interval of the proportion ``k / n`` (``None``s for ``n == 0``)."""
+    if n == 0:
+        return None, None
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def fit_rule_out(
+    y_true: Any, prob: Any, sensitivity: float, source: object = "val"
+) -> dict[str, Any]:
+    """The rule-out cut at val ``sensitivity`` (not clipped to the rule-in cut) and what it
+    achieves on val: the model.json ``rule_out_fit`` record (``cut``, ``target``,
+    ``sensitivity`` with its Wilson interval, counts, and a ``warning`` when val has too few
+    fractures)."""
+    if not 0 < sensitivity < 1:
+        raise ConfigError(f"rule-out sensitivity {sensitivity}: must be in (0, 1), e.g. 0.95")
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(prob, dtype=float)
+    cut = usable_threshold(choose_threshold(y, p, f"sensitivity:{sensitivity:g}"))
+    n_pos = int(y.sum())
+    caught = int(((p >= cut) & (y == 1)).sum())
+    low, high = wilson_interval(caught, n_pos)
+    record: dict[str, Any] = {
+        "cut": cut,
+        "target": float(sensitivity),
+        "tuned_on": "val",
+        "val_n_pos": n_pos,
+        "val_n_neg": len(y) - n_pos,
+        "val_sensitivity": {"value": caught / n_pos, "ci_low": low, "ci_high": high},
+        "val_normals_cleared": float(((p < cut) & (y == 0)).sum() / max(len(y) - n_pos, 1)),
+    }
+    need = min_positives(sensitivity)
+    if n_pos < need:
+        record["warning"] = (
+            f"{source}: {n_pos} fractured images, fewer than the {need} needed to show a "
+            f"sensitivity of {sensitivity:g} (rule of three); the rule-out cut's val "
+            f"sensitivity is {caught}/{n_pos} (95% CI {low:.3f}-{high:.3f})"
+        )
+        log.warning("%s", record["warning"])
+    return record
+
+
 def tune_threshold(
     run_dir: str | Path,
     criterion: str | None,
     on: str = "val",
     refer_coverage: float | None = None,
     refer_tta: bool = False,
+    rule_out_sensitivity: float | None = None,
 ) -> dict[str, Any]:
-    """Choose the threshold on ``predictions/val.csv`` (``criterion``; ``None`` keeps it) and
-    the refer rule (``refer_coverage``; ``refer_tta``: also try the test-time augmentation
-    spread, which costs 8 model calls per val image), store them in model.json, and return val/test metrics
-    at the old and the new threshold (point estimates) and the refer record."""
-    if criterion is None and refer_coverage is None:
-        raise ConfigError("give --criterion, --refer-coverage or both")
+    """Choose the rule-in threshold on ``predictions/val.csv`` (``criterion``; ``None`` keeps
+    it) and the rule that makes ``refer`` calls: the rule-out cut of the two-cut rule
+    (``rule_out_sensitivity``) or the one-cut rule's refer band (``refer_coverage``;
+    ``refer_tta``: also try the test-time augmentation spread, which costs 8 model calls per
+    val image). Neither given: the run's own rule is refitted at its stored target. Stores
+    them in model.json and returns val/test metrics at the old and the new threshold (point
+    estimates), the refer record or the rule-out record."""
+    if criterion is None and refer_coverage is None and rule_out_sensitivity is None:
+        raise ConfigError("give --criterion, --rule-out-sensitivity, --refer-coverage or both")
+    if refer_coverage is not None and rule_out_sensitivity is not None:
+        raise ConfigError(
+            "--refer-coverage and --rule-out-sensitivity are two different refer rules; "
+            "choose one (the two-cut rule, --rule-out-sensitivity, is the default)"
+        )
     if on == "test":
         raise ConfigError(
             "refusing to tune the threshold on the test split: a threshold chosen on test makes "
@@ -87,11 +161,16 @@ def tune_threshold(
     if refer_coverage is not None and not 0 < refer_coverage <= 1:
         raise ConfigError(f"--refer-coverage {refer_coverage}: must be in (0, 1], e.g. 0.8")
     run = RunDir.open(run_dir, writable=True)
-    if criterion is None:
-        return _refer_only(run, float(refer_coverage), refer_tta)
-    name, target = parse_criterion(criterion)
-    criterion = name if target is None else f"{name}:{target:g}"
     meta = run.meta()
+    if rule_out_sensitivity is None and refer_coverage is None:
+        kept = meta.get("rule_out_fit")
+        if meta.rule_out is not None and isinstance(kept, dict):
+            rule_out_sensitivity = float(kept["target"])
+    if criterion is None and rule_out_sensitivity is None:
+        return _refer_only(run, float(refer_coverage), refer_tta)
+    if criterion is not None:
+        name, target = parse_criterion(criterion)
+        criterion = name if target is None else f"{name}:{target:g}"
     temperature = meta.temperature
     old = meta.threshold
 
@@ -99,7 +178,16 @@ def tune_threshold(
     y_val = val["label"].to_numpy()
     p_val = run_probabilities(val, meta)
     try:
-        new = usable_threshold(choose_threshold(y_val, p_val, criterion))
+        new = (
+            old
+            if criterion is None
+            else usable_threshold(choose_threshold(y_val, p_val, criterion))
+        )
+        rule_out = (
+            None
+            if rule_out_sensitivity is None
+            else fit_rule_out(y_val, p_val, rule_out_sensitivity, run.prediction_path("val"))
+        )
     except DataError as exc:
         raise DataError(f"{run.prediction_path('val')}: {exc}") from exc
 
@@ -109,7 +197,7 @@ def tune_threshold(
         splits["test"] = (test["label"].to_numpy(), run_probabilities(test, meta))
 
     result: dict[str, Any] = {
-        "criterion": criterion,
+        "criterion": criterion or meta.get("threshold_criterion"),
         "tuned_on": "val",
         "temperature": temperature,
         "old_threshold": old,
@@ -122,13 +210,21 @@ def tune_threshold(
             "old": compute_metrics(y, p, old, n_boot=0),
             "new": compute_metrics(y, p, new, n_boot=0),
         }
-    changes: dict[str, Any] = {
-        "threshold": new,
-        "threshold_criterion": criterion,
-        "threshold_tuned_on": "val",
-        "threshold_updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    changes: dict[str, Any] = {"threshold": new}
+    if criterion is not None:
+        changes.update(
+            threshold_criterion=criterion,
+            threshold_tuned_on="val",
+            threshold_updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+    if rule_out is not None:
+        rule_out["applied"] = min(rule_out["cut"], new)
+        changes.update(rule_out=rule_out["applied"], rule_out_fit=rule_out, refer=None)
+        result["rule_out"] = rule_out
+        run.update_meta(**changes)
+        return result
     coverage = refer_coverage if refer_coverage is not None else _kept_coverage(meta)
+    changes.update(rule_out=None, rule_out_fit=None)
     if coverage is not None:
         from bonefrac.evaluation.refer import fit_refer, refer_scores
 
@@ -150,7 +246,9 @@ def _kept_coverage(meta: ModelMeta) -> float | None:
 def _refer_only(run: RunDir, coverage: float, tta: bool) -> dict[str, Any]:
     from bonefrac.evaluation.refer import fit_refer, refer_scores
 
-    meta = run.meta()
+    raw = run.raw_meta()
+    raw.update(rule_out=None, rule_out_fit=None, refer=None)
+    meta = ModelMeta.parse(raw, run.meta_path)
     record = fit_refer(run, coverage, meta, scores=refer_scores(tta))
-    run.update_meta(refer=record)
+    run.update_meta(refer=record, rule_out=None, rule_out_fit=None)
     return {"refer": record, "temperature": meta.temperature, "new_threshold": meta.threshold}

@@ -49,6 +49,7 @@ from bonefrac.inference.onnx import OnnxBackend, open_onnx_session
 from bonefrac.inference.scope import is_colour, ood_reasons
 from bonefrac.rundir import (
     FRACTURE,
+    REFER,
     ModelMeta,
     RunDir,
     check_finite,
@@ -497,7 +498,7 @@ class Predictor:
         reasons = ood_reasons(prepared, by_score)
         oos = np.array([r is not None for r in reasons], dtype=bool)
         decisions = self.meta.decisions(probs, uncertainty, flagged=oos)
-        refer = self.meta.refers(uncertainty)
+        refer = np.array([d == REFER for d in decisions], dtype=bool)
         heats = None
         if heatmap and arrays and usable.any():
             heats = self.heatmaps(arrays, maps=map_probs)

@@ -13,6 +13,8 @@ from bonefrac.rundir.layout import (
 from bonefrac.rundir.meta import (
     CLASS_NAMES,
     DECISIONS,
+    FINDING_LEVELS,
+    FINDING_TEXT,
     FORMAT_VERSION,
     FRACTURE,
     NO_FRACTURE,
@@ -36,6 +38,7 @@ from bonefrac.rundir.predictions import (
     TTA_STD_COLUMN,
     predictions_frame,
     raw_logits,
+    run_decisions,
     run_probabilities,
     validate_predictions,
 )
@@ -53,6 +56,8 @@ __all__ = [
     "shipped_models",
     "CLASS_NAMES",
     "DECISIONS",
+    "FINDING_LEVELS",
+    "FINDING_TEXT",
     "FORMAT_VERSION",
     "FRACTURE",
     "NO_FRACTURE",
@@ -77,6 +82,7 @@ __all__ = [
     "overlay_stem",
     "predictions_frame",
     "raw_logits",
+    "run_decisions",
     "run_probabilities",
     "usable_threshold",
     "validate_predictions",

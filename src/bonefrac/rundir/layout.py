@@ -8,6 +8,7 @@
       model.json           model metadata (:class:`~bonefrac.rundir.meta.ModelMeta`)
       model.onnx           ONNX export (optional)
       ood.safetensors      out-of-scope detector statistics (optional, 'bonefrac ood')
+      appearance.safetensors   appearance gate statistics (optional, 'bonefrac ood')
       checkpoints/         Lightning checkpoints (last.ckpt, best.ckpt)
       history.csv          per-epoch training metrics
       metrics.json         per-split metrics with confidence intervals
@@ -33,9 +34,9 @@ import pandas as pd
 
 from bonefrac.errors import RunDirError
 from bonefrac.fileio import atomic_open, read_json, write_json
-from bonefrac.metrics import compute_metrics
+from bonefrac.metrics import compute_metrics, decision_metrics
 from bonefrac.rundir import predictions as predictions_csv
-from bonefrac.rundir.meta import ModelMeta
+from bonefrac.rundir.meta import FORMAT_VERSION, ModelMeta
 from bonefrac.rundir.shipped import MODEL_CARD, names_line, refuse_write, resolve_run, shipped_name
 
 if TYPE_CHECKING:
@@ -46,6 +47,19 @@ WEIGHTS = "model.safetensors"
 MODEL_JSON = "model.json"
 ONNX = "model.onnx"
 OOD_STATS = "ood.safetensors"
+APPEARANCE_STATS = "appearance.safetensors"
+#: model.json keys that the fits on val after training write (:meth:`RunDir.reset_fits`).
+_FIT_KEYS = (
+    "ood",
+    "refer",
+    "rule_out",
+    "rule_out_fit",
+    "calibration",
+    "deploy",
+    "onnx",
+    "threshold_tuned_on",
+    "threshold_updated",
+)
 METRICS = "metrics.json"
 HISTORY = "history.csv"
 REPORT = "report.html"
@@ -189,6 +203,10 @@ class RunDir:
         return self.path / OOD_STATS
 
     @property
+    def appearance_stats_path(self) -> Path:
+        return self.path / APPEARANCE_STATS
+
+    @property
     def metrics_path(self) -> Path:
         return self.path / METRICS
 
@@ -281,11 +299,14 @@ class RunDir:
     def update_meta(self, **changes: Any) -> ModelMeta:
         """Read-modify-write model.json, keeping unknown keys; validated before writing.
 
-        A refer rule fitted at another threshold or temperature than the new ones is removed
-        (with a warning), unless ``changes`` sets ``refer`` itself.
+        A change to ``None`` removes the key. A refer rule fitted at another threshold or
+        temperature than the new ones is removed (with a warning), unless ``changes`` sets
+        ``refer`` itself.
         """
         meta = self.raw_meta()
         meta.update(changes)
+        for key in [k for k, v in changes.items() if v is None]:
+            meta.pop(key, None)
         rule = meta.get("refer")
         if "refer" not in changes and isinstance(rule, dict):
             same = rule.get("threshold") == meta.get("threshold", 0.5) and rule.get(
@@ -373,6 +394,22 @@ class RunDir:
         write_json(self.metrics_path, data)
         return self.metrics_path
 
+    def reset_fits(self) -> ModelMeta:
+        """Remove every fit made on val after training (temperature, threshold and rule-out
+        cut, refer band, out-of-scope detector, deploy record, ONNX export) and write
+        model.json in this version's format: what the trained weights alone describe, ready
+        for the deploy fits again (packaging does this to the weights it ships)."""
+        raw = self.raw_meta()
+        for key in _FIT_KEYS:
+            raw.pop(key, None)
+        raw.update(
+            format_version=FORMAT_VERSION,
+            threshold=0.5,
+            threshold_criterion="default",
+            temperature=1.0,
+        )
+        return self.write_meta(raw)
+
     def relocate(self, manifest: str | Path) -> dict[str, Any]:
         """Point the run at ``manifest``'s copy of its images (see :mod:`.relocate`)."""
         from bonefrac.rundir.relocate import relocate_run
@@ -382,10 +419,23 @@ class RunDir:
 
 
 def metrics_entry(
-    y_true: np.ndarray, prob: np.ndarray, meta: ModelMeta, n_boot: int = 1000, seed: int = 0
+    y_true: np.ndarray,
+    prob: np.ndarray,
+    meta: ModelMeta,
+    n_boot: int = 1000,
+    seed: int = 0,
+    decisions: Any = None,
 ) -> dict[str, Any]:
-    """A metrics.json entry: metrics with CIs at the run's threshold, and the run's settings."""
-    metrics = compute_metrics(y_true, prob, meta.threshold, n_boot=n_boot, seed=seed)
+    """A metrics.json entry: the decision metrics first (miss rate, normals cleared, referred,
+    fracture-call PPV under the run's rule, from ``decisions`` or the probabilities), then the
+    metrics with CIs at the run's threshold, and the run's settings."""
+    if decisions is None:
+        decisions = meta.decisions(prob)
+    metrics: dict[str, Any] = dict(decision_metrics(y_true, decisions, n_boot=n_boot, seed=seed))
+    metrics["decision_counts"] = metrics.pop("counts")
+    metrics.update(compute_metrics(y_true, prob, meta.threshold, n_boot=n_boot, seed=seed))
     metrics["settings"]["temperature"] = meta.temperature
     metrics["settings"]["threshold_criterion"] = meta.get("threshold_criterion", "default")
+    metrics["settings"]["rule"] = "two_cuts" if meta.rule_out is not None else "one_cut"
+    metrics["settings"]["rule_out"] = meta.rule_out
     return metrics

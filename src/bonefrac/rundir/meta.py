@@ -10,8 +10,12 @@ is the only place the temperature is applied.
 
 Decisions a clinician sees (:meth:`ModelMeta.decisions`): ``out_of_scope`` when the optional
 ``ood`` record flags the input as unlike the training radiographs, or a scope rule does (the
-Predictor's, :mod:`bonefrac.inference.scope`), else ``refer`` when the
-optional ``refer`` rule's uncertainty is above its cut-off, else ``fracture`` / ``no_fracture``.
+Predictor's, :mod:`bonefrac.inference.scope`); else, with the two-cut rule (the default,
+``rule_out`` set): ``fracture`` (a firm finding) at or above ``threshold`` (the rule-in cut,
+fitted on val for high specificity), ``no_fracture`` below ``rule_out`` (the rule-out cut,
+fitted on val for high sensitivity) and ``refer`` ("doubt: look here") between; with the
+one-cut rule (``rule_out`` unset): ``refer`` when the optional ``refer`` rule's uncertainty is
+above its cut-off, else ``fracture`` / ``no_fracture`` at ``threshold``.
 
 Format (:data:`FORMAT_VERSION`): model.json records the version of its layout; a run of
 another version is refused at load with one line that says to retrain, never read through a
@@ -49,7 +53,7 @@ log = logging.getLogger(__name__)
 
 #: The layout of model.json and of the weights it describes. Bump it when either changes
 #: meaning (a key, a default, a head's output channels): runs of another version are refused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 CLASS_NAMES = ["not_fractured", "fractured"]
 
@@ -59,6 +63,14 @@ REFER = "refer"
 OUT_OF_SCOPE = "out_of_scope"
 #: The decision vocabulary of every output (CSV, API, page).
 DECISIONS = (FRACTURE, NO_FRACTURE, REFER, OUT_OF_SCOPE)
+#: How sure a flagged image's finding is, as fracture AI shows it: a ``fracture`` call is a firm
+#: finding (drawn solid), a ``refer`` one a doubt (drawn dashed: "look here").
+FINDING_LEVELS = {FRACTURE: "firm", REFER: "doubt"}
+#: The words beside a finding of each level (page, API, DICOM SC and SR).
+FINDING_TEXT = {
+    FRACTURE: "fracture (firm finding)",
+    REFER: "doubt: look here, refer to a radiologist",
+}
 #: Uncertainty scores a refer rule can use (see :mod:`bonefrac.evaluation.refer`).
 UNCERTAINTY_SCORES = ("p_error", "margin", "tta_std")
 
@@ -105,6 +117,16 @@ class OodRule(BaseModel):
     weights_sha256: str | None = None  # the weights whose features the statistics describe
 
 
+class AppearanceRule(BaseModel):
+    """The appearance gate: ``score > cutoff`` means the input does not look like a radiograph
+    (:mod:`bonefrac.inference.appearance`; statistics in ``RUN/appearance.safetensors``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    cutoff: FiniteFloat
+    stats_sha256: str | None = None  # of the statistics file
+
+
 class ScoreFusion(BaseModel):
     """A localising model's image logit: ``logit_weight * class logit + map_weight * the map's
     highest logit + bias``, fitted by logistic regression on val (see
@@ -140,6 +162,27 @@ class ModelMeta(BaseModel):
     weights_sha256: str | None = None
     refer: ReferRule | None = None
     ood: OodRule | None = None
+    rule_out: float | None = None
+    """The rule-out cut of the two-cut rule (``no_fracture`` only below it; ``threshold`` is
+    then the rule-in cut); None: the one-cut rule at ``threshold`` (with an optional refer
+    band)."""
+
+    @model_validator(mode="after")
+    def _rule_out_fits(self) -> ModelMeta:
+        cut = self.rule_out
+        if cut is None:
+            return self
+        if not (math.isfinite(cut) and 0.0 < cut <= self.threshold):
+            raise ValueError(
+                f"rule_out {cut} must be a probability above 0 and at most the rule-in cut "
+                f"(threshold {self.threshold:g}); refit with 'bonefrac threshold RUN'"
+            )
+        if self.refer is not None:
+            raise ValueError(
+                "a run has either the two-cut rule (rule_out) or a refer band (refer), not both;"
+                " refit with 'bonefrac threshold RUN'"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refer_matches(self) -> ModelMeta:
@@ -164,6 +207,8 @@ class ModelMeta(BaseModel):
     """How the image logit fuses the class logit with the map's peak (None: the class logit)."""
     box_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     """Map probability a decoded box must reach to be reported (chosen on val at training)."""
+    appearance: AppearanceRule | None = None
+    """The appearance gate fitted on the train radiographs (None: not fitted)."""
 
     @field_validator("threshold")
     @classmethod
@@ -227,8 +272,19 @@ class ModelMeta(BaseModel):
         return apply_temperature(logits, self.temperature)
 
     def decide(self, prob: Any) -> np.ndarray:
-        """``prob >= threshold`` (fractured)."""
+        """``prob >= threshold`` (a ``fracture`` call)."""
         return np.asarray(prob, dtype=float) >= self.threshold
+
+    @property
+    def two_cuts(self) -> bool:
+        """True with the two-cut rule (a rule-out cut below the rule-in ``threshold``)."""
+        return self.rule_out is not None
+
+    def flags(self, prob: Any) -> np.ndarray:
+        """True where the image is flagged (``fracture`` or, under the two-cut rule, ``refer``
+        by probability): the cut a sensitivity of "not sent home" is measured at."""
+        cut = self.rule_out if self.rule_out is not None else self.threshold
+        return np.asarray(prob, dtype=float) >= cut
 
     def refers(self, uncertainty: Any) -> np.ndarray:
         """True where the refer rule sends the image to a radiologist (all False without one)."""
@@ -248,14 +304,20 @@ class ModelMeta(BaseModel):
         self, prob: Any, uncertainty: Any = None, ood_score: Any = None, flagged: Any = None
     ) -> list[str]:
         """The decision vocabulary (:data:`DECISIONS`) for each image: out of scope first,
-        then refer, then the fracture call at the threshold.
+        then refer (the band between the two cuts, or the refer rule's uncertainty), then the
+        fracture call at the threshold.
 
         ``flagged``: True where the input is out of scope whatever its score (the Predictor's
         scope rules: another modality, a colour image, a blank frame; with or without an
-        ``ood`` record).
+        ``ood`` record). ``uncertainty`` is read by the one-cut rule's refer band only.
         """
         p = np.atleast_1d(np.asarray(prob, dtype=float))
-        ref = self.refers(uncertainty) if uncertainty is not None else np.zeros(p.shape, bool)
+        if self.rule_out is not None:
+            ref = (p >= self.rule_out) & (p < self.threshold)
+        elif uncertainty is not None:
+            ref = self.refers(uncertainty)
+        else:
+            ref = np.zeros(p.shape, bool)
         oos = self.out_of_scope(ood_score) if ood_score is not None else np.zeros(p.shape, bool)
         if flagged is not None:
             oos = np.atleast_1d(oos) | np.atleast_1d(np.asarray(flagged, dtype=bool))
@@ -315,7 +377,7 @@ def missing_safeguards(meta: ModelMeta, run: str = "RUN") -> list[MissingSafegua
                 "threshold",
                 f"no tuned threshold: decisions use the default {meta.threshold:g}, not a "
                 "threshold chosen on val",
-                f"bonefrac threshold {where} --criterion f1",
+                f"bonefrac threshold {where} --criterion specificity:0.95",
             )
         )
     if not isinstance(meta.get("calibration"), dict):
@@ -335,12 +397,12 @@ def missing_safeguards(meta: ModelMeta, run: str = "RUN") -> list[MissingSafegua
                 f"bonefrac ood {where}",
             )
         )
-    if meta.refer is None:
+    if meta.refer is None and meta.rule_out is None:
         out.append(
             MissingSafeguard(
                 "refer",
-                "no refer rule: uncertain images get a fracture call instead of 'refer'",
-                f"bonefrac threshold {where} --refer-coverage 0.9",
+                "no rule-out cut: a doubtful image gets 'no_fracture' instead of 'refer'",
+                f"bonefrac threshold {where} --rule-out-sensitivity 0.95",
             )
         )
     return out

@@ -51,6 +51,8 @@ MAP_MAX = "map_max"  # the map's highest probability
 ENERGY = "energy_in_box"  # share of the map's mass inside the true boxes (NaN without boxes)
 WIDTH = "width"  # the original image's size in pixels (before any JPEG draft)
 HEIGHT = "height"
+#: the manifest's source column, carried over (subgroups, per-source figures)
+SOURCE = "source"
 #: optional: the logit's spread over test-time augmentations (cached by the refer fit)
 TTA_STD_COLUMN = "tta_std"
 #: the API's name for the calibrated probability (the CSVs' ``prob``)
@@ -249,6 +251,28 @@ def run_probabilities(df: pd.DataFrame, meta: Any) -> np.ndarray:
     return meta.probability(raw_logits(df))
 
 
+def run_decisions(df: pd.DataFrame, meta: Any) -> list[str]:
+    """The run's decision for every row of a predictions table (no scope rules: a run's
+    evaluation sets are radiographs by construction): the two cuts, or the threshold with the
+    refer band on its score (``tta_std`` read from its cached column; none cached, no band).
+    """
+    from bonefrac.rundir.meta import error_probability, margin_uncertainty
+
+    prob = run_probabilities(df, meta)
+    rule = meta.refer
+    if meta.rule_out is not None or rule is None:
+        return meta.decisions(prob)
+    if rule.score == "p_error":
+        uncertainty = error_probability(prob, meta.threshold)
+    elif rule.score == "margin":
+        uncertainty = margin_uncertainty(prob, meta.threshold)
+    elif TTA_STD_COLUMN in df.columns and (df[TTA_STD_COLUMN].astype(str) != "").all():
+        uncertainty = df[TTA_STD_COLUMN].astype(float).to_numpy()
+    else:
+        return meta.decisions(prob)
+    return meta.decisions(prob, uncertainty)
+
+
 # --- one image's answer: the API and the predict CSV --------------------------------------
 class PredictionLike(Protocol):
     """What :func:`answer` reads (:class:`bonefrac.inference.predictor.Prediction`)."""
@@ -270,11 +294,18 @@ class PredictionLike(Protocol):
 BEST_BOX = "best_box"
 MAP_KIND = "map"
 
+#: The API answer's finding level: ``firm`` for a ``fracture`` call (a box drawn solid),
+#: ``doubt`` for ``refer`` ("look here", a box drawn dashed), null otherwise; and its words.
+FINDING = "finding"
+FINDING_WORDS = "finding_text"
+
 #: The API answer's fields in order (``POST /v1/predict``): the prediction's (:func:`answer`)
 #: and the model's (given to :func:`api_answer`).
 API_FIELDS = (
     PROBABILITY,
     DECISION,
+    FINDING,
+    FINDING_WORDS,
     UNCERTAINTY,
     REFER,
     OUT_OF_SCOPE,
@@ -296,10 +327,14 @@ API_FIELDS = (
 def answer(pred: PredictionLike) -> dict[str, Any]:
     """One prediction as JSON values: the one serialisation the API, the predict CSV (through
     :func:`predict_row`) and the Python API's callers share."""
+    from bonefrac.rundir.meta import FINDING_LEVELS, FINDING_TEXT
+
     return {
         PROBABILITY: pred.probability,
         LOGIT: pred.logit,
         DECISION: pred.decision,
+        FINDING: FINDING_LEVELS.get(pred.decision),
+        FINDING_WORDS: FINDING_TEXT.get(pred.decision),
         THRESHOLD: pred.threshold,
         UNCERTAINTY: pred.uncertainty,
         REFER: pred.refer,

@@ -81,3 +81,31 @@ def relocate_run(run: Any, manifest: str | Path) -> dict[str, Any]:
         "previous_manifest": old,
         "files": {run.prediction_path(n).name: len(df) for n, df in rewritten.items()},
     }
+
+
+def unroot_run(run: Any, data_root: str | Path) -> dict[str, Any]:
+    """Make the run hold no path of this machine (a shipped model): image paths become
+    relative to ``data_root`` (``fracatlas/images/...``), model.json's ``manifest`` and
+    config.yaml's ``data.manifest`` the manifest's file name. ``bonefrac relocate`` points a
+    copy back at a local manifest (rows match by source and image_id)."""
+    root = Path(data_root).resolve()
+    for name in run.available_predictions():
+        df = run.read_predictions_raw(name)
+        paths = df["path"].astype(str)
+        outside = [p for p in paths if not Path(p).resolve().is_relative_to(root)]
+        if outside:
+            raise RunDirError(
+                f"{run.prediction_path(name)}: {len(outside)} image paths lie outside {root} "
+                f"(e.g. {outside[0]}); nothing was changed"
+            )
+        run.write_predictions(
+            name, df.assign(path=[Path(p).resolve().relative_to(root).as_posix() for p in paths])
+        )
+    manifest = run.raw_meta().get("manifest")
+    short = Path(manifest).name if manifest else None
+    run.update_meta(manifest=short, relocated=None)
+    if run.config_path.is_file():
+        cfg = run.config()
+        cfg.data.manifest = short
+        run.write_config(cfg)
+    return {"run": str(run.path), "data_root": str(root), "manifest": short}

@@ -61,7 +61,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 PUBLIC_META_KEYS = (
     "architecture", "image_size", "mean", "std", "class_names", "positive_class", "threshold",
     "threshold_criterion", "temperature", "preprocess", "input", "epochs_trained", "created",
-    "weights_sha256", "refer", "ood",
+    "weights_sha256", "refer", "ood", "rule_out",
 )  # fmt: skip
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 CAVEAT = (
@@ -170,13 +170,31 @@ def run_card(run: Any) -> dict[str, str | None]:
     :class:`~bonefrac.rundir.RunDir` (both None for ``None``). An unreadable card is logged
     and shown as None: it never stops the server."""
     if run is None:
-        return {"card": None, "shipped": None}
+        return {"card": None, "shipped": None, "misses": None}
     try:
         card = run.model_card()
     except (OSError, UnicodeDecodeError) as exc:
         log.warning("model card unreadable, not shown: %s", exc)
         card = None
-    return {"card": card, "shipped": run.shipped}
+    return {"card": card, "shipped": run.shipped, "misses": run_misses(run)}
+
+
+def run_misses(run: Any) -> dict[str, Any] | None:
+    """The run's test-split decision metrics (``miss_rate``, ``normals_cleared``,
+    ``referred``, ``fracture_ppv``: value and 95% CI; ``n``, ``n_pos``) from metrics.json, for
+    the page's banner; None without them."""
+    from bonefrac.metrics import DECISION_METRIC_NAMES
+
+    try:
+        entry = (run.metrics() or {}).get("test") or {}
+    except (OSError, ValueError, BonefracError) as exc:
+        log.warning("metrics.json unreadable, no figures shown: %s", exc)
+        return None
+    if "miss_rate" not in entry:
+        return None
+    out: dict[str, Any] = {k: entry.get(k) for k in DECISION_METRIC_NAMES}
+    out.update(entry.get("support") or {})
+    return out
 
 
 def public_model_info(pred: Any, card: dict[str, str | None] | None = None) -> dict[str, Any]:
@@ -185,7 +203,7 @@ def public_model_info(pred: Any, card: dict[str, str | None] | None = None) -> d
     ``missing_safeguards``: ``[{"name", "detail", "command"}]`` for each safeguard the run
     lacks (:func:`bonefrac.rundir.missing_safeguards`; commands say ``RUN``), ``[]`` when the
     run has all four. ``card``: the markdown model card (MODEL_CARD.md, written without paths)
-    or None; ``shipped``: the shipped model's name or None. Both come from ``card``
+    or None; ``shipped``: the shipped model's name or None; ``misses``: :func:`run_misses`. Both come from ``card``
     (:func:`run_card`, read once by :func:`create_app`), else are read from ``pred.run`` now.
     """
     meta = pred.meta.model_dump(mode="json")

@@ -131,6 +131,7 @@
       criterion = m.threshold_criterion || "";
       showSafeguards(m.missing_safeguards);
       showCard(m.card);
+      showMisses(m.misses);
       $("model-info").textContent = "Model: " + (m.architecture || "?") +
         " · input " + (m.image_size || "?") + " px · decision threshold " +
         (isNum(m.threshold) ? m.threshold.toFixed(3) : "unknown") +
@@ -172,36 +173,58 @@
 
   // A localising model's boxes [cx, cy, w, h, score] (normalised to the image) as outlined
   // rectangles with their score; nothing for a model without a localisation head (null).
-  // A fractured call with no box above the box threshold shows the detector's best box,
+  // level "firm" (a fracture call) draws them solid, "doubt" (refer) dashed: "look here".
+  // A flagged image with no box above the box threshold shows the detector's best box,
   // dashed and marked low-confidence.
-  function drawBoxes(boxes, best, fractured) {
+  function drawBoxes(boxes, best, level) {
     const layer = $("boxes");
     layer.replaceChildren();
     const note = $("boxes-note");
     let valid = Array.isArray(boxes) ? boxes.filter(isBox) : null;
     if (valid === null) { note.hidden = true; return; }
-    const lowConfidence = !valid.length && fractured && isBox(best);
+    const flagged = level === "firm" || level === "doubt";
+    const lowConfidence = !valid.length && flagged && isBox(best);
     if (lowConfidence) valid = [best];
+    const dashed = lowConfidence || level === "doubt";
     for (const [cx, cy, w, h, score] of valid) {
       const div = document.createElement("div");
-      div.className = lowConfidence ? "box low" : "box";
+      div.className = dashed ? "box low" : "box";
       div.style.left = (100 * (cx - w / 2)) + "%";
       div.style.top = (100 * (cy - h / 2)) + "%";
       div.style.width = (100 * w) + "%";
       div.style.height = (100 * h) + "%";
       const label = document.createElement("span");
-      label.textContent = (100 * score).toFixed(0) + "%" + (lowConfidence ? " (low confidence)" : "");
+      label.textContent = (100 * score).toFixed(0) + "%" +
+        (lowConfidence ? " (low confidence)" : level === "doubt" ? " (doubt: look here)" : "");
       div.appendChild(label);
       layer.appendChild(div);
     }
     note.textContent = lowConfidence
       ? "Dashed box: the detector's best box, below its box threshold (low confidence; the " +
         "number is its detection score). A suggestion to check, not an outline of a fracture."
+      : valid.length && level === "doubt"
+      ? "Dashed boxes: doubt, look here. The model is not sure enough for a fracture call; " +
+        "these are the places to check (the number is each box's detection score)."
       : valid.length
-      ? "Green boxes: the model's fracture detections (the number is each box's detection " +
+      ? "Solid boxes: the model's fracture findings (the number is each box's detection " +
         "score). They are suggestions to check, not outlines of a fracture."
       : "The model's fracture detector found no box above its box threshold.";
     note.hidden = false;
+  }
+
+  // The run's test figures, misses first (from /v1/model): what its decisions do.
+  function showMisses(m) {
+    const banner = $("misses");
+    if (!banner) return;
+    const f = (e) => e && isNum(e.value) ? (100 * e.value).toFixed(1) + "%" +
+      (isNum(e.ci_low) && isNum(e.ci_high) ? " [" + (100 * e.ci_low).toFixed(1) + "–" +
+        (100 * e.ci_high).toFixed(1) + "%]" : "") : "n/a";
+    if (!m || !m.miss_rate) { banner.hidden = true; return; }
+    banner.textContent = "On its test images this model called " + f(m.miss_rate) +
+      " of fractures no_fracture (missed), cleared " + f(m.normals_cleared) +
+      " of normals, and referred " + f(m.referred) + " of images; " + f(m.fracture_ppv) +
+      " of its fracture calls were fractures (95% CIs).";
+    banner.hidden = false;
   }
 
   async function send(file) {
@@ -238,7 +261,7 @@
       showImages();
       // boxes are a fracture finding: none for an image the model declines as out of scope
       drawBoxes(body.decision === "out_of_scope" ? [] : body.pred_boxes, body.best_box,
-        body.decision === "fracture");
+        body.finding);
       $("map-caption").textContent = CAPTIONS[body.map] || CAPTIONS.gradcam;
       const dec = $("decision");
       const answered = body.decision === "fracture" || body.decision === "no_fracture";
@@ -256,11 +279,11 @@
           "The image is unlike the radiographs the model was trained on, so ") +
           "the model gives no fracture estimate (model " + body.model + ").";
       } else if (body.decision === "refer") {
-        dec.textContent = "Refer to a radiologist";
+        dec.textContent = "Doubt: look here (refer to a radiologist)";
         dec.className = "decision refer";
-        $("threshold-note").textContent = "The model is too unsure about this image to " +
-          "answer (its uncertainty is in the band it refers); a radiologist should read it " +
-          "(model " + body.model + ").";
+        $("threshold-note").textContent = "The model is not sure enough for a fracture call " +
+          "nor for clearing the image: a possible fracture, shown dashed; a radiologist should " +
+          "read it (model " + body.model + ").";
       } else {
         const pct = (100 * body.probability);
         $("probability").textContent = (pct < 0.1 ? "<0.1" : pct > 99.9 ? ">99.9" : pct.toFixed(1)) + "%";
