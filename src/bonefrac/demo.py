@@ -31,14 +31,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bonefrac.batch_predict.job import predict_job
+from bonefrac.batch_predict.sidecar import sidecar_path
+from bonefrac.batch_predict.stream import read_rows
 from bonefrac.config import PredictConfig
 from bonefrac.csvpaths import decode_path
 from bonefrac.data.schema import parse_boxes
 from bonefrac.errors import ConfigError
 from bonefrac.fileio import atomic_open
-from bonefrac.inference.batch import read_rows
-from bonefrac.inference.batchmeta import sidecar_path
-from bonefrac.inference.predict_files import predict_job
 from bonefrac.rundir import DEFAULT_NAME, RunDir
 from bonefrac.rundir.predictions import CAM_PATH, DECISION, ERROR, PATH, PRED_BOXES, PROB, THRESHOLD
 
@@ -200,7 +200,7 @@ def run_demo(out: str | Path, model: str = DEFAULT_NAME, *, force: bool = False)
     return result
 
 
-def _card(sample: SampleResult, out: Path) -> str:
+def _card(sample: SampleResult) -> str:
     prob = "–" if sample.probability is None else f"{sample.probability:.3f}"
     truth = "fractured" if sample.fractured else "no fracture"
     if sample.true_boxes:
@@ -233,7 +233,7 @@ def results_page(result: DemoResult, run: RunDir) -> str:
         f"{html.escape(str(p.relative_to(result.out)))}</a></li>"
         for p in result.dicom_files
     )
-    cards = "".join(_card(s, result.out) for s in result.samples)
+    cards = "".join(_card(s) for s in result.samples)
     name = html.escape(f"{result.model} ({run.path.name})")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
