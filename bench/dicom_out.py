@@ -62,8 +62,8 @@ def make_dicoms(folder: Path, n: int) -> list[Path]:
 
 
 def main() -> None:
+    from bonefrac.batch_predict.job import predict_to_csv
     from bonefrac.config import PredictConfig
-    from bonefrac.inference.predict_files import predict_to_csv
     from bonefrac.inference.predictor import Predictor
 
     ap = argparse.ArgumentParser()

@@ -8,7 +8,7 @@
    multiply-add) over its p50 give the achieved GFLOP/s, shown against a float32 matmul timed
    in the same run with the same threads (the machine's practical peak).
 2. Throughput (with ``--images DIR``): ``bonefrac predict``'s library path
-   (:func:`bonefrac.inference.batch.predict_to_csv`) on the first ``--n`` images of DIR
+   (:func:`bonefrac.batch_predict.job.predict_to_csv`) on the first ``--n`` images of DIR
    (recursive) with both backends, images/s end to end (decode + letterbox + model + CSV).
    Without ``--run``, an untrained run of ``--model`` (ImageNet weights where available) is
    made in a temp folder, so no training is needed.
@@ -218,10 +218,10 @@ def precision_latency(name: str, size: int, iters: int, warmup: int, threads: in
 
 
 def throughput(run: Path, images: Path, n: int, workers: int, batch_size: int) -> None:
+    from bonefrac.batch_predict.job import predict_to_csv
+    from bonefrac.batch_predict.stream import collect_inputs
     from bonefrac.config import PredictConfig
-    from bonefrac.inference.batch import collect_inputs
     from bonefrac.inference.onnx import export_onnx
-    from bonefrac.inference.predict_files import predict_to_csv
 
     files = collect_inputs([images])[:n]
     export_onnx(run)

@@ -89,7 +89,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         run = args.run or make_untrained_run(args.model, args.size, tmp / "run")
         if args.images:
-            from bonefrac.inference.batch import collect_inputs
+            from bonefrac.batch_predict.stream import collect_inputs
 
             images = collect_inputs([args.images])[: args.n]
         else:

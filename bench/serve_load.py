@@ -87,7 +87,7 @@ def bomb_rounds(url: str, pid: int, idle_kb: int, bound_mb: float) -> bool:
 
 
 def folder_images(folder: Path, n: int) -> list[tuple[str, bytes]]:
-    from bonefrac.inference.batch import collect_inputs
+    from bonefrac.batch_predict.stream import collect_inputs
 
     return [(p.name, p.read_bytes()) for p in collect_inputs([folder])[:n]]
 

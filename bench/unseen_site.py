@@ -109,7 +109,7 @@ def train_command(spec: dict[str, Any], manifest: Path, run: Path, sets: list[st
 def predict_external(run: Path, manifest: Path, name: str, tta: bool = False) -> None:
     """Every row of ``manifest`` through the run's model into predictions/<name>.csv."""
     from bonefrac.data.schema import read_manifest
-    from bonefrac.inference.frames import predict_run_frame
+    from bonefrac.inference.run_predictions import predict_run_frame
 
     result = predict_run_frame(run, read_manifest(manifest), progress=False, tta=tta)
     RunDir(run).write_predictions(name, result.predictions)
@@ -233,7 +233,7 @@ def run_arm(args: argparse.Namespace, spec: dict[str, Any]) -> None:
 def run_tta(args: argparse.Namespace, spec: dict[str, Any]) -> None:
     """hflip-averaged predictions of val, test and the external site into finished records."""
     from bonefrac.data.schema import read_manifest
-    from bonefrac.inference.frames import predict_run_frame
+    from bonefrac.inference.run_predictions import predict_run_frame
 
     manifests = build_manifests(spec, args.work, args.data)
     setting = spec["settings"][args.setting]

@@ -9,12 +9,12 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from bonefrac.batch_predict.job import exit_status
+from bonefrac.batch_predict.stream import BatchSummary
 from bonefrac.cli import app, render
 from bonefrac.config import DataBuildConfig, PredictConfig, ServeConfig
 from bonefrac.data.sources import SOURCE_KINDS, scan_sources
 from bonefrac.errors import ConfigError, DataError
-from bonefrac.inference.batch import BatchSummary
-from bonefrac.inference.predict_files import exit_status
 
 runner = CliRunner()
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from bonefrac.batch_predict.stream import read_rows
 from bonefrac.demo import CSV, PAGE, read_samples, run_demo
 from bonefrac.errors import ConfigError
-from bonefrac.inference.batch import read_rows
 from bonefrac.rundir.predictions import DECISION, ERROR, PATH
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -454,7 +454,7 @@ class _JobOptions(_Strict):
 
 
 class PredictConfig(_JobOptions):
-    """``bonefrac predict``'s options (:func:`bonefrac.inference.predict_files.predict_to_csv`)."""
+    """``bonefrac predict``'s options (:func:`bonefrac.batch_predict.job.predict_to_csv`)."""
 
     backend: str = "torch"
     """``torch`` | ``onnx`` (RUN/model.onnx)."""

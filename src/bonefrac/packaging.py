@@ -37,7 +37,7 @@ from bonefrac.deploy import deploy_run
 from bonefrac.errors import RunDirError
 from bonefrac.evaluation.model_card import CardInputs, write_model_card
 from bonefrac.fileio import atomic_path, file_sha256, folder_bytes, write_json
-from bonefrac.inference.frames import predict_run_frame
+from bonefrac.inference.run_predictions import predict_run_frame
 from bonefrac.rundir import RunDir, missing_safeguards, shipped
 from bonefrac.rundir.layout import CONFIG, GZIP_SUFFIX, HISTORY, METRICS, MODEL_JSON
 from bonefrac.rundir.predictions import IMAGE_ID, LABEL, LOGIT, PATH, TRUE_BOXES

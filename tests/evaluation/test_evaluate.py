@@ -61,15 +61,15 @@ def _fake_predict(run_dir, df, batch_size=32):
 
 @pytest.fixture()
 def patched_predict(monkeypatch):
-    from bonefrac.inference import frames
+    from bonefrac.inference import run_predictions
 
     calls = []
 
     def fake(run_dir, df, batch_size=32, **kwargs):
         calls.append(len(df))
-        return frames.FramePrediction(_fake_predict(run_dir, df, batch_size))
+        return run_predictions.FramePrediction(_fake_predict(run_dir, df, batch_size))
 
-    monkeypatch.setattr(frames, "predict_run_frame", fake)
+    monkeypatch.setattr(run_predictions, "predict_run_frame", fake)
     return calls
 
 

@@ -15,13 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 import bonefrac
+from bonefrac.batch_predict.job import predict_to_csv
+from bonefrac.batch_predict.sidecar import sidecar_path
+from bonefrac.batch_predict.stream import part_file, row_path
 from bonefrac.cli import app
 from bonefrac.config import PredictConfig
 from bonefrac.csvpaths import decode_path, encode_path
 from bonefrac.errors import ModelOutputError
-from bonefrac.inference.batch import part_file, row_path
-from bonefrac.inference.batchmeta import sidecar_path
-from bonefrac.inference.predict_files import predict_to_csv
 from bonefrac.inference.predictor import Predictor
 from bonefrac.rundir import RunDir
 from bonefrac.rundir.predictions import PREDICT_COLUMNS

@@ -266,8 +266,8 @@ def test_compare_ranks_by_augrc(decided_run: Path, tiny_run: Path, tmp_path: Pat
 
 def test_predict_csv_has_the_decision_columns(decided_run: Path, synthetic_manifest: Path,
                                               tmp_path: Path) -> None:  # fmt: skip
+    from bonefrac.batch_predict.job import predict_to_csv
     from bonefrac.config import PredictConfig
-    from bonefrac.inference.predict_files import predict_to_csv
 
     images = sorted((synthetic_manifest.parent / "images").glob("test_*.png"))[:6]
     blank = tmp_path / "blank.png"

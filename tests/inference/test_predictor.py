@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from bonefrac.batch_predict.stream import collect_inputs
 from bonefrac.cli import app
 from bonefrac.errors import ImageDecodeError, ModelError, RunDirError
-from bonefrac.inference.batch import collect_inputs
 from bonefrac.inference.predictor import Predictor
 from bonefrac.rundir import RunDir
 from bonefrac.rundir.predictions import PREDICT_COLUMNS
@@ -226,8 +226,8 @@ def test_collect_inputs_keeps_missing_named_file(tmp_path):
 
 
 def test_predict_workers_decode_in_processes(tiny_run, synthetic_manifest, tmp_path):
+    from bonefrac.batch_predict.job import predict_to_csv
     from bonefrac.config import PredictConfig
-    from bonefrac.inference.predict_files import predict_to_csv
 
     images = sorted((synthetic_manifest.parent / "images").glob("train_*.png"))[:6]
     bad = tmp_path / "bad.jpg"

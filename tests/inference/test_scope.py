@@ -137,8 +137,8 @@ def test_features_reason_comes_after_the_rules(tmp_path: Path) -> None:
 
 
 def test_predict_csv_has_ood_reason(untrained_run: Path, tmp_path: Path) -> None:
+    from bonefrac.batch_predict.job import predict_to_csv
     from bonefrac.config import PredictConfig
-    from bonefrac.inference.predict_files import predict_to_csv
     from bonefrac.rundir.predictions import PREDICT_COLUMNS
 
     Image.fromarray(radiograph_like()).save(tmp_path / "grey.png")

@@ -146,8 +146,8 @@ def test_evaluate_study_column(tiny_run, tmp_path):
 
 def test_predict_job_writes_the_studies_the_config_asks_for(tiny_run, tmp_path):
     """The library call behind ``bonefrac predict --study-by``: the same studies CSV."""
+    from bonefrac.batch_predict.job import predict_job
     from bonefrac.config import PredictConfig
-    from bonefrac.inference.predict_files import predict_job
 
     make_studies(tmp_path / "data")
     folders = [tmp_path / "data" / "study0", tmp_path / "data" / "study1"]

@@ -73,7 +73,7 @@ def test_predictor_maps_and_boxes(loc_run: Path, test_preds: pd.DataFrame):
 
 
 def test_evaluate_manifest_frame_has_loc_columns(loc_run: Path, test_preds: pd.DataFrame):
-    from bonefrac.inference.frames import predict_run_frame
+    from bonefrac.inference.run_predictions import predict_run_frame
 
     manifest = pd.read_csv(RunDir.open(loc_run).meta().get("manifest"))
     part = manifest[manifest["split"] == "test"]
@@ -83,8 +83,8 @@ def test_evaluate_manifest_frame_has_loc_columns(loc_run: Path, test_preds: pd.D
 
 
 def test_predict_csv_has_pred_boxes(loc_run: Path, test_preds: pd.DataFrame, tmp_path: Path):
+    from bonefrac.batch_predict.job import predict_to_csv
     from bonefrac.config import PredictConfig
-    from bonefrac.inference.predict_files import predict_to_csv
 
     paths = list(test_preds["path"][:6])
     out = tmp_path / "pred.csv"

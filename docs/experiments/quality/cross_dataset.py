@@ -38,8 +38,8 @@ from bonefrac.evaluation.compare import delong_test  # noqa: E402
 from bonefrac.evaluation.tables import markdown_table  # noqa: E402
 from bonefrac.evaluation.thresholds import choose_threshold  # noqa: E402
 from bonefrac.fileio import atomic_open, write_json  # noqa: E402
-from bonefrac.inference.frames import predict_frame  # noqa: E402
 from bonefrac.inference.predictor import Predictor  # noqa: E402
+from bonefrac.inference.run_predictions import predict_frame  # noqa: E402
 from bonefrac.metrics import compute_metrics, format_ci  # noqa: E402
 from bonefrac.rundir import RunDir  # noqa: E402
 from bonefrac.training.fit import train  # noqa: E402

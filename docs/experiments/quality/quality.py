@@ -26,7 +26,7 @@ from benchinfo import REPO, git_commit, machine  # noqa: E402
 
 from bonefrac.evaluation.tables import markdown_table  # noqa: E402
 from bonefrac.evaluation.thresholds import choose_threshold  # noqa: E402
-from bonefrac.inference.frames import predict_run_frame  # noqa: E402
+from bonefrac.inference.run_predictions import predict_run_frame  # noqa: E402
 from bonefrac.metrics import compute_metrics, format_ci  # noqa: E402
 from bonefrac.rundir import RunDir  # noqa: E402
 

@@ -20,7 +20,7 @@ from bonefrac.config import MIB, PredictConfig, ServeConfig
 from bonefrac.errors import BonefracError, ConfigError
 
 if TYPE_CHECKING:
-    from bonefrac.inference.predict_files import PredictJob
+    from bonefrac.batch_predict.job import PredictJob
 
 _PREDICT = PredictConfig.model_fields
 _SERVE = ServeConfig.model_fields
@@ -97,7 +97,7 @@ def predict(
     if out is None:
         if config.studies:
             raise ConfigError("--study-column / --study-by write <out>.studies.csv: pass --out")
-        from bonefrac.inference.batch import read_rows
+        from bonefrac.batch_predict.stream import read_rows
 
         with tempfile.TemporaryDirectory(prefix="bonefrac-predict-") as tmp:
             csv = Path(tmp) / "predictions.csv"
@@ -111,7 +111,7 @@ def predict(
 
 def _run_job(run: Path, paths: list[Path], out: Path, config: PredictConfig) -> PredictJob | None:
     """The predict job; an unexpected failure is the job's (exit 2), never a file's."""
-    from bonefrac.inference.predict_files import predict_job
+    from bonefrac.batch_predict.job import predict_job
 
     try:
         return predict_job(run, paths, out, config)
@@ -125,7 +125,7 @@ def _run_job(run: Path, paths: list[Path], out: Path, config: PredictConfig) -> 
 
 def _report(job: PredictJob | None, run: Path, out: Path | None, config: PredictConfig) -> None:
     """The job's summary lines and exit status (``out`` None: the rows were printed)."""
-    from bonefrac.inference.predict_files import exit_status
+    from bonefrac.batch_predict.job import exit_status
 
     if job is None:  # a helper process of a multi-process job: the first one reports
         return

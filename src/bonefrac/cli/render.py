@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.text import Text
 
 if TYPE_CHECKING:
+    from bonefrac.batch_predict.stream import BatchSummary
     from bonefrac.deploy import DeployReport
     from bonefrac.dicom.write import DicomOutCounts
-    from bonefrac.inference.batch import BatchSummary
     from bonefrac.rundir import RunDir
 
 console = Console()

@@ -111,7 +111,7 @@ def _predict_external(
 ) -> tuple[Path, list[tuple[str, str]]]:
     """Predict the manifest's (test) rows into ``predictions/<name>.csv``; return the path
     and the images that could not be decoded (skipped and listed)."""
-    from bonefrac.inference import frames
+    from bonefrac.inference import run_predictions
 
     if check_name(name) in RESERVED_NAMES:
         raise ConfigError(
@@ -133,7 +133,7 @@ def _predict_external(
     if df.empty:
         raise DataError(f"{manifest}: no rows to evaluate")
     log.info("predicting %d images from %s with %s", len(df), manifest, run.path)
-    result = frames.predict_run_frame(run.path, df, batch_size=batch_size)
+    result = run_predictions.predict_run_frame(run.path, df, batch_size=batch_size)
     run.write_predictions(name, result.predictions)
     return out, result.skipped
 

@@ -18,7 +18,7 @@ always given full batches. What is computed per batch is one of :data:`KINDS`:
 - ``tta``: the logits of every test-time view ``(B, V)`` (the refer rule's ``tta_std``).
 
 :func:`collect` concatenates the batches of a whole data set (for the predictions CSVs, whose
-table :func:`bonefrac.inference.frames.predictions_table` builds).
+table :func:`bonefrac.inference.run_predictions.predictions_table` builds).
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from bonefrac.config import ExperimentConfig
 from bonefrac.data.schema import read_manifest
 from bonefrac.data.transforms import min_box_px
 from bonefrac.fileio import file_sha1
-from bonefrac.inference.frames import predictions_table
 from bonefrac.inference.loop import CachedInputs, Outputs, collect
 from bonefrac.inference.predictor import Predictor
+from bonefrac.inference.run_predictions import predictions_table
 from bonefrac.models.detector import map_peak_logits
 from bonefrac.models.registry import build_model, resolve_spec
 from bonefrac.models.runio import save_weights

@@ -25,8 +25,7 @@ from typing import Any
 
 import torch
 
-from bonefrac.errors import BonefracError
-from bonefrac.inference.batch import (
+from bonefrac.batch_predict.stream import (
     BatchJob,
     BatchSummary,
     merge_parts,
@@ -35,6 +34,7 @@ from bonefrac.inference.batch import (
     read_done,
     stream_predictions,
 )
+from bonefrac.errors import BonefracError
 from bonefrac.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)

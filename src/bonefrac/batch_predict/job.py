@@ -1,8 +1,8 @@
-"""``bonefrac predict``: files and folders -> one predictions CSV, in one or several processes.
+"""The predict job's entry: files and folders -> one predictions CSV, in one or several processes.
 
-The single-process path streams batches (:mod:`bonefrac.inference.batch`); with
+The single-process path streams batches (:mod:`bonefrac.batch_predict.stream`); with
 ``devices > 1`` Lightning Fabric starts that many processes, each streaming its share to a part
-file that the first one merges (:mod:`bonefrac.inference.distributed`). The job's options are
+file that the first one merges (:mod:`bonefrac.batch_predict.distributed`). The job's options are
 one :class:`~bonefrac.config.PredictConfig`; :class:`BatchJob` is built from it here, once.
 """
 
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bonefrac.batch_predict.distributed import load_predictor, predict_distributed
+from bonefrac.batch_predict.stream import BatchJob, BatchSummary, prepare_job, stream_predictions
 from bonefrac.config import PredictConfig
-from bonefrac.inference.batch import BatchJob, BatchSummary, prepare_job, stream_predictions
-from bonefrac.inference.distributed import load_predictor, predict_distributed
 from bonefrac.inference.predictor import Predictor
 from bonefrac.system import usable_cpus
 
@@ -39,7 +39,7 @@ def predict_job(
     """:func:`predict_to_csv`, then ``<out>.studies.csv`` when ``config`` groups the images
     into studies (``study_column``: ``paths`` is one CSV list; ``study_by="folder"``).
     ``None`` in the helper processes of a multi-process job."""
-    from bonefrac.inference.batch import read_rows
+    from bonefrac.batch_predict.stream import read_rows
     from bonefrac.inference.studies import check_aggregation, study_inputs, write_studies
 
     config = config or PredictConfig()

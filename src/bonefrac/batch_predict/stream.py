@@ -1,26 +1,5 @@
-"""``bonefrac predict``: many files -> a CSV, streamed, resumable, one error row per bad file.
-
-- Inputs: files and folders (recursive): image suffixes, ``.dcm``/``.dicom`` and regular files
-  with the DICM magic whatever their name. Files named explicitly are always tried; anything
-  that is not a regular file (FIFO, device, socket) becomes an error row without being opened.
-- The ``path`` column holds the path's bytes losslessly (:mod:`bonefrac.csvpaths`:
-  printable UTF-8 as is, ``%``, control characters and non-UTF-8 bytes as ``%XX``), so every
-  row is one line and any file name resumes exactly.
-- Rows are appended batch by batch and flushed, so an interrupted job loses at most one batch;
-  re-running with the same ``--out`` skips every path already in the CSV (a half-written last
-  line from a kill is dropped first). ``<out>.meta.json`` records the model and settings; a
-  resume with another model, threshold or temperature is refused unless ``force`` (start
-  over). ``retry_errors`` predicts the error rows again.
-- A file that cannot be read, or whose model output is not finite, becomes a row with
-  ``error`` set; the job goes on. :class:`BatchSummary` counts the failures for the exit status.
-- Decoding runs in DataLoader worker processes when ``workers > 0``; ``devices > 1`` shards the
-  files over that many processes (:mod:`bonefrac.inference.distributed`), each streaming to its
-  own part file, merged into ``out`` at the end (and by any later resume).
-- A run without a safeguard (tuned threshold, temperature, out-of-scope detector, refer rule:
-  :func:`bonefrac.rundir.missing_safeguards`) still predicts, with one warning per missing
-  safeguard per job (logged on stderr by the CLI), and :attr:`BatchSummary.missing_safeguards`
-  names them.
-"""
+"""One process's share of a predict job: the inputs found, the CSV checked or started,
+batches predicted and appended as rows (the job: :mod:`bonefrac.batch_predict`)."""
 
 from __future__ import annotations
 
@@ -36,16 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bonefrac.csvpaths import decode_path, encode_path, safe_text
-from bonefrac.data.imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom_file
-from bonefrac.dicom.write import DicomOutCounts, write_dicom_out
-from bonefrac.errors import BonefracError, DataError
-from bonefrac.inference.batchmeta import (
+from bonefrac.batch_predict.sidecar import (
     check_sidecar,
     fingerprint,
     sidecar_path,
     write_sidecar,
 )
+from bonefrac.csvpaths import decode_path, encode_path, safe_text
+from bonefrac.data.imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom_file
+from bonefrac.dicom.write import DicomOutCounts, write_dicom_out
+from bonefrac.errors import BonefracError, DataError
 from bonefrac.inference.loop import Batch, FileInputs, batches
 from bonefrac.inference.predictor import Predictor
 from bonefrac.rundir import OUT_OF_SCOPE, REFER, warn_missing_safeguards
