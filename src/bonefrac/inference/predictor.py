@@ -547,7 +547,7 @@ class Predictor:
         """Predict paths, encoded bytes, numpy arrays or PIL images (one or an iterable).
 
         A file that cannot be decoded raises :class:`ImageDecodeError`; for per-file error
-        rows over many files use :func:`bonefrac.inference.batch.predict_to_csv`.
+        rows over many files use :func:`bonefrac.batch_predict.job.predict_to_csv`.
         """
         if isinstance(inputs, (str, os.PathLike, bytes, np.ndarray, Image.Image)):
             inputs = [inputs]
