@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path, PurePath
+from typing import Any
 
 import pandas as pd
 
@@ -15,26 +17,45 @@ from bonefrac.errors import DataError
 
 log = logging.getLogger(__name__)
 
-#: Columns every manifest has (DESIGN.md). ``boxes`` is JSON: [[cx, cy, w, h], ...] normalised.
+# --- the manifest's columns: spelled here only (the predictions CSVs carry some of them
+# over; bonefrac.rundir.predictions takes these names from here) ---------------------------
+IMAGE_ID = "image_id"
+PATH = "path"
+LABEL = "label"  # 1 = fractured
+SOURCE = "source"  # the dataset an image came from (SOURCE_KINDS' name)
+REGION = "region"
+VIEW = "view"
+SPLIT = "split"  # train | val | test
+GROUP = "group"  # near-duplicate group (kept in one split)
+WIDTH = "width"  # the image's size in pixels
+HEIGHT = "height"
+SHA1 = "sha1"
+PHASH = "phash"
+#: fracture boxes, JSON ``[[cx, cy, w, h], ...]`` normalised to the image (:func:`parse_boxes`)
+BOXES = "boxes"
+#: a descriptive column some sources add (the scanner), carried for subgroup analysis
+HARDWARE = "hardware"
+
+#: Columns every manifest has (DESIGN.md).
 MANIFEST_COLUMNS = [
-    "image_id",
-    "path",
-    "label",
-    "source",
-    "region",
-    "view",
-    "split",
-    "group",
-    "width",
-    "height",
-    "sha1",
-    "phash",
-    "boxes",
+    IMAGE_ID,
+    PATH,
+    LABEL,
+    SOURCE,
+    REGION,
+    VIEW,
+    SPLIT,
+    GROUP,
+    WIDTH,
+    HEIGHT,
+    SHA1,
+    PHASH,
+    BOXES,
 ]
-REQUIRED_COLUMNS = ["path", "label"]
+REQUIRED_COLUMNS = [PATH, LABEL]
 SPLITS = ("train", "val", "test")
 #: Optional descriptive columns that predictions carry along for subgroup analysis.
-SUBGROUP_COLUMNS = ("region", "view", "source", "hardware")
+SUBGROUP_COLUMNS = (REGION, VIEW, SOURCE, HARDWARE)
 
 
 def binary_labels(
@@ -63,9 +84,7 @@ def read_manifest(path: str | Path, *, require_split: bool = False) -> pd.DataFr
     if not path.is_file():
         raise DataError(f"{path}: manifest not found (build one with 'bonefrac data build')")
     try:
-        df = pd.read_csv(
-            path, dtype={"image_id": str, "boxes": str, "group": str}, keep_default_na=False
-        )
+        df = pd.read_csv(path, dtype={IMAGE_ID: str, BOXES: str, GROUP: str}, keep_default_na=False)
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"{path}: not a readable CSV ({exc})") from exc
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -73,19 +92,19 @@ def read_manifest(path: str | Path, *, require_split: bool = False) -> pd.DataFr
         raise DataError(
             f"{path}: missing column(s) {', '.join(missing)}; a manifest needs path,label"
         )
-    if require_split and "split" not in df.columns:
+    if require_split and SPLIT not in df.columns:
         raise DataError(f"{path}: no 'split' column; build the manifest with 'bonefrac data build'")
-    df["label"] = binary_labels(df["label"], path, DataError)
+    df[LABEL] = binary_labels(df[LABEL], path, DataError)
     base = path.resolve().parent
-    df["path"] = [str(p if Path(p).is_absolute() else (base / p)) for p in df["path"].astype(str)]
-    if "image_id" not in df.columns:
-        df["image_id"] = path_image_ids(df["path"].tolist())
-    df["image_id"] = df["image_id"].astype(str)
-    if "boxes" not in df.columns:
-        df["boxes"] = "[]"
-    df["boxes"] = _checked_boxes(df["boxes"].replace("", "[]"), df["path"], path)
-    if "split" in df.columns:
-        bad_splits = sorted(set(df["split"].astype(str)) - set(SPLITS))
+    df[PATH] = [str(p if Path(p).is_absolute() else (base / p)) for p in df[PATH].astype(str)]
+    if IMAGE_ID not in df.columns:
+        df[IMAGE_ID] = path_image_ids(df[PATH].tolist())
+    df[IMAGE_ID] = df[IMAGE_ID].astype(str)
+    if BOXES not in df.columns:
+        df[BOXES] = "[]"
+    df[BOXES] = _checked_boxes(df[BOXES].replace("", "[]"), df[PATH], path)
+    if SPLIT in df.columns:
+        bad_splits = sorted(set(df[SPLIT].astype(str)) - set(SPLITS))
         if bad_splits:
             raise DataError(f"{path}: column 'split' must be train/val/test, found {bad_splits}")
     return df
@@ -134,9 +153,45 @@ def _checked_boxes(values: pd.Series, images: pd.Series, source: Path) -> list[s
     return out
 
 
-def parse_boxes(value: str | float | None) -> list[list[float]]:
-    """Boxes JSON -> list of [cx, cy, w, h] (normalised); empty for '', NaN or '[]'."""
-    if value is None or (isinstance(value, float) and value != value) or value == "":
+def parse_boxes(
+    value: Any,
+    n_values: int = 4,
+    *,
+    source: object = "boxes",
+    image_id: str = "",
+    column: str = BOXES,
+) -> list[list[float]]:
+    """The one parser of a boxes cell, the manifest's (``[[cx, cy, w, h], ...]``) and the
+    predictions CSVs' (``n_values=5``: ``[[cx, cy, w, h, score], ...]``): the first
+    ``n_values`` numbers of each box as floats; empty for None, NaN, ``''`` or ``[]``.
+
+    A cell that is not JSON, or not a list of boxes of at least ``n_values`` finite numbers,
+    raises :class:`DataError` naming ``source``, the image and the column.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return []
-    boxes = json.loads(value) if isinstance(value, str) else value
-    return [[float(v) for v in box[:4]] for box in boxes]
+    where = f"{source}: column '{column}'" + (f" of {image_id}" if image_id else "")
+    data = value
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise DataError(
+                f"{where} is not valid JSON ({text[:60]!r}); fix that cell or rewrite the file"
+            ) from None
+    ok = isinstance(data, list) and all(
+        isinstance(b, list)
+        and len(b) >= n_values
+        and all(isinstance(v, int | float) and math.isfinite(v) for v in b[:n_values])
+        for b in data
+    )
+    if not ok:
+        shape = "[[cx, cy, w, h, score], ...]" if n_values == 5 else "[[cx, cy, w, h], ...]"
+        raise DataError(
+            f"{where} must be a JSON list {shape} of finite numbers, got {str(value)[:60]!r}; "
+            "fix that cell or rewrite the file"
+        )
+    return [[float(v) for v in b[:n_values]] for b in data]

@@ -67,6 +67,7 @@ from bonefrac.rundir.predictions import (
     PRED_BOXES,
     TRUE_BOXES,
     image_sizes,
+    parse_boxes,
 )
 
 AP_IOU = 0.5
@@ -155,25 +156,6 @@ def _cell_json(value: Any, source: object, image_id: str, column: str) -> Any:
         ) from None
 
 
-def _boxes(value: Any, source: object, image_id: str, column: str, n_values: int) -> list:
-    data = _cell_json(value, source, image_id, column)
-    if data is None:
-        return []
-    ok = isinstance(data, list) and all(
-        isinstance(b, list)
-        and len(b) >= n_values
-        and all(isinstance(v, int | float) and math.isfinite(v) for v in b[:n_values])
-        for b in data
-    )
-    if not ok:
-        shape = "[[cx, cy, w, h, score], ...]" if n_values == 5 else "[[cx, cy, w, h], ...]"
-        raise DataError(
-            f"{source}: column '{column}' of {image_id} must be a JSON list {shape} of finite "
-            f"numbers, got {str(value)[:60]!r}; fix or rewrite the predictions CSV"
-        )
-    return [[float(v) for v in b[:n_values]] for b in data]
-
-
 def _peak(value: Any, source: object, image_id: str) -> tuple[float, float] | None:
     data = _cell_json(value, source, image_id, MAP_PEAK)
     if data is None:
@@ -202,18 +184,23 @@ def read_inputs(
     col = df[TRUE_BOXES].tolist()
     inputs = LocInputs(
         image_ids=ids,
-        true_boxes=[_boxes(v, source, i, TRUE_BOXES, 4) for v, i in zip(col, ids, strict=True)],
+        true_boxes=[
+            parse_boxes(v, 4, source=source, image_id=i, column=TRUE_BOXES)
+            for v, i in zip(col, ids, strict=True)
+        ],
         sizes=sizes if sizes is not None else image_sizes(df),
     )
     if PRED_BOXES in df.columns:
         col = df[PRED_BOXES].tolist()
         inputs.pred_boxes = [
-            _boxes(v, source, i, PRED_BOXES, 5) for v, i in zip(col, ids, strict=True)
+            parse_boxes(v, 5, source=source, image_id=i, column=PRED_BOXES)
+            for v, i in zip(col, ids, strict=True)
         ]
     if CAND_BOXES in df.columns:
         col = df[CAND_BOXES].tolist()
         inputs.cand_boxes = [
-            _boxes(v, source, i, CAND_BOXES, 5) for v, i in zip(col, ids, strict=True)
+            parse_boxes(v, 5, source=source, image_id=i, column=CAND_BOXES)
+            for v, i in zip(col, ids, strict=True)
         ]
     if MAP_PEAK in df.columns:
         inputs.peaks = [

@@ -40,8 +40,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from bonefrac.data.schema import BOXES
 from bonefrac.data.transforms import heatmap_to_original
-from bonefrac.errors import ConfigError, DataError, RunDirError
+from bonefrac.errors import ConfigError, DataError
 from bonefrac.fileio import atomic_path, write_json
 from bonefrac.maps.cam import CAM_METHODS, MODEL_METHOD, check_method, explainer, resolve_layer
 from bonefrac.maps.pointing_game import (
@@ -50,6 +51,7 @@ from bonefrac.maps.pointing_game import (
     summarise,
 )
 from bonefrac.rundir import RunDir, overlay_stem
+from bonefrac.rundir.predictions import IMAGE_ID, LABEL, LOGIT, PATH, TRUE_BOXES, parse_boxes
 
 if TYPE_CHECKING:
     from bonefrac.inference.predictor import Predictor
@@ -242,46 +244,27 @@ def _run_manifest(path: str | None, required: bool) -> pd.DataFrame | None:
     return None
 
 
-def _boxes(value: Any) -> list[list[float]]:
-    from bonefrac.data.schema import parse_boxes
-
-    try:
-        return parse_boxes(value)
-    except (ValueError, TypeError) as exc:
-        log.warning("unreadable boxes %r (%s); ignored", value, exc)
-        return []
-
-
 def _split_items(run: RunDir, split: str, manifest: pd.DataFrame | None) -> list[Item]:
-    path = run.prediction_path(split)
-    df = run.read_predictions_raw(split)
-    missing = [c for c in ("image_id", "path") if c not in df.columns]
-    if missing:
-        raise RunDirError(f"{path}: missing column(s) {', '.join(missing)}")
+    source = run.prediction_path(split)
+    df = run.predictions(split)
     boxes_by_id: dict[str, Any] = {}
-    if "boxes" in df.columns:
-        boxes_by_id = dict(zip(df["image_id"], df["boxes"], strict=True))
+    if TRUE_BOXES in df.columns:
+        boxes_by_id = dict(zip(df[IMAGE_ID], df[TRUE_BOXES], strict=True))
     elif manifest is not None:
-        boxes_by_id = dict(zip(manifest["image_id"], manifest["boxes"], strict=False))
-    items = []
-    for row in df.to_dict("records"):
-        logit = _float(row.get("logit"))
-        if logit is None:
-            p = _float(row.get("prob"))
-            if p is not None:
-                p = min(max(p, 1e-7), 1 - 1e-7)
-                logit = math.log(p / (1 - p))
-        label = _float(row.get("label"))
-        items.append(
-            Item(
-                image_id=str(row["image_id"]),
-                path=str(row["path"]),
-                label=None if label is None else int(label),
-                logit=logit,
-                boxes=_boxes(boxes_by_id.get(str(row["image_id"]), "[]")),
-            )
+        source = "the run's manifest"
+        boxes_by_id = dict(zip(manifest[IMAGE_ID], manifest[BOXES], strict=False))
+    return [
+        Item(
+            image_id=image_id,
+            path=str(path),
+            label=int(label),
+            logit=float(logit),
+            boxes=parse_boxes(boxes_by_id.get(image_id), source=source, image_id=image_id),
         )
-    return items
+        for image_id, path, label, logit in zip(
+            df[IMAGE_ID], df[PATH], df[LABEL], df[LOGIT], strict=True
+        )
+    ]
 
 
 def _image_items(images: Sequence[str | Path], manifest: pd.DataFrame | None) -> list[Item]:
@@ -301,14 +284,14 @@ def _image_items(images: Sequence[str | Path], manifest: pd.DataFrame | None) ->
     by_path: dict[str, dict[str, Any]] = {}
     if manifest is not None:
         for row in manifest.to_dict("records"):
-            by_path[str(Path(row["path"]).resolve())] = row
+            by_path[str(Path(row[PATH]).resolve())] = row
     items = []
     for p in paths:
         row = by_path.get(str(p.resolve()))
         if row is not None:
-            items.append(
-                Item(str(row["image_id"]), str(p), int(row["label"]), None, _boxes(row["boxes"]))
-            )
+            image_id = str(row[IMAGE_ID])
+            boxes = parse_boxes(row[BOXES], source="the run's manifest", image_id=image_id)
+            items.append(Item(image_id, str(p), int(row[LABEL]), None, boxes))
         else:
             items.append(Item(p.name, str(p)))
     return items

@@ -204,15 +204,3 @@ def choose_box_threshold(neg_peaks: np.ndarray) -> float:
     if len(peaks) == 0:
         return 0.5
     return float(np.clip(np.quantile(peaks, 1 - NEGATIVE_BOX_RATE), 0.01, 0.99))
-
-
-def row_boxes(value: Any) -> list[list[float]]:
-    """A manifest ``boxes`` cell -> clean ``[cx, cy, w, h]`` boxes (bad ones dropped)."""
-    from bonefrac.data.boxes import clean_boxes
-    from bonefrac.data.schema import parse_boxes
-
-    try:
-        kept, _ = clean_boxes(parse_boxes(value))
-    except (ValueError, TypeError):
-        return []
-    return [b[:4] for b in kept]

@@ -22,7 +22,7 @@ from bonefrac.errors import DataError
 from bonefrac.inference.loop import FileInputs, Outputs, collect
 from bonefrac.inference.predictor import Predictor
 from bonefrac.rundir import ModelMeta, predictions_frame
-from bonefrac.rundir.predictions import IMAGE_ID, PATH, TRUE_BOXES
+from bonefrac.rundir.predictions import IMAGE_ID, PATH, TRUE_BOXES, parse_boxes
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class FramePrediction:
 def predictions_table(frame: pd.DataFrame, out: Outputs, meta: ModelMeta) -> pd.DataFrame:
     """The run predictions CSV of ``frame``'s rows that decoded (``out.indices``): the one
     place its localisation columns are built (from ``out.head``, at ``meta``'s box threshold)."""
-    from bonefrac.inference.box_decoding import loc_row, row_boxes
+    from bonefrac.inference.box_decoding import loc_row
     from bonefrac.maps.learned import detector_maps
 
     rows = frame.iloc[out.indices].reset_index(drop=True)
@@ -49,7 +49,7 @@ def predictions_table(frame: pd.DataFrame, out: Outputs, meta: ModelMeta) -> pd.
             loc_row(
                 detector_maps(out.head[i : i + 1], meta.image_size, meta.loc_levels)[0],
                 out.decoded_sizes[i],
-                row_boxes(truth[i]),
+                parse_boxes(truth[i], source=rows[PATH].iloc[i]),
                 meta.box_threshold,
                 out.head[i],
                 meta.loc_levels,

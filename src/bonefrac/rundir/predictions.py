@@ -26,22 +26,33 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from bonefrac.data.schema import SUBGROUP_COLUMNS, binary_labels, path_image_ids
+from bonefrac.data.schema import (
+    BOXES,
+    HEIGHT,
+    IMAGE_ID,
+    LABEL,
+    PATH,
+    SUBGROUP_COLUMNS,
+    WIDTH,
+    binary_labels,
+)
+from bonefrac.data.schema import parse_boxes as parse_boxes  # the one box-cell parser
 from bonefrac.errors import RunDirError
 from bonefrac.fileio import write_csv
-from bonefrac.metrics import logit_from_prob, sigmoid
+from bonefrac.metrics import sigmoid
 
 # --- column names ---------------------------------------------------------------------------
-IMAGE_ID = "image_id"
-PATH = "path"
-LABEL = "label"
+# The columns carried over from the manifest (IMAGE_ID, PATH, LABEL, SOURCE, WIDTH, HEIGHT and
+# the true boxes) take its names from bonefrac.data.schema, their one owner below this layer;
+# the rest are spelled here. Import every one of them from this module, and parse a boxes cell
+# with its parse_boxes (the manifest's parser: one format).
 LOGIT = "logit"
 PROB = "prob"
 #: a fused run's class logit alone (before the map's score was fused in): the score a
 #: classification-only reading of the same model gives, for the fused-vs-logit comparison
 CLASS_LOGIT = "class_logit"
 #: the true fracture boxes ``[[cx, cy, w, h], ...]`` (the manifest's column, carried over)
-TRUE_BOXES = "boxes"
+TRUE_BOXES = BOXES
 #: the model's boxes ``[[cx, cy, w, h, score], ...]`` at or above the run's box threshold
 PRED_BOXES = "pred_boxes"
 #: every decoded box down to a low score floor: the ranked list AP and FROC use
@@ -49,10 +60,6 @@ CAND_BOXES = "cand_boxes"
 MAP_PEAK = "map_peak"  # [x, y] of the map's maximum
 MAP_MAX = "map_max"  # the map's highest probability
 ENERGY = "energy_in_box"  # share of the map's mass inside the true boxes (NaN without boxes)
-WIDTH = "width"  # the original image's size in pixels (before any JPEG draft)
-HEIGHT = "height"
-#: the manifest's source column, carried over (subgroups, per-source figures)
-SOURCE = "source"
 #: optional: the logit's spread over test-time augmentations (cached by the refer fit)
 TTA_STD_COLUMN = "tta_std"
 #: the API's name for the calibrated probability (the CSVs' ``prob``)
@@ -163,13 +170,15 @@ def predictions_frame(
 
 
 def _check_columns(columns: Sequence[str], source: object) -> None:
-    """The columns a run predictions table cannot do without."""
-    if LABEL not in columns:
-        raise RunDirError(f"{source}: missing column '{LABEL}'")
-    if PROB not in columns and LOGIT not in columns:
-        raise RunDirError(f"{source}: needs a '{PROB}' or '{LOGIT}' column")
-    if IMAGE_ID not in columns and PATH not in columns:
-        raise RunDirError(f"{source}: needs an '{IMAGE_ID}' or '{PATH}' column")
+    """The columns every run predictions table has (:data:`RUN_COLUMNS`); a table without one
+    of them is another format, refused with one line."""
+    missing = [c for c in RUN_COLUMNS if c not in columns]
+    if missing:
+        raise RunDirError(
+            f"{source}: no {', '.join(repr(c) for c in missing)} column: not a run predictions "
+            f"CSV of this version ({', '.join(RUN_COLUMNS)}); rewrite it with 'bonefrac "
+            "evaluate --manifest' or retrain"
+        )
     if (WIDTH in columns) != (HEIGHT in columns):
         raise RunDirError(f"{source}: has only one of '{WIDTH}' and '{HEIGHT}'; rewrite it")
 
@@ -193,12 +202,10 @@ def read_predictions(path: Path) -> pd.DataFrame:
 
 
 def validate_predictions(df: pd.DataFrame, source: object) -> pd.DataFrame:
-    """Check a predictions table: label 0/1, prob or logit numeric, an id per row, sizes
-    positive where given."""
+    """Check a predictions table: :data:`RUN_COLUMNS` present, label 0/1, prob and logit
+    numeric, sizes positive where given."""
     _check_columns(list(df.columns), source)
     df = df.copy()
-    if IMAGE_ID not in df.columns:
-        df[IMAGE_ID] = path_image_ids(df[PATH].astype(str).tolist())
     df[IMAGE_ID] = df[IMAGE_ID].astype(str)
     df[LABEL] = binary_labels(df[LABEL], source, RunDirError)
     for col in (PROB, LOGIT, CLASS_LOGIT):
@@ -235,18 +242,16 @@ def image_sizes(df: pd.DataFrame) -> list[Size | None]:
 
 
 def raw_logits(df: pd.DataFrame) -> np.ndarray:
-    """The model's logits; recovered from ``prob`` when the CSV has no ``logit`` column."""
-    if LOGIT in df.columns:
-        return df[LOGIT].to_numpy(dtype=float)
-    return logit_from_prob(df[PROB].to_numpy(dtype=float))
+    """The model's logits (the ``logit`` column)."""
+    return df[LOGIT].to_numpy(dtype=float)
 
 
 def run_probabilities(df: pd.DataFrame, meta: Any) -> np.ndarray:
     """Probabilities the run's threshold applies to: ``sigmoid(logit / T)``.
 
-    With ``T == 1`` the CSV's ``prob`` column is used as is (when present).
+    With ``T == 1`` the CSV's ``prob`` column is used as is.
     """
-    if meta.temperature == 1.0 and PROB in df.columns:
+    if meta.temperature == 1.0:
         return df[PROB].to_numpy(dtype=float)
     return meta.probability(raw_logits(df))
 
