@@ -16,7 +16,7 @@ DEMO ?= demo
 DEMO_LIMIT ?= 1000
 DEMO_SET ?= --set data.limit_per_split=$(DEMO_LIMIT)
 
-.PHONY: install demo test lint format clean shipped-model
+.PHONY: install demo demo-samples demo-train test lint format clean shipped-model
 
 install: $(VENV)/.installed
 
@@ -29,13 +29,19 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	@if [ -z "$(BONEFRAC_DATA)" ]; then \
-	  echo "No data: the shipped model on the bundled sample radiographs (bonefrac demo)."; \
-	  $(BIN)/bonefrac demo --out $(DEMO)/samples --force || exit $$?; \
-	  echo "To train as well: download FracAtlas (figshare, doi:10.6084/m9.figshare.22363012)"; \
-	  echo "so that DATA/fracatlas/dataset.csv and DATA/fracatlas/images/ exist (optionally the"; \
-	  echo "Roboflow 'Bone Fracture Detection' v4 YOLO export as DATA/bone_fracture_yolo/), then"; \
-	  echo "run: make demo BONEFRAC_DATA=DATA"; exit 0; fi
+	@if [ -z "$(BONEFRAC_DATA)" ]; then $(MAKE) --no-print-directory demo-samples; \
+	  else $(MAKE) --no-print-directory demo-train; fi
+
+# Without data: the shipped model on the sample radiographs that ship with the package.
+demo-samples: install
+	@echo "No data: the shipped model on the bundled sample radiographs (bonefrac demo)."
+	$(BIN)/bonefrac demo --out $(DEMO)/samples --force
+	@echo "To train as well: download FracAtlas (figshare, doi:10.6084/m9.figshare.22363012)"
+	@echo "so that DATA/fracatlas/dataset.csv and DATA/fracatlas/images/ exist (optionally the"
+	@echo "Roboflow 'Bone Fracture Detection' v4 YOLO export as DATA/bone_fracture_yolo/), then"
+	@echo "run: make demo BONEFRAC_DATA=DATA"
+
+demo-train: install
 	@if [ ! -d "$(BONEFRAC_DATA)/fracatlas" ]; then \
 	  echo "$(BONEFRAC_DATA)/fracatlas: not found. Unpack FracAtlas (figshare,"; \
 	  echo "doi:10.6084/m9.figshare.22363012) so that it holds dataset.csv and images/;"; \

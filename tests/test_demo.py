@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import html
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -18,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    return run_demo(tmp_path_factory.mktemp("demo") / "samples")
+    with pytest.MonkeyPatch.context() as mp:  # a relative folder, as 'make demo' passes it
+        mp.chdir(tmp_path_factory.mktemp("demo"))
+        return run_demo(Path("demo") / "samples")
 
 
 def test_the_demo_writes_the_page_naming_each_sample_and_its_decision(demo) -> None:
@@ -61,7 +66,28 @@ def test_a_second_demo_into_the_same_folder_needs_force(demo) -> None:
     assert keep.read_text() == "not the demo's"
 
 
-def test_make_demo_without_data_runs_the_demo() -> None:
-    makefile = (ROOT / "Makefile").read_text()
-    assert "bonefrac demo --out $(DEMO)/samples" in makefile
+def _make_demo_dry_run(data: str) -> str:
+    """What 'make demo BONEFRAC_DATA=<data>' would run (make -n; install counted as done)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    venv = Path(sys.executable).parent.parent
+    done = subprocess.run(
+        ["make", "-n", "-o", f"{venv}/.installed", "demo", f"BONEFRAC_DATA={data}", f"VENV={venv}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_make_demo_without_data_runs_the_demo_and_with_data_trains() -> None:
+    without = _make_demo_dry_run("")
+    assert "bonefrac demo --out demo/samples --force" in without
+    assert "bonefrac train" not in without and "data build" not in without
+    with_data = _make_demo_dry_run("/data")
+    assert "bonefrac data build --fracatlas /data/fracatlas" in with_data
+    assert "bonefrac train --config configs/lite0.yaml" in with_data
+    assert "bonefrac demo" not in with_data
     assert PAGE == "index.html"

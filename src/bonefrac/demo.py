@@ -156,7 +156,7 @@ def write_cr_dicom(image: Path, target: Path, region: str) -> Path:
 def run_demo(out: str | Path, model: str = DEFAULT_NAME, *, force: bool = False) -> DemoResult:
     """Predict the sample radiographs (and one as DICOM) with ``model`` into ``out``; write the
     page. An earlier demo's outputs in ``out`` are refused unless ``force`` (then replaced)."""
-    out = Path(out)
+    out = Path(out).absolute()  # the CSV's paths and the page's links agree whatever the cwd
     written = [out / PAGE, out / CSV, sidecar_path(out / CSV), *(out / f for f in FOLDERS)]
     earlier = [path for path in written if path.exists()]
     if earlier and not force:
@@ -178,7 +178,7 @@ def run_demo(out: str | Path, model: str = DEFAULT_NAME, *, force: bool = False)
     result = DemoResult(out=out, model=model)
     for row in read_rows(out / CSV):
         path = decode_path(row[PATH])
-        listed = by_name[DICOM_SAMPLE if path == dicom else path.name]
+        listed = by_name[DICOM_SAMPLE if path.resolve() == dicom.resolve() else path.name]
         cam = row.get(CAM_PATH) or ""
         result.samples.append(
             SampleResult(
@@ -189,7 +189,9 @@ def run_demo(out: str | Path, model: str = DEFAULT_NAME, *, force: bool = False)
                 boxes=json.loads(row[PRED_BOXES]) if row.get(PRED_BOXES) else [],
                 fractured=bool(int(listed.fractured)),
                 true_boxes=parse_boxes(listed.boxes),
-                overlay=str(decode_path(cam).relative_to(out)) if cam else "",
+                overlay=decode_path(cam).resolve().relative_to(out.resolve()).as_posix()
+                if cam
+                else "",
                 error=row[ERROR],
             )
         )
