@@ -310,3 +310,44 @@ def test_shipped_default_end_to_end_from_a_config_file(orthanc, tmp_path):
 
 def json_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_tls_association_with_a_client_certificate(make_node, orthanc, tmp_path):
+    """With tls_cert/tls_key/tls_ca the node speaks TLS only: a caller with a certificate the
+    CA signed stores an image; a plain-TCP caller gets no association."""
+    import shutil
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make test certificates")
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    for name in ("node", "modality"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", f"{name}.key",
+                "-out", f"{name}.csr")  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "1", "-copy_extensions", "copy",
+                "-out", f"{name}.pem")  # fmt: skip
+    node = make_node(send_to=[orthanc.destination], tls_cert=tmp_path / "node.pem",
+                     tls_key=tmp_path / "node.key", tls_ca=tmp_path / "ca.pem")  # fmt: skip
+    (cr,) = cr_files(tmp_path / "in", 1)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tmp_path / "ca.pem"))
+    client.load_cert_chain(str(tmp_path / "modality.pem"), str(tmp_path / "modality.key"))
+    ae = AE(ae_title=MODALITY)
+    ae.add_requested_context(ComputedRadiographyImageStorage)
+    ae.acse_timeout = ae.network_timeout = 10
+    assoc = ae.associate("127.0.0.1", node.address[1], ae_title="BONEFRAC",
+                         tls_args=(client, "127.0.0.1"))  # fmt: skip
+    assert assoc.is_established
+    assert assoc.send_c_store(pydicom.dcmread(cr)).Status == 0x0000
+    assoc.release()
+    plain = ae.associate("127.0.0.1", node.address[1], ae_title="BONEFRAC")
+    assert not plain.is_established
+    assert node.wait_idle(60) and len(orthanc.wait_for(2, 10)) == 2
