@@ -40,7 +40,7 @@ from bonefrac.fileio import atomic_path, file_sha256, folder_bytes, write_json
 from bonefrac.inference.run_predictions import predict_run_frame
 from bonefrac.rundir import RunDir, missing_safeguards, shipped
 from bonefrac.rundir.layout import CONFIG, GZIP_SUFFIX, HISTORY, METRICS, MODEL_JSON
-from bonefrac.rundir.predictions import IMAGE_ID, LABEL, LOGIT, PATH, TRUE_BOXES
+from bonefrac.rundir.predictions import IMAGE_ID, LABEL, LOGIT, PATH, SOURCE, TRUE_BOXES
 from bonefrac.rundir.relocate import unroot_run
 
 log = logging.getLogger(__name__)
@@ -113,10 +113,10 @@ def parity(
         "threshold": threshold,
         "temperature": temperature,
     }
-    if "source" in a.columns:
+    if SOURCE in a.columns:
         out["max_abs_delta_logit_by_source"] = {
-            str(s): float(delta[(a["source"] == s).to_numpy()].max())
-            for s in sorted(a["source"].astype(str).unique())
+            str(s): float(delta[(a[SOURCE] == s).to_numpy()].max())
+            for s in sorted(a[SOURCE].astype(str).unique())
         }
     return out
 

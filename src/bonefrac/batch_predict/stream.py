@@ -405,4 +405,4 @@ def _save_png(img: Any, path: Path) -> None:
 
 def row_path(row: dict[str, str]) -> Path:
     """The file a CSV row is about (``path`` decoded, see :mod:`bonefrac.csvpaths`)."""
-    return decode_path(row["path"])
+    return decode_path(row[PATH])

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.text import Text
 
+from bonefrac.rundir.predictions import ENERGY
+
 if TYPE_CHECKING:
     from bonefrac.batch_predict.stream import BatchSummary
     from bonefrac.deploy import DeployReport
@@ -311,7 +313,7 @@ def explanation(out: Console, res: dict[str, Any], run_arg: Path) -> None:
                 (f"{loc['hit_rate']:.3f}", "bold"),
                 f" (95% CI {loc['hit_rate_low']:.3f}-{loc['hit_rate_high']:.3f}; chance "
                 f"{loc['chance_hit_rate']:.3f}), energy in box ",
-                (f"{loc['energy_in_box']:.3f}", "bold"),
+                (f"{loc[ENERGY]:.3f}", "bold"),
                 f" (chance {loc['chance_energy_in_box']:.3f})",
             )
         else:

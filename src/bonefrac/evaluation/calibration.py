@@ -33,6 +33,7 @@ from bonefrac.metrics import (
     sigmoid,
 )
 from bonefrac.rundir import RunDir, raw_logits, usable_threshold
+from bonefrac.rundir.predictions import LABEL
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def calibrate_run(run_dir: str | Path, n_bins: int = N_BINS) -> dict[str, Any]:
         log.warning(
             "%s has no 'logit' column; logits recovered from 'prob'", run.prediction_path("val")
         )
-    y_val, z_val = val["label"].to_numpy(), raw_logits(val)
+    y_val, z_val = val[LABEL].to_numpy(), raw_logits(val)
     try:
         temperature = fit_temperature(z_val, y_val)
     except DataError as exc:
@@ -114,7 +115,7 @@ def calibrate_run(run_dir: str | Path, n_bins: int = N_BINS) -> dict[str, Any]:
     splits: dict[str, Any] = {"val": (y_val, z_val)}
     if run.prediction_path("test").is_file():
         test = run.predictions("test")
-        splits["test"] = (test["label"].to_numpy(), raw_logits(test))
+        splits["test"] = (test[LABEL].to_numpy(), raw_logits(test))
 
     summary: dict[str, Any] = {
         "method": "temperature scaling",

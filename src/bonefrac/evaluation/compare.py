@@ -34,6 +34,7 @@ from bonefrac.evaluation.tables import COMPARE_LOC_METRICS, markdown_table
 from bonefrac.fileio import atomic_open, write_json
 from bonefrac.metrics import METRIC_NAMES, compute_metrics, format_ci
 from bonefrac.rundir import RunDir, check_name, run_probabilities
+from bonefrac.rundir.predictions import IMAGE_ID, LABEL
 
 #: Columns of the comparison: the threshold metrics, then AUGRC (selective prediction).
 COMPARE_METRICS = (*METRIC_NAMES, "augrc")
@@ -138,7 +139,7 @@ def load_aligned(run_dirs: list[Path], split: str) -> tuple[list[str], np.ndarra
         meta = run.meta()
         df = run.predictions(split)
         path = run.prediction_path(split)
-        dup = df["image_id"][df["image_id"].duplicated()]
+        dup = df[IMAGE_ID][df[IMAGE_ID].duplicated()]
         if len(dup):
             raise DataError(
                 f"{path}: image_id {dup.iloc[0]!r} appears more than once; runs are joined on "
@@ -148,7 +149,7 @@ def load_aligned(run_dirs: list[Path], split: str) -> tuple[list[str], np.ndarra
         prob = run_probabilities(df, meta)
         s = pd.Series(prob, index=df.index)
         if base_ids is None:
-            base_ids, labels = df.index, df["label"].to_numpy()
+            base_ids, labels = df.index, df[LABEL].to_numpy()
             first = path
         else:
             missing = base_ids.difference(df.index)
@@ -160,7 +161,7 @@ def load_aligned(run_dirs: list[Path], split: str) -> tuple[list[str], np.ndarra
                     f"{len(extra)} extra; e.g. {ex}); compare runs evaluated on the same split "
                     "of the same manifest"
                 )
-            lab = df.loc[base_ids, "label"].to_numpy()
+            lab = df.loc[base_ids, LABEL].to_numpy()
             if not np.array_equal(lab, labels):
                 bad = base_ids[lab != labels][:3]
                 raise DataError(
@@ -289,7 +290,7 @@ def _run_augrc(run_dir: Path, split: str, n_boot: int, seed: int) -> dict[str, A
     run = RunDir.open(run_dir)
     meta = run.meta()
     df = run.predictions(split)
-    entry, _, _ = selective_entry(run, split, df["label"].to_numpy(),
+    entry, _, _ = selective_entry(run, split, df[LABEL].to_numpy(),
                                   run_probabilities(df, meta), meta, n_boot=n_boot,
                                   seed=seed)  # fmt: skip
     return entry["augrc"]

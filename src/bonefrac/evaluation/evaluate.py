@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bonefrac.data.schema import SUBGROUP_COLUMNS, read_manifest
+from bonefrac.data.schema import SPLIT, SUBGROUP_COLUMNS, read_manifest
 from bonefrac.errors import ConfigError, DataError, RunDirError
 from bonefrac.evaluation import plots
 from bonefrac.evaluation.localization_metrics import split_localization
@@ -34,7 +34,7 @@ from bonefrac.evaluation.selective import selective_entry
 from bonefrac.fileio import write_csv
 from bonefrac.metrics import DECISION_METRIC_NAMES, compute_metrics, decision_metrics
 from bonefrac.rundir import RunDir, check_name, metrics_entry, run_decisions, run_probabilities
-from bonefrac.rundir.predictions import LABEL
+from bonefrac.rundir.predictions import LABEL, SUBGROUP_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -89,18 +89,14 @@ def subgroup_table(
             m = compute_metrics(y[mask], prob[mask], threshold, n_boot=n_boot, seed=seed)
             if words is not None:
                 m.update(decision_metrics(y[mask], words[mask], n_boot=n_boot, seed=seed))
-            row: dict[str, Any] = {
-                "column": col,
-                "group": value,
-                "n": m["support"]["n"],
-                "n_pos": m["support"]["n_pos"],
-            }
+            counts = (col, value, m["support"]["n"], m["support"]["n_pos"])
+            row: dict[str, Any] = dict(zip(SUBGROUP_KEYS, counts, strict=True))
             for name in names:
                 row[name] = m[name]["value"]
                 row[f"{name}_low"] = m[name]["ci_low"]
                 row[f"{name}_high"] = m[name]["ci_high"]
             rows.append(row)
-    cols = ["column", "group", "n", "n_pos"] + [
+    cols = [*SUBGROUP_KEYS] + [
         f"{m}{s}" for m in names for s in ("", "_low", "_high")
     ]
     return pd.DataFrame(rows, columns=cols)
@@ -124,8 +120,8 @@ def _predict_external(
             f"with 'bonefrac evaluate {run.path} --split {name}'"
         )
     df = read_manifest(manifest)
-    if "split" in df.columns and not all_rows:
-        df = df[df["split"].astype(str) == "test"].reset_index(drop=True)
+    if SPLIT in df.columns and not all_rows:
+        df = df[df[SPLIT].astype(str) == "test"].reset_index(drop=True)
         if df.empty:
             raise DataError(
                 f"{manifest}: no rows with split == 'test'; pass --all-rows to use every row"

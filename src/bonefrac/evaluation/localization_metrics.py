@@ -487,7 +487,7 @@ def localization_metrics(
     if inputs.peaks is not None:
         per_image["hit_rate"] = point_hits(inputs.peaks, inputs.true_boxes, inputs.sizes, tolerance)
     if inputs.energy is not None:
-        per_image["energy_in_box"] = np.where(boxed, inputs.energy, np.nan)
+        per_image[ENERGY] = np.where(boxed, inputs.energy, np.nan)
     centre = [(0.5, 0.5)] * inputs.n
     per_image["centre_hit_rate"] = point_hits(centre, inputs.true_boxes, inputs.sizes, tolerance)
     per_image["chance_hit_rate"] = chance_hits(inputs.true_boxes, inputs.sizes, tolerance)

@@ -85,7 +85,7 @@ def _manifest_counts(manifest: str | None) -> pd.DataFrame | None:
     if not manifest or not Path(manifest).is_file():
         return None
     df = pd.read_csv(manifest, usecols=["source", "split", "label"])
-    return df.groupby(["source", "split"])["label"].agg(["size", "sum"])
+    return df.groupby(["source", "split"])[LABEL].agg(["size", "sum"])
 
 
 def _split_seed(manifest: str | None) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from bonefrac.data.schema import PATH, SOURCE, SPLIT
 from bonefrac.errors import ConfigError, DataError, RunDirError
 from bonefrac.fileio import file_sha256
 from bonefrac.inference.loop import FileInputs, collect
@@ -76,14 +77,14 @@ def _train_paths(run: RunDir, max_images: int, seed: int) -> list[str]:
             f"this machine's copy with 'bonefrac relocate {run.path} --manifest CSV'"
         )
     df = read_manifest(Path(manifest), require_split=True)
-    df = df[df["split"].astype(str) == "train"]
-    if cfg.data.sources and "source" in df.columns:
-        df = df[df["source"].astype(str).isin(cfg.data.sources)]
+    df = df[df[SPLIT].astype(str) == "train"]
+    if cfg.data.sources and SOURCE in df.columns:
+        df = df[df[SOURCE].astype(str).isin(cfg.data.sources)]
     if df.empty:
         raise DataError(f"{manifest}: no train rows to fit the out-of-scope statistics on")
     if len(df) > max_images:
         df = df.sample(n=max_images, random_state=seed)
-    return df["path"].astype(str).tolist()
+    return df[PATH].astype(str).tolist()
 
 
 def fit_ood(
@@ -114,7 +115,7 @@ def fit_ood(
                                         batch_size)  # fmt: skip
         stats = MahalanobisStats.fit(feats)
         n_train = len(kept)
-    val_paths = run.predictions("val")["path"].astype(str).tolist()
+    val_paths = run.predictions("val")[PATH].astype(str).tolist()
     if method == "energy":
         # the logits the Predictor scores at prediction time: a localising run's are fused
         # with its map's peak, which the class head's logits on the features are not

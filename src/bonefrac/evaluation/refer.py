@@ -41,6 +41,7 @@ from bonefrac.rundir import (
     margin_uncertainty,
     run_probabilities,
 )
+from bonefrac.rundir.predictions import LABEL, PATH
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def split_tta_std(
     if "path" not in raw.columns:
         raise DataError(f"{run.prediction_path(name)}: no 'path' column to compute TTA from")
     pred = predictor or Predictor.from_run(run)
-    paths = raw["path"].astype(str).tolist()
+    paths = raw[PATH].astype(str).tolist()
     log.info("test-time augmentation of %d %s images (%d views)", len(paths), name,
              len(TTA_VIEWS))  # fmt: skip
     inputs = FileInputs(paths, pred.image_size, pred.clahe)
@@ -134,7 +135,7 @@ def fit_refer(
     if not 0 < coverage <= 1:
         raise ConfigError(f"--refer-coverage {coverage}: must be in (0, 1], e.g. 0.8")
     val = run.predictions("val")
-    y = val["label"].to_numpy()
+    y = val[LABEL].to_numpy()
     wrong = (meta.decide(run_probabilities(val, meta)) != (y == 1)).astype(int)
     candidates = {s: uncertainty_for(s, run, "val", meta, predictor) for s in scores}
     aurocs = {s: error_detection_auroc(u, wrong) for s, u in candidates.items()}
@@ -145,7 +146,7 @@ def fit_refer(
             best = s
     gain = None
     if "tta_std" in candidates and best != "tta_std":
-        gain = tta_gain(candidates["tta_std"], candidates[best], wrong)
+        gain = tta_gain(candidates[TTA_STD_COLUMN], candidates[best], wrong)
         if gain["low"] is not None and gain["low"] > 0:
             best = "tta_std"
     u = candidates[best]

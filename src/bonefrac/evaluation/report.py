@@ -27,6 +27,7 @@ from bonefrac.evaluation import report_gallery, report_localization, report_summ
 from bonefrac.fileio import atomic_open, read_json
 from bonefrac.metrics import METRIC_NAMES, format_ci, is_metric_entry
 from bonefrac.rundir import RunDir
+from bonefrac.rundir.predictions import LABEL, SUBGROUP_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def _section_data(run: RunDir, model: dict[str, Any]) -> str:
         except Exception as exc:  # noqa: BLE001 - a broken file must not break the report
             rows.append({"predictions": name, "n": f"unreadable: {exc}"})
             continue
-        n, n_pos = len(df), int(df["label"].sum())
+        n, n_pos = len(df), int(df[LABEL].sum())
         rows.append(
             {
                 "predictions": name,
@@ -341,7 +342,7 @@ def _section_subgroups(run: RunDir) -> str:
             df = pd.read_csv(csv, keep_default_na=False, na_values=[""])
         except Exception:  # noqa: BLE001
             continue
-        view = df[["column", "group", "n", "n_pos"]].copy()
+        view = df[list(SUBGROUP_KEYS)].copy()
         for m in ("accuracy", "sensitivity", "specificity", "roc_auc"):
             if m in df.columns:
                 view[m] = [

@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bonefrac.data.schema import GROUP
 from bonefrac.rundir import RunDir, overlay_stem, run_probabilities
+from bonefrac.rundir.predictions import IMAGE_ID, LABEL
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +60,13 @@ def image_groups(run: RunDir, image_ids: Sequence[str]) -> Groups:
     except Exception as exc:  # noqa: BLE001 - a missing or broken manifest must not break it
         log.debug("gallery groups: manifest %s unreadable (%s)", path, exc)
         manifest = None
-    if manifest is None or "group" not in manifest.columns:
+    if manifest is None or GROUP not in manifest.columns:
         why = "not there" if manifest is None else "without a 'group' column"
         return Groups(
             [f"image:{i}" for i in ids],
             f"the run's manifest is {why}, so near-duplicate images may repeat",
         )
-    by_id = dict(zip(manifest["image_id"].astype(str), manifest["group"].astype(str), strict=False))
+    by_id = dict(zip(manifest[IMAGE_ID].astype(str), manifest[GROUP].astype(str), strict=False))
     return Groups([f"group:{by_id[i]}" if by_id.get(i) else f"image:{i}" for i in ids])
 
 
@@ -118,22 +120,22 @@ def overlay_gallery(run: RunDir, split: str, k: int = MAX_GALLERY) -> Gallery | 
     except Exception as exc:  # noqa: BLE001 - a broken file must not break the report
         log.debug("gallery: %s predictions unreadable (%s)", split, exc)
         return None
-    stems = [overlay_stem(str(i)) for i in df["image_id"]]
+    stems = [overlay_stem(str(i)) for i in df[IMAGE_ID]]
     rows = [i for i, s in enumerate(stems) if s in overlays]
     if not rows:
         return None
     sub = df.iloc[rows].reset_index(drop=True)
     prob = run_probabilities(sub, meta)
-    labels = sub["label"].astype(int).tolist()
+    labels = sub[LABEL].astype(int).tolist()
     hits = (meta.decide(prob) == (np.asarray(labels) == 1)).tolist()
-    groups = image_groups(run, sub["image_id"].tolist())
+    groups = image_groups(run, sub[IMAGE_ID].tolist())
     picked = pick_distinct(labels, hits, prob.tolist(), groups.of_row, k)
     kinds = dict(KINDS)
     figures = []
     for i in picked:
         kind = kinds[(labels[i], bool(hits[i]))]
         caption = (
-            f"{sub['image_id'].iloc[i]} · {'fractured' if labels[i] else 'not fractured'} · "
+            f"{sub[IMAGE_ID].iloc[i]} · {'fractured' if labels[i] else 'not fractured'} · "
             f"p={prob[i]:.2f} · {kind}"
         )
         try:

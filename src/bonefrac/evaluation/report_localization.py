@@ -29,6 +29,7 @@ from bonefrac.evaluation.localization_metrics import (
 from bonefrac.evaluation.report_gallery import image_groups
 from bonefrac.metrics import format_ci
 from bonefrac.rundir import RunDir
+from bonefrac.rundir.predictions import IMAGE_ID, LABEL, PATH
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +177,10 @@ def gallery(run: RunDir, split: str) -> str:
         inputs = read_inputs(df, run.prediction_path(split), sizes=[None] * len(df))
     except Exception as exc:  # noqa: BLE001
         return head + f'<p class="muted">{_e(exc)}</p>'
-    groups = image_groups(run, df["image_id"].astype(str).tolist())
+    groups = image_groups(run, df[IMAGE_ID].astype(str).tolist())
     figures, missing = [], 0
     for i in pick_gallery(inputs, groups=groups.of_row):
-        path = str(df["path"].iloc[i])
+        path = str(df[PATH].iloc[i])
         try:
             tile = render_tile(
                 path,
@@ -215,7 +216,7 @@ def _caption(row: pd.Series, inputs: LocInputs, i: int) -> str:
     prob = row.get("prob")
     p = f"p={float(prob):.2f}" if prob is not None and pd.notna(prob) else "p=n/a"
     n_pred = len(inputs.pred_boxes[i]) if inputs.pred_boxes else 0
-    return f"{row['image_id']} · {p} · label {int(row['label'])} · {n_pred} predicted box(es)"
+    return f"{row[IMAGE_ID]} · {p} · label {int(row[LABEL])} · {n_pred} predicted box(es)"
 
 
 def _tile_figure(img: Image.Image, caption: str) -> str:

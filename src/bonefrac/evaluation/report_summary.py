@@ -22,6 +22,7 @@ from bonefrac.errors import BonefracError
 from bonefrac.evaluation import report_gallery, report_localization
 from bonefrac.metrics import format_ci
 from bonefrac.rundir import RETRAIN_HINT, ModelMeta, RunDir, missing_safeguards
+from bonefrac.rundir.predictions import SUBGROUP_VALUE
 
 SPLIT = "test"
 #: The headline metrics: (metrics.json key, label).
@@ -172,7 +173,7 @@ def per_source(run: RunDir, split: str) -> str:
     for _, row in rows.iterrows():
         cells = [f"{label} {_ci(row, key)}" for key, label in SOURCE_METRICS if key in rows.columns]
         lines.append(
-            f"<li><b>{_e(row['group'])}</b> ({int(row['n'])} images, {int(row['n_pos'])} "
+            f"<li><b>{_e(row[SUBGROUP_VALUE])}</b> ({int(row['n'])} images, {int(row['n_pos'])} "
             f"fractured): {_e('; '.join(cells))}</li>"
         )
     return f"<p>Per source ({_e(split)}):</p><ul>{''.join(lines)}</ul>"

@@ -21,6 +21,7 @@ from bonefrac.data.schema import read_manifest
 from bonefrac.errors import DataError
 from bonefrac.inference.studies import DEFAULT_AGGREGATION, aggregate_frame
 from bonefrac.rundir import ModelMeta, RunDir, metrics_entry
+from bonefrac.rundir.predictions import LABEL, PATH, PROB
 
 
 def study_ids(
@@ -42,12 +43,12 @@ def study_ids(
                 f"{source}: no '{study_column}' column; add the study id of every image "
                 "(the shared datasets have none)"
             )
-        by_path = dict(zip(frame["path"].astype(str), frame[study_column], strict=True))
-        ids = df["path"].astype(str).map(by_path)
+        by_path = dict(zip(frame[PATH].astype(str), frame[study_column], strict=True))
+        ids = df[PATH].astype(str).map(by_path)
     ids = ids.astype("string").str.strip()
     missing = ids.isna() | (ids == "")
     if missing.any():
-        first = df.loc[missing.to_numpy(), "path"].iloc[0] if "path" in df else "?"
+        first = df.loc[missing.to_numpy(), PATH].iloc[0] if PATH in df else "?"
         raise DataError(
             f"{source}: {int(missing.sum())} image(s) without a '{study_column}' value "
             f"(first: {first}); give every image its study id"
@@ -66,12 +67,10 @@ def study_metrics(
     study_column: str = "",
 ) -> dict[str, Any]:
     """A metrics.json entry for the studies (same shape as the image entry)."""
-    frame = pd.DataFrame(
-        {"study": studies.to_numpy(), "prob": prob, "label": df["label"].to_numpy()}
-    )
+    frame = pd.DataFrame({"study": studies.to_numpy(), PROB: prob, LABEL: df[LABEL].to_numpy()})
     agg = aggregate_frame(frame, "study", "prob", how)
     entry = metrics_entry(
-        agg["label"].to_numpy(), agg["prob"].to_numpy(), meta, n_boot=n_boot, seed=seed
+        agg[LABEL].to_numpy(), agg[PROB].to_numpy(), meta, n_boot=n_boot, seed=seed
     )
     entry["settings"]["aggregation"] = how
     entry["settings"]["study_column"] = study_column

@@ -43,6 +43,7 @@ from bonefrac.config import parse_criterion
 from bonefrac.errors import ConfigError, DataError
 from bonefrac.metrics import compute_metrics
 from bonefrac.rundir import ModelMeta, RunDir, run_probabilities, usable_threshold
+from bonefrac.rundir.predictions import LABEL
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def tune_threshold(
     old = meta.threshold
 
     val = run.predictions("val")
-    y_val = val["label"].to_numpy()
+    y_val = val[LABEL].to_numpy()
     p_val = run_probabilities(val, meta)
     try:
         new = (
@@ -194,7 +195,7 @@ def tune_threshold(
     splits = {"val": (y_val, p_val)}
     if run.prediction_path("test").is_file():
         test = run.predictions("test")
-        splits["test"] = (test["label"].to_numpy(), run_probabilities(test, meta))
+        splits["test"] = (test[LABEL].to_numpy(), run_probabilities(test, meta))
 
     result: dict[str, Any] = {
         "criterion": criterion or meta.get("threshold_criterion"),

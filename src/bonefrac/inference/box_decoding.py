@@ -30,7 +30,7 @@ import torch
 
 from bonefrac.data.transforms import letterbox_geometry
 from bonefrac.models.detector import box_coder, level_anchors, level_sizes
-from bonefrac.rundir.predictions import loc_cells
+from bonefrac.rundir.predictions import ENERGY, loc_cells
 
 #: At most this many boxes per image.
 MAX_BOXES = 5
@@ -128,9 +128,8 @@ def _decoded(
     found = FCOS.postprocess_detections(post, outputs, [anchors], [(size, size)])[0]  # type: ignore[arg-type]
     _, left, top, nw, nh = letterbox_geometry(*decoded_size, size)
     boxes: list[tuple[list[float], float]] = []
-    for (x0, y0, x1, y1), score in zip(
-        found["boxes"].tolist(), found["scores"].tolist(), strict=True
-    ):
+    xyxy, scores = found["boxes"], found["scores"]  # not a column: torchvision's detections
+    for (x0, y0, x1, y1), score in zip(xyxy.tolist(), scores.tolist(), strict=True):
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         if not (left <= cx <= left + nw and top <= cy <= top + nh):
             continue  # a box centred on the letterbox padding
@@ -163,7 +162,7 @@ def energy_in_box(crop: np.ndarray, boxes: Sequence[Sequence[float]]) -> float:
 
     if not boxes:
         return math.nan
-    return float(score_image(crop, boxes)["energy_in_box"])
+    return float(score_image(crop, boxes)[ENERGY])
 
 
 def loc_row(

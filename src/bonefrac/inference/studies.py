@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from bonefrac.errors import DataError
+from bonefrac.rundir.predictions import LABEL, PATH, PROB
 
 AGGREGATIONS = ("max", "mean", "noisy_or")
 DEFAULT_AGGREGATION = "max"
@@ -75,8 +76,8 @@ def aggregate_frame(
             "n_images": grouped.size(),
         }
     )
-    if "label" in frame.columns:
-        out["label"] = grouped["label"].max().astype(int)
+    if LABEL in frame.columns:
+        out[LABEL] = grouped[LABEL].max().astype(int)
     return out.reset_index().rename(columns={study: "study"})
 
 
@@ -104,7 +105,7 @@ def read_path_list(csv_path: Path, study_column: str) -> tuple[list[Path], dict[
         )
     base = csv_path.resolve().parent
     studies: dict[Path, str] = {}
-    for p, s in zip(df["path"], df[study_column], strict=True):
+    for p, s in zip(df[PATH], df[study_column], strict=True):
         path = Path(p).expanduser()
         studies[(path if path.is_absolute() else base / path).absolute()] = s.strip()
     return list(studies), studies
@@ -146,7 +147,7 @@ def study_rows(
     check_aggregation(how)
     groups: dict[str, list[Mapping[str, str]]] = {}
     for row in rows:
-        path = decode_path(row["path"])
+        path = decode_path(row[PATH])
         study = folder_study(path) if study_of is None else study_of.get(path)
         if study is not None:
             groups.setdefault(study, []).append(row)
@@ -156,7 +157,7 @@ def study_rows(
         good = [r for r in members if not r.get("error") and r.get("prob") not in ("", None)]
         decisions = [_decision(r.get("decision", "")) for r in good]
         in_scope = [r for r, d in zip(good, decisions, strict=True) if d != "out_of_scope"]
-        prob = aggregate((float(r["prob"]) for r in in_scope), how)
+        prob = aggregate((float(r[PROB]) for r in in_scope), how)
         thresholds = [float(r["threshold"]) for r in members if r.get("threshold")]
         threshold = thresholds[0] if thresholds else float("nan")
         if not good:
@@ -178,7 +179,7 @@ def study_rows(
                 "threshold": f"{threshold:.6g}",
                 "n_images": len(members),
                 "n_failed": len(members) - len(good),
-                "images": json.dumps([r["path"] for r in members], ensure_ascii=False),
+                "images": json.dumps([r[PATH] for r in members], ensure_ascii=False),
                 "image_probs": json.dumps([r.get("prob", "") for r in members]),
             }
         )

@@ -24,6 +24,7 @@ from bonefrac.dicom.write import ModelInfo, build_study_report, dataset_bytes
 from bonefrac.fileio import atomic_open
 from bonefrac.inference.studies import study_rows
 from bonefrac.node.spool import Audit, write_file
+from bonefrac.rundir.predictions import DECISION, PROB
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class StudyTracker:
         sops = sorted(state["images"])
         rows = [{"path": encode_path(Path(s)), **state["images"][s]} for s in sops]
         (summary,) = study_rows(rows, {Path(s): study for s in sops}, self.how)
-        decision = summary["decision"]
+        decision = summary[DECISION]
         made = 0
         if decision and (decision != "out_of_scope" or self.report_out_of_scope):
             folder = self.folder / study
@@ -136,7 +137,7 @@ class StudyTracker:
             previous = [
                 pydicom.dcmread(_report_file(folder, i)) for i in range(1, state["reports"] + 1)
             ]
-            prob = float(summary["prob"]) if summary["prob"] else float("nan")
+            prob = float(summary[PROB]) if summary[PROB] else float("nan")
             sr = build_study_report(headers, decision, prob, self.how, self.model, previous)
             self.deliver([sr])
             write_file(_report_file(folder, state["reports"] + 1), dataset_bytes(sr))
@@ -144,7 +145,7 @@ class StudyTracker:
             made = 1
             self.audit.write(
                 "study_report", study_instance_uid=study, result_uid=str(sr.SOPInstanceUID),
-                decision=decision, probability=summary["prob"] or None,
+                decision=decision, probability=summary[PROB] or None,
                 detail=f"{self.how} of {len(sops)} image(s), {summary['n_failed']} failed",
             )  # fmt: skip
         state["reported"] = sops

@@ -78,6 +78,11 @@ CAM_PATH = "cam_path"
 #: ``features`` (:mod:`bonefrac.inference.scope`); empty when in scope
 OOD_REASON = "ood_reason"
 
+#: The subgroups table (``subgroups/<split>.csv``, written by evaluate): per subgroup column
+#: and value, its counts, then each metric with its CI (``<m>``, ``<m>_low``, ``<m>_high``).
+SUBGROUP_VALUE = "group"
+SUBGROUP_KEYS = ("column", SUBGROUP_VALUE, "n", "n_pos")
+
 #: Columns every run predictions CSV starts with.
 RUN_COLUMNS = (IMAGE_ID, PATH, LABEL, LOGIT, PROB)
 #: The predictions-CSV columns of a localising run (after :data:`RUN_COLUMNS`).

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from bonefrac.config import DataConfig
 from bonefrac.data.dataset import PreparedImageCache, RadiographDataset, make_sampler
-from bonefrac.data.schema import SPLITS
+from bonefrac.data.schema import LABEL, SOURCE, SPLIT, SPLITS
 from bonefrac.data.transforms import MIN_BOX_PX, train_augment
 from bonefrac.errors import DataError
 
@@ -32,7 +32,7 @@ def split_frames(
             raise DataError(
                 f"{source}: data.sources is set but the manifest has no 'source' column"
             )
-        have = sorted(manifest["source"].astype(str).unique())
+        have = sorted(manifest[SOURCE].astype(str).unique())
         unknown = [s for s in sources if s not in have]
         if unknown:
             raise DataError(
@@ -40,16 +40,16 @@ def split_frames(
             )
     frames: dict[str, pd.DataFrame] = {}
     for split in SPLITS:
-        part = manifest[manifest["split"] == split]
+        part = manifest[manifest[SPLIT] == split]
         if sources and split != "test":
-            part = part[part["source"].astype(str).isin(sources)]
+            part = part[part[SOURCE].astype(str).isin(sources)]
         if part.empty:
             raise DataError(f"{source}: split {split!r} has no images; rebuild the manifest")
         if limit_per_split and len(part) > limit_per_split:
             frac = limit_per_split / len(part)
             part = part.groupby("label", group_keys=False).sample(frac=frac, random_state=seed)
         frames[split] = part.reset_index(drop=True)
-    counts = frames["train"]["label"].value_counts()
+    counts = frames["train"][LABEL].value_counts()
     for label, name in ((0, "not fractured"), (1, "fractured")):
         if counts.get(label, 0) == 0:
             raise DataError(f"{source}: the train split has no {name} (label {label}) images")
@@ -110,7 +110,7 @@ class FractureDataModule(L.LightningDataModule):
         world, rank = self._replicas()
         sampler: Sampler[int] | None = None
         if train:
-            sources = ds.frame["source"].to_numpy() if "source" in ds.frame.columns else None
+            sources = ds.frame[SOURCE].to_numpy() if SOURCE in ds.frame.columns else None
             sampler = make_sampler(self.cfg.sampler, ds.labels, self.seed, world, rank, sources)
         elif world > 1:
             # each image on exactly one rank, none repeated to even out the ranks

@@ -142,7 +142,7 @@ def _fit(
     steps = dm.steps_per_epoch()
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
-    pos_weight = resolve_pos_weight(cfg.train.pos_weight, frames["train"]["label"].to_numpy())
+    pos_weight = resolve_pos_weight(cfg.train.pos_weight, frames["train"][LABEL].to_numpy())
     module = FractureModule(model, cfg, spec.mean, spec.std, pos_weight, steps)
     ckpt_dir = run.checkpoints_dir
     mode = "min" if cfg.train.monitor == "val_loss" else "max"

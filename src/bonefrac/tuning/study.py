@@ -26,6 +26,7 @@ import optuna
 from bonefrac.config import ExperimentConfig, load_config
 from bonefrac.errors import ConfigError, RunDirError
 from bonefrac.rundir import RunDir
+from bonefrac.rundir.predictions import LABEL, PROB
 from bonefrac.tuning.space import SearchSpace, load_space
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Objective:
         """The objective for a finished run directory (its saved model, val predictions)."""
         if self.name == "sens_at_spec":
             preds = RunDir(run_dir).predictions("val")
-            return sensitivity_at_specificity(preds["label"], preds["prob"], self.target or 0.0)
+            return sensitivity_at_specificity(preds[LABEL], preds[PROB], self.target or 0.0)
         metrics = RunDir(run_dir).metrics()["val"]
         value = metrics[self.name.removeprefix("val_")]["value"]
         return float("nan") if value is None else float(value)
