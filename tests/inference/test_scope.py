@@ -70,15 +70,24 @@ def test_reason_order_and_colour_cut_off() -> None:
 def test_colour_image_is_out_of_scope_without_a_detector(fresh: Predictor) -> None:
     assert fresh.meta.ood is None
     photos = colour_images(np.random.default_rng(0), n=4)
-    grey = radiograph_like().astype(float)
-    full_range = ((grey - grey.min()) / np.ptp(grey) * 255).astype(np.uint8)  # bright bone
-    tint = tinted(full_range)["tinted sepia"]
-    for source in [*photos, tint, png(photos[0]), jpeg(photos[1]), Image.fromarray(photos[2])]:
+    for source in [*photos, png(photos[0]), jpeg(photos[1]), Image.fromarray(photos[2])]:
         prepared = fresh.prepare(source)
         assert prepared.colour and prepared.chroma > scope.MAX_CHROMA
         p = fresh.predict_prepared([prepared])[0]
         assert (p.decision, p.ood_reason, p.out_of_scope) == ("out_of_scope", "colour", True)
         assert p.ood_score is None and answer(p)["ood_reason"] == "colour"
+
+
+def test_a_tinted_radiograph_is_judged_by_its_grey_content(fresh: Predictor) -> None:
+    """A film photographed under a coloured light or a viewer's tinted colour map is still a
+    radiograph: a tint (colour as one function of luminance) is not colour."""
+    grey = radiograph_like().astype(float)
+    full_range = ((grey - grey.min()) / np.ptp(grey) * 255).astype(np.uint8)  # bright bone
+    for name, tint in tinted(full_range).items():
+        for source in (tint, jpeg(tint)):
+            prepared = fresh.prepare(source)
+            assert not prepared.colour and prepared.chroma <= 3, name
+            assert fresh.predict_prepared([prepared])[0].ood_reason is None, name
 
 
 def test_grey_content_stored_as_colour_stays_in_scope(fresh: Predictor) -> None:

@@ -198,6 +198,7 @@ class Predictor:
         self._lock = threading.Lock()  # torch forward, Grad-CAM hooks and ORT calls
         self._load_lock = threading.Lock()
         self._ood_stats: Any = None
+        self._appearance_stats: Any = None
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -431,6 +432,24 @@ class Predictor:
         feats, _ = self.features(arrays)
         return self._ood_stats.score(feats)
 
+    def appearance_flags(self, prepared: Sequence[PreparedInput]) -> np.ndarray | None:
+        """True where the appearance rule (:mod:`bonefrac.inference.appearance`) puts the input
+        out of scope; ``None`` when the run has no fitted rule."""
+        from bonefrac.inference import appearance
+        from bonefrac.inference.scope import appearance_out_of_scope
+
+        record = self.meta.appearance
+        if record is None or not prepared:
+            return None
+        if self._appearance_stats is None:
+            with self._load_lock:
+                if self._appearance_stats is None:
+                    if self.run is None:
+                        raise RunDirError("appearance statistics need a run directory")
+                    self._appearance_stats = appearance.load_stats(self.run, record)
+        scores = self._appearance_stats.score(appearance.appearance_features(prepared))
+        return appearance_out_of_scope(scores, record.cutoff)
+
     def uncertainties(self, arrays: Sequence[np.ndarray], probs: np.ndarray) -> np.ndarray:
         """The refer rule's uncertainty score (``margin`` without a rule; ``tta_std`` runs the
         test-time augmentations)."""
@@ -495,7 +514,7 @@ class Predictor:
         ood_scores = self.ood_scores(arrays, logits) if arrays else None
         by_score = self.meta.out_of_scope(ood_scores) if ood_scores is not None else None
         # the scope rules (modality, colour, blank) apply with or without a fitted detector
-        reasons = ood_reasons(prepared, by_score)
+        reasons = ood_reasons(prepared, by_score, self.appearance_flags(prepared))
         oos = np.array([r is not None for r in reasons], dtype=bool)
         decisions = self.meta.decisions(probs, uncertainty, flagged=oos)
         refer = np.array([d == REFER for d in decisions], dtype=bool)

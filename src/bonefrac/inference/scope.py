@@ -10,6 +10,12 @@ out-of-scope input gets one ``ood_reason``, the first rule that applies in this 
 - ``colour``: the source's chroma, measured at decode time before the grey conversion
   (:mod:`bonefrac.data.chroma`), is above :data:`MAX_CHROMA`: radiographs are grey;
 - ``blank``: the letterboxed input has (almost) no contrast (:data:`MIN_CONTRAST`);
+- ``appearance``: the input's intensity-histogram, edge and texture statistics lie further
+  from the training radiographs' than the fitted cut-off (:mod:`bonefrac.inference.appearance`;
+  only with an ``appearance`` record in model.json, which ``bonefrac ood`` and the deploy
+  fits write): greyscale photographs, documents, screenshots, synthetic gradients and
+  patterns, noise, CT / MR / US pixels saved as ordinary images. It does not depend on the
+  model, so a weak run refuses them as a strong one does;
 - ``features``: the fitted detector's score is above its cut-off (only with an ``ood``
   record in model.json).
 """
@@ -21,17 +27,18 @@ from typing import Any
 
 import numpy as np
 
-#: A source whose chroma (99th percentile of per-pixel max(|Cb-128|, |Cr-128|) on a copy
-#: reduced to <= 256 px, JPEG draft at 224: ``bench/chroma.py``) is above this is a colour
-#: image: out of scope whatever its score. Measured on every decodable image of the shared
-#: data: 0.0 on all 8,172 (FracAtlas 605 greyscale + 3,419 RGB-encoded JPEGs, Roboflow 4,148
-#: RGB-encoded JPEGs; 59 truncated FracAtlas files left out): the RGB-encoded radiographs are
-#: grey to the last pixel (the largest single-pixel chroma is 0 in every one of them). Colour
-#: probes: 24-30 for tinted greyscale photos, 29-84 for colour photographs. 12 sits 12 levels
-#: (of 128) above the radiographs' maximum, where JPEG rounding of a near-grey source (1-2)
-#: never reaches, and at half the faintest tinted probe; a 5 % colour cast (chroma 8) passes,
-#: a 10 % one (15) does not.
-MAX_CHROMA = 12.0
+#: A source whose chroma (:mod:`bonefrac.data.chroma`: the 95th percentile of each pixel's
+#: distance from the image's tint at its luminance, on a copy reduced to <= 256 px) is above
+#: this is a colour image: out of scope whatever its score. Measured (``bench/chroma.py``):
+#: 0 on every RGB-encoded radiograph of FracAtlas and bone_fracture_yolo (grey to the last
+#: pixel); at most 4 on roboflow_sr2022's 1,023 (a teal-tinted MedPix film, red circles and
+#: coloured frame lines drawn on radiographs: the tint is removed, the annotations cover under
+#: 5 % of the image). The colour photographs of ``tests/fixtures/nonradiographs.py`` score
+#: 10-50, except the Hubble deep field (5: black sky with a few galaxies), which the
+#: appearance rule refuses. A tinted grey image (any tint strength) scores 1: it is judged by
+#: its grey content, like a grey image. 8 sits twice the radiographs' maximum, below every
+#: colour photograph but one.
+MAX_CHROMA = 8.0
 
 #: A letterboxed input whose grey levels span less than this is a blank frame: out of scope
 #: whatever its score (measured: a black frame's features sit close to the train mean, so the
@@ -54,7 +61,7 @@ PROJECTION_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "RF", "XA"})
 #: refuse valid radiographs, while the colour, blank and feature rules still apply.
 UNSTATED_MODALITIES = frozenset({"", "OT"})
 
-OOD_REASONS = ("modality", "colour", "blank", "features")
+OOD_REASONS = ("modality", "colour", "blank", "appearance", "features")
 
 
 def is_colour(chroma: float) -> bool:
@@ -75,21 +82,32 @@ def modality_out_of_scope(modality: str | None) -> bool:
     return value not in PROJECTION_MODALITIES and value not in UNSTATED_MODALITIES
 
 
-def ood_reasons(prepared: Sequence[Any], features: Any = None) -> list[str | None]:
+def appearance_out_of_scope(scores: Any, cutoff: float) -> np.ndarray:
+    """True where the appearance score is above the fitted cut-off (NaN: out of scope)."""
+    return ~(np.asarray(scores, dtype=float) <= cutoff)
+
+
+def ood_reasons(
+    prepared: Sequence[Any], features: Any = None, appearance: Any = None
+) -> list[str | None]:
     """The ``ood_reason`` of each prepared input (``None``: in scope).
 
     ``prepared``: objects with ``array`` (the letterboxed uint8 input), ``chroma`` and
     ``modality`` (:class:`~bonefrac.inference.predictor.PreparedInput`); ``features``: the
-    fitted detector's out-of-scope flags, or ``None`` without a detector.
+    fitted detector's out-of-scope flags, or ``None`` without a detector; ``appearance``: the
+    appearance rule's flags (:func:`appearance_out_of_scope`), or ``None`` without one.
     """
     blank = blank_frames([p.array for p in prepared]) if prepared else np.zeros(0, bool)
-    flagged = np.zeros(len(prepared), bool) if features is None else np.asarray(features, bool)
+    none = np.zeros(len(prepared), bool)
+    flagged = none if features is None else np.asarray(features, bool)
+    looks = none if appearance is None else np.asarray(appearance, bool)
     out: list[str | None] = []
     for i, p in enumerate(prepared):
         rules = (
             modality_out_of_scope(p.modality),
             is_colour(p.chroma),
             bool(blank[i]),
+            bool(looks[i]),
             bool(flagged[i]),
         )
         out.append(next((r for r, hit in zip(OOD_REASONS, rules, strict=True) if hit), None))
