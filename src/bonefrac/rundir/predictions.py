@@ -36,6 +36,7 @@ from bonefrac.data.schema import (
     WIDTH,
     binary_labels,
 )
+from bonefrac.data.schema import SOURCE as SOURCE  # re-exported: a carried-over column
 from bonefrac.data.schema import parse_boxes as parse_boxes  # the one box-cell parser
 from bonefrac.errors import RunDirError
 from bonefrac.fileio import write_csv
