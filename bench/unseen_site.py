@@ -259,6 +259,62 @@ def run_tta(args: argparse.Namespace, spec: dict[str, Any]) -> None:
             print(f"[tta ] {args.setting} {arm} s{seed}: {target}", flush=True)
 
 
+def run_shipped(args: argparse.Namespace, spec: dict[str, Any]) -> None:
+    """A shipped model (``--model``, default ``default``) at the external unseen site, plain and
+    hflip-averaged, with its own val (and test) predictions: record
+    ``<setting>/shipped_<model>_s<its seed>``. Its val images are found in the setting's
+    manifest by image_id (the same build), so the hflip run refits its cuts on hflip val."""
+    from bonefrac.inference.frames import predict_run_frame
+
+    from bonefrac.data.schema import read_manifest
+
+    manifests = build_manifests(spec, args.work, args.data)
+    setting = spec["settings"][args.setting]
+    external = setting["unseen"].get("external")
+    if not external:
+        raise SystemExit(f"{args.setting}: 'shipped' needs a setting with an external site")
+    shipped = RunDir.open(args.model)
+    meta = shipped.raw_meta()
+    rec = record_dir(args.setting, f"shipped_{args.model}", int(meta.get("seed", 0)))
+    tmp = args.work / "shipped" / args.model
+    (tmp / "predictions").mkdir(parents=True, exist_ok=True)
+    for name in ("val", "test"):
+        target = tmp / "predictions" / f"{name}.csv.gz"
+        if not target.is_file():
+            shipped.read_predictions_raw(name).to_csv(target, index=False)
+    own = read_manifest(manifests[setting["manifest"]]).set_index("image_id", drop=False)
+    jobs = {
+        external: (read_manifest(manifests[external]), False),
+        f"tta_{external}": (read_manifest(manifests[external]), True),
+        "tta_val": (own.loc[shipped.read_predictions_raw("val")["image_id"].astype(str)], True),
+    }
+    for name, (rows, tta) in jobs.items():
+        target = tmp / "predictions" / f"{name}.csv.gz"
+        if target.is_file():
+            continue
+        print(f"[ship] {args.model}: {name} ({len(rows)} images, tta={tta})", flush=True)
+        out = predict_run_frame(shipped.path, rows.reset_index(drop=True), progress=False, tta=tta)
+        with atomic_open(target, "wb") as fh:
+            out.predictions.to_csv(fh, index=False, compression="gzip")
+    info = {
+        "setting": args.setting,
+        "arm": f"shipped_{args.model}",
+        "seed": int(meta.get("seed", 0)),
+        "model": meta.get("name"),
+        "image_size": meta.get("image_size"),
+        "hardware": machine(),
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    for name in KEPT[:1]:
+        shutil.copy2(shipped.path / name, tmp / name)
+    write_json(tmp / RECORD, info)
+    shutil.rmtree(rec, ignore_errors=True)
+    rec.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(tmp, rec)
+    print(f"[done] shipped {args.model} -> {rec}", flush=True)
+
+
 # --- scoring ---------------------------------------------------------------------------------
 
 
@@ -303,7 +359,8 @@ def frames_of(rec: Path, spec: dict[str, Any], prefix: str = "") -> dict[str, pd
     if not run.prediction_path(f"{prefix}val").is_file():
         return None
     val = run.read_predictions_raw(f"{prefix}val")
-    test = run.read_predictions_raw(f"{prefix}test")
+    has_test = run.prediction_path(f"{prefix}test").is_file()
+    test = run.read_predictions_raw(f"{prefix}test") if has_test else val.iloc[:0]
     out = {"val": val}
     unseen = setting["unseen"]
     if "external" in unseen:
@@ -314,7 +371,8 @@ def frames_of(rec: Path, spec: dict[str, Any], prefix: str = "") -> dict[str, pd
         out["unseen"] = test[test["source"].astype(str) == unseen["source"]]
     trained = setting["sources"] or sorted(set(val["source"].astype(str)))
     for source in trained:
-        out[f"in:{source}"] = test[test["source"].astype(str) == source]
+        if has_test:
+            out[f"in:{source}"] = test[test["source"].astype(str) == source]
     return out
 
 
@@ -502,20 +560,25 @@ def report(args: argparse.Namespace, spec: dict[str, Any]) -> str:
                     " predicted; threshold and rule-out cut fitted on its own val; no maps"
                     " averaged (hit rate, ap50 n/a).\n"
                 )
-        base = arms.get("baseline")
-        if base:
-            for arm, scores in arms.items():
-                if arm in ("baseline", "baseline_ensemble") or not set(scores) & set(base):
-                    continue
-                lines += [f"### {arm} − baseline (paired)", "", paired_table(base, scores, sites)]
-                lines.append(f"Verdict: {verdict(base, scores, sites)}.\n")
+        for arm, scores in arms.items():
+            ref = arm.split("+")[0] if "+" in arm else "baseline"
+            base = arms.get(ref)
+            if arm == ref or arm.endswith("_ensemble") or base is None:
+                continue
+            if arm.startswith("shipped_") and "+" not in arm or not set(scores) & set(base):
+                continue
+            common = [x for x in sites if all(x in base[s]["sites"] and x in scores[s]["sites"]
+                                              for s in set(scores) & set(base))]  # fmt: skip
+            lines += [f"### {arm} − {ref} (paired)", "", paired_table(base, scores, common)]
+            lines.append(f"Verdict: {verdict(base, scores, common)}.\n")
     lines.append(f"Scored at commit {git_commit()}; n_boot {args.n_boot}.")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=("run", "tta", "report"))
+    ap.add_argument("command", choices=("run", "tta", "shipped", "report"))
+    ap.add_argument("--model", default="default", help="shipped model for 'shipped'")
     ap.add_argument("--spec", type=Path, default=SPEC)
     ap.add_argument("--arm", default="baseline", help="arm(s), comma-separated")
     ap.add_argument("--parallel", type=int, default=1, help="trainings at a time (all of WORK's)")
@@ -538,6 +601,8 @@ def main() -> None:
         run_arm(args, spec)
     elif args.command == "tta":
         run_tta(args, spec)
+    elif args.command == "shipped":
+        run_shipped(args, spec)
     else:
         text = report(args, spec)
         sys.stdout.write(text)
