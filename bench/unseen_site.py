@@ -42,6 +42,7 @@ import pandas as pd
 from benchinfo import REPO, git_commit, machine
 
 from bonefrac.config import read_yaml_mapping
+from bonefrac.data.schema import read_manifest
 from bonefrac.evaluation.localization_metrics import split_localization
 from bonefrac.evaluation.tables import markdown_table
 from bonefrac.evaluation.thresholds import choose_threshold
@@ -106,13 +107,28 @@ def train_command(spec: dict[str, Any], manifest: Path, run: Path, sets: list[st
     return ["nice", "-n", "5", *cmd]
 
 
-def predict_external(run: Path, manifest: Path, name: str, tta: bool = False) -> None:
-    """Every row of ``manifest`` through the run's model into predictions/<name>.csv."""
-    from bonefrac.data.schema import read_manifest
+def predict_rows(
+    args: argparse.Namespace, run: Path, rows: pd.DataFrame, target: Path, tta: bool = False
+) -> None:
+    """Manifest ``rows`` through the run's model into the predictions CSV ``target`` (gzip when
+    it ends in .gz); ``tta``: mean logit with the mirror image. ``--predict-cmd`` (a template
+    with {run}, {rows}, {out}, {tta}) predicts in another process instead, e.g. with an older
+    checkout on PYTHONPATH for runs whose model.json an older format_version wrote."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if args.predict_cmd:
+        rows_csv = target.with_name(target.name + ".rows.csv")
+        rows.to_csv(rows_csv, index=False)
+        cmd = args.predict_cmd.format(run=run, rows=rows_csv, out=target, tta=int(tta))
+        subprocess.run(cmd, shell=True, check=True)
+        rows_csv.unlink()
+        return
     from bonefrac.inference.run_predictions import predict_run_frame
 
-    result = predict_run_frame(run, read_manifest(manifest), progress=False, tta=tta)
-    RunDir(run).write_predictions(name, result.predictions)
+    out = predict_run_frame(run, rows.reset_index(drop=True), progress=False, tta=tta)
+    with atomic_open(target, "wb") as fh:
+        out.predictions.to_csv(
+            fh, index=False, compression="gzip" if target.suffix == ".gz" else None
+        )
 
 
 def store(run: Path, rec: Path, info: dict[str, Any]) -> None:
@@ -209,7 +225,8 @@ def run_arm(args: argparse.Namespace, spec: dict[str, Any]) -> None:
                 print(f"[run ] {args.setting} {arm} s{seed}: {' '.join(sets)}", flush=True)
                 continue
             if external and not RunDir(run).prediction_path(external).is_file():
-                predict_external(run, manifests[external], external)
+                rows = read_manifest(manifests[external])
+                predict_rows(args, run, rows, RunDir(run).prediction_path(external))
             meta = RunDir(run).raw_meta()
             info = {
                 "setting": args.setting,
@@ -232,9 +249,6 @@ def run_arm(args: argparse.Namespace, spec: dict[str, Any]) -> None:
 
 def run_tta(args: argparse.Namespace, spec: dict[str, Any]) -> None:
     """hflip-averaged predictions of val, test and the external site into finished records."""
-    from bonefrac.data.schema import read_manifest
-    from bonefrac.inference.run_predictions import predict_run_frame
-
     manifests = build_manifests(spec, args.work, args.data)
     setting = spec["settings"][args.setting]
     external = setting["unseen"].get("external")
@@ -253,9 +267,7 @@ def run_tta(args: argparse.Namespace, spec: dict[str, Any]) -> None:
             plain = stored.read_predictions_raw(name)
             rows = read_manifest(manifests[setting["manifest"] if name != external else external])
             rows = rows.set_index("path", drop=False).loc[plain["path"].astype(str)]
-            out = predict_run_frame(run, rows.reset_index(drop=True), progress=False, tta=True)
-            with atomic_open(target, "wb") as fh:
-                out.predictions.to_csv(fh, index=False, compression="gzip")
+            predict_rows(args, run, rows.reset_index(drop=True), target, tta=True)
             print(f"[tta ] {args.setting} {arm} s{seed}: {target}", flush=True)
 
 
@@ -264,10 +276,6 @@ def run_shipped(args: argparse.Namespace, spec: dict[str, Any]) -> None:
     hflip-averaged, with its own val (and test) predictions: record
     ``<setting>/shipped_<model>_s<its seed>``. Its val images are found in the setting's
     manifest by image_id (the same build), so the hflip run refits its cuts on hflip val."""
-    from bonefrac.inference.frames import predict_run_frame
-
-    from bonefrac.data.schema import read_manifest
-
     manifests = build_manifests(spec, args.work, args.data)
     setting = spec["settings"][args.setting]
     external = setting["unseen"].get("external")
@@ -293,9 +301,7 @@ def run_shipped(args: argparse.Namespace, spec: dict[str, Any]) -> None:
         if target.is_file():
             continue
         print(f"[ship] {args.model}: {name} ({len(rows)} images, tta={tta})", flush=True)
-        out = predict_run_frame(shipped.path, rows.reset_index(drop=True), progress=False, tta=tta)
-        with atomic_open(target, "wb") as fh:
-            out.predictions.to_csv(fh, index=False, compression="gzip")
+        predict_rows(args, shipped.path, rows.reset_index(drop=True), target, tta=tta)
     info = {
         "setting": args.setting,
         "arm": f"shipped_{args.model}",
@@ -579,6 +585,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("command", choices=("run", "tta", "shipped", "report"))
     ap.add_argument("--model", default="default", help="shipped model for 'shipped'")
+    ap.add_argument(
+        "--predict-cmd", default=None, help="predict in this command (see predict_rows)"
+    )
     ap.add_argument("--spec", type=Path, default=SPEC)
     ap.add_argument("--arm", default="baseline", help="arm(s), comma-separated")
     ap.add_argument("--parallel", type=int, default=1, help="trainings at a time (all of WORK's)")
