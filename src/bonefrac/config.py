@@ -14,13 +14,15 @@ a :class:`ConfigError` naming the command-line option.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, NamedTuple, Self
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     field_validator,
     model_validator,
@@ -28,6 +30,13 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from bonefrac.errors import ConfigError
+
+#: Strides the fracture detector may read (those the backbones have).
+LocLevel = Literal[4, 8, 16, 32]
+#: The detector's default levels (``model.loc_levels``), finest first: stride 8 finest.
+#: Stride 4 quadruples the head's cost for FracAtlas boxes that are already 3 cells wide at
+#: 384 px (see BENCHMARKS.md).
+DEFAULT_LOC_LEVELS: tuple[int, ...] = (8, 16, 32)
 
 #: ``train.precision`` values: ``auto`` plus Lightning's own (``bf16`` etc. are its aliases).
 PRECISIONS = (
@@ -99,7 +108,7 @@ class ModelConfig(_Strict):
     localize: bool = False
     """Add a localisation head trained on the manifest's fracture boxes: the run then outputs
     a map and boxes (``pred_boxes``) beside the fracture probability."""
-    loc_levels: list[Literal[4, 8, 16, 32]] = Field(default_factory=lambda: [8, 16, 32])
+    loc_levels: list[LocLevel] = Field(default_factory=lambda: list(DEFAULT_LOC_LEVELS))
     """Feature strides the fracture detector (FPN + FCOS head) reads, finest first; the map is
     drawn at the finest. Stride 4 adds detail for thin boxes at about 4x the head's compute."""
     fuse_map_score: bool = True
@@ -231,14 +240,26 @@ class TuneConfig(_Strict):
 CRITERIA_HELP = "f1 | youden | sensitivity:X | specificity:X  (X in (0, 1], e.g. sensitivity:0.90)"
 
 
-def parse_criterion(criterion: str) -> tuple[str, float | None]:
+class Criterion(NamedTuple):
+    """A threshold criterion, parsed once where it enters (the CLI, the YAML config):
+    ``f1``, ``youden``, or ``sensitivity`` / ``specificity`` with its target."""
+
+    name: str
+    target: float | None = None
+
+    def __str__(self) -> str:
+        """The canonical text (model.json's ``threshold_criterion``)."""
+        return self.name if self.target is None else f"{self.name}:{self.target:g}"
+
+
+def parse_criterion(criterion: str) -> Criterion:
     """``"sensitivity:0.9"`` -> ``("sensitivity", 0.9)``; ``"f1"`` -> ``("f1", None)``."""
     text = (criterion or "").strip().lower()
     name, _, arg = text.partition(":")
     if name in ("f1", "youden"):
         if arg:
             raise ConfigError(f"criterion {criterion!r}: '{name}' takes no value; use {name}")
-        return name, None
+        return Criterion(name)
     if name in ("sensitivity", "specificity", "sens", "spec"):
         name = {"sens": "sensitivity", "spec": "specificity"}.get(name, name)
         try:
@@ -251,8 +272,30 @@ def parse_criterion(criterion: str) -> tuple[str, float | None]:
             target /= 100.0  # sensitivity:90 means 90 %
         if not 0 < target <= 1:
             raise ConfigError(f"criterion {criterion!r}: X must be in (0, 1], e.g. {name}:0.90")
-        return name, target
+        return Criterion(name, target)
     raise ConfigError(f"unknown threshold criterion {criterion!r}; choose {CRITERIA_HELP}")
+
+
+def _criterion_or_none(value: Any) -> Criterion | None:
+    if value is None or isinstance(value, Criterion):
+        return value
+    if isinstance(value, list | tuple):  # a dumped config in Python mode
+        return Criterion(*value)
+    text = str(value).strip().lower()
+    if text == "none":
+        return None
+    try:
+        return parse_criterion(text)
+    except ConfigError as exc:
+        raise ValueError(f"{exc}, or none") from None
+
+
+#: ``deploy.threshold``: written as text (``f1``, ``sensitivity:0.9``, ``none``), held parsed.
+_CriterionText = Annotated[
+    Criterion | None,
+    BeforeValidator(_criterion_or_none),
+    PlainSerializer(lambda c: "none" if c is None else str(c), return_type=str),
+]
 
 
 class DeployConfig(_Strict):
@@ -273,9 +316,9 @@ class DeployConfig(_Strict):
     rule_in_specificity: float | None = Field(0.95, gt=0.0, lt=1.0)
     """The share of val normals kept from a ``fracture`` call: the rule-in cut; ``null``: the
     rule-in cut is chosen by ``threshold``."""
-    threshold: str = "f1"
+    threshold: _CriterionText = Criterion("f1")
     """With ``rule_in_specificity: null``: ``f1`` | ``youden`` | ``sensitivity:<x>`` |
-    ``specificity:<x>`` | ``none`` (keep 0.5)."""
+    ``specificity:<x>`` | ``none`` (keep 0.5); parsed once, when the config is read."""
     calibrate: bool = True
     """Fit the temperature on val logits (``bonefrac calibrate``)."""
     refer_coverage: float | None = Field(None, gt=0.0, le=1.0)
@@ -291,18 +334,6 @@ class DeployConfig(_Strict):
     ood_max_images: int = Field(2000, ge=10)
     """At most this many train images for the Mahalanobis statistics."""
 
-    @field_validator("threshold")
-    @classmethod
-    def _check_threshold(cls, value: str) -> str:
-        text = str(value).strip().lower()
-        if text == "none":
-            return text
-        try:
-            name, target = parse_criterion(text)
-        except ConfigError as exc:
-            raise ValueError(f"{exc}, or none") from None
-        return name if target is None else f"{name}:{target:g}"
-
     @model_validator(mode="after")
     def _one_refer_rule(self) -> DeployConfig:
         if self.rule_out_sensitivity is not None and self.refer_coverage is not None:
@@ -313,11 +344,11 @@ class DeployConfig(_Strict):
         return self
 
     @property
-    def rule_in_criterion(self) -> str | None:
+    def rule_in_criterion(self) -> Criterion | None:
         """The threshold criterion of the rule-in cut (``None``: keep the threshold)."""
         if self.rule_in_specificity is not None:
-            return f"specificity:{self.rule_in_specificity:g}"
-        return None if self.threshold == "none" else self.threshold
+            return Criterion("specificity", self.rule_in_specificity)
+        return self.threshold
 
 
 class ExperimentConfig(_Strict):

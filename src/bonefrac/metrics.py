@@ -33,8 +33,6 @@ METRIC_NAMES = (
     "pr_auc",
     "balanced_accuracy",
 )
-#: Metrics that do not depend on the threshold.
-RANKING_METRICS = ("roc_auc", "pr_auc")
 
 #: Equal-width probability bins of the reliability diagram and ECE.
 N_BINS = 15

@@ -1,7 +1,8 @@
 """A trained run becomes a shipped model (:mod:`bonefrac.rundir.shipped`): package data that
 ``pip install .`` carries, found by name (``bonefrac predict default IMG``).
 
-:func:`package_run`, in a staging folder beside the shipped ones, then renamed into place:
+:func:`package_run`, in the shipped root's staging folder (:func:`bonefrac.rundir.shipped.stage`),
+then placed (:func:`bonefrac.rundir.shipped.place`):
 
 1. copies the run's record (model.json, config.yaml, history.csv, metrics.json, val/test
    predictions; no checkpoints, plots or reports);
@@ -36,9 +37,9 @@ from bonefrac.data.schema import SUBGROUP_COLUMNS
 from bonefrac.deploy import deploy_run
 from bonefrac.errors import RunDirError
 from bonefrac.evaluation.model_card import CardInputs, write_model_card
-from bonefrac.fileio import atomic_path, file_sha256, folder_bytes, write_json
+from bonefrac.fileio import atomic_path, file_sha256, folder_bytes
 from bonefrac.inference.run_predictions import predict_run_frame
-from bonefrac.rundir import RunDir, missing_safeguards, shipped
+from bonefrac.rundir import RUN_SPLITS, RunDir, missing_safeguards, shipped
 from bonefrac.rundir.layout import CONFIG, GZIP_SUFFIX, HISTORY, METRICS, MODEL_JSON
 from bonefrac.rundir.predictions import IMAGE_ID, LABEL, LOGIT, PATH, SOURCE, TRUE_BOXES
 from bonefrac.rundir.relocate import unroot_run
@@ -59,7 +60,6 @@ PARITY_MAX_FLIP_SHARE = 0.005
 #: detector's); the decision rule's become this version's defaults.
 _KEPT_DEPLOY = ("ood", "ood_max_images", "calibrate")
 _RECORD = (MODEL_JSON, CONFIG, HISTORY, METRICS)
-_SPLITS = ("val", "test")
 
 
 @dataclass
@@ -154,11 +154,11 @@ def package_run(
     if status != "ok":
         raise RunDirError(f"{src.path}: training_status is {status!r}, "
                           "not 'ok'; only a finished, healthy run ships")  # fmt: skip
-    final, stage = _stage(root, name, force)
+    final, stage = shipped.stage(root, name, force=force)
     RunDir(stage).predictions_dir.mkdir(parents=True)
     try:
         report = _build(src, stage, name, card, batch_size)
-        _place(report, stage, final, root, default)
+        _place(report, stage, final, default)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -172,7 +172,7 @@ def _build(
         if (src.path / fname).is_file():
             shutil.copy2(src.path / fname, stage / fname)
     run = RunDir(stage)
-    frames = {split: _input_frame(src, split) for split in _SPLITS}
+    frames = {split: _input_frame(src, split) for split in RUN_SPLITS}
     log.info("%s: fp32 test predictions for the parity check", name)
     fp32_test = predict_run_frame(src.path, frames["test"], batch_size=batch_size).predictions
 
@@ -180,7 +180,7 @@ def _build(
     run.reset_fits()  # refitted below, on the stored weights
     run.update_meta(weights_sha256=file_sha256(run.weights_path), weights_dtype="float16")
     stored: dict[str, pd.DataFrame] = {}
-    for split in _SPLITS:
+    for split in RUN_SPLITS:
         log.info("%s: %s predictions with the fp16 weights", name, split)
         stored[split] = predict_run_frame(stage, frames[split], batch_size=batch_size).predictions
     src_meta = src.meta()
@@ -198,8 +198,8 @@ def _build(
         raw.update(weights_sha256=file_sha256(run.weights_path), weights_dtype=dtype)
         run.write_meta(raw)
         stored = {s: predict_run_frame(stage, frames[s], batch_size=batch_size).predictions
-                  for s in _SPLITS}  # fmt: skip
-    for split in _SPLITS:
+                  for s in RUN_SPLITS}  # fmt: skip
+    for split in RUN_SPLITS:
         run.write_predictions(split, stored[split])
 
     deployed = _deploy(run, name)
@@ -241,32 +241,18 @@ def _finish(run: RunDir, name: str, card: CardInputs) -> None:
     """The card (while the manifest is still at hand), then no path of this machine in the
     folder, compressed predictions and no plots."""
     write_model_card(run, name, card)
-    paths = [p for s in _SPLITS for p in run.read_predictions_raw(s)[PATH].astype(str)]
+    paths = [p for s in RUN_SPLITS for p in run.read_predictions_raw(s)[PATH].astype(str)]
     unroot_run(run, os.path.commonpath([str(Path(p).resolve()) for p in paths]))
-    for split in _SPLITS:  # compressed: the candidate boxes make each CSV about 0.8 MB
+    for split in RUN_SPLITS:  # compressed: the candidate boxes make each CSV about 0.8 MB
         _gzip(run.prediction_path(split))
     shutil.rmtree(run.plots_dir, ignore_errors=True)  # the deploy fits' figures: not a model's
 
 
-def _stage(root: Path, name: str, force: bool) -> tuple[Path, Path]:
-    final = root / name
-    if final.exists() and not force:
-        raise RunDirError(f"{final}: a shipped model of that name exists; pass --force")
-    stage = root / f".{name}.staging"
-    shutil.rmtree(stage, ignore_errors=True)
-    return final, stage
-
-
-def _place(report: PackageReport, stage: Path, final: Path, root: Path, default: bool) -> None:
+def _place(report: PackageReport, stage: Path, final: Path, default: bool) -> None:
     if report.bytes > MAX_BYTES:
         raise RunDirError(f"{final.name}: {report.bytes / 1e6:.1f} MB, over the "
                           f"{MAX_BYTES / 1e6:.0f} MB a shipped model may take")  # fmt: skip
-    if final.exists():
-        shutil.rmtree(final)
-    stage.rename(final)
-    if default:
-        write_json(root / shipped.ALIASES_FILE, {shipped.DEFAULT_NAME: final.name})
-    report.path = final
+    report.path = shipped.place(stage, final, default=default)
 
 
 def refit_shipped(
@@ -289,7 +275,7 @@ def refit_shipped(
     from bonefrac.config import DeployConfig, build_config
 
     root = shipped.SHIPPED_ROOT if root is None else Path(root)
-    final, stage = _stage(root, name, force)
+    final, stage = shipped.stage(root, name, force=force)
     src = shipped.resolve_run(source)
     try:
         shutil.copytree(src, stage)
@@ -314,7 +300,7 @@ def refit_shipped(
         parity_record = raw["shipped"].get("parity", {})
         report = PackageReport(stage, str(raw.get("weights_dtype")), parity_record,
                                folder_bytes(stage), dict(deployed.fitted))  # fmt: skip
-        _place(report, stage, final, root, default)
+        _place(report, stage, final, default)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -160,8 +160,13 @@ def test_deploy_parts_can_be_turned_off(tiny_run: Path, tmp_path: Path) -> None:
 
 
 def test_the_deploy_block_validates_its_criterion() -> None:
-    assert DeployConfig(threshold="sens:90").threshold == "sensitivity:0.9"
-    assert DeployConfig(threshold="NONE").threshold == "none"
+    parsed = DeployConfig(threshold="sens:90")
+    assert parsed.threshold == ("sensitivity", 0.9)  # parsed once, when the config is read
+    assert parsed.model_dump(mode="json")["threshold"] == "sensitivity:0.9"
+    assert DeployConfig(threshold="NONE").threshold is None
+    assert DeployConfig(threshold="NONE").model_dump(mode="json")["threshold"] == "none"
+    assert DeployConfig(threshold="NONE").rule_in_criterion == ("specificity", 0.95)
+    assert DeployConfig(threshold="NONE", rule_in_specificity=None).rule_in_criterion is None
     with pytest.raises(ConfigError, match="deploy.threshold"):
         load_config(None, ["deploy.threshold=accuracy"])
     with pytest.raises(ConfigError, match="deploy.refer_coverage"):

@@ -79,15 +79,18 @@ def test_tune_uses_calibrated_probabilities(fake_run):
     assert res["new_threshold"] == pytest.approx(choose_threshold(val["label"], calibrated, "f1"))
 
 
-def test_tuning_on_test_refused(fake_run):
-    with pytest.raises(ConfigError, match="test"):
-        tune_threshold(fake_run, "f1", on="test")
+def test_tuning_on_test_is_not_an_option(fake_run):
+    """The rule is chosen on val only: there is no option naming another split, so a tuned
+    test split cannot be asked for (the run is left untouched)."""
+    import inspect
+
+    assert "on" not in inspect.signature(tune_threshold).parameters
     before = read_json(fake_run / "model.json")
     result = CliRunner().invoke(
         app, ["threshold", str(fake_run), "--criterion", "f1", "--on", "test"]
     )
     assert result.exit_code != 0
-    assert "refusing to tune the threshold on the test split" in result.output
+    assert "No such option" in result.output
     assert read_json(fake_run / "model.json") == before  # untouched
 
 

@@ -56,7 +56,6 @@ def threshold(
     criterion: str = typer.Option(
         None, "--criterion", help="f1 | youden | sensitivity:X | specificity:X (e.g. sens:0.9)"
     ),
-    on: str = typer.Option("val", "--on", help="Predictions to tune on: val only (test refused)."),
     rule_out_sensitivity: float = typer.Option(
         None,
         "--rule-out-sensitivity",
@@ -78,8 +77,8 @@ def threshold(
     ),
     into: Path | None = into_option(),
 ) -> None:
-    """Choose the decision rule on validation predictions and store it in model.json: the
-    rule-in threshold (--criterion, e.g. specificity:0.95) and the rule-out cut
+    """Choose the decision rule on the validation predictions (never on test: a rule chosen
+    there makes every test figure optimistic) and store it in model.json: the rule-in threshold (--criterion, e.g. specificity:0.95) and the rule-out cut
     (--rule-out-sensitivity) or a refer band (--refer-coverage)."""
     from bonefrac.evaluation.thresholds import tune_threshold
     from bonefrac.rundir import RunDir
@@ -88,7 +87,6 @@ def threshold(
     result = tune_threshold(
         run,
         criterion,
-        on=on,
         refer_coverage=refer_coverage,
         refer_tta=refer_tta,
         rule_out_sensitivity=rule_out_sensitivity,

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from bonefrac.config import parse_criterion
+from bonefrac.config import Criterion, parse_criterion
 from bonefrac.errors import ConfigError, DataError
 from bonefrac.metrics import compute_metrics
 from bonefrac.rundir import ModelMeta, RunDir, run_probabilities, usable_threshold
@@ -48,9 +48,9 @@ from bonefrac.rundir.predictions import LABEL
 log = logging.getLogger(__name__)
 
 
-def choose_threshold(y_true: Any, prob: Any, criterion: str) -> float:
-    """The threshold ``criterion`` picks on (y_true, prob)."""
-    name, target = parse_criterion(criterion)
+def choose_threshold(y_true: Any, prob: Any, criterion: Criterion | str) -> float:
+    """The threshold ``criterion`` picks on (y_true, prob) (text is parsed here)."""
+    name, target = parse_criterion(criterion) if isinstance(criterion, str) else criterion
     y = np.asarray(y_true).astype(int)
     p = np.asarray(prob, dtype=float)
     n_pos = int(y.sum())
@@ -105,7 +105,7 @@ def fit_rule_out(
         raise ConfigError(f"rule-out sensitivity {sensitivity}: must be in (0, 1), e.g. 0.95")
     y = np.asarray(y_true).astype(int)
     p = np.asarray(prob, dtype=float)
-    cut = usable_threshold(choose_threshold(y, p, f"sensitivity:{sensitivity:g}"))
+    cut = usable_threshold(choose_threshold(y, p, Criterion("sensitivity", sensitivity)))
     n_pos = int(y.sum())
     caught = int(((p >= cut) & (y == 1)).sum())
     low, high = wilson_interval(caught, n_pos)
@@ -131,8 +131,7 @@ def fit_rule_out(
 
 def tune_threshold(
     run_dir: str | Path,
-    criterion: str | None,
-    on: str = "val",
+    criterion: Criterion | str | None,
     refer_coverage: float | None = None,
     refer_tta: bool = False,
     rule_out_sensitivity: float | None = None,
@@ -151,14 +150,6 @@ def tune_threshold(
             "--refer-coverage and --rule-out-sensitivity are two different refer rules; "
             "choose one (the two-cut rule, --rule-out-sensitivity, is the default)"
         )
-    if on == "test":
-        raise ConfigError(
-            "refusing to tune the threshold on the test split: a threshold chosen on test makes "
-            "every test metric optimistic. Tune on validation predictions instead: "
-            "'bonefrac threshold RUN --criterion ... --on val'"
-        )
-    if on != "val":
-        raise ConfigError(f"--on {on!r}: thresholds are tuned on 'val' only")
     if refer_coverage is not None and not 0 < refer_coverage <= 1:
         raise ConfigError(f"--refer-coverage {refer_coverage}: must be in (0, 1], e.g. 0.8")
     run = RunDir.open(run_dir, writable=True)
@@ -169,9 +160,8 @@ def tune_threshold(
             rule_out_sensitivity = float(kept["target"])
     if criterion is None and rule_out_sensitivity is None:
         return _refer_only(run, float(refer_coverage), refer_tta)
-    if criterion is not None:
-        name, target = parse_criterion(criterion)
-        criterion = name if target is None else f"{name}:{target:g}"
+    if isinstance(criterion, str):  # the command's text: parsed once, here
+        criterion = parse_criterion(criterion)
     temperature = meta.temperature
     old = meta.threshold
 
@@ -198,7 +188,7 @@ def tune_threshold(
         splits["test"] = (test[LABEL].to_numpy(), run_probabilities(test, meta))
 
     result: dict[str, Any] = {
-        "criterion": criterion or meta.get("threshold_criterion"),
+        "criterion": str(criterion) if criterion else meta.get("threshold_criterion"),
         "tuned_on": "val",
         "temperature": temperature,
         "old_threshold": old,
@@ -214,7 +204,7 @@ def tune_threshold(
     changes: dict[str, Any] = {"threshold": new}
     if criterion is not None:
         changes.update(
-            threshold_criterion=criterion,
+            threshold_criterion=str(criterion),
             threshold_tuned_on="val",
             threshold_updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )

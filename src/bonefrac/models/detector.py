@@ -28,17 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-#: Strides the head may read (those the backbone has).
-LEVEL_STRIDES = (4, 8, 16, 32)
-#: Default levels (``model.loc_levels``): stride 8 finest. Stride 4 quadruples the head's
-#: cost for FracAtlas boxes that are already 3 cells wide at 384 px (see BENCHMARKS.md).
-DEFAULT_LEVELS = (8, 16, 32)
 #: FPN and head width; GroupNorm in FCOS's head uses 32 groups, so a multiple of 32.
 WIDTH = 64
 #: Convolutions per branch (FCOS uses 4 at width 256; 2 at 64 keeps the CPU path cheap).
 NUM_CONVS = 2
-#: Channels of the packed output: fracture logit, centre-ness logit, l, t, r, b.
-PACKED_CHANNELS = 6
 #: FCOS's centre-sampling radius, in strides.
 CENTER_SAMPLING_RADIUS = 1.5
 

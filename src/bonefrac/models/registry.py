@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 import bonefrac.models.weights as W
+from bonefrac.config import DEFAULT_LOC_LEVELS
 from bonefrac.errors import ModelError
 from bonefrac.models.classifier import FractureClassifier
 
@@ -28,7 +29,7 @@ HALF = (0.5, 0.5, 0.5)
 class HeadOptions:
     """The detector head a builder adds: the feature strides it reads (finest first)."""
 
-    levels: tuple[int, ...] = (8, 16, 32)
+    levels: tuple[int, ...] = DEFAULT_LOC_LEVELS
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def build_model(
     weights_path: str | None = None,
     dropout: float = 0.2,
     localize: bool = False,
-    loc_levels: tuple[int, ...] | list[int] = (8, 16, 32),
+    loc_levels: tuple[int, ...] | list[int] = DEFAULT_LOC_LEVELS,
 ) -> FractureClassifier:
     """Build ``name`` with one output logit (fractured).
 

@@ -46,6 +46,7 @@ from pydantic import (
     model_validator,
 )
 
+from bonefrac.config import DEFAULT_LOC_LEVELS, LocLevel
 from bonefrac.errors import ModelOutputError, RunDirError
 from bonefrac.metrics import apply_temperature
 
@@ -201,7 +202,7 @@ class ModelMeta(BaseModel):
 
     localize: bool = False
     """The model has a localisation head (a map and each cell's box; its weights include it)."""
-    loc_levels: list[Literal[4, 8, 16, 32]] = Field(default_factory=lambda: [8, 16, 32])
+    loc_levels: list[LocLevel] = Field(default_factory=lambda: list(DEFAULT_LOC_LEVELS))
     """Feature strides its detector reads (``model.loc_levels``), finest first."""
     score_fusion: ScoreFusion | None = None
     """How the image logit fuses the class logit with the map's peak (None: the class logit)."""

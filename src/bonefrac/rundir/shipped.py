@@ -6,6 +6,8 @@
       aliases.json            {"default": "lite0-loc-1"}: names that stand for a shipped model
       lite0-loc-1/            a complete run directory (model.json, fp16 model.safetensors,
         MODEL_CARD.md           ood.safetensors, metrics.json, predictions/, config.yaml)
+      .staging/<name>/        a model being packaged (:func:`stage`), renamed into place
+                                when complete (:func:`place`); never a shipped model
 
 A RUN argument that is not a path on disk but a shipped model's name (``default``, or a
 versioned name such as ``lite0-loc-1``) opens that folder (:func:`resolve_run`); an existing
@@ -17,6 +19,7 @@ against, never change.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -35,17 +38,15 @@ DEFAULT_NAME = "default"
 MODEL_CARD = "MODEL_CARD.md"
 #: What a copy of a run leaves behind: Lightning's resume state is not part of a model.
 _NOT_COPIED = ("checkpoints",)
+#: The folder (inside a shipped root) where a model is built before it is placed.
+STAGING = ".staging"
+
+# Every lookup reads SHIPPED_ROOT when called, so tests can point it at a folder of their own.
 
 
-def _root(root: Path | None) -> Path:
-    """``root``, else :data:`SHIPPED_ROOT` as it is now (looked up per call, so tests can
-    point it at a folder of their own)."""
-    return SHIPPED_ROOT if root is None else root
-
-
-def aliases(root: Path | None = None) -> dict[str, str]:
+def aliases() -> dict[str, str]:
     """``{alias: shipped folder name}`` (``{}`` when no aliases file)."""
-    path = _root(root) / ALIASES_FILE
+    path = SHIPPED_ROOT / ALIASES_FILE
     if not path.is_file():
         return {}
     try:
@@ -57,57 +58,52 @@ def aliases(root: Path | None = None) -> dict[str, str]:
     return {str(k): v for k, v in data.items()}
 
 
-def shipped_models(root: Path | None = None) -> dict[str, Path]:
-    """``{name: folder}`` of every shipped run directory (a folder with model.json)."""
-    root = _root(root)
-    if not root.is_dir():
+def shipped_models() -> dict[str, Path]:
+    """``{name: folder}`` of every shipped run directory (a folder with model.json; hidden
+    folders, such as :data:`STAGING` or a half-built model, are not package data)."""
+    if not SHIPPED_ROOT.is_dir():
         return {}
     return {
         p.name: p
-        for p in sorted(root.iterdir())
+        for p in sorted(SHIPPED_ROOT.iterdir())
         if not p.name.startswith(".") and (p / "model.json").is_file()
     }
 
 
-def shipped_path(name: str, root: Path | None = None) -> Path | None:
+def shipped_path(name: str) -> Path | None:
     """The folder of the shipped model ``name`` (an alias or a folder name), else None."""
-    root = _root(root)
-    models = shipped_models(root)
-    target = aliases(root).get(name, name)
-    return models.get(target)
+    return shipped_models().get(aliases().get(name, name))
 
 
-def names_line(root: Path | None = None) -> str:
+def names_line() -> str:
     """The shipped names, for messages: ``default (lite0-loc-1), lite0-loc-1`` or ``none``."""
-    root = _root(root)
-    alias = [f"{a} ({t})" for a, t in aliases(root).items()]
-    return ", ".join([*alias, *shipped_models(root)]) or "none"
+    alias = [f"{a} ({t})" for a, t in aliases().items()]
+    return ", ".join([*alias, *shipped_models()]) or "none"
 
 
-def resolve_run(run: str | os.PathLike[str], root: Path | None = None) -> Path:
+def resolve_run(run: str | os.PathLike[str]) -> Path:
     """``run`` as given when it exists on disk, else the shipped model of that name, else
     ``run`` unchanged (opening it then says it is neither)."""
     path = Path(run)
     if path.exists() or len(path.parts) != 1:
         return path
-    return shipped_path(str(run), root) or path
+    return shipped_path(str(run)) or path
 
 
-def shipped_name(path: str | os.PathLike[str], root: Path | None = None) -> str | None:
-    """The shipped folder name when ``path`` is a shipped model's folder, else None."""
+def shipped_name(path: str | os.PathLike[str]) -> str | None:
+    """The shipped folder name when ``path`` is a shipped model's folder, else None (a model
+    being built under :data:`STAGING` is not one yet: its deploy fits write into it)."""
     try:
         here = Path(path).resolve()
     except OSError:
         return None
-    if here.name.startswith("."):  # a model being packaged (staging) is written into
-        return None
-    inside = here.parent == _root(root).resolve() and (here / "model.json").is_file()
-    return here.name if inside else None
+    models = shipped_models()
+    return here.name if here.name in models and models[here.name].resolve() == here else None
 
 
-def refuse_write(path: str | os.PathLike[str], root: Path | None = None) -> None:
+def refuse_write(path: str | os.PathLike[str]) -> None:
     """Raise when ``path`` is a shipped model: what writes into a run works on a copy."""
-    name = shipped_name(path, root)
+    name = shipped_name(path)
     if name is None:
         return
     raise RunDirError(
@@ -144,3 +140,32 @@ def copy_run(run: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+# --- packaging a model: built in a staging folder, then placed ----------------------------
+def stage(root: Path, name: str, *, force: bool = False) -> tuple[Path, Path]:
+    """``(final, stage)`` for building the shipped model ``name`` in ``root``: ``final`` is
+    where it goes (refused when it exists, unless ``force``), ``stage`` a fresh folder under
+    ``root/.staging`` to build it in (not yet a shipped model: it may be written)."""
+    final = root / name
+    if final.exists() and not force:
+        raise RunDirError(f"{final}: a shipped model of that name exists; pass --force")
+    folder = root / STAGING / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return final, folder
+
+
+def place(stage_folder: Path, final: Path, *, default: bool) -> Path:
+    """Move a complete staged model to ``final`` (replacing an older one of that name) and,
+    when ``default``, make it the :data:`DEFAULT_NAME` model of its root."""
+    from bonefrac.fileio import write_json
+
+    if final.exists():
+        shutil.rmtree(final)
+    stage_folder.rename(final)
+    with contextlib.suppress(OSError):  # the staging folder goes once nothing is built in it
+        stage_folder.parent.rmdir()
+    if default:
+        write_json(final.parent / ALIASES_FILE, {DEFAULT_NAME: final.name})
+    return final
