@@ -95,7 +95,9 @@ def overrides(spec: dict[str, Any], setting: str, arm: str, seed: int) -> list[s
     return sets + list(spec["arms"][arm])
 
 
-def train_command(spec: dict[str, Any], manifest: Path, run: Path, sets: list[str]) -> list[str]:
+def train_command(
+    spec: dict[str, Any], manifest: Path, run: Path, sets: list[str], nice: int = 5
+) -> list[str]:
     """The nice'd ``bonefrac train`` of one run (``--resume`` when a checkpoint is there)."""
     bonefrac = str(REPO / ".venv" / "bin" / "bonefrac")
     if (run / "checkpoints" / "last.ckpt").is_file():
@@ -104,7 +106,7 @@ def train_command(spec: dict[str, Any], manifest: Path, run: Path, sets: list[st
         cmd = [bonefrac, "train", "--config", str(REPO / spec["recipe"]["config"])]
         cmd += ["--manifest", str(manifest), "--out", str(run), "--no-deploy", "--force"]
         cmd += ["--no-progress"] + [a for s in sets for a in ("--set", s)]
-    return ["nice", "-n", "5", *cmd]
+    return ["nice", "-n", str(nice), *cmd]
 
 
 def predict_rows(
@@ -215,7 +217,7 @@ def run_arm(args: argparse.Namespace, spec: dict[str, Any]) -> None:
                 log = args.work / "logs" / f"{args.setting}_{arm}_s{seed}.log"
                 log.parent.mkdir(parents=True, exist_ok=True)
                 run.parent.mkdir(parents=True, exist_ok=True)
-                cmd = train_command(spec, manifests[setting["manifest"]], run, sets)
+                cmd = train_command(spec, manifests[setting["manifest"]], run, sets, args.nice)
                 with log.open("a", encoding="utf-8") as fh:
                     fh.write(" ".join(cmd) + "\n")
                     fh.flush()
@@ -591,6 +593,7 @@ def main() -> None:
     ap.add_argument("--spec", type=Path, default=SPEC)
     ap.add_argument("--arm", default="baseline", help="arm(s), comma-separated")
     ap.add_argument("--parallel", type=int, default=1, help="trainings at a time (all of WORK's)")
+    ap.add_argument("--nice", type=int, default=5, help="niceness of the trainings")
     ap.add_argument("--setting", default="fa_bfy_to_sr2022")
     ap.add_argument("--seeds", default=None, help="comma-separated (default: the spec's)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/unseen_site"), help="runs + data")
