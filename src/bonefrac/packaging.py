@@ -246,6 +246,8 @@ def _finish(run: RunDir, name: str, card: CardInputs) -> None:
     for split in RUN_SPLITS:  # compressed: the candidate boxes make each CSV about 0.8 MB
         _gzip(run.prediction_path(split))
     shutil.rmtree(run.plots_dir, ignore_errors=True)  # the deploy fits' figures: not a model's
+    for path in run.path.rglob("*"):  # package data every user of the install can read
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _place(report: PackageReport, stage: Path, final: Path, default: bool) -> None:
