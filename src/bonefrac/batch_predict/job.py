@@ -15,9 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from bonefrac.batch_predict.distributed import load_predictor, predict_distributed
-from bonefrac.batch_predict.stream import BatchJob, BatchSummary, prepare_job, stream_predictions
+from bonefrac.batch_predict.stream import (
+    BatchJob,
+    BatchSummary,
+    collect_inputs,
+    predicted_rows,
+    prepare_job,
+    stream_predictions,
+)
 from bonefrac.config import PredictConfig
+from bonefrac.errors import ConfigError
 from bonefrac.inference.predictor import Predictor
+from bonefrac.rundir import warn_missing_safeguards
 from bonefrac.system import usable_cpus
 
 
@@ -86,6 +95,31 @@ def predict_to_csv(
     stream_predictions(predictor, todo, job.out, job, summary)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def predict_rows(
+    run_dir: str | Path, inputs: Sequence[str | Path], config: PredictConfig | None = None
+) -> tuple[list[dict[str, Any]], BatchSummary]:
+    """Predict every input file in this process and return its predict-CSV rows and the
+    summary, writing no CSV (``bonefrac predict`` without ``--out`` prints them)."""
+    config = config or PredictConfig()
+    if config.devices > 1:
+        raise ConfigError(
+            "--devices > 1 shares the files through part files of the CSV: pass --out"
+        )
+    start = time.perf_counter()
+    job = batch_job(run_dir, inputs, Path(), config)
+    predictor = load_predictor(job, config.accelerator)
+    files = collect_inputs(job.inputs)
+    summary = BatchSummary(out=job.out, total=len(files))
+    missing = warn_missing_safeguards(predictor.meta, str(job.run_dir))
+    summary.missing_safeguards = [item.name for item in missing]
+    for folder in (job.cam_dir, job.dicom_out):
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+    rows = [row for batch in predicted_rows(predictor, files, job, summary) for row in batch]
+    summary.seconds = time.perf_counter() - start
+    return rows, summary
 
 
 def batch_job(

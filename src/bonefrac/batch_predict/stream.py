@@ -10,7 +10,7 @@ import io
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,6 +281,30 @@ def stream_predictions(
     label: str = "predicting",
 ) -> None:
     """Predict ``todo`` and append its rows to ``target`` after every batch."""
+    if not todo:
+        return
+    try:
+        with open(target, "a", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=PREDICT_COLUMNS)
+            if os.fstat(fh.fileno()).st_size == 0:
+                writer.writeheader()
+                fh.flush()
+            for rows in predicted_rows(predictor, todo, job, summary, label):
+                writer.writerows(rows)
+                fh.flush()
+    except OSError as exc:  # the CSV, a part or a heatmap could not be written
+        raise _write_error(exc, target) from None
+
+
+def predicted_rows(
+    predictor: Predictor,
+    todo: list[Path],
+    job: BatchJob,
+    summary: BatchSummary,
+    label: str = "predicting",
+) -> Iterator[list[dict[str, Any]]]:
+    """The predict-CSV rows of ``todo``, one list per batch, counted into ``summary`` (with
+    ``job``'s heatmaps and DICOM output written on the way) and a progress bar."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -289,8 +313,6 @@ def stream_predictions(
         TimeRemainingColumn,
     )
 
-    if not todo:
-        return
     # the DICOM capture shows the same map as the page: the Predictor's (the learned map of a
     # localising run, Grad-CAM otherwise), asked for here as serve asks for it
     heatmap = job.cam_dir is not None or job.dicom_out is not None
@@ -308,30 +330,18 @@ def stream_predictions(
         TextColumn("{task.fields[failed]} failed"),
         TimeRemainingColumn(),
     ]
-    try:
-        with (
-            open(target, "a", newline="", encoding="utf-8") as fh,
-            Progress(*columns, disable=not job.progress, transient=False) as bar,
+    with Progress(*columns, disable=not job.progress, transient=False) as bar:
+        task = bar.add_task(label, total=len(todo), failed=0)
+        for batch in batches(
+            predictor,
+            inputs,
+            "predictions",
+            batch_size=job.batch_size,
+            workers=job.workers,
+            heatmap=heatmap,
         ):
-            writer = csv.DictWriter(fh, fieldnames=PREDICT_COLUMNS)
-            if os.fstat(fh.fileno()).st_size == 0:
-                writer.writeheader()
-                fh.flush()
-            task = bar.add_task(label, total=len(todo), failed=0)
-            for batch in batches(
-                predictor,
-                inputs,
-                "predictions",
-                batch_size=job.batch_size,
-                workers=job.workers,
-                heatmap=heatmap,
-            ):
-                rows = _batch_rows(predictor, todo, batch, job.cam_dir, summary, job.dicom_out)
-                writer.writerows(rows)
-                fh.flush()
-                bar.update(task, advance=batch.count, failed=summary.failed)
-    except OSError as exc:  # the CSV, a part or a heatmap could not be written
-        raise _write_error(exc, target) from None
+            yield _batch_rows(predictor, todo, batch, job.cam_dir, summary, job.dicom_out)
+            bar.update(task, advance=batch.count, failed=summary.failed)
 
 
 def cam_file_name(path: Path) -> str:

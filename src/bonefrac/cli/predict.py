@@ -8,9 +8,9 @@ it to the library whole.
 from __future__ import annotations
 
 import logging
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
@@ -22,6 +22,7 @@ from bonefrac.errors import BonefracError, ConfigError
 if TYPE_CHECKING:
     from bonefrac.batch_predict.job import PredictJob
 
+T = TypeVar("T")
 _PREDICT = PredictConfig.model_fields
 _SERVE = ServeConfig.model_fields
 
@@ -97,24 +98,21 @@ def predict(
     if out is None:
         if config.studies:
             raise ConfigError("--study-column / --study-by write <out>.studies.csv: pass --out")
-        from bonefrac.batch_predict.stream import read_rows
+        from bonefrac.batch_predict.job import PredictJob, predict_rows
 
-        with tempfile.TemporaryDirectory(prefix="bonefrac-predict-") as tmp:
-            csv = Path(tmp) / "predictions.csv"
-            job = _run_job(run, paths, csv, config)
-            if job is not None:  # None: a helper process, whose rows the first one prints
-                render.prediction_rows(render.console, read_rows(csv))
-        _report(job, run, None, config)
+        rows, summary = _run_job(lambda: predict_rows(run, paths, config))
+        render.prediction_rows(render.console, rows)
+        _report(PredictJob(summary), run, None, config)
         return
-    _report(_run_job(run, paths, out, config), run, out, config)
-
-
-def _run_job(run: Path, paths: list[Path], out: Path, config: PredictConfig) -> PredictJob | None:
-    """The predict job; an unexpected failure is the job's (exit 2), never a file's."""
     from bonefrac.batch_predict.job import predict_job
 
+    _report(_run_job(lambda: predict_job(run, paths, out, config)), run, out, config)
+
+
+def _run_job(job: Callable[[], T]) -> T:
+    """The predict job; an unexpected failure is the job's (exit 2), never a file's."""
     try:
-        return predict_job(run, paths, out, config)
+        return job()
     except (BonefracError, KeyboardInterrupt):
         raise
     except Exception as exc:  # an unexpected failure is still the job's, not a file's: exit 2

@@ -7,7 +7,6 @@ files or users (paths, error messages) is never read as rich markup.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -379,6 +378,7 @@ def prediction_rows(out: Console, rows: list[dict[str, str]]) -> None:
         PRED_BOXES,
         PROB,
         THRESHOLD,
+        parse_boxes,
     )
 
     for row in rows:
@@ -386,7 +386,7 @@ def prediction_rows(out: Console, rows: list[dict[str, str]]) -> None:
         if row[ERROR]:
             say(out, f"{name}: error: {safe_text(row[ERROR])}", style="red")
             continue
-        boxes = len(json.loads(row[PRED_BOXES])) if row[PRED_BOXES] else 0
+        boxes = len(parse_boxes(row[PRED_BOXES], 5, source=name, column=PRED_BOXES))
         reason = f" ({safe_text(row[OOD_REASON])})" if row[OOD_REASON] else ""
         show(
             out,

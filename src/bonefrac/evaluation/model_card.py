@@ -22,16 +22,13 @@ from bonefrac.fileio import atomic_open
 from bonefrac.metrics import compute_metrics, decision_metrics, format_ci
 from bonefrac.rundir import RunDir, run_decisions, run_probabilities
 from bonefrac.rundir.predictions import LABEL, SOURCE, TRUE_BOXES
-from bonefrac.rundir.shipped import MODEL_CARD
+from bonefrac.rundir.shipped import CARD_TEXT_FILE, MODEL_CARD
 
 #: How the card names a backbone (``model.json`` ``architecture`` -> its published name).
 ARCHITECTURE_NAMES = {f"efficientnet_lite{n}": f"EfficientNet-Lite{n}" for n in range(3)}
-SOURCE_NAMES = {"fracatlas": "FracAtlas", "yolo": "Roboflow bone-fracture (YOLO)"}
-DATA_LICENCES = {
-    "fracatlas": "FracAtlas (Abedeen et al. 2023, figshare doi:10.6084/m9.figshare.22363012): "
-    "CC BY 4.0",
-    "yolo": "Roboflow Universe 'Bone Fracture Detection' (veda, v4): CC BY 4.0",
-}
+#: The card's dataset and licence text, data beside the shipped models (``shipped/card_text.json``).
+CARD_TEXT: dict[str, Any] = json.loads(CARD_TEXT_FILE.read_text(encoding="utf-8"))
+SOURCE_NAMES: dict[str, str] = CARD_TEXT["source_names"]
 
 
 @dataclass
@@ -199,24 +196,14 @@ def card_text(run: RunDir, name: str, inputs: CardInputs) -> str:
     lines += [
         "",
         "## Known limits",
-        "- Two public sources only (FracAtlas: 3 Bangladeshi hospitals; Roboflow: web-collected "
-        "images). Radiographs from other sites, vendors and protocols score lower"
-        f"{_lower_source(figures)}.",
-        "- Implants, plates, casts and screws (FracAtlas `hardware`) raise the fracture "
-        "probability; images with hardware were trained on but are few.",
-        "- Paediatric radiographs, the spine, skull and pelvis are untested.",
-        "- Subtle and non-displaced fractures are missed more often: the miss rate above is "
-        "the figure to weigh before use, at each site.",
-        "- The boxes are well below a dedicated detector trained on more boxes "
-        "(published FracAtlas detectors: AP50 0.40-0.48).",
+        *("- " + line.format(lower_source=_lower_source(figures))
+          for line in CARD_TEXT["known_limits"]),
         "",
         "## Licences",
-        *(f"- Data: {DATA_LICENCES.get(s, s)}." for s in _sources(cfg, figures)),
-        "- Weights: CC BY 4.0 (they derive from the CC BY 4.0 data above; credit FracAtlas and "
-        f"the Roboflow set when you use them), from ImageNet-initialised {backbone} "
-        "(Apache-2.0). Code: Apache-2.0.",
+        *(f"- Data: {CARD_TEXT['data_licences'].get(s, s)}." for s in _sources(cfg, figures)),
+        "- " + CARD_TEXT["weights_licence"].format(backbone=backbone),
         "",
-    ]
+    ]  # fmt: skip
     return "\n".join(lines)
 
 

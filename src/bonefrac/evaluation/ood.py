@@ -182,7 +182,7 @@ def refit_appearance(
     without the model's pass (the rule does not depend on the model)."""
     run = RunDir.open(run_dir, writable=True)
     train = _looks(run, _train_paths(run, max_images, seed), batch_size)
-    val = _looks(run, run.predictions("val")["path"].astype(str).tolist(), batch_size)
+    val = _looks(run, run.predictions("val")[PATH].astype(str).tolist(), batch_size)
     record = fit_appearance(run, train, val)
     run.update_meta(appearance=record)
     return record

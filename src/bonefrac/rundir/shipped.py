@@ -36,6 +36,9 @@ ALIASES_FILE = "aliases.json"
 DEFAULT_NAME = "default"
 #: The card beside each shipped model's weights (also kept in copies).
 MODEL_CARD = "MODEL_CARD.md"
+#: The cards' dataset and licence text (data, not code: bonefrac.evaluation.model_card reads
+#: it); the package's own file, wherever tests point SHIPPED_ROOT.
+CARD_TEXT_FILE = SHIPPED_ROOT / "card_text.json"
 #: What a copy of a run leaves behind: Lightning's resume state is not part of a model.
 _NOT_COPIED = ("checkpoints",)
 #: The folder (inside a shipped root) where a model is built before it is placed.

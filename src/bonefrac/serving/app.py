@@ -27,6 +27,7 @@ import base64
 import io
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,69 @@ DOCS_HTML = """<!doctype html>
 """
 
 
+@dataclass
+class _Service:
+    """What the routes share: the loaded model, the image budget, the model's health."""
+
+    pred: Any
+    max_pixels: int
+    max_image_bytes: int
+    health_error: str | None
+    card: dict[str, str | None] | None
+    gate: Gate
+
+    def predict_one(
+        self, data: bytes, name: str, kind: str, *, heatmap: bool, keep_display: bool
+    ) -> tuple[Any, Any]:
+        """One upload -> ``(prepared input, prediction)``: the image budget from its header,
+        decoding, the model, and a non-finite output refused (``ModelOutputError``)."""
+        check_budget(footprint(data, name, kind), name, self.max_pixels, self.max_image_bytes)
+        prepared = self.pred.prepare(
+            data, name=name, max_pixels=self.max_pixels, keep_display=keep_display
+        )
+        result = self.pred.predict_prepared([prepared], heatmap=heatmap)[0]
+        if not _finite(result.probability, result.logit):
+            raise ModelOutputError(
+                f"{name}: the model's output is not a finite number (logit {result.logit}, "
+                f"probability {result.probability}); it cannot be trusted and no decision is "
+                "given - check the run's model files"
+            )
+        return prepared, result
+
+    def answer(self, data: bytes, name: str, kind: str, heatmap: bool, image: bool) -> dict:
+        """The JSON answer (:func:`~bonefrac.rundir.predictions.api_answer`), with the
+        overlay and the decoded image when asked."""
+        pred = self.pred
+        prepared, result = self.predict_one(
+            data, name, kind, heatmap=heatmap, keep_display=heatmap or image
+        )
+        body = api_answer(
+            result,
+            model=pred.name,
+            temperature=pred.temperature,
+            architecture=pred.architecture,
+            backend=pred.backend,
+            caveat=CAVEAT,
+            map="detector" if pred.localizes else "gradcam",
+        )
+        if heatmap:
+            body["heatmap_png"] = png_b64(result.overlay())
+        if image and prepared.display is not None:
+            body["image_png"] = png_b64(prepared.display)
+        return body
+
+    def dicom_out(self, data: bytes, name: str, kind: str) -> Response:
+        """A DICOM upload's answer as a zip of a Secondary Capture and an SR."""
+        from bonefrac.dicom.write import dicom_out_zip
+
+        _, result = self.predict_one(data, name, kind, heatmap=True, keep_display=True)
+        headers = {"Content-Disposition": 'attachment; filename="bonefrac-dicom.zip"'}
+        return Response(
+            dicom_out_zip(self.pred, result, data), media_type="application/zip",
+            headers=headers,
+        )  # fmt: skip
+
+
 def create_app(
     run_dir: str | Path,
     config: ServeConfig | None = None,
@@ -257,17 +321,59 @@ def create_app(
     ``config.token`` (or ``token_file``): require ``Authorization: Bearer <token>`` on
     ``/v1/...``. ``predictor``: an already loaded :class:`Predictor` (tests share one).
     """
-    from bonefrac.inference.predictor import Predictor
     from bonefrac.version import __version__
 
     config = config or ServeConfig()
     token = resolve_token(config)
-    # the options the routes and middleware below read, as locals (closures keep them)
-    backend, max_pixels, max_image_bytes = config.backend, config.max_pixels, config.max_image_bytes
-    max_body_bytes, body_timeout_s = config.max_body_bytes, config.body_timeout_s
-    allowed_hosts, docs = config.allowed_hosts, config.docs
+    pred, health_error = _load_model(run_dir, config, predictor, require_self_check, warmup)
+    assets = docs_assets() if config.docs else None
+    if config.docs and assets is None:
+        log.warning("API docs off: the fastapi-offline package (Swagger UI assets) is missing")
+    app = FastAPI(
+        title="bonefrac",
+        version=__version__,
+        description=(
+            f"Fracture classifier for limb radiographs: run **{pred.name}** "
+            f"({pred.architecture}, {pred.backend}). {CAVEAT}"
+        ),
+        docs_url=None,
+        redoc_url=None,
+    )
+    service = _Service(
+        pred, config.max_pixels, config.max_image_bytes, health_error,
+        run_card(getattr(pred, "run", None)),  # MODEL_CARD.md read once, not per request
+        Gate(config.max_concurrency, config.queue),
+    )  # fmt: skip
+    app.state.predictor = pred
+    app.state.max_pixels = config.max_pixels
+    app.state.health_error = health_error
+    app.state.gate = service.gate
+    # outermost last: headers -> Host -> token -> admission -> body limit -> routes
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes,
+                       body_timeout_s=config.body_timeout_s)  # fmt: skip
+    app.add_middleware(Admission, gate=service.gate, drain_limit=config.max_body_bytes,
+                       drain_timeout_s=config.body_timeout_s)  # fmt: skip
+    if token:
+        app.add_middleware(BearerAuth, token=token)
+    if config.allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=config.allowed_hosts)
+    app.add_middleware(SecurityHeaders)
+    _add_predict_route(app, service)
+    _add_other_routes(app, service, assets)
+    return app
 
-    pred = predictor or Predictor.from_run(run_dir, backend=backend, check=False)
+
+def _load_model(
+    run_dir: str | Path,
+    config: ServeConfig,
+    predictor: Any,
+    require_self_check: bool,
+    warmup: bool,
+) -> tuple[Any, str | None]:
+    """The model, self-checked (and warmed up), and why it is unhealthy (None: healthy)."""
+    from bonefrac.inference.predictor import Predictor
+
+    pred = predictor or Predictor.from_run(run_dir, backend=config.backend, check=False)
     health_error: str | None = None
     try:
         pred.self_check()
@@ -281,83 +387,15 @@ def create_app(
 
         pred.predict(np.zeros((pred.image_size, pred.image_size), np.uint8), heatmap=True)
     warn_missing_safeguards(pred.meta, str(run_dir))  # once; the page and /v1/model show them
-    card = run_card(getattr(pred, "run", None))  # MODEL_CARD.md read once, not per request
-    assets = docs_assets() if docs else None
-    if docs and assets is None:
-        log.warning("API docs off: the fastapi-offline package (Swagger UI assets) is missing")
-    app = FastAPI(
-        title="bonefrac",
-        version=__version__,
-        description=(
-            f"Fracture classifier for limb radiographs: run **{pred.name}** "
-            f"({pred.architecture}, {pred.backend}). {CAVEAT}"
-        ),
-        docs_url=None,
-        redoc_url=None,
-    )
-    app.state.predictor = pred
-    app.state.max_pixels = max_pixels
-    app.state.health_error = health_error
-    gate = Gate(config.max_concurrency, config.queue)
-    app.state.gate = gate
-    # outermost last: headers -> Host -> token -> admission -> body limit -> routes
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes,
-                       body_timeout_s=body_timeout_s)  # fmt: skip
-    app.add_middleware(Admission, gate=gate, drain_limit=max_body_bytes,
-                       drain_timeout_s=body_timeout_s)  # fmt: skip
-    if token:
-        app.add_middleware(BearerAuth, token=token)
-    if allowed_hosts is not None:
-        app.add_middleware(HostCheck, allowed=allowed_hosts)
-    app.add_middleware(SecurityHeaders)
+    return pred, health_error
 
-    def error(status: int, detail: str, reason: str, **headers: str) -> JSONResponse:
-        return JSONResponse({"detail": detail, "reason": reason}, status_code=status,
-                            headers=headers or None)  # fmt: skip
 
-    def run_prediction(
-        data: bytes, name: str, kind: str, heatmap: bool, image: bool
-    ) -> dict[str, Any]:
-        check_budget(footprint(data, name, kind), name, max_pixels, max_image_bytes)
-        prepared = pred.prepare(
-            data, name=name, max_pixels=max_pixels, keep_display=heatmap or image
-        )
-        result = pred.predict_prepared([prepared], heatmap=heatmap)[0]
-        if not _finite(result.probability, result.logit):
-            raise ModelOutputError(
-                f"{name}: the model's output is not a finite number (logit {result.logit}, "
-                f"probability {result.probability}); it cannot be trusted and no decision is "
-                "given - check the run's model files"
-            )
-        body = api_answer(
-            result,
-            model=pred.name,
-            temperature=pred.temperature,
-            architecture=pred.architecture,
-            backend=pred.backend,
-            caveat=CAVEAT,
-            map="detector" if pred.localizes else "gradcam",
-        )
-        if heatmap:
-            body["heatmap_png"] = png_b64(result.overlay())
-        if image and prepared.display is not None:
-            body["image_png"] = png_b64(prepared.display)
-        return body
+def _error(status: int, detail: str, reason: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"detail": detail, "reason": reason}, status_code=status,
+                        headers=headers or None)  # fmt: skip
 
-    def run_dicom_out(data: bytes, name: str, kind: str) -> Response:
-        from bonefrac.dicom.write import dicom_out_zip
 
-        check_budget(footprint(data, name, kind), name, max_pixels, max_image_bytes)
-        prepared = pred.prepare(data, name=name, max_pixels=max_pixels, keep_display=True)
-        result = pred.predict_prepared([prepared], heatmap=True)[0]
-        if not _finite(result.probability, result.logit):
-            raise ModelOutputError(f"{name}: the model's output is not a finite number")
-        headers = {"Content-Disposition": 'attachment; filename="bonefrac-dicom.zip"'}
-        return Response(
-            dicom_out_zip(pred, result, data), media_type="application/zip",
-            headers=headers,
-        )  # fmt: skip
-
+def _add_predict_route(app: FastAPI, svc: _Service) -> None:
     @app.post(
         "/v1/predict",
         summary="Probability of a fracture for one radiograph (JPEG, PNG, TIFF or DICOM)",
@@ -381,55 +419,58 @@ def create_app(
         heatmap_form: bool | None = Form(None, alias="heatmap", include_in_schema=False),
     ) -> Any:
         name = file.filename or "upload"
-        if health_error is not None:
+        if svc.health_error is not None:
             await file.close()
-            return error(503, health_error, "model failed self-check")
-        async with gate.slots:  # decoding and inference both happen under the cap
+            return _error(503, svc.health_error, "model failed self-check")
+        async with svc.gate.slots:  # decoding and inference both happen under the cap
             data = await file.read()
             await file.close()
             if not data:
-                return error(400, f"{name}: the uploaded file is empty", "zero bytes")
+                return _error(400, f"{name}: the uploaded file is empty", "zero bytes")
             kind = sniff_type(data, name)
             if kind is None:
-                return error(
+                return _error(
                     415,
                     f"{name}: not a JPEG, PNG, TIFF or DICOM file (unrecognised leading bytes)",
                     "unsupported type",
                 )
-            want_heatmap = bool(heatmap or heatmap_form)
             if dicom and kind != "dicom":
-                return error(
+                return _error(
                     415, f"{name}: ?dicom=true needs a DICOM upload, not {kind}", "not DICOM"
                 )
             try:
                 if dicom:
-                    return await run_in_threadpool(run_dicom_out, data, name, kind)
-                return await run_in_threadpool(
-                    run_prediction, data, name, kind, want_heatmap, image
-                )
+                    return await run_in_threadpool(svc.dicom_out, data, name, kind)
+                want_heatmap = bool(heatmap or heatmap_form)
+                return await run_in_threadpool(svc.answer, data, name, kind, want_heatmap, image)
             except ImageDecodeError as exc:
                 status = _STATUS_FOR_REASON.get(exc.reason, 422)
-                return error(status, f"{name}: {exc.reason} ({exc.detail})", exc.reason)
+                return _error(status, f"{name}: {exc.reason} ({exc.detail})", exc.reason)
             except ModelOutputError as exc:
                 log.error("%s", exc)
-                return error(422, str(exc), "model output not finite")
+                return _error(422, str(exc), "model output not finite")
             except DicomOutError as exc:
-                return error(422, str(exc), "no DICOM out")
+                return _error(422, str(exc), "no DICOM out")
             except BonefracError as exc:
-                return error(422, f"{name}: {exc}", "undecodable")
+                return _error(422, f"{name}: {exc}", "undecodable")
+
+
+def _add_other_routes(app: FastAPI, svc: _Service, assets: Path | None) -> None:
+    pred = svc.pred
 
     @app.get(
         "/v1/model",
         summary="The run's model settings (architecture, input, threshold...) and model card",
     )
     async def model_info() -> Any:
-        return public_model_info(pred, card)
+        return public_model_info(pred, svc.card)
 
     @app.get("/health", summary="200 when the model is loaded and passed its self-check")
     async def health() -> Any:
-        if health_error is not None:
+        if svc.health_error is not None:
             return JSONResponse(
-                {"status": "error", "detail": health_error, "model": pred.name}, status_code=503
+                {"status": "error", "detail": svc.health_error, "model": pred.name},
+                status_code=503,
             )
         return {"status": "ok", "model": pred.name, "backend": pred.backend}
 
@@ -448,9 +489,7 @@ def create_app(
     @app.exception_handler(Exception)
     async def unexpected(request: Any, exc: Exception) -> JSONResponse:  # pragma: no cover
         log.exception("unexpected error on %s", request.url.path)
-        return error(500, f"internal error: {type(exc).__name__}", "internal error")
-
-    return app
+        return _error(500, f"internal error: {type(exc).__name__}", "internal error")
 
 
 def resolve_token(config: ServeConfig) -> str | None:
