@@ -4,6 +4,7 @@ source-balanced sampler weighs each source the same."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +162,26 @@ def test_source_balanced_sampler_weighs_each_source_the_same() -> None:
 def test_source_balanced_sampler_needs_the_sources() -> None:
     with pytest.raises(DataError, match="source"):
         make_sampler("source_balanced", np.array([0, 1, 0, 1]))
+
+
+def test_datamodule_draws_source_balanced_batches_with_its_randomisation(
+    synthetic_manifest: Path,
+) -> None:
+    from bonefrac.config import DataConfig
+    from bonefrac.data.dataset import SourceBalancedSampler
+    from bonefrac.data.schema import read_manifest
+    from bonefrac.training.datamodule import FractureDataModule, split_frames
+
+    frame = read_manifest(synthetic_manifest)
+    frame.loc[frame.index % 3 == 0, "source"] = "other"  # a second, smaller source
+    frames = split_frames(frame, "synthetic", seed=0)
+    cfg = DataConfig(
+        image_size=32, batch_size=4, sampler="source_balanced", randomise=["acquisition"]
+    )
+    dm = FractureDataModule(frames, cfg, seed=0, progress=False)
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, SourceBalancedSampler)
+    x, _ = next(iter(loader))
+    assert x.shape == (4, 1, 32, 32) and x.dtype == torch.uint8
+    drawn = frames["train"]["source"].to_numpy()[list(loader.sampler)]
+    assert set(drawn) == {"synthetic", "other"}
