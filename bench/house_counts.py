@@ -4,8 +4,9 @@ Prints, for ``src/bonefrac``:
 
 - literal subscripts by a predictions column name outside ``rundir/`` (``frame["label"]``,
   ``row[["prob", "logit"]]``): the names are every module-level string constant of
-  ``rundir/predictions.py``, read from its source, so a new column is counted without an edit
-  here; reported in all, and without ``data/`` (whose ``label``/``image_id``/``path``/``boxes``
+  ``rundir/predictions.py`` and ``data/schema.py`` (the manifest's columns, which the
+  predictions carry over by importing them), read from their source, so a new column is
+  counted without an edit here; reported in all, and without ``data/`` (whose ``label``/``image_id``/``path``/``boxes``
   are the manifest's columns, owned by ``data/schema.py``);
 - functions (and methods) longer than 80 lines, decorators excluded;
 - the lines of ``BENCHMARKS.md`` and the scripts (``*.py``, ``*.sh``) directly under ``bench/``.
@@ -14,6 +15,7 @@ Prints, for ``src/bonefrac``:
 
     python bench/house_counts.py            # the summary
     python bench/house_counts.py --list     # and every subscript and long function
+    python bench/house_counts.py --repo DIR  # another checkout (a git worktree of a commit)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "bonefrac"
 PREDICTIONS = SRC / "rundir" / "predictions.py"
+SCHEMA = SRC / "data" / "schema.py"
 LONG = 80
 #: the four names issue 38 counted (``["label"]``, ``["prob"]``, ``["logit"]``, ``["image_id"]``)
 ISSUE_NAMES = {"label", "prob", "logit", "image_id"}
@@ -72,17 +75,22 @@ def long_functions(path: Path, limit: int = LONG) -> list[tuple[str, int, int]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--list", action="store_true", help="list every hit")
+    parser.add_argument("--repo", type=Path, default=REPO, help="the checkout to count")
     args = parser.parse_args()
-    names = column_names()
-    modules = sorted(p for p in SRC.rglob("*.py") if "rundir" not in p.relative_to(SRC).parts)
+    repo = args.repo.resolve()
+    src = repo / "src" / "bonefrac"
+    names = column_names(src / PREDICTIONS.relative_to(SRC)) | column_names(
+        src / SCHEMA.relative_to(SRC)
+    )
+    modules = sorted(p for p in src.rglob("*.py") if "rundir" not in p.relative_to(src).parts)
     subs = {p: column_subscripts(p, names) for p in modules}
     subs = {p: hits for p, hits in subs.items() if hits}
-    outside_data = {p: h for p, h in subs.items() if p.relative_to(SRC).parts[0] != "data"}
-    longs = {p: long_functions(p) for p in sorted(SRC.rglob("*.py"))}
+    outside_data = {p: h for p, h in subs.items() if p.relative_to(src).parts[0] != "data"}
+    longs = {p: long_functions(p) for p in sorted(src.rglob("*.py"))}
     longs = {p: f for p, f in longs.items() if f}
     per_name = Counter(name for hits in subs.values() for _, name in hits)
-    bench = sorted(p.name for p in (REPO / "bench").iterdir() if p.suffix in {".py", ".sh"})
-    bench_lines = len((REPO / "BENCHMARKS.md").read_text(encoding="utf-8").splitlines())
+    bench = sorted(p.name for p in (repo / "bench").iterdir() if p.suffix in {".py", ".sh"})
+    bench_lines = len((repo / "BENCHMARKS.md").read_text(encoding="utf-8").splitlines())
 
     total = sum(map(len, subs.values()))
     print(f"column-literal subscripts outside rundir/: {total} in {len(subs)} modules")
@@ -101,10 +109,10 @@ def main() -> None:
     if args.list:
         for path, hits in subs.items():
             where = ", ".join(f"{line}:{name}" for line, name in hits)
-            print(f"  sub  {path.relative_to(REPO)}: {where}")
+            print(f"  sub  {path.relative_to(repo)}: {where}")
         for path, funcs in longs.items():
             for name, line, length in funcs:
-                print(f"  long {path.relative_to(REPO)}:{line} {name} ({length} lines)")
+                print(f"  long {path.relative_to(repo)}:{line} {name} ({length} lines)")
         print("  bench: " + " ".join(bench))
 
 

@@ -100,8 +100,6 @@ def card_text(run: RunDir, name: str, inputs: CardInputs) -> str:
     meta = run.meta()
     cfg = run.config()
     figures = source_figures(run, n_boot=inputs.n_boot)
-    parity = (meta.get("shipped") or {}).get("parity") or {}
-    sizes = meta.get("split_sizes") or {}
     backbone = ARCHITECTURE_NAMES.get(meta.architecture, meta.architecture)
     outputs = (
         " with an FCOS detector head: one fracture probability per radiograph, a fracture map "
@@ -126,44 +124,10 @@ def card_text(run: RunDir, name: str, inputs: CardInputs) -> str:
         "checked against this model (run `bonefrac evaluate default --into DIR --manifest CSV` "
         "on local, labelled images first).",
         "",
-        "## Training data",
-        f"- Sources: {', '.join(SOURCE_NAMES.get(s, s) for s in _sources(cfg, figures))}.",
-        f"- Manifest SHA-1 `{meta.get('manifest_sha1')}`; split seed "
-        f"{_split_seed(meta.get('manifest'))} (grouped, stratified; near-duplicates share a "
-        "group and a split).",
-        f"- Images: train {sizes.get('train', '?')}, val {sizes.get('val', '?')}, "
-        f"test {sizes.get('test', '?')}.",
+        *_data_lines(meta, cfg, figures),
     ]
-    counts = _manifest_counts(meta.get("manifest"))
-    if counts is not None:
-        lines.append("")
-        lines.append("| source | split | images | fractured |")
-        lines.append("|---|---|---|---|")
-        for (source, split), row in counts.iterrows():
-            lines.append(f"| {SOURCE_NAMES.get(source, source)} | {split} | {int(row['size'])} "
-                         f"| {int(row['sum'])} |")  # fmt: skip
     lines += [
-        "",
-        "## Recipe",
-        f"- Config `{cfg.name}` (configs/{cfg.name}.yaml): {cfg.train.epochs} epochs, "
-        f"batch {cfg.data.batch_size}, lr {cfg.train.lr}, augment {cfg.data.augment}, "
-        f"sampler {cfg.data.sampler}, ImageNet-initialised ({cfg.model.pretrained}); seed "
-        f"{meta.get('seed')}.",
-        f"- Trained on {inputs.hardware} in {_duration(meta.get('train_seconds'))}, bonefrac "
-        f"commit `{inputs.commit}`, torch {(meta.get('versions') or {}).get('torch', '?')}.",
-        f"- Chosen on val (ROC-AUC {_num(meta.get('best_score'))} at epoch "
-        f"{meta.get('best_epoch')}), never on test.",
-        f"- Deploy fits on val: temperature {meta.temperature:.3f}, {_cuts_text(meta)}, "
-        f"out-of-scope detector ({meta.ood.method if meta.ood else 'none'}).",
-        f"- Weights stored as {meta.get('weights_dtype', 'float32')} (computed in float32): "
-        f"against the fp32 weights on the {parity.get('n_images', '?')} test images the largest "
-        f"|delta probability| is {_num(parity.get('max_abs_delta_prob'), 4)}, the largest "
-        f"|delta logit| {_num(parity.get('max_abs_delta_logit'), 4)} (mean "
-        f"{_num(parity.get('mean_abs_delta_logit'), 4)}), and "
-        f"{(parity.get('at_shipped_settings') or parity).get('flipped_calls', '?')} fracture "
-        "calls flip at the stored threshold.",
-        f"- Rebuild: `{inputs.command}`.",
-        "",
+        *_recipe_lines(meta, cfg, inputs),
         "## Ranking and boxes (test split; sensitivity and specificity at the rule-in cut)",
         "",
         "| test source | images (fractured, boxed) | ROC-AUC | sensitivity | specificity "
@@ -205,6 +169,57 @@ def card_text(run: RunDir, name: str, inputs: CardInputs) -> str:
         "",
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def _data_lines(meta: Any, cfg: Any, figures: dict[str, Any]) -> list[str]:
+    """The card's training data: sources, manifest, split sizes, per-source counts."""
+    sizes = meta.get("split_sizes") or {}
+    lines = [
+        "## Training data",
+        f"- Sources: {', '.join(SOURCE_NAMES.get(s, s) for s in _sources(cfg, figures))}.",
+        f"- Manifest SHA-1 `{meta.get('manifest_sha1')}`; split seed "
+        f"{_split_seed(meta.get('manifest'))} (grouped, stratified; near-duplicates share a "
+        "group and a split).",
+        f"- Images: train {sizes.get('train', '?')}, val {sizes.get('val', '?')}, "
+        f"test {sizes.get('test', '?')}.",
+    ]
+    counts = _manifest_counts(meta.get("manifest"))
+    if counts is not None:
+        lines.append("")
+        lines.append("| source | split | images | fractured |")
+        lines.append("|---|---|---|---|")
+        for (source, split), row in counts.iterrows():
+            lines.append(f"| {SOURCE_NAMES.get(source, source)} | {split} | {int(row['size'])} "
+                         f"| {int(row['sum'])} |")  # fmt: skip
+    return lines
+
+
+def _recipe_lines(meta: Any, cfg: Any, inputs: CardInputs) -> list[str]:
+    """The card's recipe: config, training, selection, deploy fits, stored weights."""
+    parity = (meta.get("shipped") or {}).get("parity") or {}
+    return [
+        "",
+        "## Recipe",
+        f"- Config `{cfg.name}` (configs/{cfg.name}.yaml): {cfg.train.epochs} epochs, "
+        f"batch {cfg.data.batch_size}, lr {cfg.train.lr}, augment {cfg.data.augment}, "
+        f"sampler {cfg.data.sampler}, ImageNet-initialised ({cfg.model.pretrained}); seed "
+        f"{meta.get('seed')}.",
+        f"- Trained on {inputs.hardware} in {_duration(meta.get('train_seconds'))}, bonefrac "
+        f"commit `{inputs.commit}`, torch {(meta.get('versions') or {}).get('torch', '?')}.",
+        f"- Chosen on val (ROC-AUC {_num(meta.get('best_score'))} at epoch "
+        f"{meta.get('best_epoch')}), never on test.",
+        f"- Deploy fits on val: temperature {meta.temperature:.3f}, {_cuts_text(meta)}, "
+        f"out-of-scope detector ({meta.ood.method if meta.ood else 'none'}).",
+        f"- Weights stored as {meta.get('weights_dtype', 'float32')} (computed in float32): "
+        f"against the fp32 weights on the {parity.get('n_images', '?')} test images the largest "
+        f"|delta probability| is {_num(parity.get('max_abs_delta_prob'), 4)}, the largest "
+        f"|delta logit| {_num(parity.get('max_abs_delta_logit'), 4)} (mean "
+        f"{_num(parity.get('mean_abs_delta_logit'), 4)}), and "
+        f"{(parity.get('at_shipped_settings') or parity).get('flipped_calls', '?')} fracture "
+        "calls flip at the stored threshold.",
+        f"- Rebuild: `{inputs.command}`.",
+        "",
+    ]
 
 
 def _rule_sentence(meta: Any) -> str:

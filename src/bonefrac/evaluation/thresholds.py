@@ -143,15 +143,7 @@ def tune_threshold(
     val image). Neither given: the run's own rule is refitted at its stored target. Stores
     them in model.json and returns val/test metrics at the old and the new threshold (point
     estimates), the refer record or the rule-out record."""
-    if criterion is None and refer_coverage is None and rule_out_sensitivity is None:
-        raise ConfigError("give --criterion, --rule-out-sensitivity, --refer-coverage or both")
-    if refer_coverage is not None and rule_out_sensitivity is not None:
-        raise ConfigError(
-            "--refer-coverage and --rule-out-sensitivity are two different refer rules; "
-            "choose one (the two-cut rule, --rule-out-sensitivity, is the default)"
-        )
-    if refer_coverage is not None and not 0 < refer_coverage <= 1:
-        raise ConfigError(f"--refer-coverage {refer_coverage}: must be in (0, 1], e.g. 0.8")
+    _check_rule_options(criterion, refer_coverage, rule_out_sensitivity)
     run = RunDir.open(run_dir, writable=True)
     meta = run.meta()
     if rule_out_sensitivity is None and refer_coverage is None:
@@ -162,15 +154,61 @@ def tune_threshold(
         return _refer_only(run, float(refer_coverage), refer_tta)
     if isinstance(criterion, str):  # the command's text: parsed once, here
         criterion = parse_criterion(criterion)
-    temperature = meta.temperature
     old = meta.threshold
+    new, rule_out, splits = _fit_on_val(run, meta, criterion, rule_out_sensitivity)
+    result: dict[str, Any] = {
+        "criterion": str(criterion) if criterion else meta.get("threshold_criterion"),
+        "tuned_on": "val",
+        "temperature": meta.temperature,
+        "old_threshold": old,
+        "old_criterion": meta.get("threshold_criterion"),
+        "new_threshold": new,
+        "metrics": {
+            split: {
+                "old": compute_metrics(y, p, old, n_boot=0),
+                "new": compute_metrics(y, p, new, n_boot=0),
+            }
+            for split, (y, p) in splits.items()
+        },
+    }
+    changes: dict[str, Any] = {"threshold": new}
+    if criterion is not None:
+        changes.update(
+            threshold_criterion=str(criterion),
+            threshold_tuned_on="val",
+            threshold_updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+    _store_rule(run, meta, changes, result, rule_out, refer_coverage, refer_tta)
+    return result
 
+
+def _check_rule_options(
+    criterion: Criterion | str | None,
+    refer_coverage: float | None,
+    rule_out_sensitivity: float | None,
+) -> None:
+    if criterion is None and refer_coverage is None and rule_out_sensitivity is None:
+        raise ConfigError("give --criterion, --rule-out-sensitivity, --refer-coverage or both")
+    if refer_coverage is not None and rule_out_sensitivity is not None:
+        raise ConfigError(
+            "--refer-coverage and --rule-out-sensitivity are two different refer rules; "
+            "choose one (the two-cut rule, --rule-out-sensitivity, is the default)"
+        )
+    if refer_coverage is not None and not 0 < refer_coverage <= 1:
+        raise ConfigError(f"--refer-coverage {refer_coverage}: must be in (0, 1], e.g. 0.8")
+
+
+def _fit_on_val(
+    run: RunDir, meta: ModelMeta, criterion: Criterion | None, rule_out_sensitivity: float | None
+) -> tuple[float, dict[str, Any] | None, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The new rule-in threshold and rule-out record fitted on val, and ``(labels,
+    probabilities)`` of val and (when there) test."""
     val = run.predictions("val")
     y_val = val[LABEL].to_numpy()
     p_val = run_probabilities(val, meta)
     try:
         new = (
-            old
+            meta.threshold
             if criterion is None
             else usable_threshold(choose_threshold(y_val, p_val, criterion))
         )
@@ -181,39 +219,30 @@ def tune_threshold(
         )
     except DataError as exc:
         raise DataError(f"{run.prediction_path('val')}: {exc}") from exc
-
     splits = {"val": (y_val, p_val)}
     if run.prediction_path("test").is_file():
         test = run.predictions("test")
         splits["test"] = (test[LABEL].to_numpy(), run_probabilities(test, meta))
+    return new, rule_out, splits
 
-    result: dict[str, Any] = {
-        "criterion": str(criterion) if criterion else meta.get("threshold_criterion"),
-        "tuned_on": "val",
-        "temperature": temperature,
-        "old_threshold": old,
-        "old_criterion": meta.get("threshold_criterion"),
-        "new_threshold": new,
-        "metrics": {},
-    }
-    for split, (y, p) in splits.items():
-        result["metrics"][split] = {
-            "old": compute_metrics(y, p, old, n_boot=0),
-            "new": compute_metrics(y, p, new, n_boot=0),
-        }
-    changes: dict[str, Any] = {"threshold": new}
-    if criterion is not None:
-        changes.update(
-            threshold_criterion=str(criterion),
-            threshold_tuned_on="val",
-            threshold_updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        )
+
+def _store_rule(
+    run: RunDir,
+    meta: ModelMeta,
+    changes: dict[str, Any],
+    result: dict[str, Any],
+    rule_out: dict[str, Any] | None,
+    refer_coverage: float | None,
+    refer_tta: bool,
+) -> None:
+    """Write the threshold ``changes`` with the rule-out cut, or with the refer band refitted
+    at the new threshold (when one is asked for or kept), into model.json and ``result``."""
     if rule_out is not None:
-        rule_out["applied"] = min(rule_out["cut"], new)
+        rule_out["applied"] = min(rule_out["cut"], changes["threshold"])
         changes.update(rule_out=rule_out["applied"], rule_out_fit=rule_out, refer=None)
         result["rule_out"] = rule_out
         run.update_meta(**changes)
-        return result
+        return
     coverage = refer_coverage if refer_coverage is not None else _kept_coverage(meta)
     changes.update(rule_out=None, rule_out_fit=None)
     if coverage is not None:
@@ -227,7 +256,6 @@ def tune_threshold(
         )
         result["refer"] = changes["refer"]
     run.update_meta(**changes)
-    return result
 
 
 def _kept_coverage(meta: ModelMeta) -> float | None:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from bonefrac.errors import DataError
-from bonefrac.rundir.predictions import LABEL, PATH, PROB
+from bonefrac.rundir.predictions import LABEL, PATH, PROB, THRESHOLD
 
 AGGREGATIONS = ("max", "mean", "noisy_or")
 DEFAULT_AGGREGATION = "max"
@@ -158,7 +158,7 @@ def study_rows(
         decisions = [_decision(r.get("decision", "")) for r in good]
         in_scope = [r for r, d in zip(good, decisions, strict=True) if d != "out_of_scope"]
         prob = aggregate((float(r[PROB]) for r in in_scope), how)
-        thresholds = [float(r["threshold"]) for r in members if r.get("threshold")]
+        thresholds = [float(r[THRESHOLD]) for r in members if r.get(THRESHOLD)]
         threshold = thresholds[0] if thresholds else float("nan")
         if not good:
             decision = ""  # every image failed: no answer for the study
