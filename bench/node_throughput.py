@@ -88,8 +88,26 @@ def convert(n: int, folder: Path, seed: int = 0) -> list[Path]:
     return out
 
 
-def n_studies(n: int) -> int:
-    return -(-n // VIEWS_PER_STUDY)
+def queued(records: list[dict[str, Any]]) -> int:
+    """Results the node queued: each prediction's (SC + SR, an SR alone for an input out of
+    scope) and the study reports."""
+    per_image = sum(len((r.get("result_uid") or "").split(",")) for r in records
+                    if r["event"] == "predicted" and r.get("result_uid"))  # fmt: skip
+    return per_image + sum(r["event"] == "study_report" for r in records)
+
+
+def drained(spool: Path, timeout: float) -> None:
+    """Wait until nothing waits in the spool (incoming, outboxes)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and (
+        list((spool / "incoming").glob("*.dcm")) or list((spool / "outbox").rglob("*.dcm"))
+    ):
+        time.sleep(0.5)
+
+
+def audit(spool: Path) -> list[dict[str, Any]]:
+    path = spool / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def parse_time(text: str) -> float:
@@ -144,14 +162,15 @@ def throughput(run: str, files: list[Path], tmp: Path) -> dict[str, Any]:
             predictor=predictor,
         )  # fmt: skip
         node.start()
-        expected = 2 * n + n_studies(n)
         start = time.time()
         sent = storescu(port, files, CALLING)
         accepted = time.time() - start
         assert sent.returncode == 0, sent.stderr[-2000:]
-        found = pacs.wait_for(expected, 4 * 3600)
-        assert len(found) == expected, f"{len(found)} of {expected} results"
+        node.wait_idle(4 * 3600)
         records = node.spool.audit.records()
+        expected = queued(records)  # SC + SR per image (an SR alone out of scope) + studies
+        found = pacs.wait_for(expected, 60)
+        assert len(found) == expected, f"{len(found)} of {expected} results"
         # the images' own results are the throughput (a study report waits QUIET_S after its
         # study's last image by design)
         image_results = {u for r in records if r["event"] == "predicted"
@@ -222,7 +241,7 @@ def memory(run: str, files: list[Path], tmp: Path, window_s: float) -> dict[str,
             if not sender.is_alive() and arrived_s != arrived_s:  # NaN: not yet
                 arrived_s = time.monotonic() - start
         sender.join()
-        done = (len(pacs.instances()) - 2) // 2
+        done = sum(r["event"] == "predicted" for r in audit(spool)) - 1
         waiting = len(list((spool / "incoming").glob("*.dcm")))
         proc.terminate()
         proc.wait(120)
@@ -250,16 +269,18 @@ def faults(run: str, files: list[Path], tmp: Path) -> dict[str, Any]:
         pacs.stop()
         down_at = time.monotonic()
         time.sleep(20)
+        down_s = time.monotonic() - down_at
         pacs.start()
         sender.join()
-        found = pacs.wait_for(2 * n, 3600)
-        time.sleep(3)
+        drained(tmp / "spool-outage", 3600)
+        expected = queued(audit(tmp / "spool-outage"))
+        found = pacs.wait_for(expected, 60)
         stored = pacs.datasets()
         uids = [str(ds.SOPInstanceUID) for ds in stored]
         sources = [str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) for ds in stored
                    if ds.SOPClassUID.name == "Secondary Capture Image Storage"]  # fmt: skip
         out["outage"] = {
-            "down_s": time.monotonic() - down_at, "results": len(found), "expected": 2 * n,
+            "down_s": down_s, "results": len(found), "expected": expected,
             "unique": len(set(uids)), "captures_per_source_max": max(
                 sources.count(s) for s in set(sources)) if sources else 0,
             "dead_letters": len(list((tmp / "spool-outage" / "dead").rglob("*.dcm"))),
@@ -277,8 +298,9 @@ def faults(run: str, files: list[Path], tmp: Path) -> dict[str, Any]:
         spooled = len(list((spool / "incoming").glob("*.dcm")))
         proc = start_node(run, port, pacs, spool, tmp / "node-kill.log",
                           "--set", "study_quiet_s=null")  # fmt: skip
-        found = pacs.wait_for(2 * n, 3600)
-        time.sleep(3)
+        drained(spool, 3600)
+        expected = queued(audit(spool))
+        found = pacs.wait_for(expected, 60)
         uids = [str(ds.SOPInstanceUID) for ds in pacs.datasets()]
         # (c) an unknown calling AE, (d) a truncated dataset, on the same node
         rejected = echoscu(port, "INTRUDER").returncode != 0
@@ -295,7 +317,7 @@ def faults(run: str, files: list[Path], tmp: Path) -> dict[str, Any]:
         up = echoscu(port, CALLING).returncode == 0
         proc.terminate()
         proc.wait(120)
-    out["kill"] = {"spooled_at_kill": spooled, "results": len(found), "expected": 2 * n,
+    out["kill"] = {"spooled_at_kill": spooled, "results": len(found), "expected": expected,
                    "unique": len(set(uids))}  # fmt: skip
     out["unknown_ae_rejected"] = rejected
     out["truncated_status"] = f"0x{status:04X}"
