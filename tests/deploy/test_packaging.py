@@ -61,7 +61,12 @@ def test_a_packaged_model_has_fp16_weights_every_safeguard_and_a_card(shipped_ro
     assert parity["n_images"] == len(run.predictions("test"))
     card = run.model_card()
     assert card is not None and f"# Model card: {NAME}" in card
-    assert "## Test results" in card and "CC BY 4.0" in card and "never a diagnosis" in card
+    assert (
+        "## Misses first" in card
+        and "## Ranking and boxes" in card
+        and "CC BY 4.0" in card
+        and "never a diagnosis" in card
+    )
     assert str(folder) not in card and "/tmp" not in card  # no paths on the page
     assert json.loads((shipped_root / shipped.ALIASES_FILE).read_text()) == {"default": NAME}
 
@@ -127,3 +132,28 @@ def test_ood_statistics_round_trip_and_an_old_layout_is_refused(tmp_path: Path) 
     save_file({"mean": stats.mean, "precision": stats.precision}, str(path))  # the old layout
     with pytest.raises(RunDirError, match="another format"):
         MahalanobisStats.load(path)
+
+
+def test_refit_makes_every_fit_again_on_the_same_weights(
+    shipped_root: Path, loc_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench/refit_shipped.py's library call: same weights and parity, fits made again (the
+    two cuts), no path of this machine, the old model left as it was."""
+    from bonefrac.packaging import refit_shipped
+
+    monkeypatch.setattr(shipped, "SHIPPED_ROOT", shipped_root)
+    before = tree_digests(shipped_root / NAME)
+    manifest = RunDir.open(loc_run).meta().get("manifest")
+    report = refit_shipped(NAME, "tiny-loc-2", manifest, default=False)
+    assert tree_digests(shipped_root / NAME) == before
+    new = RunDir.open(shipped_root / "tiny-loc-2")
+    old_meta, meta = RunDir.open(shipped_root / NAME).meta(), new.meta()
+    assert meta.weights_sha256 == old_meta.weights_sha256
+    assert meta.get("shipped")["refitted_from"] == NAME
+    assert meta.get("shipped")["parity"] == old_meta.get("shipped")["parity"]
+    assert meta.get("threshold_criterion") == "specificity:0.95" and meta.rule_out is not None
+    assert missing_safeguards(meta) == [] and report.bytes > 0
+    assert json.loads((shipped_root / shipped.ALIASES_FILE).read_text()) == {"default": NAME}
+    for split in ("val", "test"):
+        assert not new.predictions(split)["path"].astype(str).str.startswith("/").any()
+    assert "/" not in str(meta.get("manifest"))
