@@ -163,7 +163,7 @@ def _clean_row_boxes(value: Any, path: str) -> list[list[float]]:
 
     try:
         raw = parse_boxes(value)
-    except (ValueError, TypeError) as exc:
+    except DataError as exc:
         log.warning("%s: unreadable boxes %r (%s); its map is not trained", path, value, exc)
         return []
     kept, notes = clean_boxes(raw)

@@ -96,9 +96,7 @@ def subgroup_table(
                 row[f"{name}_low"] = m[name]["ci_low"]
                 row[f"{name}_high"] = m[name]["ci_high"]
             rows.append(row)
-    cols = [*SUBGROUP_KEYS] + [
-        f"{m}{s}" for m in names for s in ("", "_low", "_high")
-    ]
+    cols = [*SUBGROUP_KEYS] + [f"{m}{s}" for m in names for s in ("", "_low", "_high")]
     return pd.DataFrame(rows, columns=cols)
 
 
