@@ -33,11 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--command", required=True, help="how the weights are rebuilt")
     ap.add_argument("--no-default", action="store_true", help="do not point 'default' at it")
     ap.add_argument("--force", action="store_true")
+    ap.add_argument(
+        "--appearance-only",
+        action="store_true",
+        help="keep the fits that depend on the weights; fit the appearance rule",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     card = CardInputs(commit=args.commit, hardware=args.hardware, command=args.command)
     report = refit_shipped(args.source, args.name, args.manifest, default=not args.no_default,
-                           card=card, force=args.force)  # fmt: skip
+                           card=card, force=args.force,
+                           appearance_only=args.appearance_only)  # fmt: skip
     print(f"refitted {args.source} as {report.path} ({report.bytes / 1e6:.2f} MB)")
     for step, line in report.deploy.items():
         print(f"deploy {step}: {line}")

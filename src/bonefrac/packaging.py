@@ -266,12 +266,15 @@ def refit_shipped(
     default: bool = True,
     card: CardInputs | None = None,
     force: bool = False,
+    appearance_only: bool = False,
 ) -> PackageReport:
     """The shipped model ``source`` with every deploy fit made again on its own stored weights
     and val predictions (a new decision rule or out-of-scope gate; the weights and their
     parity record are unchanged), shipped as ``name``. ``manifest``: this machine's copy of
     its manifest (the out-of-scope fit reads its train images); the deploy block of its
-    config becomes this version's defaults."""
+    config becomes this version's defaults. ``appearance_only``: keep every fit that depends
+    on the weights (they are the same weights) and fit the appearance rule alone (it reads
+    no model: :func:`bonefrac.evaluation.ood.refit_appearance`)."""
     import yaml
 
     from bonefrac.config import DeployConfig, build_config
@@ -283,13 +286,20 @@ def refit_shipped(
         shutil.copytree(src, stage)
         run = RunDir(stage)
         old = run.raw_meta()
-        run.reset_fits()
-        raw_cfg = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
-        kept = {k: v for k, v in (raw_cfg.get("deploy") or {}).items() if k in _KEPT_DEPLOY}
-        raw_cfg["deploy"] = DeployConfig(**kept).model_dump(mode="json")
-        run.write_config(build_config(raw_cfg, run.config_path))
-        run.relocate(manifest)
-        deployed = _deploy(run, name)
+        if appearance_only:
+            from bonefrac.evaluation.ood import refit_appearance
+
+            run.relocate(manifest)
+            looks = refit_appearance(run.path)
+            fitted = {"appearance": f"appearance rule, cut-off {looks['cutoff']:.4g}"}
+        else:
+            run.reset_fits()
+            raw_cfg = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
+            kept = {k: v for k, v in (raw_cfg.get("deploy") or {}).items() if k in _KEPT_DEPLOY}
+            raw_cfg["deploy"] = DeployConfig(**kept).model_dump(mode="json")
+            run.write_config(build_config(raw_cfg, run.config_path))
+            run.relocate(manifest)
+            fitted = dict(_deploy(run, name).fitted)
         raw = run.raw_meta()
         raw["shipped"] = {
             **(old.get("shipped") or {}),
@@ -301,7 +311,7 @@ def refit_shipped(
         _finish(run, name, card or CardInputs())
         parity_record = raw["shipped"].get("parity", {})
         report = PackageReport(stage, str(raw.get("weights_dtype")), parity_record,
-                               folder_bytes(stage), dict(deployed.fitted))  # fmt: skip
+                               folder_bytes(stage), fitted)  # fmt: skip
         _place(report, stage, final, default)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

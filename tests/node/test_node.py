@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage, generate_uid
 
+from bonefrac.rundir import RunDir
 from tests.node.conftest import MODALITY
 from tests.node.helpers import (
     dciodvfy_errors,
@@ -300,7 +301,8 @@ def test_shipped_default_end_to_end_from_a_config_file(orthanc, tmp_path):
         got = by_class(orthanc.datasets(str(source.StudyInstanceUID)))
         captures = [ds for ds in got[SC]
                     if ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID]  # fmt: skip
-        assert len(captures) == 1 and "default" in captures[0].SeriesDescription
+        shipped_name = RunDir.open("default").shipped  # the versioned name, never the alias
+        assert len(captures) == 1 and shipped_name in captures[0].SeriesDescription
     for ds in orthanc.datasets():
         assert dciodvfy_errors(orthanc_bytes(ds), tmp_path) == []
     decisions = [r["decision"] for r in json_lines(tmp_path / "spool" / "audit.jsonl")
