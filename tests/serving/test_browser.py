@@ -121,7 +121,7 @@ def refer_server_url(tiny_run: Path, synthetic_manifest: Path, tmp_path: Path):
     raw = RunDir(run).raw_meta()
     ood = {**raw["ood"], "cutoff": float((inside.max() + white) / 2)}
     rule = {"score": "margin", "coverage": 0.5, "cutoff": -1.0, "threshold": raw["threshold"]}
-    RunDir(run).update_meta(refer=rule, ood=ood)
+    RunDir(run).update_meta(refer=rule, ood=ood, rule_out=None, rule_out_fit=None)
     yield from _serve(run)
 
 
@@ -139,7 +139,7 @@ def test_page_shows_refer_and_out_of_scope_instead_of_a_probability(
         page.goto(refer_server_url + "/")
         page.set_input_files("#file", str(image))
         sync_api.expect(page.locator("#decision")).to_have_text(
-            "Refer to a radiologist", timeout=30_000
+            "Doubt: look here (refer to a radiologist)", timeout=30_000
         )
         sync_api.expect(page.locator("#prob-block")).to_be_hidden()
         page.set_input_files("#file", str(blank))
@@ -166,6 +166,8 @@ def test_a_fractured_call_shows_its_best_box_as_low_confidence(loc_server_url, s
         answer = {  # a detector's fractured call with no box above its box threshold
             "probability": 0.8,
             "decision": "fracture",
+            "finding": "firm",
+            "finding_text": "fracture (firm finding)",
             "threshold": 0.5,
             "uncertainty": 0.1,
             "refer": False,
@@ -199,6 +201,39 @@ def test_a_fractured_call_shows_its_best_box_as_low_confidence(loc_server_url, s
         sync_api.expect(page.locator("#map-caption")).to_contain_text(
             "trained on radiologists' fracture boxes"
         )
+
+
+def test_a_refer_call_draws_its_boxes_dashed_as_doubt(loc_server_url, synthetic_manifest):
+    """The two levels as fracture AI shows them: a ``refer`` answer's boxes are dashed and
+    say "doubt: look here"; the decision reads as a doubt, not a probability."""
+    import json
+
+    from playwright import sync_api
+
+    image = sorted((synthetic_manifest.parent / "images").glob("test_*.png"))[0]
+    answer = {
+        "probability": 0.3, "decision": "refer", "finding": "doubt",
+        "finding_text": "doubt: look here, refer to a radiologist", "threshold": 0.6,
+        "uncertainty": 0.3, "refer": True, "out_of_scope": False, "ood_score": None,
+        "ood_reason": None, "model": "loc", "logit": -0.85, "temperature": 1.0,
+        "architecture": "simple_cnn", "backend": "torch", "caveat": "Decision support only.",
+        "pred_boxes": [[0.4, 0.5, 0.2, 0.1, 0.55]], "best_box": [0.4, 0.5, 0.2, 0.1, 0.55],
+        "map": "detector",
+    }  # fmt: skip
+    with _page() as page:
+        page.route("**/v1/predict*", lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(answer)))  # fmt: skip
+        page.goto(loc_server_url + "/")
+        page.set_input_files("#file", str(image))
+        sync_api.expect(page.locator("#decision")).to_have_text(
+            "Doubt: look here (refer to a radiologist)", timeout=30_000
+        )
+        box = page.locator("#boxes .box.low")
+        sync_api.expect(box).to_have_count(1)
+        sync_api.expect(box).to_contain_text("55% (doubt: look here)")
+        style = box.evaluate("b => getComputedStyle(b).borderTopStyle")
+        assert style == "dashed"
+        sync_api.expect(page.locator("#boxes-note")).to_contain_text("doubt, look here")
 
 
 @pytest.fixture()
