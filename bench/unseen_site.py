@@ -507,7 +507,10 @@ def verdict(base: dict[int, dict], lever: dict[int, dict], sites: list[str]) -> 
         )
 
     unseen = gain("unseen")
-    cost = min(gain(s) for s in sites if s.startswith("in:"))
+    inside = [gain(s) for s in sites if s.startswith("in:")]
+    if not inside:
+        return f"not decided: no in-domain figures (unseen ROC-AUC {unseen:+.3f})"
+    cost = min(inside)
     kept = unseen > 0 and cost >= -0.01
     return (
         f"{'kept' if kept else 'not kept'}: unseen ROC-AUC {unseen:+.3f} (mean paired), worst"
