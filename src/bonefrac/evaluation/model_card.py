@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from bonefrac.evaluation.localization_metrics import localization_metrics, read_inputs
+from bonefrac.evaluation.tables import markdown_table
 from bonefrac.fileio import atomic_open
 from bonefrac.metrics import compute_metrics, decision_metrics, format_ci
 from bonefrac.rundir import RunDir, run_decisions, run_probabilities
@@ -251,20 +252,19 @@ def _cuts_text(meta: Any) -> str:
 
 def _misses_first(figures: dict[str, Any]) -> list[str]:
     """The card's first table: what its decisions do to fractured and normal test images."""
+    head = ["test source", "images (fractured)", "miss rate", "normals cleared", "referred",
+            "PPV of fracture calls"]  # fmt: skip
+    rows = [
+        [SOURCE_NAMES.get(source, source), f"{row['support']['n']} ({row['support']['n_pos']})",
+         *(format_ci(row[k]) for k in ("miss_rate", "normals_cleared", "referred",
+                                       "fracture_ppv"))]
+        for source, row in figures.items()
+    ]  # fmt: skip
     lines = [
         "## Misses first (test split, the stored decision rule; 95% bootstrap CIs)",
         "",
-        "| test source | images (fractured) | miss rate | normals cleared | referred "
-        "| PPV of fracture calls |",
-        "|---|---|---|---|---|---|",
+        *markdown_table(head, rows).splitlines(),
     ]
-    for source, row in figures.items():
-        sup = row["support"]
-        lines.append(
-            f"| {SOURCE_NAMES.get(source, source)} | {sup['n']} ({sup['n_pos']}) "
-            f"| {format_ci(row['miss_rate'])} | {format_ci(row['normals_cleared'])} "
-            f"| {format_ci(row['referred'])} | {format_ci(row['fracture_ppv'])} |"
-        )
     lines += [
         "",
         "Miss rate: fractured images called `no_fracture`. Normals cleared: images without a "
