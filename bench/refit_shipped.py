@@ -38,12 +38,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the fits that depend on the weights; fit the appearance rule",
     )
+    ap.add_argument(
+        "--drop-feature-detector",
+        action="store_true",
+        help="ship without the Mahalanobis feature detector (the size cap)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     card = CardInputs(commit=args.commit, hardware=args.hardware, command=args.command)
     report = refit_shipped(args.source, args.name, args.manifest, default=not args.no_default,
                            card=card, force=args.force,
-                           appearance_only=args.appearance_only)  # fmt: skip
+                           appearance_only=args.appearance_only,
+                           drop_feature_detector=args.drop_feature_detector)  # fmt: skip
     print(f"refitted {args.source} as {report.path} ({report.bytes / 1e6:.2f} MB)")
     for step, line in report.deploy.items():
         print(f"deploy {step}: {line}")

@@ -267,6 +267,7 @@ def refit_shipped(
     card: CardInputs | None = None,
     force: bool = False,
     appearance_only: bool = False,
+    drop_feature_detector: bool = False,
 ) -> PackageReport:
     """The shipped model ``source`` with every deploy fit made again on its own stored weights
     and val predictions (a new decision rule or out-of-scope gate; the weights and their
@@ -274,7 +275,9 @@ def refit_shipped(
     its manifest (the out-of-scope fit reads its train images); the deploy block of its
     config becomes this version's defaults. ``appearance_only``: keep every fit that depends
     on the weights (they are the same weights) and fit the appearance rule alone (it reads
-    no model: :func:`bonefrac.evaluation.ood.refit_appearance`)."""
+    no model: :func:`bonefrac.evaluation.ood.refit_appearance`). ``drop_feature_detector``:
+    ship without the Mahalanobis feature detector, the appearance rule being the model's
+    out-of-scope detector (what keeps Lite0 with both under the size cap)."""
     import yaml
 
     from bonefrac.config import DeployConfig, build_config
@@ -292,6 +295,10 @@ def refit_shipped(
             run.relocate(manifest)
             looks = refit_appearance(run.path)
             fitted = {"appearance": f"appearance rule, cut-off {looks['cutoff']:.4g}"}
+            if drop_feature_detector:
+                run.update_meta(ood=None)
+                run.ood_stats_path.unlink(missing_ok=True)
+                fitted["ood"] = "feature detector not shipped (the appearance rule is)"
         else:
             run.reset_fits()
             raw_cfg = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))

@@ -210,7 +210,7 @@ def _recipe_lines(meta: Any, cfg: Any, inputs: CardInputs) -> list[str]:
         f"- Chosen on val (ROC-AUC {_num(meta.get('best_score'))} at epoch "
         f"{meta.get('best_epoch')}), never on test.",
         f"- Deploy fits on val: temperature {meta.temperature:.3f}, {_cuts_text(meta)}, "
-        f"out-of-scope detector ({meta.ood.method if meta.ood else 'none'}).",
+        f"out-of-scope rules: {_scope_text(meta)}.",
         f"- Weights stored as {meta.get('weights_dtype', 'float32')} (computed in float32): "
         f"against the fp32 weights on the {parity.get('n_images', '?')} test images the largest "
         f"|delta probability| is {_num(parity.get('max_abs_delta_prob'), 4)}, the largest "
@@ -248,6 +248,16 @@ def _cuts_text(meta: Any) -> str:
             f"{meta.rule_out:.4f} (sensitivity:{(meta.get('rule_out_fit') or {}).get('target')})"
         )
     return f"threshold {meta.threshold:.4f} ({meta.get('threshold_criterion')}), refer rule"
+
+
+def _scope_text(meta: Any) -> str:
+    """Which fitted out-of-scope rules the model carries (beside modality, colour, blank)."""
+    parts = []
+    if meta.appearance is not None:
+        parts.append("the appearance rule (does it look like a radiograph at all)")
+    if meta.ood is not None:
+        parts.append(f"the {meta.ood.method} feature detector")
+    return ", ".join(parts) or "none fitted"
 
 
 def _misses_first(figures: dict[str, Any]) -> list[str]:

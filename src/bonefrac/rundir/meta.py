@@ -389,7 +389,7 @@ def missing_safeguards(meta: ModelMeta, run: str = "RUN") -> list[MissingSafegua
                 f"bonefrac calibrate {where}",
             )
         )
-    if meta.ood is None:
+    if meta.ood is None and meta.appearance is None:
         out.append(
             MissingSafeguard(
                 "ood",
