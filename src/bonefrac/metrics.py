@@ -192,6 +192,24 @@ def _clean(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _entries(
+    names: Any, point: dict[str, Any], dist: dict[str, np.ndarray], ci: float
+) -> dict[str, dict]:
+    """``{name: {"value", "ci_low", "ci_high"}}``: each point value with the percentile
+    interval of its finite bootstrap values (``None`` where undefined or not resampled)."""
+    lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 - (1 - ci) / 2)
+    out: dict[str, dict] = {}
+    for name in names:
+        value = _clean(point[name])
+        low = high = None
+        if value is not None and name in dist:
+            d = dist[name][np.isfinite(dist[name])]
+            if len(d):
+                low, high = _clean(np.percentile(d, lo_q)), _clean(np.percentile(d, hi_q))
+        out[name] = {"value": value, "ci_low": low, "ci_high": high}
+    return out
+
+
 def compute_metrics(
     y_true: Any,
     prob: Any,
@@ -232,19 +250,8 @@ def compute_metrics(
         for k in ("specificity", "roc_auc", "pr_auc", "balanced_accuracy"):
             notes[k] = "undefined: no negative (not fractured) cases"
 
-    lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 - (1 - ci) / 2)
     dist = _bootstrap_distribution(y, p, threshold, int(n_boot), seed) if n and n_boot > 0 else {}
-
-    out: dict[str, dict] = {}
-    for name in METRIC_NAMES:
-        value = _clean(point[name])
-        low = high = None
-        if value is not None and name in dist:
-            d = dist[name]
-            d = d[np.isfinite(d)]
-            if len(d):
-                low, high = _clean(np.percentile(d, lo_q)), _clean(np.percentile(d, hi_q))
-        out[name] = {"value": value, "ci_low": low, "ci_high": high}
+    out: dict[str, dict] = _entries(METRIC_NAMES, point, dist, ci)
     out["confusion_matrix"] = confusion_counts(y, p, threshold)
     out["support"] = {"n": n, "n_pos": n_pos, "n_neg": n_neg}
     out["settings"] = {
@@ -454,16 +461,7 @@ def decision_metrics(
             if total > 0:
                 draws[:, :, k] = rng.multinomial(int(total), counts[:, k] / total, size=n_boot)
         dist = rates(draws)
-    lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 - (1 - ci) / 2)
-    out: dict[str, Any] = {}
-    for name in (*DECISION_METRIC_NAMES, "out_of_scope"):
-        value = _clean(point[name])
-        low = high = None
-        if value is not None and name in dist:
-            v = dist[name][np.isfinite(dist[name])]
-            if len(v):
-                low, high = _clean(np.percentile(v, lo_q)), _clean(np.percentile(v, hi_q))
-        out[name] = {"value": value, "ci_low": low, "ci_high": high}
+    out: dict[str, Any] = _entries((*DECISION_METRIC_NAMES, "out_of_scope"), point, dist, ci)
     out["counts"] = {
         w: {"pos": int(counts[i, 0]), "neg": int(counts[i, 1])} for i, w in enumerate(words)
     }
