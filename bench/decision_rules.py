@@ -24,37 +24,41 @@ import pandas as pd
 
 from bonefrac.evaluation.tables import markdown_table
 from bonefrac.evaluation.thresholds import choose_threshold, fit_rule_out
-from bonefrac.metrics import apply_temperature, coverage_cutoff, decision_metrics, format_ci
-from bonefrac.rundir import RunDir, error_probability, resolve_run
-from bonefrac.rundir.predictions import LABEL, LOGIT, SOURCE
+from bonefrac.metrics import coverage_cutoff, decision_metrics, format_ci
+from bonefrac.rundir import (
+    ModelMeta,
+    ReferRule,
+    RunDir,
+    error_probability,
+    resolve_run,
+    run_probabilities,
+)
+from bonefrac.rundir.predictions import LABEL, SOURCE
 
 
 def _read(run: RunDir, split: str) -> tuple[pd.DataFrame, np.ndarray]:
     df = run.predictions(split)
-    temperature = float(run.raw_meta().get("temperature") or 1.0)
-    return df, apply_temperature(df[LOGIT].to_numpy(float), temperature)
+    return df, run_probabilities(df, run.meta())
 
 
-def rules(y_val: np.ndarray, p_val: np.ndarray, sens: float, spec: float) -> dict:
-    """Both rules fitted on val: ``{name: callable(prob) -> decisions}`` and their cuts."""
+def rules(meta: ModelMeta, y_val: np.ndarray, p_val: np.ndarray, sens: float, spec: float) -> dict:
+    """Both rules fitted on val, as ``meta`` copies whose ``decisions`` (the one rule the
+    Predictor applies) give each image's call: ``{name: callable(prob) -> decisions}``."""
     t_f1 = choose_threshold(y_val, p_val, "f1")
     band = coverage_cutoff(error_probability(p_val, t_f1), 0.9)
     rule_in = choose_threshold(y_val, p_val, f"specificity:{spec:g}")
     rule_out = min(fit_rule_out(y_val, p_val, sens)["cut"], rule_in)
-
-    def old(p: np.ndarray) -> np.ndarray:
-        d = np.where(p >= t_f1, "fracture", "no_fracture").astype(object)
-        d[error_probability(p, t_f1) > band] = "refer"
-        return d
-
-    def new(p: np.ndarray) -> np.ndarray:
-        d = np.where(p >= rule_in, "fracture", "no_fracture").astype(object)
-        d[(p >= rule_out) & (p < rule_in)] = "refer"
-        return d
-
+    refer = ReferRule(score="p_error", coverage=0.9, cutoff=band, threshold=t_f1,
+                      temperature=meta.temperature)  # fmt: skip
+    old = meta.model_copy(update={"threshold": t_f1, "rule_out": None, "refer": refer})
+    new = meta.model_copy(update={"threshold": rule_in, "rule_out": rule_out, "refer": None})
     cuts = {"old": f"f1 threshold {t_f1:.3f}, p_error band > {band:.3f}",
             "new": f"rule-out {rule_out:.3f}, rule-in {rule_in:.3f}"}  # fmt: skip
-    return {"old": old, "new": new, "cuts": cuts}
+    return {
+        "old": lambda p: np.asarray(old.decisions(p, error_probability(p, t_f1)), dtype=object),
+        "new": lambda p: np.asarray(new.decisions(p), dtype=object),
+        "cuts": cuts,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.runs:
         run = RunDir(resolve_run(name))
         val, p_val = _read(run, "val")
-        fitted = rules(val[LABEL].to_numpy(int), p_val, args.sensitivity, args.specificity)
+        fitted = rules(
+            run.meta(), val[LABEL].to_numpy(int), p_val, args.sensitivity, args.specificity
+        )
         print(f"\n## {name}\n\nold: {fitted['cuts']['old']}; new: {fitted['cuts']['new']}\n")
         rows = []
         for split in ("val", "test"):
