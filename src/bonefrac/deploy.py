@@ -33,7 +33,7 @@ from bonefrac.config import DeployConfig
 from bonefrac.errors import BonefracError
 from bonefrac.evaluation.calibration import calibrate_run
 from bonefrac.evaluation.ood import fit_ood
-from bonefrac.evaluation.thresholds import tune_threshold
+from bonefrac.evaluation.thresholds import rule_out_summary, tune_threshold
 from bonefrac.rundir import RUN_SPLITS, RunDir, metrics_entry, run_decisions, run_probabilities
 from bonefrac.rundir.predictions import LABEL
 
@@ -167,13 +167,7 @@ def _threshold(run: Path, config: DeployConfig, report: DeployReport) -> str:
     rule_out = result.get("rule_out")
     rule = result.get("refer")
     if rule_out:
-        sens = rule_out["val_sensitivity"]
-        refer_line = (
-            f"rule-out cut {rule_out['applied']:.4f} (val sensitivity {sens['value']:.3f} "
-            f"[{sens['ci_low']:.3f}, {sens['ci_high']:.3f}] for a target of "
-            f"{rule_out['target']:g}; {rule_out['val_normals_cleared']:.1%} of val normals "
-            "cleared)"
-        )
+        refer_line = rule_out_summary(rule_out)
         if rule_out.get("warning"):
             refer_line += f"; warning: {rule_out['warning']}"
     elif rule:

@@ -213,15 +213,9 @@ def threshold(out: Console, result: dict[str, Any], run: RunDir, run_arg: Path) 
         show(out, f"(on calibrated probabilities, temperature {result['temperature']:.3f})")
     rule_out = result.get("rule_out")
     if rule_out:
-        sens = rule_out["val_sensitivity"]
-        show(
-            out,
-            f"rule-out cut {rule_out['applied']:.4f}: no_fracture only below it; val "
-            f"sensitivity {sens['value']:.3f} [{sens['ci_low']:.3f}, {sens['ci_high']:.3f}] "
-            f"(target {rule_out['target']:g}, {rule_out['val_n_pos']} val fractures); "
-            f"{rule_out['val_normals_cleared']:.1%} of val normals cleared; between the cuts: "
-            "refer",
-        )
+        from bonefrac.evaluation.thresholds import rule_out_summary
+
+        show(out, rule_out_summary(rule_out))
         if rule_out.get("warning"):
             show(out, ("warning: ", "bold yellow"), rule_out["warning"])
     rule = result.get("refer")

@@ -129,6 +129,18 @@ def fit_rule_out(
     return record
 
 
+def rule_out_summary(record: dict[str, Any]) -> str:
+    """One line on a fitted rule-out cut (:func:`fit_rule_out`'s record with ``applied``):
+    what ``bonefrac threshold`` prints and ``bonefrac train``'s deploy report says."""
+    sens = record["val_sensitivity"]
+    return (
+        f"rule-out cut {record['applied']:.4f}: no_fracture only below it; val sensitivity "
+        f"{sens['value']:.3f} [{sens['ci_low']:.3f}, {sens['ci_high']:.3f}] (target "
+        f"{record['target']:g}, {record['val_n_pos']} val fractures); "
+        f"{record['val_normals_cleared']:.1%} of val normals cleared; between the cuts: refer"
+    )
+
+
 def tune_threshold(
     run_dir: str | Path,
     criterion: Criterion | str | None,
