@@ -76,12 +76,12 @@ class Node:
 
     def idle(self) -> bool:
         """Nothing received is waiting, nothing is being predicted or waiting to be sent,
-        and no study report is due."""
+        and no study waits for its study report (due or still in its quiet time)."""
         return (
             self.spool.pending_count() == 0
             and not self.worker.busy
             and not any_pending(self.senders)
-            and not self.worker.studies.due()
+            and not self.worker.studies.waiting()
         )
 
     def wait_idle(self, timeout: float) -> bool:

@@ -103,6 +103,12 @@ class StudyTracker:
             s for s, (t, done) in self._index.items() if not done and now - t >= self.quiet_s
         )
 
+    def waiting(self) -> list[str]:
+        """Studies whose images are not all in their last report, due or still quiet-waiting."""
+        if not self.enabled:
+            return []
+        return sorted(s for s, (_, done) in self._index.items() if not done)
+
     def tick(self, now: float | None = None) -> int:
         """Report every due study and forget old ones; the number of reports made."""
         now = time.time() if now is None else now
