@@ -33,20 +33,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bonefrac.data.schema import SUBGROUP_COLUMNS
 from bonefrac.deploy import deploy_run
 from bonefrac.errors import RunDirError
 from bonefrac.evaluation.model_card import CardInputs, write_model_card
 from bonefrac.fileio import atomic_path, file_sha256, folder_bytes
-from bonefrac.inference.run_predictions import predict_run_frame
+from bonefrac.inference.run_predictions import predict_run_frame, split_rows
 from bonefrac.rundir import RUN_SPLITS, RunDir, missing_safeguards, shipped
 from bonefrac.rundir.layout import CONFIG, GZIP_SUFFIX, HISTORY, METRICS, MODEL_JSON
-from bonefrac.rundir.predictions import IMAGE_ID, LABEL, LOGIT, PATH, SOURCE, TRUE_BOXES
+from bonefrac.rundir.meta import EnsembleRecord, ModelMeta
+from bonefrac.rundir.predictions import IMAGE_ID, LOGIT, PATH, SOURCE
 from bonefrac.rundir.relocate import unroot_run
 
 log = logging.getLogger(__name__)
 
-#: A shipped model's folder may hold at most this many bytes (issue 25: 12 MB per model).
+#: A shipped model's folder may hold at most this many bytes per model it holds (issue 25:
+#: 12 MB per model; an ensemble of k members, issue 37: k times that).
 MAX_BYTES = 12_000_000
 #: fp16 weights ship when no test image's probability moves by more than this against fp32
 #: (at the fp32 run's temperature) ...
@@ -73,13 +74,6 @@ class PackageReport:
     deploy: dict[str, str] = field(default_factory=dict)
 
 
-def _input_frame(run: RunDir, split: str) -> pd.DataFrame:
-    """The split's rows as :func:`predict_run_frame` takes them (the manifest's columns)."""
-    raw = run.read_predictions_raw(split)
-    keep = [c for c in (IMAGE_ID, PATH, LABEL, TRUE_BOXES, *SUBGROUP_COLUMNS) if c in raw.columns]
-    return raw[keep].copy()
-
-
 def _fp16_weights(src: Path, dest: Path) -> None:
     """``src``'s safetensors with every floating tensor stored as float16."""
     from safetensors.torch import load_file, save_file
@@ -88,6 +82,28 @@ def _fp16_weights(src: Path, dest: Path) -> None:
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     with atomic_path(dest) as tmp:
         save_file(half, str(tmp))
+
+
+def _store_weights(src: RunDir, run: RunDir, dtype: str) -> None:
+    """``src``'s weights files (one, or an ensemble's members) into ``run`` as ``dtype``
+    (``float16``: converted; ``float32``: copied), their hashes recorded in model.json."""
+    meta = src.meta()
+    for source, dest in zip(src.weight_files(meta), run.weight_files(meta), strict=True):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dtype == "float16":
+            _fp16_weights(source, dest)
+        else:
+            shutil.copy2(source, dest)
+    raw = run.raw_meta()
+    if meta.ensemble is None:
+        raw["weights_sha256"] = file_sha256(run.weights_path)
+    else:
+        members = [{**m.model_dump(mode="json"), "weights_sha256": file_sha256(run.path / m.file)}
+                   for m in meta.ensemble.members]  # fmt: skip
+        raw["ensemble"] = {**meta.ensemble.model_dump(mode="json"), "members": members}
+        raw["weights_sha256"] = EnsembleRecord.model_validate(raw["ensemble"]).digest()
+    raw["weights_dtype"] = dtype
+    run.write_meta(raw)
 
 
 def parity(
@@ -172,13 +188,12 @@ def _build(
         if (src.path / fname).is_file():
             shutil.copy2(src.path / fname, stage / fname)
     run = RunDir(stage)
-    frames = {split: _input_frame(src, split) for split in RUN_SPLITS}
+    frames = {split: split_rows(src, split) for split in RUN_SPLITS}
     log.info("%s: fp32 test predictions for the parity check", name)
     fp32_test = predict_run_frame(src.path, frames["test"], batch_size=batch_size).predictions
 
-    _fp16_weights(src.weights_path, run.weights_path)
+    _store_weights(src, run, "float16")
     run.reset_fits()  # refitted below, on the stored weights
-    run.update_meta(weights_sha256=file_sha256(run.weights_path), weights_dtype="float16")
     stored: dict[str, pd.DataFrame] = {}
     for split in RUN_SPLITS:
         log.info("%s: %s predictions with the fp16 weights", name, split)
@@ -192,11 +207,8 @@ def _build(
     dtype = "float16"
     if not ok:  # fp32 it is: the stored predictions are the fp32 model's
         log.warning("%s: fp16 parity failed (%s); shipping fp32 weights", name, check)
-        shutil.copy2(src.weights_path, run.weights_path)
         dtype = "float32"
-        raw = run.raw_meta()
-        raw.update(weights_sha256=file_sha256(run.weights_path), weights_dtype=dtype)
-        run.write_meta(raw)
+        _store_weights(src, run, dtype)
         stored = {s: predict_run_frame(stage, frames[s], batch_size=batch_size).predictions
                   for s in RUN_SPLITS}  # fmt: skip
     for split in RUN_SPLITS:
@@ -250,10 +262,17 @@ def _finish(run: RunDir, name: str, card: CardInputs) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
+def max_bytes(meta: ModelMeta) -> int:
+    """The most bytes the shipped folder of ``meta``'s model may take: :data:`MAX_BYTES` per
+    model (an ensemble's members each count)."""
+    return MAX_BYTES * (1 if meta.ensemble is None else len(meta.ensemble.members))
+
+
 def _place(report: PackageReport, stage: Path, final: Path, default: bool) -> None:
-    if report.bytes > MAX_BYTES:
+    limit = max_bytes(RunDir(stage).meta())
+    if report.bytes > limit:
         raise RunDirError(f"{final.name}: {report.bytes / 1e6:.1f} MB, over the "
-                          f"{MAX_BYTES / 1e6:.0f} MB a shipped model may take")  # fmt: skip
+                          f"{limit / 1e6:.0f} MB a shipped model may take")  # fmt: skip
     report.path = shipped.place(stage, final, default=default)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from bonefrac.csvpaths import encode_path
 from bonefrac.errors import DataError
-from bonefrac.fileio import file_sha256, read_json, write_json
+from bonefrac.fileio import read_json, write_json
 from bonefrac.inference.scope import rules_record
 
 FORMAT = "bonefrac-predictions/1"
@@ -42,15 +42,14 @@ def sidecar_path(out: Path) -> Path:
 def fingerprint(predictor: Any, dicom_frame: int | None, columns: list[str]) -> dict[str, Any]:
     """What identifies the predictions ``predictor`` makes (weights hashed from the run)."""
     run = predictor.run
-    weights = run.weights_path
-    sha = predictor.meta.weights_sha256  # checked against the file when the run was loaded
+    sha = predictor.meta.weights_sha256  # checked against the files when the run was loaded
     return {
         "format": FORMAT,
         "path_encoding": PATH_ENCODING,
         "columns": list(columns),
         "run_dir": encode_path(run.path.absolute()),
         "run_name": predictor.name,
-        "weights_sha256": sha or (file_sha256(weights) if weights.is_file() else ""),
+        "weights_sha256": sha or "",
         "threshold": float(predictor.threshold),
         "temperature": float(predictor.temperature),
         "backend": predictor.backend,

@@ -74,4 +74,27 @@ def _deploy(path: Path) -> DeployReport:
     return deploy_trained_run(path, on_start=lambda: render.deploy_started(render.console))
 
 
-COMMANDS = (train,)
+def ensemble(
+    members: list[Path] = typer.Argument(
+        ..., help="Two or more finished runs of one recipe (e.g. its seeds), same splits."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Ensemble run directory to create."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Batch size for val and test."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
+) -> None:
+    """Combine trained runs into one ensemble run: its logit is the mean of the members'
+    logits, its map the mean of their maps; its threshold, rule-out cut, calibration and
+    out-of-scope detector are fitted on its own val predictions. Every command takes it as
+    a run; a member file whose SHA-256 differs from model.json's is refused at load."""
+    from bonefrac.ensembling import build_ensemble
+    from bonefrac.rundir import RunDir
+
+    built = build_ensemble(members, out, force=force, batch_size=batch_size, progress=progress)
+    render.show(render.console, f"ensemble of {len(built.members)}: {', '.join(built.members)}; "
+                f"box threshold {built.box_threshold:.3f} (val negatives)")  # fmt: skip
+    render.deploy_report(render.console, built.deployed)
+    render.run_summary(render.console, RunDir.open(built.path))
+
+
+COMMANDS = (train, ensemble)

@@ -157,7 +157,7 @@ def export_onnx(
     run, meta = loaded.run, loaded.meta
     run.require_writable()
     target = run.onnx_path
-    weights_sha = file_sha256(run.weights_path)
+    weights_sha = meta.weights_sha256  # checked against the weights files by load_run
     record = meta.get("onnx") or {}
     if (
         not force
@@ -234,16 +234,19 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
 
 def open_onnx_session(run: RunDir, meta: ModelMeta, threads: int | None = None) -> Any:
     """The session on ``RUN/model.onnx``; refuses a stale or corrupt export."""
+    from bonefrac.models.runio import weights_digest
+
     path = run.onnx_path
     if not path.is_file():
         raise RunDirError(f"{path}: not found; run 'bonefrac export {run.path} --onnx' first")
     record = meta.get("onnx") or {}
     if not isinstance(record, dict):
         raise RunDirError(f"{run.meta_path}: 'onnx' must be an object; re-export the model")
-    if record.get("weights_sha256") and run.weights_path.is_file():
-        if file_sha256(run.weights_path) != record["weights_sha256"]:
+    current = weights_digest(run, meta) if record.get("weights_sha256") else None
+    if current is not None:
+        if current != record["weights_sha256"]:
             raise RunDirError(
-                f"{path}: exported from other weights than {run.weights_path}; "
+                f"{path}: exported from other weights than {run.path}'s; "
                 f"re-run 'bonefrac export {run.path} --onnx'"
             )
     else:

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bonefrac.data.schema import path_image_ids
+from bonefrac.data.schema import SUBGROUP_COLUMNS, path_image_ids
 from bonefrac.errors import DataError
 from bonefrac.inference.loop import FileInputs, Outputs, collect
 from bonefrac.inference.predictor import Predictor
-from bonefrac.rundir import ModelMeta, predictions_frame
-from bonefrac.rundir.predictions import IMAGE_ID, PATH, TRUE_BOXES, parse_boxes
+from bonefrac.rundir import ModelMeta, RunDir, predictions_frame
+from bonefrac.rundir.predictions import IMAGE_ID, LABEL, PATH, TRUE_BOXES, parse_boxes
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +114,11 @@ def predict_run_frame(
     return predict_frame(
         Predictor.from_run(run_dir), df, batch_size=batch_size, progress=progress, tta=tta
     )
+
+
+def split_rows(run: RunDir, split: str) -> pd.DataFrame:
+    """A run's ``split`` rows as :func:`predict_frame` takes them (the manifest's columns),
+    read from its stored predictions: what another model of the same split is predicted on."""
+    raw = run.read_predictions_raw(split)
+    keep = [c for c in (IMAGE_ID, PATH, LABEL, TRUE_BOXES, *SUBGROUP_COLUMNS) if c in raw.columns]
+    return raw[keep].copy()

@@ -1,4 +1,5 @@
-"""A run's model on disk: ``model.safetensors`` written at training, loaded and checked later.
+"""A run's model on disk: ``model.safetensors`` written at training (an ensemble run: one file
+per member under ``members/``), loaded and checked later.
 
 Loading fails closed: the weights must match the SHA-256 recorded in model.json, the file must
 be a readable safetensors of the recorded architecture, and the metadata must validate. Any of
@@ -10,10 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from bonefrac.errors import BonefracError, RunDirError
 from bonefrac.fileio import atomic_path, file_sha256
 from bonefrac.models.classifier import FractureClassifier
 from bonefrac.rundir import ModelMeta, RunDir
+from bonefrac.rundir.meta import ScoreFusion
 
 
 def save_weights(model: FractureClassifier, run: RunDir) -> str:
@@ -27,19 +31,43 @@ def save_weights(model: FractureClassifier, run: RunDir) -> str:
 
 
 def verify_weights(run: RunDir, meta: ModelMeta) -> None:
-    """Refuse weights whose SHA-256 differs from model.json's ``weights_sha256``."""
-    path = run.weights_path
-    if not path.is_file():
-        raise RunDirError(f"{path}: not found; training did not finish for {run.path}")
+    """Refuse weights whose SHA-256 differs from model.json's (``weights_sha256``, or each
+    ensemble member's)."""
+    if meta.ensemble is not None:
+        for k, member in enumerate(meta.ensemble.members):
+            _check_file(run, run.path / member.file, member.weights_sha256,
+                        f"ensemble member {k} ({member.from_run or member.file})")  # fmt: skip
+        return
     if meta.weights_sha256 is None:
         raise RunDirError(
-            f"{run.meta_path}: records no weights_sha256, so {path.name} cannot be checked "
-            "for corruption; retrain it with 'bonefrac train'"
+            f"{run.meta_path}: records no weights_sha256, so {run.weights_path.name} cannot be "
+            "checked for corruption; retrain it with 'bonefrac train'"
         )
-    if file_sha256(path) != meta.weights_sha256:
+    _check_file(run, run.weights_path, meta.weights_sha256, "the weights")
+
+
+def weights_digest(run: RunDir, meta: ModelMeta) -> str | None:
+    """The SHA-256 identity of the weights on disk, as ``weights_sha256`` records it (one
+    model: its file's hash; an ensemble: :meth:`EnsembleRecord.digest` of its members' file
+    hashes); None when a weights file is missing."""
+    import hashlib
+
+    files = run.weight_files(meta)
+    if not all(f.is_file() for f in files):
+        return None
+    if meta.ensemble is None:
+        return file_sha256(files[0])
+    joined = "\n".join(file_sha256(f) for f in files)
+    return hashlib.sha256(joined.encode("ascii")).hexdigest()
+
+
+def _check_file(run: RunDir, path: Path, sha256: str, what: str) -> None:
+    if not path.is_file():
+        raise RunDirError(f"{path}: not found; training did not finish for {run.path}")
+    if file_sha256(path) != sha256:
         raise RunDirError(
-            f"{path}: SHA-256 differs from the one recorded in {run.meta_path.name} at training: the "
-            "weights are corrupted or were replaced; restore the file or retrain"
+            f"{path}: SHA-256 differs from the one {run.meta_path.name} records for {what}: "
+            "the weights are corrupted or were replaced; restore the file or retrain"
         )
 
 
@@ -48,19 +76,33 @@ class LoadedRun:
     """A run's model in eval mode on CPU, plus its validated ``model.json``."""
 
     run: RunDir
-    model: FractureClassifier
+    model: nn.Module
     meta: ModelMeta
 
 
-def load_model(run: RunDir, meta: ModelMeta) -> FractureClassifier:
-    """Rebuild the architecture named in model.json and load the checked weights (no pickle)."""
+def load_model(run: RunDir, meta: ModelMeta) -> nn.Module:
+    """Rebuild the architecture named in model.json and load the checked weights (no pickle):
+    a :class:`FractureClassifier`, or an
+    :class:`~bonefrac.models.ensemble.EnsembleModel` of them for an ensemble run."""
+    verify_weights(run, meta)
+    if meta.ensemble is None:
+        return _load_one(run, meta, run.weights_path, meta.score_fusion)
+    from bonefrac.models.ensemble import EnsembleModel
+
+    members = [
+        _load_one(run, meta, run.path / m.file, m.score_fusion) for m in meta.ensemble.members
+    ]
+    return EnsembleModel(members).eval()
+
+
+def _load_one(
+    run: RunDir, meta: ModelMeta, path: Path, fusion: ScoreFusion | None
+) -> FractureClassifier:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from bonefrac.models.registry import build_model
 
-    verify_weights(run, meta)
-    path = run.weights_path
     try:
         model = build_model(
             meta.architecture,
@@ -88,8 +130,8 @@ def load_model(run: RunDir, meta: ModelMeta) -> FractureClassifier:
             f"{path}: does not match architecture {meta.architecture!r}"
             f" (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    if meta.score_fusion is not None and model.localizes:
-        model.score_fusion = meta.score_fusion.as_tuple()
+    if fusion is not None and model.localizes:
+        model.score_fusion = fusion.as_tuple()
     return model.eval()
 
 

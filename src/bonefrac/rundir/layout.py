@@ -5,6 +5,7 @@
     runs/<name>/
       config.yaml          resolved experiment config
       model.safetensors    weights
+      members/<k>.safetensors   an ensemble run's member weights, instead of model.safetensors
       model.json           model metadata (:class:`~bonefrac.rundir.meta.ModelMeta`)
       model.onnx           ONNX export (optional)
       ood.safetensors      out-of-scope detector statistics (optional, 'bonefrac ood')
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
+MEMBERS = "members"
 MODEL_JSON = "model.json"
 ONNX = "model.onnx"
 OOD_STATS = "ood.safetensors"
@@ -189,6 +191,18 @@ class RunDir:
     @property
     def weights_path(self) -> Path:
         return self.path / WEIGHTS
+
+    @property
+    def members_dir(self) -> Path:
+        """Where an ensemble run keeps its members' weights."""
+        return self.path / MEMBERS
+
+    def weight_files(self, meta: ModelMeta) -> list[Path]:
+        """The weights files ``meta`` describes: ``model.safetensors``, or each ensemble
+        member's file."""
+        if meta.ensemble is None:
+            return [self.weights_path]
+        return [self.path / m.file for m in meta.ensemble.members]
 
     @property
     def meta_path(self) -> Path:

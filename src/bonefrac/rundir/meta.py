@@ -144,6 +144,37 @@ class ScoreFusion(BaseModel):
         return (self.logit_weight, self.map_weight, self.bias)
 
 
+class EnsembleMember(BaseModel):
+    """One member of an ensemble run: its weights file inside the run and their SHA-256."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: str = Field(pattern=r"^members/[A-Za-z0-9_.-]+\.safetensors$")
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    from_run: str = ""
+    """The run the member was trained as (its name, for the record)."""
+    score_fusion: ScoreFusion | None = None
+    """The member's own score fusion (fitted on val when it was trained)."""
+
+
+class EnsembleRecord(BaseModel):
+    """An ensemble run (``bonefrac ensemble``): its logit is the mean of its members' logits
+    and a localising run's map the mean of their detector outputs
+    (:class:`bonefrac.models.ensemble.EnsembleModel`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    combine: Literal["mean_logit"] = "mean_logit"
+    members: list[EnsembleMember] = Field(min_length=2)
+
+    def digest(self) -> str:
+        """The ensemble's ``weights_sha256``: SHA-256 of its members' hashes, in order."""
+        import hashlib
+
+        joined = "\n".join(m.weights_sha256 for m in self.members)
+        return hashlib.sha256(joined.encode("ascii")).hexdigest()
+
+
 class ModelMeta(BaseModel):
     """The fields of model.json that predictions depend on; other keys are kept as they are."""
 
@@ -210,6 +241,19 @@ class ModelMeta(BaseModel):
     """Map probability a decoded box must reach to be reported (chosen on val at training)."""
     appearance: AppearanceRule | None = None
     """The appearance gate fitted on the train radiographs (None: not fitted)."""
+    ensemble: EnsembleRecord | None = None
+    """An ensemble run's members (None: one model in ``model.safetensors``)."""
+
+    @model_validator(mode="after")
+    def _ensemble_identity(self) -> ModelMeta:
+        if self.ensemble is not None and self.weights_sha256 != self.ensemble.digest():
+            raise ValueError(
+                "weights_sha256 is not the digest of the ensemble members' hashes; rebuild it "
+                "with 'bonefrac ensemble'"
+            )
+        if self.ensemble is not None and self.score_fusion is not None:
+            raise ValueError("an ensemble's score fusion belongs to its members, not the run")
+        return self
 
     @field_validator("threshold")
     @classmethod
