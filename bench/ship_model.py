@@ -4,7 +4,8 @@
 
 With several runs (one recipe, several seeds), ships the one with the best val ROC-AUC (the
 checkpoint's monitor, ``best_score``; never test) and lists every seed's test figures in the
-card. Prints the parity check and the folder's size. ``make shipped-model`` trains the runs and
+card; with ``--ensemble DIR`` it builds the ensemble of all of them there (``bonefrac
+ensemble``; ``--ood none``: the appearance rule as its out-of-scope detector) and ships that. Prints the parity check and the folder's size. ``make shipped-model`` trains the runs and
 calls this.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchinfo import git_commit, machine  # noqa: E402
 
+from bonefrac.ensembling import build_ensemble  # noqa: E402
 from bonefrac.evaluation.model_card import CardInputs, SeedResult, source_figures  # noqa: E402
 from bonefrac.packaging import package_run  # noqa: E402
 from bonefrac.rundir import RunDir  # noqa: E402
@@ -41,11 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--command", default="make shipped-model")
     ap.add_argument("--no-default", action="store_true", help="do not point 'default' at it")
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--ensemble", type=Path, default=None,
+                    help="build the ensemble of --runs here and ship it")  # fmt: skip
+    ap.add_argument("--ood", default=None, help="with --ensemble: its deploy.ood")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     runs = [RunDir.open(r) for r in args.runs]
-    chosen = max(runs, key=lambda r: float(r.meta().get("best_score") or float("-inf")))
+    if args.ensemble is not None:
+        built = build_ensemble(
+            [r.path for r in runs], args.ensemble, force=args.force, ood=args.ood
+        )
+        chosen = RunDir.open(built.path)
+    else:
+        chosen = max(runs, key=lambda r: float(r.meta().get("best_score") or float("-inf")))
     seeds = [_seed_result(r) for r in runs] if len(runs) > 1 else []
     card = CardInputs(commit=args.commit or git_commit(), hardware=args.hardware or machine(),
                       command=args.command, seeds=seeds)  # fmt: skip

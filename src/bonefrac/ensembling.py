@@ -124,9 +124,12 @@ def build_ensemble(
     force: bool = False,
     batch_size: int = 32,
     progress: bool = True,
+    ood: str | None = None,
 ) -> EnsembleReport:
     """The ensemble run of ``members`` at ``out`` (see the module); a failure leaves no
-    half-built run behind."""
+    half-built run behind. ``ood``: the out-of-scope detector to fit instead of the config's
+    ``deploy.ood`` (the feature detector of k members reads k times the features: ``none``
+    leaves the appearance rule as the ensemble's detector, as the shipped Lite0 does)."""
     runs = [RunDir.open(m) for m in members]
     metas = _check_members(runs)
     frames = {split: split_rows(runs[0], split) for split in RUN_SPLITS}
@@ -134,6 +137,8 @@ def build_ensemble(
     try:
         ensemble = _member_record(runs, metas, dest)
         shutil.copy2(runs[0].config_path, dest.config_path)
+        if ood is not None:
+            _set_ood(dest, ood)
         first = runs[0]
         if metas[0].appearance is not None and first.appearance_stats_path.is_file():
             shutil.copy2(first.appearance_stats_path, dest.appearance_stats_path)
@@ -156,6 +161,15 @@ def build_ensemble(
         raise
     counts = {s: len(dest.read_predictions_raw(s)) for s in RUN_SPLITS}
     return EnsembleReport(dest.path, [r.name for r in runs], box, deployed, counts)
+
+
+def _set_ood(run: RunDir, method: str) -> None:
+    """``deploy.ood: method`` in the run's config (validated as any config value)."""
+    from bonefrac.config import build_config
+
+    raw = run.config().model_dump(mode="json")
+    raw["deploy"]["ood"] = method
+    run.write_config(build_config(raw, "--ood"))
 
 
 def _predict_splits(run: RunDir, frames: dict[str, Any], batch_size: int, progress: bool) -> float:

@@ -5,7 +5,7 @@
 then placed (:func:`bonefrac.rundir.shipped.place`):
 
 1. copies the run's record (model.json, config.yaml, history.csv, metrics.json, val/test
-   predictions; no checkpoints, plots or reports);
+   predictions, the appearance rule's statistics; no checkpoints, plots or reports);
 2. stores the weights in fp16 (:data:`PARITY_MAX_DELTA_PROB`: the parity check on the test
    split decides; fp32 where it fails) and records their SHA-256 as any run's;
 3. predicts val and test again with the stored weights and checks them against the fp32
@@ -39,7 +39,14 @@ from bonefrac.evaluation.model_card import CardInputs, write_model_card
 from bonefrac.fileio import atomic_path, file_sha256, folder_bytes
 from bonefrac.inference.run_predictions import predict_run_frame, split_rows
 from bonefrac.rundir import RUN_SPLITS, RunDir, missing_safeguards, shipped
-from bonefrac.rundir.layout import CONFIG, GZIP_SUFFIX, HISTORY, METRICS, MODEL_JSON
+from bonefrac.rundir.layout import (
+    APPEARANCE_STATS,
+    CONFIG,
+    GZIP_SUFFIX,
+    HISTORY,
+    METRICS,
+    MODEL_JSON,
+)
 from bonefrac.rundir.meta import EnsembleRecord, ModelMeta
 from bonefrac.rundir.predictions import IMAGE_ID, LOGIT, PATH, SOURCE
 from bonefrac.rundir.relocate import unroot_run
@@ -60,7 +67,9 @@ PARITY_MAX_FLIP_SHARE = 0.005
 #: The deploy settings a refit keeps from the shipped model's config (the out-of-scope
 #: detector's); the decision rule's become this version's defaults.
 _KEPT_DEPLOY = ("ood", "ood_max_images", "calibrate")
-_RECORD = (MODEL_JSON, CONFIG, HISTORY, METRICS)
+#: ... and the appearance rule's statistics: they describe the train images, not the weights, so
+#: they stay valid (the out-of-scope refit below fits them again only with a feature detector).
+_RECORD = (MODEL_JSON, CONFIG, HISTORY, METRICS, APPEARANCE_STATS)
 
 
 @dataclass

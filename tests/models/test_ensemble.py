@@ -114,13 +114,29 @@ def test_members_of_other_recipes_or_splits_are_refused(loc_run, tiny_run, tmp_p
 
 
 def test_cli_builds_an_ensemble_that_predict_takes(loc_run, tmp_path):
+    from bonefrac.evaluation.ood import refit_appearance
+
+    shutil.copytree(loc_run, tmp_path / "loc")
+    loc_run = tmp_path / "loc"
+    refit_appearance(loc_run)  # the members' appearance rule, fitted as training fits it
     member = other_member(loc_run, tmp_path / "seed4", 4)
     runner = CliRunner()
-    made = runner.invoke(app, ["ensemble", str(loc_run), str(member), "--out",
-                               str(tmp_path / "ens"), "--no-progress"])  # fmt: skip
+    image = RunDir(loc_run).predictions("test")[PATH].iloc[0]
+    args = ["ensemble", str(loc_run), str(member), "--out", str(tmp_path / "ens"), "--no-progress"]
+    bad = runner.invoke(app, [*args, "--ood", "nearest"])
+    assert bad.exit_code == 2 and "--ood: deploy.ood" in bad.output
+    assert not (tmp_path / "ens").exists()
+    made = runner.invoke(app, [*args, "--ood", "none"])
     assert made.exit_code == 0, made.output
     assert "ensemble of 2: loc, seed4" in made.output and "miss_rate=" in made.output
-    image = RunDir(loc_run).predictions("test")[PATH].iloc[0]
+    ens = RunDir(tmp_path / "ens")
+    assert ens.meta().ood is None and ens.config().deploy.ood == "none"
+    assert ens.meta().appearance is not None  # the members' rule is the ensemble's detector
+    from bonefrac.packaging import package_run
+
+    shipped = package_run(ens.path, "ens", root=tmp_path / "shipped", default=False).path
+    assert (shipped / "appearance.safetensors").is_file()  # no refit without a feature detector
+    assert Predictor.from_run(shipped).predict(image)[0].ood_reason in (None, "appearance")
     out = tmp_path / "p.csv"
     got = runner.invoke(app, ["predict", str(tmp_path / "ens"), str(image), "--out", str(out)])
     assert got.exit_code == 0, got.output

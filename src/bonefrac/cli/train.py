@@ -82,6 +82,12 @@ def ensemble(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
     batch_size: int = typer.Option(32, "--batch-size", help="Batch size for val and test."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
+    ood: str = typer.Option(
+        None,
+        "--ood",
+        help="Out-of-scope detector to fit: mahalanobis | energy | none "
+        "(default: the members' config).",
+    ),
 ) -> None:
     """Combine trained runs into one ensemble run: its logit is the mean of the members'
     logits, its map the mean of their maps; its threshold, rule-out cut, calibration and
@@ -90,7 +96,9 @@ def ensemble(
     from bonefrac.ensembling import build_ensemble
     from bonefrac.rundir import RunDir
 
-    built = build_ensemble(members, out, force=force, batch_size=batch_size, progress=progress)
+    built = build_ensemble(
+        members, out, force=force, batch_size=batch_size, progress=progress, ood=ood
+    )
     render.show(render.console, f"ensemble of {len(built.members)}: {', '.join(built.members)}; "
                 f"box threshold {built.box_threshold:.3f} (val negatives)")  # fmt: skip
     render.deploy_report(render.console, built.deployed)
