@@ -11,17 +11,19 @@ record (model.json, config, history, predictions as .csv.gz; no weights) in
 
     .venv/bin/python bench/unseen_site.py run --arm baseline --setting fa_bfy_to_sr2022
     .venv/bin/python bench/unseen_site.py tta --arm baseline --setting fa_bfy_to_sr2022
+    .venv/bin/python bench/unseen_site.py ensemble --arm baseline --setting fa_bfy_to_sr2022
     .venv/bin/python bench/unseen_site.py report [--md docs/experiments/x.md]
 
 ``tta`` adds hflip test-time averaged predictions (mean logit with the mirror image) to finished
-records whose weights are still in WORK. ``report`` scores every record the same way, from the
+records whose weights are still in WORK; ``ensemble`` predicts the unseen site with the ensemble
+of an arm's seeds as one model (mean logit and mean map: its hit rate and boxes). ``report`` scores every record the same way, from the
 predictions alone: per unseen site ROC-AUC with its 95% CI, sensitivity at the val threshold
 (``deploy.threshold``'s criterion, f1, fitted on the run's val predictions), the miss rate under
 a rule-out cut fitted on val at sensitivity 0.95 (fractured images below it would be called
 ``no_fracture``), hit rate and ap50_boxed on the boxed images; the in-domain test figures;
 each lever minus baseline paired by seed (mean +- sd and the per-seed values); and two levers
-needing no training: the ensemble of the baseline's seeds (mean logit, on the images every
-member predicted) and hflip test-time averaging.
+needing no training: the ensemble of each arm's seeds (mean logit, on the images every member
+predicted; paired against each member on those images) and hflip test-time averaging.
 """
 
 from __future__ import annotations
@@ -323,6 +325,61 @@ def run_shipped(args: argparse.Namespace, spec: dict[str, Any]) -> None:
     print(f"[done] shipped {args.model} -> {rec}", flush=True)
 
 
+def ensemble_dir(setting: str, arm: str, results: Path = RESULTS) -> Path:
+    """Where the real ensemble of an arm's seeds keeps its unseen-site predictions."""
+    return results / setting / "ensembles" / arm
+
+
+def run_ensemble(args: argparse.Namespace, spec: dict[str, Any]) -> None:
+    """The ensemble of each arm's seeds as one model (bonefrac.models.ensemble: mean logit and
+    mean detector output, so its map and boxes are the mean map's) on the unseen site: the
+    external manifest, or the unseen source's test rows every member predicted. The members'
+    val/test subsamples differ, so this is the EnsembleModel itself, not a `bonefrac ensemble`
+    run (which refuses members of other splits); the report scores it with the mean-logit val."""
+    from bonefrac.inference.backend import TorchBackend
+    from bonefrac.inference.predictor import Predictor
+    from bonefrac.inference.run_predictions import predict_frame
+    from bonefrac.models.ensemble import EnsembleModel
+    from bonefrac.models.runio import load_model
+
+    manifests = build_manifests(spec, args.work, args.data)
+    setting = spec["settings"][args.setting]
+    unseen = setting["unseen"]
+    for arm in args.arms:
+        runs = [args.work / "runs" / args.setting / f"{arm}_s{s}" for s in args.seeds]
+        missing = [r for r in runs if not finished(r)]
+        if missing:
+            print(f"[ens ] {args.setting} {arm}: {len(missing)} seed(s) unfinished", flush=True)
+            continue
+        target = ensemble_dir(args.setting, arm)
+        out = target / "predictions" / "unseen.csv.gz"
+        if out.is_file():
+            print(f"[skip] {args.setting} {arm} ensemble: {out} exists", flush=True)
+            continue
+        members = [RunDir(r) for r in runs]
+        if "external" in unseen:
+            rows = read_manifest(manifests[unseen["external"]])
+        else:  # the unseen source's test rows that every member predicted
+            tests = [m.read_predictions_raw("test") for m in members]
+            common = set.intersection(*(set(t["image_id"].astype(str)) for t in tests))
+            rows = read_manifest(manifests[setting["manifest"]])
+            rows = rows[rows["image_id"].astype(str).isin(common)
+                        & (rows["source"].astype(str) == unseen["source"])]  # fmt: skip
+        model = EnsembleModel([load_model(m, m.meta()) for m in members])
+        meta = members[0].meta().model_copy(update={"score_fusion": None})
+        print(f"[ens ] {args.setting} {arm}: {len(members)} members on {len(rows)} images",
+              flush=True)  # fmt: skip
+        frame = predict_frame(Predictor(meta, TorchBackend(model)), rows, progress=False)
+        (target / "predictions").mkdir(parents=True, exist_ok=True)
+        with atomic_open(out, "wb") as fh:
+            frame.predictions.to_csv(fh, index=False, compression="gzip")
+        info = {"setting": args.setting, "arm": arm, "seeds": args.seeds, "n": len(rows),
+                "hardware": machine(), "commit": git_commit(),
+                "date": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
+        write_json(target / RECORD, info)
+        print(f"[done] {args.setting} {arm} ensemble -> {out}", flush=True)
+
+
 # --- scoring ---------------------------------------------------------------------------------
 
 
@@ -409,6 +466,16 @@ def ensemble_frames(members: list[dict[str, pd.DataFrame]]) -> dict[str, pd.Data
         mean = np.mean([logit(t.loc[common, "prob"].to_numpy()) for t in tables], axis=0)
         base["prob"] = 1.0 / (1.0 + np.exp(-mean))
         out[key] = base.reset_index()
+    return out
+
+
+def restrict(member: dict[str, pd.DataFrame], to: dict[str, pd.DataFrame]) -> dict:
+    """A member's frames on the images of the ensemble's frames ``to`` (per key), so the two
+    are compared on the same images."""
+    out = {}
+    for key, frame in member.items():
+        ids = set(to[key]["image_id"].astype(str))
+        out[key] = frame[frame["image_id"].astype(str).isin(ids)]
     return out
 
 
@@ -541,10 +608,21 @@ def report(args: argparse.Namespace, spec: dict[str, Any]) -> str:
                 arms.setdefault(f"{arm}+hflip_tta", {})[seed] = score_frames(tta, args.n_boot)
         if not arms:
             continue
-        if len(raw.get("baseline", {})) >= 2:
-            members = [raw["baseline"][s] for s in sorted(raw["baseline"])]
-            ens = score_frames(ensemble_frames(members), args.n_boot)
-            arms["baseline_ensemble"] = {ENSEMBLE_SEED: ens}
+        against: dict[str, dict[int, dict[str, Any]]] = {}  # members on the ensemble's images
+        for arm in [a for a in raw if not a.startswith("shipped_") and len(raw[a]) >= 2]:
+            seeds = sorted(raw[arm])
+            frames = ensemble_frames([raw[arm][s] for s in seeds])
+            real = ensemble_dir(setting, arm)
+            if (real / RECORD).is_file():
+                info = json.loads((real / RECORD).read_text(encoding="utf-8"))
+                if sorted(info["seeds"]) == seeds:  # the EnsembleModel's own maps and boxes
+                    mapped = pd.read_csv(real / "predictions" / "unseen.csv.gz")
+                    ids = set(frames["unseen"]["image_id"].astype(str))
+                    frames["unseen"] = mapped[mapped["image_id"].astype(str).isin(ids)]
+            arms[f"{arm}_ensemble"] = {ENSEMBLE_SEED: score_frames(frames, args.n_boot)}
+            against[f"{arm}_ensemble"] = {
+                s: score_frames(restrict(raw[arm][s], frames), args.n_boot) for s in seeds
+            }
         arms = dict(
             sorted(
                 arms.items(),
@@ -565,12 +643,21 @@ def report(args: argparse.Namespace, spec: dict[str, Any]) -> str:
             wall = walls.get(arm)
             took = f" (training wall {np.mean(wall) / 60:.1f} min per run)" if wall else ""
             lines += [f"### {arm}{took}", "", arm_table(scores, sites)]
-            if arm == "baseline_ensemble":
+            if arm.endswith("_ensemble"):
                 lines.append(
-                    "Ensemble: mean logit of the baseline seeds on the images all of them"
-                    " predicted; threshold and rule-out cut fitted on its own val; no maps"
-                    " averaged (hit rate, ap50 n/a).\n"
+                    "Ensemble: mean logit of the arm's seeds on the images all of them"
+                    " predicted; threshold and rule-out cut fitted on its own val; unseen-site"
+                    " hit rate and ap50 from the EnsembleModel's mean map (`bench/unseen_site.py"
+                    " ensemble`), n/a without it.\n"
                 )
+        for arm, members in against.items():
+            ens = {s: arms[arm][ENSEMBLE_SEED] for s in members}
+            common = [x for x in sites if all(x in members[s]["sites"] and x in ens[s]["sites"]
+                                              for s in members)]  # fmt: skip
+            ref = arm.removesuffix("_ensemble")
+            lines += [f"### {arm} − each {ref} seed (paired on the ensemble's images)", "",
+                      paired_table(members, ens, common)]  # fmt: skip
+            lines.append(f"Verdict: {verdict(members, ens, common)}.\n")
         for arm, scores in arms.items():
             ref = arm.split("+")[0] if "+" in arm else "baseline"
             base = arms.get(ref)
@@ -588,7 +675,7 @@ def report(args: argparse.Namespace, spec: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=("run", "tta", "shipped", "report"))
+    ap.add_argument("command", choices=("run", "tta", "ensemble", "shipped", "report"))
     ap.add_argument("--model", default="default", help="shipped model for 'shipped'")
     ap.add_argument(
         "--predict-cmd", default=None, help="predict in this command (see predict_rows)"
@@ -616,6 +703,8 @@ def main() -> None:
         run_arm(args, spec)
     elif args.command == "tta":
         run_tta(args, spec)
+    elif args.command == "ensemble":
+        run_ensemble(args, spec)
     elif args.command == "shipped":
         run_shipped(args, spec)
     else:
